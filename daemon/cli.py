@@ -1,0 +1,252 @@
+"""The `subdomaind` command line: run the daemon, one pass, parse a message, status, show, config, db."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import func, select
+
+from daemon.config import Config, ConfigError, load_config
+
+DEFAULT_CONFIG = "/etc/subdomaind/config.toml"
+
+
+def _config_path(args: argparse.Namespace) -> str:
+    return args.config or os.environ.get("SUBDOMAIND_CONFIG") or DEFAULT_CONFIG
+
+
+def _load(args: argparse.Namespace) -> Config:
+    try:
+        return load_config(_config_path(args))
+    except ConfigError as exc:
+        print(f"konfigurasi tidak valid ({_config_path(args)}):", file=sys.stderr)
+        for p in exc.problems:
+            print(f"  {p}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _sessions(cfg: Config, upgrade: bool = True) -> Any:
+    from workflows.db import upgrade as db_upgrade
+    from workflows.store import make_engine, make_sessionmaker
+
+    if cfg.db_url.startswith("sqlite"):
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(cfg.db_url)
+    if upgrade:
+        db_upgrade(engine)
+    return make_sessionmaker(engine)
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+
+        class _Json(logging.Formatter):
+            def format(self, record: logging.LogRecord) -> str:
+                return json.dumps({"level": record.levelname, "logger": record.name, "msg": record.getMessage(),
+                                   "ticket": getattr(record, "ticket", None)}, ensure_ascii=False)
+
+        handler.setFormatter(_Json())
+    else:
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler], force=True)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.file)
+    except ConfigError as exc:
+        for p in exc.problems:
+            print(p)
+        return 2
+    print(f"OK: {len(cfg.agencies)} agency(ies): " + ", ".join(f"{a.id} ({a.zone}, SOP {a.sop})" for a in cfg.agencies))
+    return 0
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    _sessions(cfg, upgrade=True)
+    print("database up to date")
+    return 0
+
+
+def cmd_parse(args: argparse.Namespace) -> int:
+    from parsers import ParseOptions, parse
+
+    try:
+        raw = Path(args.file).read_bytes() if args.file != "-" else sys.stdin.buffer.read()
+    except OSError as exc:
+        print(json.dumps({"kind": "unreadable", "message_id": None, "from": None, "subject": None,
+                          "request": None, "reply": None, "reason": f"berkas tidak dapat dibaca: {exc.strerror}"}))
+        return 1
+    opts = ParseOptions()
+    if args.config:
+        from daemon.service import parse_options_for
+
+        cfg = _load(args)
+        opts = parse_options_for(cfg.agencies[0])
+    elif args.zone:
+        opts = ParseOptions(zone=args.zone)
+    result = parse(raw, opts).to_json()
+    print(json.dumps(result, ensure_ascii=False, indent=2 if args.pretty else None))
+    return 0
+
+
+def _daemon(args: argparse.Namespace) -> Any:
+    from daemon.service import Daemon
+
+    cfg = _load(args)
+    sessions = _sessions(cfg)
+    return Daemon(cfg, sessions)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    d = _daemon(args)
+    d.run()
+    return 0
+
+
+def cmd_once(args: argparse.Namespace) -> int:
+    d = _daemon(args)
+    totals = d.run_once()
+    d.shutdown(flush_seconds=5)
+    print(json.dumps(totals))
+    return 0
+
+
+def status_data(cfg: Config, sessions: Any) -> dict[str, Any]:
+    from workflows.sop import load_sop
+    from workflows.store import Inbound, MailboxState, Outbox, Request, StepRun
+
+    out: dict[str, Any] = {"intake": [], "outbox": {}, "quarantine": 0, "unmatched": 0, "requests": []}
+    with sessions() as s:
+        for st in s.execute(select(MailboxState)).scalars():
+            out["intake"].append({
+                "agency": st.agency, "mailbox": st.mailbox, "mode": st.mode, "last_uid": st.last_uid,
+                "last_ok_at": st.last_ok_at.isoformat() if st.last_ok_at else None,
+                "failing_since": st.failing_since.isoformat() if st.failing_since else None,
+                "last_error": st.last_error,
+            })
+        for status, n in s.execute(select(Outbox.status, func.count()).group_by(Outbox.status)).all():
+            out["outbox"][status] = n
+        out["outbox"]["failing"] = s.execute(
+            select(func.count()).select_from(Outbox).where(Outbox.status == "queued", Outbox.attempts > 0)
+        ).scalar_one()
+        for status, n in s.execute(
+            select(Inbound.status, func.count()).where(Inbound.status.in_(("quarantined", "unmatched")))
+            .group_by(Inbound.status)
+        ).all():
+            out["quarantine" if status == "quarantined" else "unmatched"] = n
+        agencies = {a.id: a for a in cfg.agencies}
+        for req in s.execute(select(Request).where(Request.status == "open").order_by(Request.id)).scalars():
+            ag = agencies.get(req.agency)
+            run = s.execute(select(StepRun).where(StepRun.request_id == req.id, StepRun.status == "open")
+                            .order_by(StepRun.id.desc())).scalars().first()
+            waiting = None
+            if run is not None and ag is not None:
+                sop = load_sop(ag.sop)
+                role = run.role
+                if role and sop.roles[role].requester:
+                    waiting = f"{sop.roles[role].title} ({req.requester})"
+                elif role:
+                    waiting = f"{sop.roles[role].title} ({', '.join(ag.actors.get(role, []))})"
+                else:
+                    waiting = "sistem"
+            out["requests"].append({
+                "agency": req.agency, "ticket": req.ticket, "subdomain": req.subdomain, "step": req.step,
+                "waiting_on": waiting, "since": run.opened_at.isoformat() if run else None,
+            })
+    return out
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    data = status_data(cfg, _sessions(cfg))
+    if args.json:
+        print(json.dumps(data, ensure_ascii=False, indent=2))
+        return 0
+    for i in data["intake"]:
+        state = "GAGAL sejak " + i["failing_since"] if i["failing_since"] else "OK"
+        print(f"Intake {i['agency']} {i['mailbox']}: {state}, mode {i['mode']}, terakhir {i['last_ok_at']}")
+    print(f"Outbox: {data['outbox']}  Karantina: {data['quarantine']}  Tak cocok: {data['unmatched']}")
+    print(f"{'TIKET':<16} {'SUB DOMAIN':<20} {'LANGKAH':<18} {'MENUNGGU':<50} SEJAK")
+    for r in data["requests"]:
+        print(f"{r['ticket']:<16} {r['subdomain'] or '-':<20} {r['step'] or '-':<18} "
+              f"{(r['waiting_on'] or '-')[:50]:<50} {r['since'] or '-'}")
+    return 0
+
+
+def show_lines(cfg: Config, sessions: Any, ticket: str) -> list[str] | None:
+    from workflows.store import Audit, Request
+
+    with sessions() as s:
+        req = s.execute(select(Request).where(Request.ticket == ticket.upper())).scalars().first()
+        if req is None:
+            return None
+        tz = ZoneInfo(cfg.agency(req.agency).timezone)
+        lines = [
+            f"{req.ticket}  {req.subdomain or '-'}.{cfg.agency(req.agency).zone}  status {req.status}, "
+            f"langkah {req.step}",
+            f"pemohon {req.requester}; unit {req.unit or '-'}",
+        ]
+        for a in s.execute(select(Audit).where(Audit.request_id == req.id).order_by(Audit.id)).scalars():
+            detail = {k: v for k, v in (a.detail or {}).items() if v not in (None, [], {})}
+            lines.append(f"{a.at.astimezone(tz):%Y-%m-%d %H:%M:%S}  {a.event:<20} {a.actor:<32} "
+                         f"{json.dumps(detail, ensure_ascii=False)[:160]}  {a.message_id or ''}")
+    return lines
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    lines = show_lines(cfg, _sessions(cfg), args.ticket)
+    if lines is None:
+        print(f"tiket {args.ticket} tidak ditemukan", file=sys.stderr)
+        return 1
+    print("\n".join(lines))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="subdomaind", description="Layanan sub domain Diskominfo melalui surel")
+    p.add_argument("--config", "-c", help=f"configuration file (default $SUBDOMAIND_CONFIG or {DEFAULT_CONFIG})")
+    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-format", choices=("text", "json"), default="text")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="run the daemon until SIGTERM").set_defaults(func=cmd_run)
+    sub.add_parser("once", help="one pass (intake, due steps, outbox), then exit").set_defaults(func=cmd_once)
+    sp = sub.add_parser("parse", help="parse one message and print the result")
+    sp.add_argument("file")
+    sp.add_argument("--json", action="store_true", help="print JSON (the only format; kept for the contract)")
+    sp.add_argument("--pretty", action="store_true")
+    sp.add_argument("--zone")
+    sp.set_defaults(func=cmd_parse)
+    st = sub.add_parser("status", help="intake health, outbox and open requests")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
+    sh = sub.add_parser("show", help="the audit timeline of one request")
+    sh.add_argument("ticket")
+    sh.set_defaults(func=cmd_show)
+    cc = sub.add_parser("check-config", help="check a configuration file; non-zero exit on problems")
+    cc.add_argument("file")
+    cc.set_defaults(func=cmd_check_config)
+    db = sub.add_parser("db", help="database maintenance")
+    dbs = db.add_subparsers(dest="db_command", required=True)
+    dbs.add_parser("upgrade", help="apply migrations").set_defaults(func=cmd_db)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level, args.log_format)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

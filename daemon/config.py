@@ -1,0 +1,311 @@
+"""Load and check the one TOML configuration file: every problem reported with its key, secrets never inline.
+
+`load_config(path)` returns a validated `Config` or raises `ConfigError` whose `problems` are
+`"key.path: what is wrong"` lines; `subdomaind check-config` prints them and the daemon refuses to start
+with the same text.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+TlsMode = Literal["implicit", "starttls", "none"]
+
+
+class ConfigError(Exception):
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SecretSource(_Strict):
+    """A secret read from a file (systemd LoadCredential, a 0600 file) or an environment variable."""
+
+    password_file: Path | None = None
+    password_env: str | None = None
+
+    def read_secret(self) -> str | None:
+        if self.password_file is not None:
+            cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+            path = self.password_file
+            if not path.is_absolute() and cred_dir:
+                path = Path(cred_dir) / path
+            return path.read_text(encoding="utf-8").strip()
+        if self.password_env is not None:
+            return os.environ.get(self.password_env)
+        return None
+
+
+class ImapConfig(SecretSource):
+    host: str
+    port: int = Field(993, ge=1, le=65535)
+    user: str
+    tls: TlsMode = "implicit"
+    ca_file: Path | None = None
+    folder: str = "INBOX"
+    quarantine_folder: str = "Karantina"
+    processed_folder: str | None = None  # None: processed mail stays in the folder, flagged
+    idle: bool = True
+    poll_seconds: float = Field(30.0, gt=0)
+    # RFC 2177 asks clients to re-issue IDLE at least every 29 minutes; we do it well before.
+    idle_refresh_seconds: float = Field(600.0, gt=0)
+    timeout_seconds: float = Field(30.0, gt=0)
+
+
+class SmtpConfig(SecretSource):
+    host: str
+    port: int = Field(587, ge=1, le=65535)
+    user: str | None = None
+    tls: TlsMode = "starttls"
+    ca_file: Path | None = None
+    timeout_seconds: float = Field(30.0, gt=0)
+
+
+class DnsConfig(_Strict):
+    primary: str  # host name or address of the zone's primary (the SOA MNAME when unset elsewhere)
+    port: int = Field(53, ge=1, le=65535)
+    tsig_key_name: str
+    tsig_algorithm: Literal["hmac-sha256", "hmac-sha512", "hmac-sha384", "hmac-sha224"] = "hmac-sha256"
+    tsig_secret_file: Path
+    hosting_ip: str
+    ttl: int = Field(3600, ge=60, le=604800)
+    # Authoritative servers to verify against, "host" or "host:port"; empty = the primary only.
+    verify_servers: list[str] = []
+    verify_timeout_seconds: float = Field(30.0, gt=0)
+    name_servers: list[str] = []  # NS names told to the requester; empty = read from the zone
+
+    def read_secret(self) -> str:
+        path = self.tsig_secret_file
+        cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not path.is_absolute() and cred_dir:
+            path = Path(cred_dir) / path
+        return path.read_text(encoding="utf-8").strip()
+
+
+class LetterConfig(_Strict):
+    """The kop surat and signature block of the agency's letters (Tata Naskah Dinas)."""
+
+    kop: list[str] = []
+    address_line: str = ""
+    city: str = ""
+    number_pattern: str = "555/{seq}/406.020/{year}"
+    signer_title: str = "Kepala Dinas Komunikasi dan Informatika"
+    signer_name: str = ""
+    signer_rank: str = ""
+    signer_nip: str = ""
+    tembusan: list[str] = []
+
+
+class AgencyConfig(_Strict):
+    id: str = Field(pattern=r"^[a-z][a-z0-9_-]{1,31}$")
+    name: str
+    zone: str
+    sop: str
+    address: str  # the office mailbox address: From of our mail, base of the Reply-To sub-address
+    timezone: str = "Asia/Jakarta"
+    ticket_prefix: str = Field("SD", pattern=r"^[A-Z]{1,6}$")
+    imap: ImapConfig
+    dns: DnsConfig
+    actors: dict[str, list[str]]
+    # Acting officials (Plt/Plh): role -> addresses allowed to answer in that role's place.
+    delegates: dict[str, list[str]] = {}
+    digest_recipients: list[str] = []
+    reserved_names: list[str] = []
+    letter: LetterConfig = LetterConfig()
+    username_pattern: str = "{subdomain}"
+
+    @field_validator("zone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        v = v.strip().rstrip(".").lower()
+        if "." not in v:
+            raise ValueError("zone must be a domain such as trenggalekkab.go.id")
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {v!r} (use Asia/Jakarta, Asia/Makassar or Asia/Jayapura)") from exc
+        return v
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        if "@" not in v or "+" in v.split("@")[0]:
+            raise ValueError("must be a plain address such as layanan@trenggalekkab.go.id")
+        return v.lower()
+
+    @field_validator("actors", "delegates")
+    @classmethod
+    def _actors(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        for role, addrs in v.items():
+            for a in addrs:
+                if "@" not in a:
+                    raise ValueError(f"{role}: {a!r} is not an e-mail address")
+        return {role: [a.lower() for a in addrs] for role, addrs in v.items()}
+
+
+class HostingConfig(_Strict):
+    backend: Literal["none", "command"] = "none"
+    argv: list[str] = []  # for "command": argv template, {username} {fqdn} {ip} {subdomain} substituted
+    secret_via: Literal["stdin", "env"] = "stdin"
+    timeout_seconds: float = Field(60.0, gt=0)
+
+
+class WorkflowConfig(_Strict):
+    undo_window_minutes: float = Field(10.0, ge=0)
+    token_days: float = Field(7.0, gt=0)
+    daily_cap_per_address: int = Field(50, ge=1)
+    refusal_notice_per_day: int = Field(1, ge=1)
+
+
+class Config(_Strict):
+    state_dir: Path = Path("/var/lib/subdomaind")
+    database_url: str | None = None
+    smtp: SmtpConfig
+    agencies: list[AgencyConfig] = Field(alias="agency", min_length=1)
+    hosting: HostingConfig = HostingConfig()
+    workflow: WorkflowConfig = WorkflowConfig()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _unique(self) -> Config:
+        ids = [a.id for a in self.agencies]
+        if len(ids) != len(set(ids)):
+            raise ValueError("agency ids must be unique")
+        return self
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.state_dir / 'subdomaind.db'}"
+
+    def agency(self, agency_id: str) -> AgencyConfig:
+        for a in self.agencies:
+            if a.id == agency_id:
+                return a
+        raise KeyError(agency_id)
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if item == "agency" and not parts:
+            parts.append("agency")
+        elif isinstance(item, int):
+            parts[-1] = f"{parts[-1]}[{item}]" if parts else f"[{item}]"
+        else:
+            parts.append(str(item))
+    return ".".join(parts) or "(top)"
+
+
+def parse_config(data: dict[str, object], base_dir: Path | None = None) -> Config:
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError([f"{_loc(e['loc'])}: {e['msg']}" for e in exc.errors()]) from None
+    problems = _semantic_problems(cfg, base_dir)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def _semantic_problems(cfg: Config, base_dir: Path | None) -> list[str]:
+    # Imported here: the SOP registry lives with the engine, and config must stay importable alone.
+    from workflows.sop import SopError, load_sop
+
+    problems: list[str] = []
+    for i, ag in enumerate(cfg.agencies):
+        key = f"agency[{i}]"
+        try:
+            sop = load_sop(ag.sop)
+        except SopError as exc:
+            problems.append(f"{key}.sop: {exc}")
+            sop = None
+        if sop is not None:
+            for role in sorted(sop.actor_roles()):
+                if not ag.actors.get(role):
+                    problems.append(f"{key}.actors.{role}: the SOP {ag.sop!r} needs an address for this role")
+        for role in ag.delegates:
+            if sop is not None and role not in sop.roles:
+                problems.append(f"{key}.delegates.{role}: no such role in SOP {ag.sop!r}")
+        if ag.imap.password_file is None and ag.imap.password_env is None:
+            problems.append(f"{key}.imap: set password_file or password_env (never inline)")
+        elif ag.imap.password_file is not None and not _readable(ag.imap.password_file):
+            problems.append(f"{key}.imap.password_file: cannot read {ag.imap.password_file}")
+        elif ag.imap.password_env is not None and ag.imap.password_env not in os.environ:
+            problems.append(f"{key}.imap.password_env: environment variable {ag.imap.password_env} is not set")
+        if not _readable(ag.dns.tsig_secret_file):
+            problems.append(f"{key}.dns.tsig_secret_file: cannot read {ag.dns.tsig_secret_file}")
+        for label, path in (("imap.ca_file", ag.imap.ca_file),):
+            if path is not None and not _readable(path):
+                problems.append(f"{key}.{label}: cannot read {path}")
+        import ipaddress
+
+        try:
+            ipaddress.ip_address(ag.dns.hosting_ip)
+        except ValueError:
+            problems.append(f"{key}.dns.hosting_ip: {ag.dns.hosting_ip!r} is not an IP address")
+        if not ag.digest_recipients:
+            problems.append(f"{key}.digest_recipients: name at least one staff address for the daily digest")
+    if cfg.smtp.ca_file is not None and not _readable(cfg.smtp.ca_file):
+        problems.append(f"smtp.ca_file: cannot read {cfg.smtp.ca_file}")
+    if cfg.smtp.user and cfg.smtp.password_file is None and cfg.smtp.password_env is None:
+        problems.append("smtp: a user is set; set password_file or password_env too")
+    if cfg.hosting.backend == "command" and not cfg.hosting.argv:
+        problems.append("hosting.argv: the command backend needs an argv template")
+    return problems
+
+
+def _readable(path: Path) -> bool:
+    cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not path.is_absolute() and cred_dir:
+        path = Path(cred_dir) / path
+    try:
+        with path.open("rb"):
+            return True
+    except OSError:
+        return False
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+    # Relative paths in the file are relative to the file, so a config dir can be moved whole.
+    _resolve_paths(data, path.parent)
+    return parse_config(data, path.parent)
+
+
+_PATH_KEYS = {"password_file", "tsig_secret_file", "ca_file", "state_dir"}
+
+
+def _resolve_paths(node: object, base: Path) -> None:
+    if isinstance(node, dict):
+        for key, value in list(node.items()):
+            if key in _PATH_KEYS and isinstance(value, str) and not os.path.isabs(value):
+                if key != "state_dir" and os.environ.get("CREDENTIALS_DIRECTORY") and "/" not in value:
+                    continue  # a bare credential name: looked up in $CREDENTIALS_DIRECTORY
+                node[key] = str((base / value).resolve())
+            else:
+                _resolve_paths(value, base)
+    elif isinstance(node, list):
+        for item in node:
+            _resolve_paths(item, base)

@@ -1,0 +1,138 @@
+"""Send what the outbox holds through SMTP (aiosmtplib), with retries, backoff and the same Message-ID.
+
+`Transport` is the interface (one method: send raw bytes to recipients); `SmtpTransport` the real one.
+`drain` claims due rows, sends each, and records the result in its own short transaction: a crash between
+send and record re-sends the same bytes, so the recipient sees one Message-ID twice at worst, never two
+different mails. A sensitive row (the PIC's password) is scrubbed once sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+import aiosmtplib
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from daemon.config import SmtpConfig
+from daemon.mailbox import tls_context
+from workflows.store import Outbox, PendingSecret
+
+log = logging.getLogger("subdomaind.outbox")
+
+MAX_BACKOFF = timedelta(hours=1)
+
+
+class SendError(Exception):
+    def __init__(self, message: str, *, permanent: bool) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+class Transport(Protocol):
+    def send(self, mail_from: str, rcpts: Sequence[str], raw: bytes) -> None: ...
+
+
+class SmtpTransport:
+    def __init__(self, cfg: SmtpConfig, password: str | None) -> None:
+        self.cfg = cfg
+        self.password = password
+
+    async def _send(self, mail_from: str, rcpts: Sequence[str], raw: bytes) -> None:
+        cfg = self.cfg
+        ctx: ssl.SSLContext | None = tls_context(str(cfg.ca_file) if cfg.ca_file else None)
+        kwargs: dict[str, Any] = {
+            "hostname": cfg.host,
+            "port": cfg.port,
+            "timeout": cfg.timeout_seconds,
+            "use_tls": cfg.tls == "implicit",
+            "start_tls": cfg.tls == "starttls",
+            "tls_context": ctx if cfg.tls != "none" else None,
+        }
+        if cfg.user:
+            kwargs["username"] = cfg.user
+            kwargs["password"] = self.password or ""
+        await aiosmtplib.send(raw, sender=mail_from, recipients=list(rcpts), **kwargs)
+
+    def send(self, mail_from: str, rcpts: Sequence[str], raw: bytes) -> None:
+        try:
+            asyncio.run(self._send(mail_from, rcpts, raw))
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            raise SendError(f"penerima ditolak: {exc}", permanent=True) from exc
+        except aiosmtplib.SMTPResponseException as exc:
+            raise SendError(f"SMTP {exc.code}: {exc.message}", permanent=500 <= exc.code < 600) from exc
+        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+            raise SendError(f"SMTP tidak dapat dihubungi: {exc}", permanent=False) from exc
+
+
+def backoff(attempts: int) -> timedelta:
+    """30 s, 1 min, 2 min ... capped at an hour, with jitter so a recovering server is not stampeded."""
+    base = min(MAX_BACKOFF.total_seconds(), 30 * 2 ** max(0, attempts - 1))
+    return timedelta(seconds=base * random.uniform(0.8, 1.2))
+
+
+def drain(
+    sessions: sessionmaker[Session],
+    transport: Transport,
+    clock: Callable[[], datetime],
+    *,
+    limit: int = 100,
+    deadline: float | None = None,
+) -> dict[str, int]:
+    """Send due outbox rows; returns counts {"sent", "retry", "failed"}."""
+    import time
+
+    counts = {"sent": 0, "retry": 0, "failed": 0}
+    with sessions() as s:
+        now = clock()
+        stmt = (
+            select(Outbox.id)
+            .where(Outbox.status == "queued", Outbox.next_attempt_at <= now)
+            .order_by(Outbox.id)
+            .limit(limit)
+        )
+        if s.get_bind().dialect.name == "postgresql":
+            stmt = stmt.with_for_update(skip_locked=True)
+        ids = list(s.execute(stmt).scalars())
+    for row_id in ids:
+        if deadline is not None and time.monotonic() > deadline:
+            break
+        with sessions.begin() as s:
+            q = select(Outbox).where(Outbox.id == row_id, Outbox.status == "queued")
+            if s.get_bind().dialect.name == "postgresql":
+                q = q.with_for_update(skip_locked=True)
+            row = s.execute(q).scalar_one_or_none()
+            if row is None or row.raw is None:
+                continue
+            try:
+                transport.send(row.mail_from, list(row.rcpts), row.raw)
+            except SendError as exc:
+                row.attempts += 1
+                row.last_error = str(exc)[:2000]
+                if exc.permanent:
+                    row.status = "failed"
+                    counts["failed"] += 1
+                    log.warning("outbox %s failed permanently: %s", row.message_id, exc)
+                else:
+                    row.next_attempt_at = clock() + backoff(row.attempts)
+                    counts["retry"] += 1
+                    log.info("outbox %s retry %d: %s", row.message_id, row.attempts, exc)
+                continue
+            row.status = "sent"
+            row.sent_at = clock()
+            row.attempts += 1
+            row.last_error = None
+            counts["sent"] += 1
+            if row.sensitive:
+                # The password lived only for this one mail: scrub it now (issue 5).
+                row.raw = None
+                if row.request_id is not None:
+                    s.execute(delete(PendingSecret).where(PendingSecret.request_id == row.request_id))
+            log.info("sent %s (%s) to %d recipient(s)", row.message_id, row.purpose, len(row.rcpts))
+    return counts

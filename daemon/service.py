@@ -1,0 +1,349 @@
+"""The long-running process: intake from each agency's mailbox, due automatic steps, and the outbox.
+
+One pass (`run_once`) takes new mail in (each message in its own transaction with the UID checkpoint and
+everything it causes, then flagged on the server), runs automatic steps whose time has come, and sends
+what the outbox holds. `run` repeats passes, woken by an IDLE watcher per mailbox (RFC 2177) or by its
+poll interval, until SIGTERM; it then finishes the message in hand and flushes the outbox within a bound.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import FrameType
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from daemon.config import AgencyConfig, Config
+from daemon.mailbox import ImapSource, MailSource, MailSourceError
+from daemon.outbox import SmtpTransport, Transport, drain
+from parsers.model import ParseOptions
+from workflows.engine import Ctx, Services, due_actions, run_action
+from workflows.mailer import Mailer
+from workflows.provision import CommandHosting, HostingBackend, NoHosting, Rfc2136Dns
+from workflows.sop import load_sop
+from workflows.store import Inbound, MailboxState, StepRun, utcnow
+
+log = logging.getLogger("subdomaind.service")
+
+FETCH_BATCH = 25
+
+
+def sd_notify(message: str) -> None:
+    """systemd's notify protocol (sd_notify(3)) without a library: one datagram to $NOTIFY_SOCKET."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(addr)
+            sock.sendall(message.encode("ascii"))
+    except OSError:
+        log.debug("sd_notify failed", exc_info=True)
+
+
+def parse_options_for(agency: AgencyConfig) -> ParseOptions:
+    base = ParseOptions()
+    reserved = frozenset(base.reserved_names | {n.lower() for n in agency.reserved_names})
+    return ParseOptions(zone=agency.zone, reserved_names=reserved, mailbox_address=agency.address,
+                        ticket_prefix=agency.ticket_prefix)
+
+
+def build_services(config: Config, agency: AgencyConfig) -> Services:
+    d = agency.dns
+    dns_backend = Rfc2136Dns(zone=agency.zone, primary=d.primary, port=d.port, key_name=d.tsig_key_name,
+                             secret=d.read_secret(), algorithm=d.tsig_algorithm,
+                             verify_servers=d.verify_servers or None)
+    hosting: HostingBackend
+    if config.hosting.backend == "command":
+        hosting = CommandHosting(config.hosting.argv, secret_via=config.hosting.secret_via,
+                                 timeout=config.hosting.timeout_seconds)
+    else:
+        hosting = NoHosting()
+    return Services(dns=dns_backend, hosting=hosting)
+
+
+@dataclass
+class AgencyRuntime:
+    agency: AgencyConfig
+    source: MailSource
+    services: Services
+    connected: bool = False
+    backoff_until: float = 0.0
+    failures: int = 0
+    wake: threading.Event = field(default_factory=threading.Event)
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: Config,
+        sessions: sessionmaker[Session],
+        *,
+        transport: Transport | None = None,
+        sources: dict[str, MailSource] | None = None,
+        services: dict[str, Services] | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.config = config
+        self.sessions = sessions
+        self.clock = clock
+        smtp_password = config.smtp.read_secret() if config.smtp.user else None
+        self.transport = transport or SmtpTransport(config.smtp, smtp_password)
+        self.runtimes: dict[str, AgencyRuntime] = {}
+        for ag in config.agencies:
+            src = (sources or {}).get(ag.id) or ImapSource(ag.imap, ag.imap.read_secret() or "")
+            svc = (services or {}).get(ag.id) or build_services(config, ag)
+            self.runtimes[ag.id] = AgencyRuntime(agency=ag, source=src, services=svc)
+        self.stopping = threading.Event()
+        self.ready = False
+        self._watchers: list[threading.Thread] = []
+
+    # --- one pass ---------------------------------------------------------------------------------
+
+    def ctx(self, session: Session, agency: AgencyConfig) -> Ctx:
+        rt = self.runtimes[agency.id]
+        return Ctx(
+            session=session,
+            config=self.config,
+            agency=agency,
+            sop=load_sop(agency.sop),
+            mailer=Mailer(agency_id=agency.id, agency_name=agency.name, address=agency.address,
+                          zone=agency.zone, clock=self.clock),
+            services=rt.services,
+            clock=self.clock,
+            parse_options=parse_options_for(agency),
+        )
+
+    def run_once(self) -> dict[str, int]:
+        totals = {"messages": 0, "actions": 0, "sent": 0}
+        for rt in self.runtimes.values():
+            if self.stopping.is_set():
+                break
+            totals["messages"] += self.intake(rt)
+            totals["actions"] += self.run_due(rt)
+        totals["sent"] += drain(self.sessions, self.transport, self.clock)["sent"]
+        return totals
+
+    def _connect(self, rt: AgencyRuntime) -> bool:
+        if rt.connected:
+            return True
+        if time.monotonic() < rt.backoff_until:
+            return False
+        try:
+            rt.source.connect()
+        except MailSourceError as exc:
+            self._intake_failed(rt, exc)
+            return False
+        rt.connected = True
+        if not self.ready:
+            self.ready = True
+            sd_notify("READY=1\nSTATUS=mailbox login ok")
+        return True
+
+    def _intake_failed(self, rt: AgencyRuntime, exc: Exception) -> None:
+        rt.connected = False
+        rt.failures += 1
+        # Jittered exponential backoff, capped at 5 minutes (peers' pain point: intake that never resumes).
+        delay = min(300.0, 2.0 ** min(rt.failures, 8)) * random.uniform(0.5, 1.0)
+        rt.backoff_until = time.monotonic() + delay
+        log.warning("intake %s failing (%s); retry in %.0f s", rt.agency.id, exc, delay)
+        try:
+            rt.source.close()
+        except Exception:  # noqa: BLE001 - closing a broken connection must not stop the loop
+            log.debug("close failed", exc_info=True)
+        with self.sessions.begin() as s:
+            st = self._state(s, rt)
+            st.last_error = str(exc)[:2000]
+            if st.failing_since is None:
+                st.failing_since = self.clock()
+
+    def _state(self, s: Session, rt: AgencyRuntime) -> MailboxState:
+        st = s.get(MailboxState, (rt.agency.id, rt.source.folder))
+        if st is None:
+            st = MailboxState(agency=rt.agency.id, mailbox=rt.source.folder, uidvalidity=0, last_uid=0)
+            s.add(st)
+            s.flush()
+        return st
+
+    def intake(self, rt: AgencyRuntime) -> int:
+        if not self._connect(rt):
+            return 0
+        handled = 0
+        try:
+            uv = rt.source.uidvalidity()
+            with self.sessions.begin() as s:
+                st = self._state(s, rt)
+                if st.uidvalidity != uv:
+                    if st.uidvalidity:
+                        # The folder was recreated: UIDs restart. Message-ID dedupe keeps this safe.
+                        log.warning("UIDVALIDITY of %s changed %s -> %s", rt.agency.id, st.uidvalidity, uv)
+                    st.uidvalidity = uv
+                    st.last_uid = 0
+                last_uid = st.last_uid
+            self._finish_pending_marks(rt)
+            while not self.stopping.is_set():
+                batch = rt.source.fetch_new(last_uid, FETCH_BATCH)
+                if not batch:
+                    break
+                for uid, raw in batch:
+                    quarantine = self._take(rt, uv, uid, raw)
+                    last_uid = uid
+                    handled += 1
+                    rt.source.mark_handled(uid, quarantine=quarantine)
+                    with self.sessions.begin() as s:
+                        s.query(Inbound).filter(
+                            Inbound.agency == rt.agency.id, Inbound.mailbox == rt.source.folder,
+                            Inbound.uidvalidity == uv, Inbound.uid == uid,
+                        ).update({Inbound.server_done: True})
+                    if self.stopping.is_set():
+                        break
+            with self.sessions.begin() as s:
+                st = self._state(s, rt)
+                st.last_ok_at = self.clock()
+                st.failing_since = None
+                st.last_error = None
+                st.mode = rt.source.mode
+            rt.failures = 0
+        except MailSourceError as exc:
+            self._intake_failed(rt, exc)
+        return handled
+
+    def _take(self, rt: AgencyRuntime, uv: int, uid: int, raw: bytes) -> bool:
+        """Ingest one message with its checkpoint in one transaction; True when it goes to quarantine."""
+        from workflows.inbound import ingest
+
+        with self.sessions.begin() as s:
+            row = ingest(self.ctx(s, rt.agency), mailbox=rt.source.folder, uidvalidity=uv, uid=uid, raw=raw)
+            st = self._state(s, rt)
+            st.last_uid = max(st.last_uid, uid)
+            return row is not None and row.status in ("quarantined", "unmatched")
+
+    def _finish_pending_marks(self, rt: AgencyRuntime) -> None:
+        """Flag on the server what was committed before a crash or a lost connection but not yet flagged."""
+        with self.sessions() as s:
+            rows = s.execute(
+                select(Inbound.uid, Inbound.status).where(
+                    Inbound.agency == rt.agency.id, Inbound.mailbox == rt.source.folder,
+                    Inbound.uidvalidity == rt.source.uidvalidity(), Inbound.server_done.is_(False))
+            ).all()
+        for uid, status in rows:
+            rt.source.mark_handled(uid, quarantine=status in ("quarantined", "unmatched"))
+            with self.sessions.begin() as s:
+                s.query(Inbound).filter(Inbound.agency == rt.agency.id, Inbound.uid == uid,
+                                        Inbound.mailbox == rt.source.folder).update({Inbound.server_done: True})
+
+    def run_due(self, rt: AgencyRuntime) -> int:
+        with self.sessions() as s:
+            ids = due_actions(s, rt.agency.id, self.clock())
+        done = 0
+        for step_id in ids:
+            if self.stopping.is_set():
+                break
+            try:
+                with self.sessions.begin() as s:
+                    q = select(StepRun).where(StepRun.id == step_id, StepRun.status == "open")
+                    if s.get_bind().dialect.name == "postgresql":
+                        q = q.with_for_update(skip_locked=True)
+                    run = s.execute(q).scalar_one_or_none()
+                    if run is None:
+                        continue
+                    run_action(self.ctx(s, rt.agency), run)
+                    done += 1
+            except Exception as exc:  # the per-action boundary: record, back off, keep the loop alive
+                log.exception("action step %s failed", step_id)
+                from datetime import timedelta
+
+                with self.sessions.begin() as s:
+                    run = s.get(StepRun, step_id)
+                    if run is not None:
+                        run.attempts += 1
+                        run.last_error = f"{type(exc).__name__}: {exc}"[:2000]
+                        run.due_at = self.clock() + timedelta(minutes=min(60, 2 ** run.attempts))
+        return done
+
+    # --- the loop ---------------------------------------------------------------------------------
+
+    def _watch(self, rt: AgencyRuntime) -> None:
+        """A second connection per mailbox that only IDLEs and wakes the main loop on new mail."""
+        if not rt.agency.imap.idle:
+            return
+        src = ImapSource(rt.agency.imap, rt.agency.imap.read_secret() or "")
+        failures = 0
+        while not self.stopping.is_set():
+            try:
+                src.connect()
+                if src.mode != "idle":
+                    return
+                failures = 0
+                refresh_at = time.monotonic() + rt.agency.imap.idle_refresh_seconds
+                while not self.stopping.is_set() and time.monotonic() < refresh_at:
+                    if src.wait(1.0):
+                        rt.wake.set()
+                        self._wake.set()
+            except MailSourceError as exc:
+                failures += 1
+                log.info("IDLE watcher %s: %s", rt.agency.id, exc)
+                self.stopping.wait(min(60.0, 2.0 ** failures) * random.uniform(0.5, 1.0))
+            finally:
+                src.close()
+
+    def run(self, *, max_passes: int | None = None) -> None:
+        self._wake = threading.Event()
+        self._install_signals()
+        for rt in self.runtimes.values():
+            if isinstance(rt.source, ImapSource):
+                t = threading.Thread(target=self._watch, args=(rt,), name=f"idle-{rt.agency.id}", daemon=True)
+                t.start()
+                self._watchers.append(t)
+        passes = 0
+        poll = min(rt.agency.imap.poll_seconds for rt in self.runtimes.values())
+        while not self.stopping.is_set():
+            self._wake.clear()
+            try:
+                self.run_once()
+            except Exception:  # the loop boundary: a bug in one pass must not stop the daemon
+                log.exception("pass failed")
+            sd_notify("WATCHDOG=1")
+            passes += 1
+            if max_passes is not None and passes >= max_passes:
+                break
+            self._wake.wait(timeout=poll)
+        self.shutdown()
+
+    def _install_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def _stop(signum: int, frame: FrameType | None) -> None:
+            log.info("signal %d: finishing the current message, then stopping", signum)
+            self.stopping.set()
+            self._wake.set()
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+
+    def shutdown(self, flush_seconds: float = 10.0) -> None:
+        sd_notify("STOPPING=1")
+        try:
+            drain(self.sessions, self.transport, self.clock, deadline=time.monotonic() + flush_seconds)
+        except Exception:  # noqa: BLE001 - what could not be sent stays queued for the next start
+            log.exception("final outbox flush failed")
+        for rt in self.runtimes.values():
+            try:
+                rt.source.close()
+            except Exception:  # noqa: BLE001
+                log.debug("close failed", exc_info=True)
+        for t in self._watchers:
+            t.join(timeout=3)

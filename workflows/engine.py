@@ -1,0 +1,642 @@
+"""The generic SOP engine: moves a request through the steps of its agency's SOP definition.
+
+Entering a step does what its kind says (mail the actor with a single-use reply token, notify, wait for
+the requester, run an automatic action, or close the request); an outcome (approve, reject, revise,
+problem, ok, error, ...) leads where the SOP says. Everything happens in the caller's transaction and
+writes its mail to the outbox, so a crash anywhere loses nothing and does nothing twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from daemon.config import AgencyConfig, Config
+from parsers.model import ParseOptions
+from workflows.mailer import MailAttachment, Mailer, format_tanggal, new_token, token_hash
+from workflows.provision import (
+    DnsBackend,
+    DnsError,
+    HostingBackend,
+    HostingError,
+    NameInUse,
+    PlannedRecord,
+    generate_password,
+    make_username,
+)
+from workflows.sop import Sop, Step
+from workflows.store import Account, Audit, Counter, Decision, Inbound, PendingSecret, Request, StepRun
+
+log = logging.getLogger("subdomaind.engine")
+
+# Actions that touch the network or are irreversible run from the scheduler pass, never inside the
+# transaction of an inbound message, so a slow DNS server cannot hold the mailbox up.
+DEFERRED_ACTIONS = frozenset({"provision", "recheck_dns"})
+
+DECISION_WORDS = {
+    "approve": "SETUJU",
+    "reject": "TOLAK",
+    "revise": "PERBAIKI",
+    "problem": "KENDALA",
+    "confirm": "BERHASIL",
+    "cancel": "BATAL",
+}
+
+
+class ActionFailed(Exception):
+    """An automatic step could not be done; the request goes where the SOP's on.error says."""
+
+
+@dataclass
+class Services:
+    """The outside world the engine acts on, passed in (never globals)."""
+
+    dns: DnsBackend
+    hosting: HostingBackend
+
+
+@dataclass
+class Ctx:
+    session: Session
+    config: Config
+    agency: AgencyConfig
+    sop: Sop
+    mailer: Mailer
+    services: Services
+    clock: Callable[[], datetime]
+    parse_options: ParseOptions = field(default_factory=ParseOptions)
+
+    def now(self) -> datetime:
+        return self.clock()
+
+    def role_title(self, role: str | None) -> str:
+        if role is None:
+            return "Sistem"
+        return self.sop.roles[role].title
+
+    def addresses(self, role: str) -> list[str]:
+        return list(self.agency.actors.get(role, []))
+
+
+def audit(
+    ctx: Ctx,
+    req: Request | None,
+    event: str,
+    *,
+    actor: str = "subdomaind",
+    message_id: str | None = None,
+    **detail: Any,
+) -> None:
+    ctx.session.add(
+        Audit(
+            agency=ctx.agency.id,
+            request_id=req.id if req is not None else None,
+            at=ctx.now(),
+            actor=actor,
+            event=event,
+            detail=detail,
+            message_id=message_id,
+        )
+    )
+    log.info("%s %s %s", event, req.ticket if req is not None else "-", message_id or "-",
+             extra={"ticket": req.ticket if req is not None else None, "event": event})
+
+
+def next_number(ctx: Ctx, name: str) -> tuple[int, int]:
+    """The next value of a per-agency, per-year sequence (tickets, letter numbers), row-locked."""
+    year = ctx.now().astimezone(_tz(ctx)).year
+    stmt = select(Counter).where(Counter.agency == ctx.agency.id, Counter.name == name, Counter.year == year)
+    row = ctx.session.execute(stmt.with_for_update()).scalar_one_or_none()
+    if row is None:
+        row = Counter(agency=ctx.agency.id, name=name, year=year, last=0)
+        ctx.session.add(row)
+    row.last += 1
+    ctx.session.flush()
+    return year, row.last
+
+
+def _tz(ctx: Ctx) -> Any:
+    from zoneinfo import ZoneInfo
+
+    return ZoneInfo(ctx.agency.timezone)
+
+
+def summary(ctx: Ctx, req: Request) -> dict[str, Any]:
+    """What every mail about a request shows: the request as a clerk would read it."""
+    f = req.fields or {}
+    history = [
+        {
+            "at": format_tanggal(d.at.astimezone(_tz(ctx)), with_time=True),
+            "actor": d.actor,
+            "role": ctx.role_title(d.on_behalf_of) if d.on_behalf_of else d.actor,
+            "decision": DECISION_WORDS.get(d.decision, d.decision.upper()),
+            "note": d.note,
+        }
+        for d in ctx.session.execute(
+            select(Decision).where(Decision.request_id == req.id, Decision.accepted.is_(True)).order_by(Decision.id)
+        ).scalars()
+    ]
+    return {
+        "ticket": req.ticket,
+        "zone": ctx.agency.zone,
+        "fqdn": f"{req.subdomain}.{ctx.agency.zone}" if req.subdomain else None,
+        "subdomain": req.subdomain,
+        "unit": req.unit,
+        "requester": req.requester,
+        "fields": f,
+        "received": format_tanggal(req.received_at.astimezone(_tz(ctx)), with_time=True),
+        "history": history,
+        "sop_title": ctx.sop.title,
+    }
+
+
+def open_request(
+    ctx: Ctx,
+    *,
+    requester: str,
+    fields: dict[str, Any],
+    source_message_id: str | None,
+    inbound: Inbound | None,
+) -> Request:
+    now = ctx.now()
+    year, seq = next_number(ctx, "ticket")
+    ticket = f"{ctx.agency.ticket_prefix}/{year}/{seq:04d}"
+    req = Request(
+        agency=ctx.agency.id,
+        ticket=ticket,
+        status="open",
+        step=None,
+        subdomain=fields.get("subdomain"),
+        unit=fields.get("unit"),
+        requester=requester,
+        fields=fields,
+        source_message_id=source_message_id,
+        received_at=inbound.received_at if inbound is not None else now,
+        updated_at=now,
+        closed_at=None,
+    )
+    ctx.session.add(req)
+    ctx.session.flush()
+    if inbound is not None:
+        inbound.request_id = req.id
+    audit(ctx, req, "request.received", actor=requester, message_id=source_message_id,
+          subdomain=req.subdomain, unit=req.unit, source=fields.get("source"))
+    ctx.mailer.queue(
+        ctx.session,
+        to=[requester],
+        template="ack",
+        context=summary(ctx, req),
+        purpose="ack",
+        request_id=req.id,
+        ticket=ticket,
+        in_reply_to=source_message_id,
+    )
+    enter_step(ctx, req, ctx.sop.start)
+    return req
+
+
+def _original_attachment(ctx: Ctx, req: Request) -> list[MailAttachment]:
+    if not req.source_message_id:
+        return []
+    raw = ctx.session.execute(
+        select(Inbound.raw).where(Inbound.message_id == req.source_message_id)
+    ).scalar_one_or_none()
+    if not raw:
+        return []
+    return [MailAttachment(filename="surat-permohonan.eml", content_type="message/rfc822", data=raw)]
+
+
+def step_context(ctx: Ctx, req: Request, step: Step, run: StepRun) -> dict[str, Any]:
+    data = summary(ctx, req)
+    answers = [
+        {"word": DECISION_WORDS[o], "then": ctx.sop.steps[target].title}
+        for o, target in step.on.items()
+        if o in DECISION_WORDS
+    ]
+    data.update(
+        step_title=step.title,
+        step_key=step.key,
+        sop_no=step.sop_no,
+        role_title=ctx.role_title(step.actor),
+        time=step.time.text if step.time else None,
+        answers=answers,
+        expires=format_tanggal(run.token_expires_at.astimezone(_tz(ctx))) if run.token_expires_at else None,
+        note=run.note,
+    )
+    return data
+
+
+def enter_step(ctx: Ctx, req: Request, key: str, *, note: str | None = None) -> StepRun:
+    step = ctx.sop.step(key)
+    now = ctx.now()
+    run = StepRun(
+        request_id=req.id,
+        key=key,
+        kind=step.kind,
+        role=step.actor,
+        status="open",
+        opened_at=now,
+        note=note,
+        attempts=0,
+    )
+    ctx.session.add(run)
+    req.step = key
+    req.updated_at = now
+    ctx.session.flush()
+    audit(ctx, req, "step.entered", step=key, kind=step.kind, role=step.actor)
+
+    if step.kind == "end":
+        run.status = "done"
+        run.closed_at = now
+        run.outcome = step.outcome
+        req.status = step.outcome or "done"
+        req.closed_at = now
+        audit(ctx, req, "request.closed", outcome=req.status)
+    elif step.kind == "notification":
+        assert step.actor is not None
+        ctx.mailer.queue(
+            ctx.session,
+            to=ctx.addresses(step.actor),
+            template=step.template or "notify",
+            context=step_context(ctx, req, step, run),
+            purpose=f"notify.{key}",
+            request_id=req.id,
+            ticket=req.ticket,
+            attachments=_original_attachment(ctx, req),
+        )
+        finish_step(ctx, run, "ok")
+    elif step.kind in ("approval", "wait_requester"):
+        token = new_token()
+        run.token_hash = token_hash(token)
+        run.token_expires_at = now + timedelta(days=ctx.config.workflow.token_days)
+        if step.kind == "approval":
+            assert step.actor is not None
+            to = ctx.addresses(step.actor)
+            template = step.template or "approval"
+            attachments = _original_attachment(ctx, req)
+            in_reply_to = None
+        else:
+            to = requester_addresses(req)
+            template = step.template or "incomplete"
+            attachments = []
+            in_reply_to = req.source_message_id
+        out = ctx.mailer.queue(
+            ctx.session,
+            to=to,
+            template=template,
+            context=step_context(ctx, req, step, run),
+            purpose=f"step.{key}",
+            request_id=req.id,
+            ticket=req.ticket,
+            token=token,
+            attachments=attachments,
+            in_reply_to=in_reply_to,
+        )
+        run.mail_message_id = out.message_id
+    elif step.kind == "action":
+        delay = ctx.config.workflow.undo_window_minutes if step.irreversible else 0.0
+        run.due_at = now + timedelta(minutes=delay)
+        if step.action not in DEFERRED_ACTIONS and run.due_at <= now:
+            run_action(ctx, run)
+    return run
+
+
+def requester_addresses(req: Request) -> list[str]:
+    addrs = [req.requester]
+    pic = (req.fields or {}).get("pic_email")
+    if pic and pic not in addrs:
+        addrs.append(pic)
+    return addrs
+
+
+def finish_step(ctx: Ctx, run: StepRun, outcome: str, *, note: str | None = None) -> StepRun | None:
+    req = ctx.session.get(Request, run.request_id)
+    assert req is not None
+    step = ctx.sop.step(run.key)
+    run.status = "done"
+    run.closed_at = ctx.now()
+    run.outcome = outcome
+    target = step.on.get(outcome)
+    if target is None:
+        # Validated SOPs give every decision offered a target; an action without on.error stays here.
+        run.status = "open"
+        run.closed_at = None
+        audit(ctx, req, "step.stuck", step=run.key, outcome=outcome)
+        alert_staff(ctx, req, f"Langkah {step.title} berhenti: hasil {outcome!r} tidak diatur SOP.")
+        return None
+    return enter_step(ctx, req, target, note=note)
+
+
+def alert_staff(ctx: Ctx, req: Request | None, problem: str) -> None:
+    ctx.mailer.queue(
+        ctx.session,
+        to=list(ctx.agency.digest_recipients),
+        template="staff_alert",
+        context={"ticket": req.ticket if req else None, "problem": problem,
+                 "subdomain": req.subdomain if req else None},
+        purpose="alert",
+        request_id=req.id if req else None,
+        ticket=req.ticket if req else None,
+    )
+    audit(ctx, req, "staff.alerted", problem=problem)
+
+
+# --- decisions ------------------------------------------------------------------------------------
+
+def apply_decision(
+    ctx: Ctx,
+    run: StepRun,
+    *,
+    decision: str,
+    actor: str,
+    note: str | None,
+    message_id: str | None,
+    rules: tuple[str, ...] = (),
+    on_behalf_of: str | None = None,
+) -> None:
+    """Record an accepted decision, echo it to the official, and move the request on."""
+    req = ctx.session.get(Request, run.request_id)
+    assert req is not None
+    ctx.session.add(
+        Decision(
+            request_id=req.id,
+            step_id=run.id,
+            decision=decision,
+            actor=actor,
+            on_behalf_of=on_behalf_of,
+            note=note,
+            message_id=message_id,
+            accepted=True,
+            reason=None,
+            rules=list(rules),
+            at=ctx.now(),
+        )
+    )
+    audit(ctx, req, "decision.accepted", actor=actor, message_id=message_id, step=run.key,
+          decision=decision, note=note, delegate_for=on_behalf_of)
+    step = ctx.sop.step(run.key)
+    nxt_key = step.on[decision]
+    ctx.mailer.queue(
+        ctx.session,
+        to=[actor],
+        template="echo",
+        context={**summary(ctx, req), "decision": DECISION_WORDS.get(decision, decision.upper()),
+                 "actor": actor, "note": note, "step_title": step.title,
+                 "next_title": ctx.sop.steps[nxt_key].title,
+                 "delegate_for": ctx.role_title(on_behalf_of) if on_behalf_of else None},
+        purpose=f"echo.{run.key}",
+        request_id=req.id,
+        ticket=req.ticket,
+        in_reply_to=message_id,
+    )
+    finish_step(ctx, run, decision, note=note)
+
+
+# --- automatic actions ----------------------------------------------------------------------------
+
+def run_action(ctx: Ctx, run: StepRun) -> None:
+    step = ctx.sop.step(run.key)
+    req = ctx.session.get(Request, run.request_id)
+    assert req is not None and step.action is not None
+    run.attempts += 1
+    try:
+        outcome = ACTIONS[step.action](ctx, req, run)
+    except ActionFailed as exc:
+        run.last_error = str(exc)
+        audit(ctx, req, "action.failed", step=run.key, action=step.action, error=str(exc))
+        alert_staff(ctx, req, f"{step.title}: {exc}")
+        outcome = "error"
+    audit(ctx, req, "action.done", step=run.key, action=step.action, outcome=outcome)
+    finish_step(ctx, run, outcome, note=run.last_error if outcome == "error" else None)
+
+
+def _check_completeness(ctx: Ctx, req: Request, run: StepRun) -> str:
+    f = req.fields or {}
+    missing = list(f.get("missing", []))
+    problems = [dict(p) for p in f.get("problems", [])]
+    label = req.subdomain
+    if label:
+        dup = ctx.session.execute(
+            select(Request.ticket).where(
+                Request.agency == ctx.agency.id,
+                Request.subdomain == label,
+                Request.status.in_(("open", "done")),
+                Request.id != req.id,
+            )
+        ).scalars().first()
+        if dup:
+            problems.append({"field": "subdomain",
+                             "reason": f"Nama sub domain '{label}' sudah diajukan dengan tiket {dup}."})
+        else:
+            try:
+                existing = ctx.services.dns.existing(label)
+            except (DnsError, OSError, Exception) as exc:  # noqa: BLE001 - any DNS failure: ask staff, keep going
+                log.warning("DNS check for %s failed: %s", label, exc)
+                existing = []
+            if existing:
+                problems.append({"field": "subdomain",
+                                 "reason": f"Nama sub domain '{label}.{ctx.agency.zone}' sudah terdaftar di DNS."})
+    f = {**f, "check": {"missing": missing, "problems": problems}}
+    req.fields = f
+    if missing or problems:
+        audit(ctx, req, "request.incomplete", missing=missing, problems=problems)
+        return "incomplete"
+    return "complete"
+
+
+def planned_record(ctx: Ctx, req: Request) -> PlannedRecord:
+    f = req.fields or {}
+    ip = f.get("target_ip") or ctx.agency.dns.hosting_ip
+    rdtype = "AAAA" if ":" in ip else "A"
+    assert req.subdomain
+    return PlannedRecord(name=req.subdomain, rdtype=rdtype, value=ip, ttl=ctx.agency.dns.ttl)
+
+
+def _provision(ctx: Ctx, req: Request, run: StepRun) -> str:
+    if req.provisioned:
+        return "ok"  # done before a crash; never twice
+    if not req.subdomain:
+        raise ActionFailed("permohonan tidak memuat nama sub domain")
+    record = planned_record(ctx, req)
+    added = False
+    try:
+        try:
+            ctx.services.dns.add(record)
+            added = True
+        except NameInUse:
+            # Either we added it before a crash (same value: ours), or someone else holds the name.
+            existing = ctx.services.dns.existing(record.name)
+            ours = any(line.split()[-1].rstrip(".") == record.value and f" {record.rdtype} " in line
+                       for line in existing)
+            if not ours or len(existing) != 1:
+                raise ActionFailed(
+                    f"nama {record.name}.{ctx.agency.zone} sudah dipakai di DNS: {'; '.join(existing)}"
+                ) from None
+        wait = ctx.agency.dns.verify_timeout_seconds
+        served = getattr(ctx.services.dns, "wait_served", None)
+        state = served(record, wait) if served else ctx.services.dns.serving(record)
+        if not all(state.values()):
+            lagging = ", ".join(k for k, ok in state.items() if not ok)
+            raise ActionFailed(f"rekaman DNS belum dilayani oleh {lagging} setelah {wait:.0f} detik")
+        taken = set(ctx.session.execute(select(Account.username).where(Account.agency == ctx.agency.id)).scalars())
+        username = make_username(ctx.agency.username_pattern, req.subdomain, (req.fields or {}).get("pic_name"),
+                                 taken)
+        password = generate_password()
+        result = ctx.services.hosting.create(
+            username=username, password=password, fqdn=f"{req.subdomain}.{ctx.agency.zone}",
+            ip=record.value, subdomain=req.subdomain,
+        )
+    except (DnsError, HostingError) as exc:
+        if added:
+            try:
+                ctx.services.dns.remove(record)
+                audit(ctx, req, "dns.rolled_back", record=record.line(ctx.agency.zone))
+            except DnsError as rb_exc:
+                audit(ctx, req, "dns.rollback_failed", record=record.line(ctx.agency.zone), error=str(rb_exc))
+        raise ActionFailed(str(exc)) from exc
+    except ActionFailed:
+        if added:
+            try:
+                ctx.services.dns.remove(record)
+                audit(ctx, req, "dns.rolled_back", record=record.line(ctx.agency.zone))
+            except DnsError as rb_exc:
+                audit(ctx, req, "dns.rollback_failed", record=record.line(ctx.agency.zone), error=str(rb_exc))
+        raise
+    now = ctx.now()
+    ctx.session.add(Account(agency=ctx.agency.id, request_id=req.id, username=username,
+                            backend=ctx.services.hosting.name, created_at=now))
+    existing_secret = ctx.session.get(PendingSecret, req.id)
+    if existing_secret is not None:
+        ctx.session.delete(existing_secret)
+        ctx.session.flush()
+    ctx.session.add(PendingSecret(request_id=req.id, value=password, created_at=now))
+    try:
+        ns = list(ctx.agency.dns.name_servers) or ctx.services.dns.name_servers()
+    except (DnsError, OSError, Exception):  # noqa: BLE001 - name servers are informative only
+        ns = list(ctx.agency.dns.name_servers)
+    req.provisioned = {
+        "record": record.line(ctx.agency.zone),
+        "name": record.name,
+        "rdtype": record.rdtype,
+        "value": record.value,
+        "ttl": record.ttl,
+        "name_servers": ns,
+        "username": username,
+        "served": state,
+        "hosting": result,
+    }
+    audit(ctx, req, "provisioned", record=record.line(ctx.agency.zone), username=username, served=state)
+    return "ok"
+
+
+def _draft_letter(ctx: Ctx, req: Request, run: StepRun) -> str:
+    if not req.letter_number:
+        year, seq = next_number(ctx, "letter")
+        req.letter_number = ctx.agency.letter.number_pattern.format(seq=seq, year=year)
+    audit(ctx, req, "letter.drafted", number=req.letter_number)
+    return "ok"
+
+
+def letter_context(ctx: Ctx, req: Request, *, password: str | None) -> dict[str, Any]:
+    data = summary(ctx, req)
+    p = req.provisioned or {}
+    data.update(
+        letter=ctx.agency.letter,
+        letter_number=req.letter_number,
+        letter_date=format_tanggal(ctx.now().astimezone(_tz(ctx))),
+        ip=p.get("value"),
+        rdtype=p.get("rdtype"),
+        name_servers=p.get("name_servers", []),
+        username=p.get("username"),
+        password=password,
+        record=p.get("record"),
+    )
+    return data
+
+
+def _send_letter(ctx: Ctx, req: Request, run: StepRun) -> str:
+    secret = ctx.session.get(PendingSecret, req.id)
+    ctx.mailer.queue(
+        ctx.session,
+        to=requester_addresses(req),
+        template="final",
+        context=letter_context(ctx, req, password=secret.value if secret else None),
+        purpose="final",
+        request_id=req.id,
+        ticket=req.ticket,
+        in_reply_to=req.source_message_id,
+        sensitive=True,
+    )
+    audit(ctx, req, "letter.sent", number=req.letter_number)
+    return "ok"
+
+
+def _send_rejection(ctx: Ctx, req: Request, run: StepRun) -> str:
+    last = ctx.session.execute(
+        select(Decision).where(Decision.request_id == req.id, Decision.accepted.is_(True))
+        .order_by(Decision.id.desc())
+    ).scalars().first()
+    if req.provisioned:
+        record = PlannedRecord(name=req.provisioned["name"], rdtype=req.provisioned["rdtype"],
+                               value=req.provisioned["value"], ttl=req.provisioned["ttl"])
+        try:
+            ctx.services.dns.remove(record)
+            audit(ctx, req, "dns.removed", record=record.line(ctx.agency.zone))
+        except DnsError as exc:
+            alert_staff(ctx, req, f"Rekaman DNS {record.line(ctx.agency.zone)} gagal dihapus: {exc}")
+        secret = ctx.session.get(PendingSecret, req.id)
+        if secret is not None:
+            ctx.session.delete(secret)
+    ctx.mailer.queue(
+        ctx.session,
+        to=requester_addresses(req),
+        template="rejection",
+        context={**summary(ctx, req), "by": ctx.role_title(ctx.sop.steps[_step_key(ctx, last)].actor)
+                 if last else None, "note": last.note if last else None},
+        purpose="rejection",
+        request_id=req.id,
+        ticket=req.ticket,
+        in_reply_to=req.source_message_id,
+    )
+    audit(ctx, req, "rejection.sent")
+    return "ok"
+
+
+def _step_key(ctx: Ctx, decision: Decision | None) -> str:
+    if decision is None or decision.step_id is None:
+        return ctx.sop.start
+    run = ctx.session.get(StepRun, decision.step_id)
+    return run.key if run is not None else ctx.sop.start
+
+
+def _close(ctx: Ctx, req: Request, run: StepRun) -> str:
+    return "ok"
+
+
+ACTIONS: dict[str, Callable[[Ctx, Request, StepRun], str]] = {
+    "check_completeness": _check_completeness,
+    "provision": _provision,
+    "draft_letter": _draft_letter,
+    "send_letter": _send_letter,
+    "send_rejection": _send_rejection,
+    "close": _close,
+}
+
+
+def due_actions(session: Session, agency_id: str, now: datetime) -> list[int]:
+    """Ids of open action steps of this agency whose time has come."""
+    return list(
+        session.execute(
+            select(StepRun.id)
+            .join(Request, Request.id == StepRun.request_id)
+            .where(Request.agency == agency_id, StepRun.kind == "action", StepRun.status == "open",
+                   StepRun.due_at <= now)
+            .order_by(StepRun.id)
+        ).scalars()
+    )

@@ -1,0 +1,93 @@
+"""One exception class per reason a sender is refused, each naming its Indonesian template.
+
+If you add a refusal: add its class here, its template `templates/mail/refusal_<code>.txt.j2`, and a
+test in tests/test_refusals.py (Discourse's rule for its receiver errors).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class Refusal(Exception):
+    """A message that changes nothing, is audited with its reason, and (when `notify`) is answered."""
+
+    code: ClassVar[str] = "refusal"
+    notify: ClassVar[bool] = True  # answer the sender (rate-limited, and never an unknown outsider)
+
+    def __init__(self, reason: str, **context: object) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.context = context
+
+    @property
+    def template(self) -> str:
+        return f"refusal_{self.code}"
+
+
+class NotStepActor(Refusal):
+    """The sender is not the official the step waits on, nor their registered delegate."""
+
+    code = "not_actor"
+
+
+class RequesterCannotApprove(Refusal):
+    """The requester tried to decide a step of their own request."""
+
+    code = "requester"
+
+
+class StepNotOpen(Refusal):
+    """The step the reply answers is already decided or closed."""
+
+    code = "step_closed"
+
+
+class TokenExpired(Refusal):
+    """The reply answers a step mail whose token has expired."""
+
+    code = "token_expired"
+
+
+class DecisionUnclear(Refusal):
+    """No decision keyword in the new text, or contradicting ones."""
+
+    code = "unclear"
+
+
+class DecisionNotOffered(Refusal):
+    """A keyword the step does not offer (e.g. PERBAIKI where only SETUJU/TOLAK apply)."""
+
+    code = "not_offered"
+
+
+class NotVouched(Refusal):
+    """The receiving server did not vouch for the sender (DKIM/SPF), as the agency's config requires."""
+
+    code = "not_vouched"
+    notify = False  # a forged sender must not learn anything, nor make us mail the real one
+
+
+class AlreadyRequested(Refusal):
+    """The same unit already has an open request for the same sub-domain."""
+
+    code = "duplicate"
+
+
+class TooLarge(Refusal):
+    """The message or an attachment is over the configured limits."""
+
+    code = "too_large"
+
+
+ALL_REFUSALS: tuple[type[Refusal], ...] = (
+    NotStepActor,
+    RequesterCannotApprove,
+    StepNotOpen,
+    TokenExpired,
+    DecisionUnclear,
+    DecisionNotOffered,
+    NotVouched,
+    AlreadyRequested,
+    TooLarge,
+)

@@ -1,0 +1,370 @@
+"""One handler per kind of inbound mail, tried in order (GitLab's `Handler.for`); the first that can, does.
+
+Each handler's `execute` returns the message's final status (handled, answered, ignored, unmatched) or
+raises a `Refusal`. Order matters: our own mail, bounces and auto-replies are caught before anything could
+treat them as a decision or a request, so they can never change state or be answered (no mail loops).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Protocol
+
+from sqlalchemy import select
+
+from parsers.model import ParseResult
+from workflows.engine import (
+    Ctx,
+    alert_staff,
+    apply_decision,
+    audit,
+    finish_step,
+    open_request,
+    requester_addresses,
+)
+from workflows.errors import (
+    AlreadyRequested,
+    DecisionNotOffered,
+    DecisionUnclear,
+    NotStepActor,
+    RequesterCannotApprove,
+    StepNotOpen,
+    TokenExpired,
+)
+from workflows.mailer import LOOP_HEADER, token_hash
+from workflows.store import Inbound, Outbox, Request, StepRun
+
+_REQUEST_WORDS = re.compile(r"\b(sub[\s-]?domain|subdomain|hosting)\b", re.IGNORECASE)
+
+
+class Handler(Protocol):
+    name: str
+
+    def can_handle(self, ctx: Ctx, parsed: ParseResult) -> bool: ...
+    def execute(self, ctx: Ctx, parsed: ParseResult, inbound: Inbound) -> str: ...
+
+
+@dataclass(frozen=True)
+class StepMatch:
+    run: StepRun
+    request: Request
+    via: str  # "token" | "message-id" | "subject"
+
+
+def match_step(ctx: Ctx, parsed: ParseResult) -> StepMatch | None:
+    """The step mail this reply answers: by token, else by In-Reply-To/References, else by the ticket tag."""
+    msg = parsed.message
+    if msg is None:
+        return None
+    s = ctx.session
+    if parsed.token:
+        run = s.execute(select(StepRun).where(StepRun.token_hash == token_hash(parsed.token))).scalar_one_or_none()
+        if run is not None:
+            req = s.get(Request, run.request_id)
+            if req is not None and req.agency == ctx.agency.id:
+                return StepMatch(run, req, "token")
+    for mid in (msg.in_reply_to, *reversed(msg.references)):
+        if not mid:
+            continue
+        run = s.execute(select(StepRun).where(StepRun.mail_message_id == mid)).scalars().first()
+        if run is not None:
+            req = s.get(Request, run.request_id)
+            if req is not None and req.agency == ctx.agency.id:
+                return StepMatch(run, req, "message-id")
+    if parsed.ticket:
+        req = s.execute(
+            select(Request).where(Request.agency == ctx.agency.id, Request.ticket == parsed.ticket)
+        ).scalar_one_or_none()
+        if req is not None:
+            sender = msg.from_addr or ""
+            open_runs = s.execute(
+                select(StepRun).where(StepRun.request_id == req.id, StepRun.status == "open")
+                .order_by(StepRun.id.desc())
+            ).scalars().all()
+            # Last resort (issue 4 rule 1): the tag alone names the request; the step is the open one
+            # this sender may decide. Anyone else gets no match here, so the tag grants nothing.
+            for run in open_runs:
+                if run.role and sender in _allowed(ctx, run.role):
+                    return StepMatch(run, req, "subject")
+    return None
+
+
+def match_request(ctx: Ctx, parsed: ParseResult) -> Request | None:
+    """The request any of our mails in this thread belongs to (for the requester's own replies)."""
+    m = match_step(ctx, parsed)
+    if m is not None:
+        return m.request
+    msg = parsed.message
+    if msg is None:
+        return None
+    for mid in (msg.in_reply_to, *msg.references):
+        if not mid:
+            continue
+        rid = ctx.session.execute(select(Outbox.request_id).where(Outbox.message_id == mid)).scalar_one_or_none()
+        if rid is not None:
+            req = ctx.session.get(Request, rid)
+            if req is not None and req.agency == ctx.agency.id:
+                return req
+    return None
+
+
+def _allowed(ctx: Ctx, role: str) -> set[str]:
+    return set(ctx.agency.actors.get(role, [])) | set(ctx.agency.delegates.get(role, []))
+
+
+def known_address(ctx: Ctx, address: str | None) -> bool:
+    """An official or delegate of this agency (someone we may tell why a reply was refused)."""
+    if not address:
+        return False
+    return any(address in addrs for addrs in (*ctx.agency.actors.values(), *ctx.agency.delegates.values()))
+
+
+class OwnMailHandler:
+    """Our own mail coming back (loop header, or sent from our own address): never acted on."""
+
+    name = "own_mail"
+
+    def can_handle(self, ctx: Ctx, parsed: ParseResult) -> bool:
+        msg = parsed.message
+        if msg is None:
+            return False
+        if msg.header(LOOP_HEADER) is not None:
+            return True
+        own_local, _, own_domain = ctx.agency.address.partition("@")
+        sender = msg.from_addr or ""
+        local, _, domain = sender.partition("@")
+        return domain == own_domain and local.split("+")[0] == own_local
+
+    def execute(self, ctx: Ctx, parsed: ParseResult, inbound: Inbound) -> str:
+        audit(ctx, None, "mail.own_ignored", message_id=inbound.message_id)
+        return "ignored"
+
+
+class BounceHandler:
+    """A delivery failure: tied to the mail that bounced, staff alerted, never answered."""
+
+    name = "bounce"
+
+    def can_handle(self, ctx: Ctx, parsed: ParseResult) -> bool:
+        return parsed.kind == "bounce"
+
+    def execute(self, ctx: Ctx, parsed: ParseResult, inbound: Inbound) -> str:
+        b = parsed.bounce
+        assert b is not None
+        out = None
+        if b.original_message_id:
+            out = ctx.session.execute(
+                select(Outbox).where(Outbox.message_id == b.original_message_id)
+            ).scalar_one_or_none()
+        req = ctx.session.get(Request, out.request_id) if out is not None and out.request_id else None
+        if req is not None:
+            inbound.request_id = req.id
+        audit(ctx, req, "mail.bounced", message_id=inbound.message_id,
+              failed=list(b.failed_recipients), status=b.status, bounced_mail=b.original_message_id)
+        # An alert about a bounced alert would loop; staff see those in the digest instead.
+        if out is not None and out.purpose != "alert" and not (b.status or "").startswith("4"):
+            alert_staff(ctx, req, f"Surel {out.purpose} ke {', '.join(b.failed_recipients) or '?'} "
+                                  f"tidak terkirim ({b.status or 'tanpa kode'}): {b.reason}")
+        return "handled"
+
+
+class AutoReplyHandler:
+    """Out-of-office and other RFC 3834 auto-replies: recorded, never a decision, never answered."""
+
+    name = "auto_reply"
+
+    def can_handle(self, ctx: Ctx, parsed: ParseResult) -> bool:
+        return parsed.kind == "auto_reply"
+
+    def execute(self, ctx: Ctx, parsed: ParseResult, inbound: Inbound) -> str:
+        req = match_request(ctx, parsed)
+        audit(ctx, req, "mail.auto_reply", actor=inbound.sender or "?", message_id=inbound.message_id,
+              reason=parsed.reason)
+        return "ignored"
+
+
+class DecisionReplyHandler:
+    """An official's answer to an approval step mail: every check passes, or it is refused."""
+
+    name = "decision"
+
+    def can_handle(self, ctx: Ctx, parsed: ParseResult) -> bool:
+        if parsed.kind != "reply":
+            return False
+        m = match_step(ctx, parsed)
+        if m is None or m.run.kind != "approval":
+            return False
+        # The requester answering our mail to them is the next handler's business, unless they are
+        # answering an approval step mail itself (forwarded to them): that is refused here.
+        return True
+
+    def execute(self, ctx: Ctx, parsed: ParseResult, inbound: Inbound) -> str:
+        m = match_step(ctx, parsed)
+        assert m is not None and parsed.message is not None and parsed.reply is not None
+        run, req = m.run, m.request
+        inbound.request_id = req.id
+        sender = parsed.message.from_addr or ""
+        step = ctx.sop.step(run.key)
+        ctx_info = {"ticket": req.ticket, "step_title": step.title, "role_title": ctx.role_title(run.role)}
+        assert run.role is not None
+        if sender in ctx.agency.actors.get(run.role, []):
+            on_behalf_of = None
+        elif sender in ctx.agency.delegates.get(run.role, []):
+            on_behalf_of = run.role
+        elif sender in requester_addresses(req):
+            raise RequesterCannotApprove(f"pemohon {sender} tidak dapat memutuskan langkah {run.key}", **ctx_info)
+        else:
+            raise NotStepActor(f"{sender} bukan pejabat langkah {run.key} ({run.role})", **ctx_info)
+        if run.status != "open":
+            raise StepNotOpen(f"langkah {run.key} sudah {run.status} ({run.outcome})", **ctx_info)
+        if m.via == "token" and run.token_expires_at is not None and run.token_expires_at < ctx.now():
+            raise TokenExpired(f"token langkah {run.key} kedaluwarsa", **ctx_info)
+        decision = parsed.reply.decision
+        if decision == "unclear":
+            raise DecisionUnclear("balasan tidak memuat keputusan yang jelas",
+                                  text=parsed.reply.text[:500], **ctx_info)
+        if decision not in step.on:
+            raise DecisionNotOffered(f"keputusan {decision} tidak tersedia pada langkah {run.key}",
+                                     decision=decision, **ctx_info)
+        apply_decision(ctx, run, decision=decision, actor=sender, note=parsed.reply.note,
+                       message_id=inbound.message_id, rules=parsed.reply.rules, on_behalf_of=on_behalf_of)
+        return "handled"
+
+
+class RequesterReplyHandler:
+    """The requester answering us: a corrected form while we wait for them, else a note on the request."""
+
+    name = "requester_reply"
+
+    def can_handle(self, ctx: Ctx, parsed: ParseResult) -> bool:
+        if parsed.kind not in ("reply", "request") or parsed.message is None:
+            return False
+        req = match_request(ctx, parsed)
+        return req is not None and _sender(parsed) in requester_addresses(req)
+
+    def execute(self, ctx: Ctx, parsed: ParseResult, inbound: Inbound) -> str:
+        req = match_request(ctx, parsed)
+        assert req is not None
+        inbound.request_id = req.id
+        waiting = ctx.session.execute(
+            select(StepRun).where(StepRun.request_id == req.id, StepRun.status == "open",
+                                  StepRun.kind == "wait_requester")
+        ).scalars().first()
+        if waiting is None:
+            audit(ctx, req, "requester.message", actor=_sender(parsed), message_id=inbound.message_id)
+            return "handled"
+        new = parsed.request.to_json() if parsed.request is not None else {}
+        req.fields = merge_fields(req.fields or {}, new)
+        req.subdomain = req.fields.get("subdomain")
+        req.unit = req.fields.get("unit")
+        audit(ctx, req, "request.corrected", actor=_sender(parsed), message_id=inbound.message_id,
+              fields=sorted(k for k, v in new.items() if v and k in MERGE_KEYS))
+        finish_step(ctx, waiting, "ok")
+        return "handled"
+
+
+MERGE_KEYS = (
+    "subdomain", "unit", "pic_name", "pic_nip", "pic_position", "pic_email", "pic_phone", "purpose",
+    "service", "target_ip", "letter_number", "letter_date", "letter_subject", "unit_head",
+)
+
+
+def merge_fields(old: dict[str, object], new: dict[str, object]) -> dict[str, object]:
+    """The corrected record: new values win; a field's old problem stays only if it was not given again."""
+    merged = dict(old)
+    given = {k for k in MERGE_KEYS if new.get(k)}
+    for k in given:
+        merged[k] = new[k]
+    old_problems = [p for p in old.get("problems", []) or [] if isinstance(p, dict) and p.get("field") not in given]
+    new_problems = [p for p in new.get("problems", []) or [] if isinstance(p, dict)]
+    merged["problems"] = old_problems + new_problems
+    from parsers.model import MANDATORY_FIELDS
+
+    merged["missing"] = [f for f in MANDATORY_FIELDS if not merged.get(f)]
+    origins = dict(old.get("origins", {}) or {})  # type: ignore[call-overload]
+    origins.update(new.get("origins", {}) or {})  # type: ignore[call-overload]
+    merged["origins"] = origins
+    merged.pop("check", None)
+    return merged
+
+
+def _sender(parsed: ParseResult) -> str:
+    msg = parsed.message
+    assert msg is not None
+    return (msg.from_addr or "").lower()
+
+
+class NewRequestHandler:
+    """A new request letter: a ticket, an acknowledgement, and the SOP's first step."""
+
+    name = "new_request"
+
+    def can_handle(self, ctx: Ctx, parsed: ParseResult) -> bool:
+        if parsed.kind == "request":
+            return True
+        # A letter with no recognisable form ("Mohon dibuatkan sub domain ...") is still a request:
+        # the requester is told what is missing instead of hearing nothing.
+        msg = parsed.message
+        return (
+            parsed.kind == "unrelated"
+            and msg is not None
+            and bool(_REQUEST_WORDS.search(f"{msg.subject or ''} {(msg.text or '')[:3000]}"))
+        )
+
+    def execute(self, ctx: Ctx, parsed: ParseResult, inbound: Inbound) -> str:
+        msg = parsed.message
+        assert msg is not None
+        requester = (msg.forwarded_from or msg.from_addr or "").lower()
+        if parsed.request is not None:
+            fields = parsed.request.to_json()
+        else:
+            from parsers.model import MANDATORY_FIELDS, RequestFields
+
+            fields = RequestFields(missing=MANDATORY_FIELDS).to_json()
+        label = fields.get("subdomain")
+        if label:
+            dup = ctx.session.execute(
+                select(Request).where(Request.agency == ctx.agency.id, Request.subdomain == label,
+                                      Request.status == "open", Request.requester == requester)
+            ).scalars().first()
+            if dup is not None:
+                inbound.request_id = dup.id
+                raise AlreadyRequested(f"permohonan {label} sudah ada ({dup.ticket})", ticket=dup.ticket,
+                                       subdomain=label)
+        open_request(ctx, requester=requester, fields=fields, source_message_id=inbound.message_id,
+                     inbound=inbound)
+        return "handled"
+
+
+class UnmatchedHandler:
+    """Everything else: kept, listed in the digest's "unmatched" list, never opening a request."""
+
+    name = "unmatched"
+
+    def can_handle(self, ctx: Ctx, parsed: ParseResult) -> bool:
+        return True
+
+    def execute(self, ctx: Ctx, parsed: ParseResult, inbound: Inbound) -> str:
+        inbound.error = parsed.reason or "balasan tidak dapat dicocokkan dengan langkah mana pun"
+        audit(ctx, None, "mail.unmatched", actor=inbound.sender or "?", message_id=inbound.message_id,
+              kind=parsed.kind, reason=inbound.error)
+        return "unmatched"
+
+
+HANDLERS: tuple[Handler, ...] = (
+    OwnMailHandler(),
+    BounceHandler(),
+    AutoReplyHandler(),
+    DecisionReplyHandler(),
+    RequesterReplyHandler(),
+    NewRequestHandler(),
+    UnmatchedHandler(),
+)
+
+
+def handler_for(ctx: Ctx, parsed: ParseResult) -> Handler:
+    for handler in HANDLERS:
+        if handler.can_handle(ctx, parsed):
+            return handler
+    raise AssertionError("UnmatchedHandler takes everything")

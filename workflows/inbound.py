@@ -1,0 +1,148 @@
+"""Take one inbound message into the database: store it, run its handler, record what became of it.
+
+`ingest` runs inside the caller's transaction, which also holds the intake checkpoint (last UID) and
+everything the message causes (state, audit, outbox). The handler runs in a savepoint: a refusal or a
+crash rolls back only what the handler did, and the message itself is kept with its status and reason,
+so every message ends handled, answered, ignored, unmatched or quarantined (DESIGN, "Bad input").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import traceback
+from datetime import date
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from parsers import parse
+from parsers.model import ParseResult
+from workflows.engine import Ctx, audit
+from workflows.errors import Refusal
+from workflows.handlers import handler_for, known_address
+from workflows.store import Decision, Inbound, NoticeLog, Request, StepRun
+
+log = logging.getLogger("subdomaind.inbound")
+
+
+def synthetic_message_id(raw: bytes) -> str:
+    """A stable id for a message that has none, so the same bytes are still recognised twice."""
+    return f"<sha256.{hashlib.sha256(raw).hexdigest()[:40]}@subdomaind.invalid>"
+
+
+def ingest(ctx: Ctx, *, mailbox: str, uidvalidity: int, uid: int, raw: bytes) -> Inbound | None:
+    """Handle one message. Returns its row, or None when the same message was already taken in."""
+    s = ctx.session
+    seen = s.execute(
+        select(Inbound).where(Inbound.agency == ctx.agency.id, Inbound.mailbox == mailbox,
+                              Inbound.uidvalidity == uidvalidity, Inbound.uid == uid)
+    ).scalar_one_or_none()
+    if seen is not None:
+        return None
+    parsed = parse(raw, ctx.parse_options)
+    msg = parsed.message
+    message_id = (msg.message_id if msg is not None and msg.message_id else None) or synthetic_message_id(raw)
+    message_id = message_id[:990]
+    if s.execute(select(Inbound.id).where(Inbound.message_id == message_id)).first() is not None:
+        # The same Message-ID again (a copy in another folder, a re-delivery): never handled twice.
+        audit(ctx, None, "mail.duplicate", message_id=message_id, uid=uid)
+        return None
+    now = ctx.now()
+    row = Inbound(
+        agency=ctx.agency.id,
+        mailbox=mailbox,
+        uidvalidity=uidvalidity,
+        uid=uid,
+        message_id=message_id,
+        sha256=hashlib.sha256(raw).hexdigest(),
+        raw=raw,
+        sender=msg.from_addr if msg is not None else None,
+        subject=(msg.subject or "")[:500] if msg is not None else None,
+        kind=parsed.kind,
+        status="received",
+        received_at=now,
+        attempts=1,
+    )
+    s.add(row)
+    try:
+        s.flush()
+    except IntegrityError:
+        # Another process took the same message between our check and insert (scale-out).
+        raise
+    if parsed.kind == "unreadable":
+        row.status = "quarantined"
+        row.error = parsed.reason
+        row.handled_at = now
+        audit(ctx, None, "mail.quarantined", message_id=message_id, reason=parsed.reason)
+        return row
+    run_handler(ctx, parsed, row)
+    return row
+
+
+def run_handler(ctx: Ctx, parsed: ParseResult, row: Inbound) -> None:
+    s = ctx.session
+    handler = handler_for(ctx, parsed)
+    row.handler = handler.name
+    savepoint = s.begin_nested()
+    try:
+        status = handler.execute(ctx, parsed, row)
+        savepoint.commit()
+        row.status = status
+    except Refusal as refusal:
+        savepoint.rollback()
+        row.status = record_refusal(ctx, parsed, row, refusal)
+        row.error = refusal.reason
+    except Exception as exc:  # the per-message boundary: only here is a bare Exception caught
+        savepoint.rollback()
+        row.status = "quarantined"
+        row.error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"
+        log.exception("message %s quarantined", row.message_id)
+        audit(ctx, None, "mail.quarantined", message_id=row.message_id, reason=f"{type(exc).__name__}: {exc}",
+              handler=handler.name)
+    row.handled_at = ctx.now()
+
+
+def record_refusal(ctx: Ctx, parsed: ParseResult, row: Inbound, refusal: Refusal) -> str:
+    """Audit a refusal (and the refused decision), then tell the sender why, at most once a day."""
+    sender = row.sender or ""
+    req_id = row.request_id
+    req = ctx.session.get(Request, req_id) if req_id else None
+    step_id = None
+    if req is not None:
+        step_id = ctx.session.execute(
+            select(StepRun.id).where(StepRun.request_id == req.id).order_by(StepRun.id.desc())
+        ).scalars().first()
+    if parsed.reply is not None and req is not None:
+        ctx.session.add(
+            Decision(request_id=req.id, step_id=step_id, decision=parsed.reply.decision, actor=sender,
+                     note=parsed.reply.note, message_id=row.message_id, accepted=False,
+                     reason=f"{refusal.code}: {refusal.reason}", rules=list(parsed.reply.rules), at=ctx.now())
+        )
+    audit(ctx, req, "mail.refused", actor=sender or "?", message_id=row.message_id, code=refusal.code,
+          reason=refusal.reason)
+    if not refusal.notify or not sender:
+        return "ignored"
+    # Never an unknown outsider: only officials, delegates and the request's own requester hear why.
+    is_requester = req is not None and sender in (req.requester, (req.fields or {}).get("pic_email"))
+    if not (known_address(ctx, sender) or is_requester or refusal.code == "duplicate"):
+        return "ignored"
+    day = ctx.now().astimezone().date().isoformat() if ctx.now().tzinfo else date.today().isoformat()
+    already = ctx.session.execute(
+        select(NoticeLog.id).where(NoticeLog.address == sender, NoticeLog.reason == refusal.code,
+                                   NoticeLog.day == day)
+    ).first()
+    if already is not None:
+        return "ignored"
+    ctx.session.add(NoticeLog(address=sender, reason=refusal.code, day=day))
+    ctx.mailer.queue(
+        ctx.session,
+        to=[sender],
+        template=refusal.template,
+        context={"reason": refusal.reason, "sender": sender, **refusal.context},
+        purpose=f"refusal.{refusal.code}",
+        request_id=req.id if req else None,
+        ticket=req.ticket if req else None,
+        in_reply_to=row.message_id,
+    )
+    return "answered"

@@ -1,0 +1,207 @@
+"""Compose outgoing mail from the Indonesian templates and queue it in the outbox (never send directly).
+
+Every mail is written as an outbox row in the caller's transaction (the transactional outbox of DESIGN
+flow 1), with its final Message-ID fixed now so that a retry re-sends the same message. Every mail carries
+`Auto-Submitted: auto-generated` (RFC 3834) and our loop header, so that we never answer our own mail.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import secrets
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from email.message import EmailMessage
+from email.utils import format_datetime, formataddr, make_msgid
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from sqlalchemy.orm import Session
+
+from workflows.store import Outbox
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+LOOP_HEADER = "X-Subdomaind-Loop"
+
+
+def one_line(value: object, limit: int = 200) -> str:
+    """User text made safe for a header: no CR/LF or control characters (no header injection), bounded."""
+    text = re.sub(r"[\x00-\x1f\x7f]+", " ", str(value))
+    text = " ".join(text.split())
+    return text[:limit]
+
+
+def new_token() -> str:
+    """A per-step reply token: 't' + 26 base32 characters (130 bits), fit for an address sub-part."""
+    return "t" + base64.b32encode(secrets.token_bytes(16)).decode("ascii").rstrip("=").lower()
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.lower().encode("ascii")).hexdigest()
+
+
+@dataclass(frozen=True)
+class MailAttachment:
+    filename: str
+    content_type: str
+    data: bytes
+
+
+def template_env(agency_id: str | None = None) -> jinja2.Environment:
+    """Templates of the agency's own folder first (`templates/<agency>/`), then the shared ones."""
+    loaders: list[jinja2.BaseLoader] = []
+    if agency_id and (TEMPLATES / agency_id).is_dir():
+        loaders.append(jinja2.FileSystemLoader(str(TEMPLATES / agency_id)))
+    loaders.append(jinja2.FileSystemLoader(str(TEMPLATES)))
+    env = jinja2.Environment(
+        loader=jinja2.ChoiceLoader(loaders),
+        autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",), default_for_string=False),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters["one_line"] = one_line
+    env.globals["tanggal"] = format_tanggal
+    return env
+
+
+_BULAN = (
+    "Januari", "Februari", "Maret", "April", "Mei", "Juni",
+    "Juli", "Agustus", "September", "Oktober", "November", "Desember",
+)
+
+
+def format_tanggal(value: datetime, with_time: bool = False) -> str:
+    """An Indonesian date as letters write it: "21 November 2026" (and "pukul 09.15" with the time)."""
+    text = f"{value.day} {_BULAN[value.month - 1]} {value.year}"
+    if with_time:
+        text += f" pukul {value.hour:02d}.{value.minute:02d}"
+    return text
+
+
+@dataclass(frozen=True)
+class Rendered:
+    subject: str
+    text: str
+    html: str | None
+
+
+class Mailer:
+    """Renders a named template and writes the resulting mail into the outbox of the given session."""
+
+    def __init__(
+        self,
+        *,
+        agency_id: str,
+        agency_name: str,
+        address: str,
+        zone: str,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.agency_id = agency_id
+        self.agency_name = agency_name
+        self.address = address
+        self.zone = zone
+        self.clock = clock
+        self.env = template_env(agency_id)
+
+    def reply_address(self, token: str | None) -> str:
+        if not token:
+            return self.address
+        local, _, domain = self.address.partition("@")
+        return f"{local}+{token}@{domain}"
+
+    def render(self, template: str, context: dict[str, Any]) -> Rendered:
+        ctx = {"agency_name": self.agency_name, "mailbox": self.address, **context}
+        tmpl = self.env.get_template(f"mail/{template}.txt.j2")
+        module = tmpl.make_module(ctx)
+        subject = one_line(getattr(module, "subject", "") or template, 300)
+        text = str(module).strip() + "\n"
+        html = None
+        try:
+            html_tmpl = self.env.get_template(f"mail/{template}.html.j2")
+        except jinja2.TemplateNotFound:
+            html_tmpl = self.env.get_template("mail/_layout.html.j2")
+        html = html_tmpl.render(**ctx, subject=subject, body_text=text)
+        return Rendered(subject=subject, text=text, html=html)
+
+    def queue(
+        self,
+        session: Session,
+        *,
+        to: Sequence[str],
+        template: str,
+        context: dict[str, Any],
+        purpose: str,
+        request_id: int | None = None,
+        ticket: str | None = None,
+        token: str | None = None,
+        in_reply_to: str | None = None,
+        references: Iterable[str] = (),
+        attachments: Sequence[MailAttachment] = (),
+        sensitive: bool = False,
+        cc: Sequence[str] = (),
+    ) -> Outbox:
+        rendered = self.render(template, context)
+        now = self.clock()
+        subject = rendered.subject
+        if ticket and f"[{ticket}]" not in subject:
+            subject = f"[{ticket}] {subject}"
+        msg = EmailMessage()
+        msg["From"] = formataddr((one_line(f"Layanan Sub Domain {self.agency_name}", 120), self.address))
+        msg["To"] = ", ".join(to)
+        if cc:
+            msg["Cc"] = ", ".join(cc)
+        msg["Reply-To"] = self.reply_address(token)
+        msg["Subject"] = subject
+        msg["Date"] = format_datetime(now)
+        slug = (ticket or "sd").replace("/", ".").lower()
+        message_id = make_msgid(idstring=f"{slug}.{purpose}", domain=self.zone)
+        msg["Message-ID"] = message_id
+        if in_reply_to:
+            msg["In-Reply-To"] = in_reply_to
+        refs = [r for r in references if r]
+        if in_reply_to and in_reply_to not in refs:
+            refs.append(in_reply_to)
+        if refs:
+            msg["References"] = " ".join(refs)
+        # RFC 3834 section 5: mark what a program sends, so well-behaved responders stay quiet.
+        msg["Auto-Submitted"] = "auto-generated"
+        msg["X-Auto-Response-Suppress"] = "All"  # Exchange/Outlook: no out-of-office back to us
+        msg[LOOP_HEADER] = self.agency_id
+        if ticket:
+            msg["X-Subdomaind-Ticket"] = ticket
+        msg.set_content(rendered.text)
+        if rendered.html:
+            msg.add_alternative(rendered.html, subtype="html")
+        for att in attachments:
+            maintype, _, subtype = att.content_type.partition("/")
+            if att.content_type == "message/rfc822":
+                # Attach the original letter as it came, so the official sees exactly what was sent.
+                msg.add_attachment(att.data, maintype="application", subtype="octet-stream",
+                                   filename=att.filename)
+            else:
+                msg.add_attachment(att.data, maintype=maintype, subtype=subtype or "octet-stream",
+                                   filename=att.filename)
+        row = Outbox(
+            agency=self.agency_id,
+            request_id=request_id,
+            purpose=purpose,
+            message_id=message_id,
+            mail_from=self.address,
+            rcpts=sorted({a.lower() for a in (*to, *cc)}),
+            subject=subject,
+            raw=msg.as_bytes(),
+            sensitive=sensitive,
+            status="queued",
+            attempts=0,
+            next_attempt_at=now,
+            created_at=now,
+        )
+        session.add(row)
+        return row

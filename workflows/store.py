@@ -1,0 +1,278 @@
+"""The database: SQLAlchemy 2 models for requests, steps, decisions, audit, inbound mail and the outbox.
+
+All state lives here, keyed by request. SQLite (WAL) by default, PostgreSQL when configured; the same
+models and migrations serve both. Schema changes go through Alembic (`workflows/migrations`).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Engine,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on every backend (SQLite stores naive values; we re-attach UTC on the way out)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use aware UTC datetimes")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Request(Base):
+    __tablename__ = "requests"
+    __table_args__ = (UniqueConstraint("agency", "ticket"), Index("ix_requests_open", "agency", "status"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    agency: Mapped[str] = mapped_column(String(32))
+    ticket: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), default="open")  # open | done | rejected
+    step: Mapped[str | None] = mapped_column(String(64))
+    subdomain: Mapped[str | None] = mapped_column(String(63))
+    unit: Mapped[str | None] = mapped_column(String(255))
+    requester: Mapped[str] = mapped_column(String(320))  # the address that sent the letter
+    fields: Mapped[dict[str, Any]] = mapped_column(default=dict)  # the canonical record, JSON
+    source_message_id: Mapped[str | None] = mapped_column(String(998))
+    received_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    closed_at: Mapped[datetime | None]
+    # Set once the DNS record exists: what we created, so a later rollback removes only that.
+    provisioned: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    letter_number: Mapped[str | None] = mapped_column(String(64))
+
+    steps: Mapped[list[StepRun]] = relationship(back_populates="request", order_by="StepRun.id")
+
+
+class StepRun(Base):
+    """One visit of a request to one SOP step (a step can be visited again after PERBAIKI)."""
+
+    __tablename__ = "steps"
+    __table_args__ = (Index("ix_steps_open", "status", "due_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("requests.id"))
+    key: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))
+    role: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="open")  # open | done | cancelled
+    opened_at: Mapped[datetime]
+    closed_at: Mapped[datetime | None]
+    due_at: Mapped[datetime | None]  # for actions: not before (the undo window)
+    token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    token_expires_at: Mapped[datetime | None]
+    mail_message_id: Mapped[str | None] = mapped_column(String(998), index=True)
+    outcome: Mapped[str | None] = mapped_column(String(16))
+    note: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    reminded_at: Mapped[datetime | None]
+    escalated_at: Mapped[datetime | None]
+
+    request: Mapped[Request] = relationship(back_populates="steps")
+
+
+class Decision(Base):
+    __tablename__ = "decisions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    request_id: Mapped[int | None] = mapped_column(ForeignKey("requests.id"))
+    step_id: Mapped[int | None] = mapped_column(ForeignKey("steps.id"))
+    decision: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str] = mapped_column(String(320))
+    on_behalf_of: Mapped[str | None] = mapped_column(String(64))  # the role a delegate answered for
+    note: Mapped[str | None] = mapped_column(Text)
+    message_id: Mapped[str | None] = mapped_column(String(998))
+    accepted: Mapped[bool] = mapped_column(Boolean)
+    reason: Mapped[str | None] = mapped_column(Text)
+    rules: Mapped[list[Any]] = mapped_column(default=list)
+    at: Mapped[datetime]
+
+
+class Audit(Base):
+    __tablename__ = "audit"
+    __table_args__ = (Index("ix_audit_request", "request_id", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    agency: Mapped[str] = mapped_column(String(32))
+    request_id: Mapped[int | None] = mapped_column(ForeignKey("requests.id"))
+    at: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(String(320))  # an address, a role, or "subdomaind"
+    event: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    message_id: Mapped[str | None] = mapped_column(String(998))
+
+
+class Inbound(Base):
+    __tablename__ = "inbound"
+    __table_args__ = (
+        UniqueConstraint("agency", "mailbox", "uidvalidity", "uid"),
+        Index("ix_inbound_status", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    agency: Mapped[str] = mapped_column(String(32))
+    mailbox: Mapped[str] = mapped_column(String(255))
+    uidvalidity: Mapped[int] = mapped_column(Integer)
+    uid: Mapped[int] = mapped_column(Integer)
+    message_id: Mapped[str] = mapped_column(String(998), unique=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    sender: Mapped[str | None] = mapped_column(String(320))
+    subject: Mapped[str | None] = mapped_column(Text)
+    kind: Mapped[str | None] = mapped_column(String(16))
+    # handled | answered | ignored | quarantined | unmatched | dropped
+    status: Mapped[str] = mapped_column(String(16))
+    handler: Mapped[str | None] = mapped_column(String(64))
+    error: Mapped[str | None] = mapped_column(Text)
+    request_id: Mapped[int | None] = mapped_column(ForeignKey("requests.id"))
+    received_at: Mapped[datetime]
+    handled_at: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    server_done: Mapped[bool] = mapped_column(Boolean, default=False)  # flagged/moved on the IMAP server
+
+
+class Outbox(Base):
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_due", "status", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    agency: Mapped[str] = mapped_column(String(32))
+    request_id: Mapped[int | None] = mapped_column(ForeignKey("requests.id"))
+    purpose: Mapped[str] = mapped_column(String(64))
+    message_id: Mapped[str] = mapped_column(String(998), unique=True)
+    mail_from: Mapped[str] = mapped_column(String(320))
+    rcpts: Mapped[list[Any]] = mapped_column(default=list)
+    subject: Mapped[str] = mapped_column(Text)
+    raw: Mapped[bytes | None] = mapped_column(LargeBinary)
+    sensitive: Mapped[bool] = mapped_column(Boolean, default=False)  # scrubbed once sent
+    status: Mapped[str] = mapped_column(String(16), default="queued")  # queued | sent | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    sent_at: Mapped[datetime | None]
+
+
+class MailboxState(Base):
+    """Where intake stands in one IMAP folder: never re-read the whole mailbox (DESIGN flow 1)."""
+
+    __tablename__ = "mailbox_state"
+
+    agency: Mapped[str] = mapped_column(String(32), primary_key=True)
+    mailbox: Mapped[str] = mapped_column(String(255), primary_key=True)
+    uidvalidity: Mapped[int] = mapped_column(Integer, default=0)
+    last_uid: Mapped[int] = mapped_column(Integer, default=0)
+    mode: Mapped[str | None] = mapped_column(String(16))  # idle | polling
+    last_ok_at: Mapped[datetime | None]
+    failing_since: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    alerted_at: Mapped[datetime | None]
+
+
+class Counter(Base):
+    """Per-agency, per-year sequences: ticket numbers and letter numbers."""
+
+    __tablename__ = "counters"
+
+    agency: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    year: Mapped[int] = mapped_column(Integer, primary_key=True)
+    last: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Account(Base):
+    """The hosting/DNS account made for a request; the password is never stored here."""
+
+    __tablename__ = "accounts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    agency: Mapped[str] = mapped_column(String(32))
+    request_id: Mapped[int] = mapped_column(ForeignKey("requests.id"))
+    username: Mapped[str] = mapped_column(String(64))
+    backend: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime]
+    __table_args__ = (UniqueConstraint("agency", "username"),)
+
+
+class PendingSecret(Base):
+    """A password between its creation and the one mail that delivers it; deleted when that mail is sent."""
+
+    __tablename__ = "pending_secrets"
+
+    request_id: Mapped[int] = mapped_column(ForeignKey("requests.id"), primary_key=True)
+    value: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime]
+
+
+class NoticeLog(Base):
+    """Refusal notices sent, so a sender hears of one reason at most once a day (Discourse's rule)."""
+
+    __tablename__ = "notices"
+    __table_args__ = (UniqueConstraint("address", "reason", "day"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    address: Mapped[str] = mapped_column(String(320))
+    reason: Mapped[str] = mapped_column(String(64))
+    day: Mapped[str] = mapped_column(String(10))
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # pysqlite's own transaction handling breaks SAVEPOINT (SQLAlchemy docs, "Serializable isolation /
+    # Savepoints / Transactional DDL"): let SQLAlchemy emit BEGIN itself.
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    # WAL lets status/show read while the daemon writes; busy_timeout rides out short write locks.
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.close()
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 10})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN"))
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker[Any]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
