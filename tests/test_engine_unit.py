@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from daemon.localoffice import ACTORS, MAILBOX, make_config, reply_to, request_mail
 from daemon.service import Daemon
-from tests.support.config import ACTORS, MAILBOX, make_config
-from tests.support.mail import reply_to, request_mail
 from workflows.db import upgrade
 from workflows.engine import Services
 from workflows.provision import NoHosting, PlannedRecord

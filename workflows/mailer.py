@@ -8,6 +8,7 @@ flow 1), with its final Message-ID fixed now so that a retry re-sends the same m
 from __future__ import annotations
 
 import base64
+import email.policy
 import hashlib
 import re
 import secrets
@@ -15,7 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
-from email.utils import format_datetime, formataddr, make_msgid
+from email.utils import format_datetime, formataddr
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,9 @@ from workflows.store import Outbox
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 LOOP_HEADER = "X-Subdomaind-Loop"
+# CRLF line ends, and headers folded only past RFC 5322's 998: a long msg-id in In-Reply-To or References
+# must stay a msg-id, not become an RFC 2047 encoded word that no client can thread on.
+MAIL_POLICY = email.policy.SMTP.clone(max_line_length=998)
 
 
 def one_line(value: object, limit: int = 200) -> str:
@@ -152,7 +156,7 @@ class Mailer:
         subject = rendered.subject
         if ticket and f"[{ticket}]" not in subject:
             subject = f"[{ticket}] {subject}"
-        msg = EmailMessage()
+        msg = EmailMessage(policy=MAIL_POLICY)
         msg["From"] = formataddr((one_line(f"Layanan Sub Domain {self.agency_name}", 120), self.address))
         msg["To"] = ", ".join(to)
         if cc:
@@ -161,7 +165,7 @@ class Mailer:
         msg["Subject"] = subject
         msg["Date"] = format_datetime(now)
         slug = (ticket or "sd").replace("/", ".").lower()
-        message_id = make_msgid(idstring=f"{slug}.{purpose}", domain=self.zone)
+        message_id = f"<{slug}.{purpose}.{secrets.token_hex(6)}@{self.zone}>"
         msg["Message-ID"] = message_id
         if in_reply_to:
             msg["In-Reply-To"] = in_reply_to

@@ -1,0 +1,57 @@
+# subdomaind: `make demo` shows the whole flow against local real servers; `make test` runs the suite.
+# Both install what they need (Debian packages and a venv in .venv/) and are safe to run again.
+
+VENV        := .venv
+PY          := $(VENV)/bin/python
+STAMP       := $(VENV)/.installed-stamp
+APT_PACKAGES := dovecot-imapd dovecot-lmtpd bind9 bind9-utils bind9-dnsutils postgresql \
+                tesseract-ocr tesseract-ocr-ind poppler-utils python3-venv ca-certificates
+SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PYTEST_ARGS ?=
+
+.PHONY: all deps apt venv test lint typecheck demo corpora bench soak clean
+
+all: test
+
+apt:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends --no-upgrade $$missing; \
+	fi
+
+$(STAMP): pyproject.toml
+	@[ -x $(PY) ] || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+deps: apt venv
+
+test: deps
+	$(PY) -m pytest $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory lint
+
+lint: venv
+	$(VENV)/bin/ruff check daemon parsers workflows tests bench examples
+	$(VENV)/bin/mypy daemon parsers workflows
+
+demo: deps
+	$(PY) examples/demo.py
+
+corpora: deps
+	bash tests/fetch_corpora.sh
+
+bench: deps
+	$(PY) bench/parse.py
+
+soak: deps
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+clean:
+	rm -rf var/demo .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,257 @@
+"""A whole office on local throwaway servers, for `make demo` and the end-to-end tests.
+
+Mailbox users for the office, each official, the requester and staff on a `devservers.Dovecot`; a config
+file pointing at the local servers; the real `subdomaind run` as a subprocess; and the people's side: a
+request letter sent by SMTP, and officials who read their mailbox over IMAP and answer by SMTP.
+"""
+
+from __future__ import annotations
+
+import base64
+import email
+import email.policy
+import os
+import secrets
+import signal
+import smtplib
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid, parseaddr
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from daemon.config import Config, parse_config
+from daemon.devservers import Bind, Dovecot, MailUser, SmtpRelay
+
+DOMAIN = "trenggalekkab.go.id"
+ROLES = ("sekretaris", "kadis", "kabid", "kasi")
+ACTORS = {role: [f"{role}@{DOMAIN}"] for role in ROLES}
+STAFF = f"staf@{DOMAIN}"
+MAILBOX = f"layanan@{DOMAIN}"
+SUBDOMAIND = Path(sys.executable).with_name("subdomaind")
+
+# --- configuration --------------------------------------------------------------------------------
+
+
+def config_data(
+    base: Path,
+    *,
+    imap_port: int = 10143,
+    imap_user: str = "layanan",
+    imap_password: str = "secret-layanan",  # noqa: S107 - a throwaway local test server
+    mailbox: str = MAILBOX,
+    actors: dict[str, list[str]] | None = None,
+    staff: list[str] | None = None,
+    smtp_port: int = 10025,
+    dns_port: int = 10053,
+    tsig_secret: str | None = None,
+    database_url: str | None = None,
+    workflow: dict[str, Any] | None = None,
+    agency_extra: dict[str, Any] | None = None,
+    hosting: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A Trenggalek configuration pointing at local servers; secrets written to files beside it."""
+    base.mkdir(parents=True, exist_ok=True)
+    (base / "imap.pass").write_text(imap_password + "\n")
+    secret_file = base / "tsig.secret"
+    secret_file.write_text(tsig_secret or base64.b64encode(secrets.token_bytes(32)).decode())
+    agency: dict[str, Any] = {
+        "id": "trenggalek",
+        "name": "Dinas Komunikasi dan Informatika Kabupaten Trenggalek",
+        "zone": DOMAIN,
+        "sop": "trenggalek",
+        "address": mailbox,
+        "imap": {"host": "127.0.0.1", "port": imap_port, "user": imap_user, "tls": "none",
+                 "password_file": str(base / "imap.pass"), "poll_seconds": 0.5},
+        "dns": {"primary": "127.0.0.1", "port": dns_port, "tsig_key_name": "subdomaind",
+                "tsig_secret_file": str(secret_file), "hosting_ip": "203.0.113.10", "ttl": 300,
+                "verify_timeout_seconds": 3},
+        "actors": actors or ACTORS,
+        "digest_recipients": staff or [STAFF],
+        "letter": {"kop": ["PEMERINTAH KABUPATEN TRENGGALEK", "DINAS KOMUNIKASI DAN INFORMATIKA"],
+                   "city": "Trenggalek", "signer_name": "Drs. Contoh Pejabat, M.Si",
+                   "signer_nip": "197106091992011002", "tembusan": ["Sekretaris Daerah Kabupaten Trenggalek"]},
+        **(agency_extra or {}),
+    }
+    data: dict[str, Any] = {
+        "state_dir": str(base / "state"),
+        "smtp": {"host": "127.0.0.1", "port": smtp_port, "tls": "none"},
+        "agency": [agency],
+        "workflow": {"undo_window_minutes": 0, **(workflow or {})},
+    }
+    if database_url:
+        data["database_url"] = database_url
+    if hosting:
+        data["hosting"] = hosting
+    return data
+
+
+def make_config(base: Path, **kwargs: Any) -> Config:
+    return parse_config(config_data(base, **kwargs))
+
+
+def write_config(path: Path, data: dict[str, Any]) -> Path:
+    path.write_text(tomli_w.dumps(data), encoding="utf-8")
+    return path
+
+
+# --- the people's mail ----------------------------------------------------------------------------
+
+REQUEST_BODY = """Dengan hormat,
+
+Bersama ini kami mengajukan permohonan pembuatan sub domain untuk Dinas Sosial.
+
+Nama Sub Domain : {label}
+Unit Kerja : Dinas Sosial Kabupaten Trenggalek
+Nama Penanggung Jawab : Lukman Hakim
+NIP : 19870412 201001 1 003
+Jabatan : Pengelola Website
+Email : {pic}
+No. HP : 0812-3456-7890
+Keperluan : Situs informasi layanan bantuan sosial
+Nomor Surat : 555/123/406.012/2026
+
+Demikian permohonan kami, atas perhatian Bapak/Ibu kami sampaikan terima kasih.
+
+Kepala Dinas Sosial
+"""
+
+
+def request_mail(sender: str, label: str = "dinsos", *, to: str = MAILBOX, pic: str | None = None,
+                 body: str | None = None) -> bytes:
+    """A unit's request letter with the form in the body, as a clerk would type it."""
+    msg = EmailMessage()
+    msg["From"] = f"Dinas Sosial <{sender}>"
+    msg["To"] = to
+    msg["Subject"] = f"Permohonan Sub Domain {label}.{DOMAIN}"
+    msg["Date"] = formatdate(localtime=True)
+    msg["Message-ID"] = make_msgid(domain="dinsos.example")
+    msg.set_content(body if body is not None else REQUEST_BODY.format(label=label, pic=pic or sender))
+    return msg.as_bytes()
+
+
+def parse_mail(raw: bytes) -> EmailMessage:
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    assert isinstance(msg, EmailMessage)
+    return msg
+
+
+def body_text(raw: bytes) -> str:
+    part = parse_mail(raw).get_body(preferencelist=("plain",))
+    return part.get_content() if part is not None else ""
+
+
+def reply_to(original: bytes, sender: str, text: str) -> bytes:
+    """A reply as a mail client makes it: To = the Reply-To, threading headers, the original quoted
+    below a Gmail-style Indonesian header."""
+    orig = parse_mail(original)
+    quoted = "\n".join("> " + line for line in body_text(original).splitlines())
+    msg = EmailMessage(policy=email.policy.SMTP.clone(max_line_length=998))
+    msg["From"] = sender
+    msg["To"] = parseaddr(str(orig["Reply-To"] or orig["From"]))[1]
+    msg["Subject"] = "Re: " + str(orig["Subject"])
+    msg["Date"] = formatdate(localtime=True)
+    msg["Message-ID"] = make_msgid(domain=sender.split("@")[1])
+    msg["In-Reply-To"] = str(orig["Message-ID"])
+    msg["References"] = str(orig["Message-ID"])
+    msg.set_content(f"{text}\n\nPada {orig['Date']} Layanan Sub Domain <{parseaddr(str(orig['From']))[1]}> "
+                    f"menulis:\n{quoted}\n")
+    return msg.as_bytes()
+
+
+# --- the office -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Office:
+    base: Path
+    dovecot: Dovecot
+    relay: SmtpRelay
+    bind: Bind
+    mailbox: MailUser
+    officials: dict[str, MailUser]
+    requester: MailUser
+    staff: MailUser
+    config_path: Path
+    data: dict[str, Any]
+    proc: subprocess.Popen[bytes] | None = None
+    answered: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, base: Path, dovecot: Dovecot, relay: SmtpRelay, bind: Bind, *,
+               database_url: str | None = None, **extra: Any) -> Office:
+        mailbox = dovecot.new_user("layanan")
+        officials = {r: dovecot.new_user(r) for r in ROLES}
+        requester = dovecot.new_user("dinsos")
+        staff = dovecot.new_user("staf")
+        data = config_data(
+            base, imap_port=dovecot.imap_port, imap_user=mailbox.name, imap_password=mailbox.password,
+            mailbox=mailbox.address, actors={r: [u.address] for r, u in officials.items()},
+            staff=[staff.address], smtp_port=relay.port, dns_port=bind.port, tsig_secret=bind.secret,
+            database_url=database_url, **extra,
+        )
+        path = write_config(base / "config.toml", data)
+        return cls(base, dovecot, relay, bind, mailbox, officials, requester, staff, path, data)
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(SUBDOMAIND), "--config", str(self.config_path), *args], capture_output=True,
+                              text=True, timeout=120, check=check)
+
+    def start(self) -> None:
+        log = (self.base / "daemon.log").open("ab")
+        self.proc = subprocess.Popen([str(SUBDOMAIND), "--config", str(self.config_path), "run"],
+                                     stdout=log, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    def stop(self) -> int:
+        if self.proc is None:
+            return 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=30)
+        finally:
+            self.proc = None
+
+    def log(self) -> str:
+        path = self.base / "daemon.log"
+        return path.read_text(errors="replace")[-6000:] if path.exists() else ""
+
+    def send(self, raw: bytes, sender: str, rcpts: list[str] | None = None) -> None:
+        msg = parse_mail(raw)
+        to = rcpts or [parseaddr(a)[1] for a in str(msg["To"]).split(",")]
+        # smtplib fixes line ends only for str; SMTP wants CRLF (RFC 5321 2.3.8).
+        raw = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        with smtplib.SMTP(self.relay.host, self.relay.port, timeout=10) as s:
+            s.sendmail(sender, to, raw)
+
+    def send_request(self, label: str, **kwargs: Any) -> bytes:
+        raw = request_mail(self.requester.address, label, to=self.mailbox.address, **kwargs)
+        self.send(raw, self.requester.address)
+        return raw
+
+    def wait_mail(self, user: MailUser, match: Callable[[EmailMessage], bool], *, after: int = 0,
+                  timeout: float = 30.0) -> bytes:
+        """The first message in `user`'s INBOX past index `after` that `match` accepts."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for raw in user.messages()[after:]:
+                if match(parse_mail(raw)):
+                    return raw
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.log()}")
+            time.sleep(0.1)
+        raise AssertionError(f"no matching mail for {user.address} within {timeout}s; daemon log:\n{self.log()}")
+
+    def decide(self, role: str, word: str, *, timeout: float = 30.0) -> bytes:
+        """As the official of `role`: wait for the next mail asking for a decision, and answer it."""
+        user = self.officials[role]
+        raw = self.wait_mail(user, lambda m: "Mohon keputusan" in str(m["Subject"]),
+                             after=self.answered.get(role, 0), timeout=timeout)
+        self.answered[role] = user.messages().index(raw) + 1
+        self.send(reply_to(raw, user.address, word), user.address)
+        return raw

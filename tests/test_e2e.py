@@ -1,0 +1,80 @@
+"""The whole Trenggalek SOP against real servers: Dovecot (IMAP+LMTP), an SMTP relay, BIND with TSIG,
+and SQLite or PostgreSQL, with the real `subdomaind run` process in between.
+
+The test plays every person: the unit sends its letter by SMTP; each official reads their own mailbox
+over IMAP and answers SETUJU or TOLAK by SMTP; the test then checks BIND, the requester's mailbox and
+`subdomaind show`.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from daemon.devservers import Bind, Dovecot, Postgres, SmtpRelay
+from daemon.localoffice import Office, body_text, parse_mail
+
+pytestmark = pytest.mark.servers
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def office(request: pytest.FixtureRequest, dovecot: Dovecot, smtp_relay: SmtpRelay, bind: Bind) -> Iterator[Office]:
+    base = Path(tempfile.mkdtemp(prefix="office-"))
+    url = None
+    if request.param == "postgresql":
+        pg: Postgres = request.getfixturevalue("postgres")
+        url = pg.create_database(f"e2e_{secrets.token_hex(4)}")
+    o = Office.create(base, dovecot, smtp_relay, bind, database_url=url)
+    o.start()
+    yield o
+    o.stop()
+
+
+def test_request_travels_the_whole_sop(office: Office) -> None:
+    label = f"dinsos{secrets.token_hex(3)}"
+    office.send_request(label)
+    ack = office.wait_mail(office.requester, lambda m: "diterima" in str(m["Subject"]))
+    ticket = re.search(r"\[(SD/\d{4}/\d{4})\]", str(parse_mail(ack)["Subject"])).group(1)  # type: ignore[union-attr]
+    assert ticket.startswith("SD/")
+    # Sekretaris is told (SOP step 3); Kadis disposes (4); Kabid and Kasi route it down and check (4-5).
+    office.wait_mail(office.officials["sekretaris"], lambda m: "Pemberitahuan" in str(m["Subject"]))
+    for role in ("kadis", "kabid", "kasi"):
+        step_mail = office.decide(role, "SETUJU")
+        assert label in body_text(step_mail)
+    # Provisioning (6), then the reply letter goes up: Kasi (7), Kabid (8), Kadis (9).
+    for role in ("kasi", "kabid", "kadis"):
+        office.decide(role, "Setuju, silakan dikirim.")
+    final = office.wait_mail(office.requester, lambda m: "telah aktif" in str(m["Subject"]), timeout=30)
+    text = body_text(final)
+    fqdn = f"{label}.trenggalekkab.go.id"
+    assert fqdn in text and "203.0.113.10" in text
+    assert "ns1.trenggalekkab.go.id" in text and "ns2.trenggalekkab.go.id" in text
+    assert "Nama pengguna   : " + label in text
+    password = text.split("Kata sandi      : ")[1].split()[0]
+    assert len(password) >= 16
+    assert office.bind.addresses(label) == ["203.0.113.10"]
+    shown = office.cli("show", ticket).stdout
+    for step in ("disposisi", "disposisi_kabid", "periksa", "buat", "konsep", "paraf_kasi", "naik_kabid",
+                 "naik_kadis", "kirim", "selesai"):
+        assert f'"step": "{step}"' in shown, shown
+    assert "decision.accepted" in shown and "provisioned" in shown
+    # The password was only in that one mail: not in the database any more.
+    status = office.cli("status", "--json").stdout
+    assert ticket not in status  # no longer open
+    assert office.stop() == 0
+
+
+def test_tolak_sends_the_rejection_letter(office: Office) -> None:
+    label = f"dispar{secrets.token_hex(3)}"
+    office.send_request(label)
+    office.decide("kadis", "TOLAK\nNama sub domain tidak sesuai nomenklatur perangkat daerah.")
+    letter = office.wait_mail(office.requester, lambda m: "tidak dapat dipenuhi" in str(m["Subject"]))
+    text = body_text(letter)
+    assert "Nama sub domain tidak sesuai nomenklatur perangkat daerah." in text
+    assert "Kepala Dinas Komunikasi dan Informatika" in text
+    assert office.bind.addresses(label) == []
