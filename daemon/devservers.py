@@ -1,0 +1,1163 @@
+"""Throwaway real servers on loopback for the tests and `make demo`.
+
+Every server here listens on 127.0.0.1 only, on a free port above 1024, and keeps every file in its own
+directory below the ``base`` directory the caller passes (the tests pass a ``tempfile.mkdtemp()``, the demo
+``./var/demo``). Nothing under /etc is written (named only reads its built-in ``/etc/bind/bind.keys``), and
+no traffic goes to any address other than 127.0.0.1: BIND runs with ``recursion no``, ``dnssec-validation
+no``, and ``notify no`` or ``notify explicit`` with loopback-only ``also-notify``; host names are set
+explicitly everywhere, so there are no ``getfqdn()`` DNS lookups either.
+
+* :class:`Dovecot` -- IMAP (optionally with STARTTLS) and LMTP, Maildir storage, one passwd-file per user.
+* :class:`Bind` -- ``named`` as primary for one zone, TSIG key limited by :data:`UPDATE_POLICY_TEMPLATE`,
+  or (:meth:`Bind.secondary`) as a secondary that transfers the zone from a primary and can be frozen.
+* :class:`Postgres` -- a throwaway PostgreSQL cluster in the foreground.
+* :class:`SmtpRelay` -- an in-process aiosmtpd server that relays every message into Dovecot over LMTP.
+
+Each class has ``start()``, ``stop()``, ``restart()`` (same ports, same data), context-manager support and
+``log_text()`` for diagnostics. When run as root, Dovecot and PostgreSQL drop to their Debian system users
+(``dovecot``/``dovenull`` and ``postgres``), so ``base`` and all its parents must be world-traversable
+(mode 0755; a bare ``tempfile.mkdtemp()`` is 0700, chmod it). Every server process is started under
+``setpriv --pdeathsig=SIG`` so that the kernel stops it when the *thread* that started it dies, even by
+SIGKILL: start servers from the main thread (or from a thread that outlives them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import glob
+import os
+import pwd
+import re
+import secrets
+import shutil
+import signal
+import smtplib
+import socket
+import ssl
+import stat
+import string
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.query
+import dns.rcode
+import dns.rdatatype
+import dns.tsig
+import dns.tsigkeyring
+import dns.zone
+import imapclient
+
+LOOPBACK = "127.0.0.1"
+
+#: The BIND ``update-policy`` that the daemon's TSIG key needs, and no more: names strictly below the zone
+#: (``*.zone`` never matches the apex, so the apex SOA, NS and everything else there stay untouchable), any
+#: depth (``ns1.unit.zone`` glue for a delegation), and only these record types. Render it with
+#: :func:`render_update_policy`, i.e.
+#: ``string.Template(UPDATE_POLICY_TEMPLATE).substitute(key_name=..., zone=...)``
+#: (``zone`` without the trailing dot).
+UPDATE_POLICY_TEMPLATE = """update-policy {
+    grant "${key_name}" wildcard "*.${zone}." A AAAA CNAME NS TXT;
+};"""
+
+#: Apt packages that provide the binaries :func:`missing_binaries` looks for.
+APT_PACKAGES = "dovecot-imapd dovecot-lmtpd bind9 bind9-utils bind9-dnsutils postgresql util-linux"
+
+_SBIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_READY_TIMEOUT = 15.0
+_STOP_TIMEOUT = 10.0
+_USER_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+_SQL_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+# ----------------------------------------------------------------------------------------------------
+# helpers
+
+
+def render_update_policy(zone: str, key_name: str = "subdomaind") -> str:
+    """:data:`UPDATE_POLICY_TEMPLATE` filled in for ``zone`` (with or without the trailing dot)."""
+    return string.Template(UPDATE_POLICY_TEMPLATE).substitute(key_name=key_name, zone=zone.rstrip("."))
+
+
+def free_port(udp_too: bool = False) -> int:
+    """A TCP port on 127.0.0.1 that is free right now (and free on UDP too if ``udp_too``).
+
+    The kernel picks it from the ephemeral range; there is a tiny window before the server binds it.
+    """
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            tcp.bind((LOOPBACK, 0))
+            port = int(tcp.getsockname()[1])
+            if not udp_too:
+                return port
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                try:
+                    udp.bind((LOOPBACK, port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no free port on 127.0.0.1")
+
+
+def _which(name: str) -> str | None:
+    return shutil.which(name, path=os.environ.get("PATH", "") + ":" + _SBIN_PATH)
+
+
+def postgres_bindir() -> Path | None:
+    """The directory of ``initdb``/``postgres``: the newest ``/usr/lib/postgresql/*/bin``, else from PATH."""
+    dirs = [Path(p) for p in glob.glob("/usr/lib/postgresql/*/bin") if (Path(p) / "postgres").exists()]
+
+    def version(p: Path) -> tuple[int, ...]:
+        return tuple(int(x) for x in re.findall(r"\d+", p.parent.name))
+
+    if dirs:
+        return max(dirs, key=version)
+    found = _which("initdb")
+    return Path(found).resolve().parent if found else None
+
+
+def missing_binaries(*servers: str) -> list[str]:
+    """Names of the binaries that ``servers`` (any of "dovecot", "bind", "postgres"; all if none) need."""
+    wanted = set(servers) or {"dovecot", "bind", "postgres"}
+    need = ["setpriv"]
+    if "dovecot" in wanted:
+        need += ["dovecot", "doveconf"]
+    if "bind" in wanted:
+        need += ["named", "named-checkconf"]
+    missing = [b for b in need if _which(b) is None]
+    if "postgres" in wanted:
+        bindir = postgres_bindir()
+        missing += [b for b in ("initdb", "postgres") if bindir is None or not (bindir / b).exists()]
+    return missing
+
+
+def _make_dir(base: Path, prefix: str) -> Path:
+    base = Path(base).absolute()
+    base.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=prefix + "-", dir=base))
+    path.chmod(0o755)
+    return path
+
+
+def _check_traversable(path: Path, user: str) -> None:
+    """Fail clearly if system user ``user`` cannot reach ``path`` (as with a 0700 ``mkdtemp`` parent)."""
+    pw = pwd.getpwnam(user)
+    groups = {pw.pw_gid} | {g.gr_gid for g in _groups_of(user)}
+    for p in [path, *path.parents]:
+        st = p.stat()
+        if st.st_uid == pw.pw_uid:
+            ok = bool(st.st_mode & stat.S_IXUSR)
+        elif st.st_gid in groups:
+            ok = bool(st.st_mode & stat.S_IXGRP)
+        else:
+            ok = bool(st.st_mode & stat.S_IXOTH)
+        if not ok:
+            raise PermissionError(
+                f"{p} (mode {stat.S_IMODE(st.st_mode):04o}) is not traversable by the system user {user!r} "
+                f"that the server runs as; chmod 0755 it or use a base directory under a world-traversable "
+                f"parent (a bare tempfile.mkdtemp() is 0700)"
+            )
+
+
+def _groups_of(user: str) -> list[Any]:
+    import grp
+
+    return [g for g in grp.getgrall() if user in g.gr_mem]
+
+
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def _spawn(
+    argv: Sequence[str],
+    log_path: Path,
+    pdeathsig: str,
+    *,
+    user: str | None = None,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start ``argv`` under ``setpriv --pdeathsig`` with stdout+stderr appended to ``log_path``."""
+    setpriv = _which("setpriv")
+    if setpriv is None:
+        raise FileNotFoundError("setpriv (util-linux) not found")
+    extra: dict[str, Any] = {}
+    if user is not None:
+        pw = pwd.getpwnam(user)
+        extra = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            [setpriv, f"--pdeathsig={pdeathsig}", "--", *argv],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,
+            **extra,
+        )
+
+
+def _tail(path: Path, limit: int = 200_000) -> str:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return ""
+    return data[-limit:].decode("utf-8", "replace")
+
+
+def _wait_ready(
+    proc: subprocess.Popen[bytes] | None,
+    check: Callable[[], bool],
+    what: str,
+    log_text: Callable[[], str],
+    timeout: float = _READY_TIMEOUT,
+) -> None:
+    """Poll ``check`` every 20 ms until it is true; fail fast if ``proc`` exits, fail at the deadline.
+
+    On failure the process (group) is killed, so that a failed start leaves nothing running.
+    """
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"{what} exited with status {proc.returncode} during start-up:\n{log_text()}")
+            try:
+                if check():
+                    return
+            except (OSError, EOFError, dns.exception.DNSException):
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what} not ready after {timeout:.0f} s:\n{log_text()}")
+            time.sleep(0.02)
+    except BaseException:
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+        raise
+
+
+def _terminate(proc: subprocess.Popen[bytes] | None, sig: int, timeout: float = _STOP_TIMEOUT) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(sig)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    """Live (non-zombie) child processes of ``pid`` as (pid, command line), from /proc."""
+    found: list[tuple[int, str]] = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat_text = Path(entry.path, "stat").read_text()
+            fields = stat_text[stat_text.rindex(")") + 2 :].split()
+            if int(fields[1]) != pid or fields[0] == "Z":
+                continue
+            cmdline = Path(entry.path, "cmdline").read_bytes().replace(b"\0", b" ").strip()
+        except (OSError, ValueError):
+            continue
+        found.append((int(entry.name), cmdline.decode("utf-8", "replace")))
+    return found
+
+
+def _greeting(port: int, prefix: bytes, timeout: float = 1.0) -> bool:
+    with socket.create_connection((LOOPBACK, port), timeout=timeout) as s:
+        data = b""
+        while b"\n" not in data:
+            chunk = s.recv(512)
+            if not chunk:
+                return False
+            data += chunk
+        return data.startswith(prefix)
+
+
+def lmtp_send(
+    host: str, port: int, mail_from: str, rcpts: Iterable[str], raw: bytes, timeout: float = 10.0
+) -> dict[str, tuple[int, bytes]]:
+    """One LMTP transaction; the final (code, text) per recipient (RCPT refusals, per-recipient DATA replies).
+
+    Stdlib ``smtplib.LMTP.sendmail`` reads only the first of LMTP's per-recipient DATA replies; this reads
+    them all.
+    """
+    results: dict[str, tuple[int, bytes]] = {}
+    with smtplib.LMTP(host, port, local_hostname="localhost", timeout=timeout) as lmtp:
+        lmtp.ehlo_or_helo_if_needed()
+        code, text = lmtp.mail(mail_from)
+        if code != 250:
+            raise smtplib.SMTPSenderRefused(code, text, mail_from)
+        accepted: list[str] = []
+        for rcpt in rcpts:
+            code, text = lmtp.rcpt(rcpt)
+            if code in (250, 251):
+                accepted.append(rcpt)
+            else:
+                results[rcpt] = (code, text)
+        if not accepted:
+            lmtp.rset()
+            return results
+        results[accepted[0]] = lmtp.data(raw)
+        for rcpt in accepted[1:]:
+            results[rcpt] = lmtp.getreply()
+    return results
+
+
+def _write_tls(directory: Path, hosts: Sequence[str] = (LOOPBACK, "localhost")) -> tuple[Path, Path, Path]:
+    """A fresh trustme CA plus a server cert for ``hosts``: (ca.pem, cert.pem with chain, key.pem)."""
+    import trustme
+
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = trustme.CA(organization_name="subdomaind test CA")
+    cert = ca.issue_cert(*hosts)
+    ca_file, cert_file, key_file = directory / "ca.pem", directory / "cert.pem", directory / "key.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    cert_file.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+    cert.private_key_pem.write_to_path(str(key_file))
+    key_file.chmod(0o600)
+    return ca_file, cert_file, key_file
+
+
+class _Server:
+    """Process bookkeeping shared by the servers: directory, context manager, ``running``."""
+
+    name = "server"
+    stop_signal = signal.SIGTERM
+
+    def __init__(self, base: Path, prefix: str) -> None:
+        self.dir = _make_dir(base, prefix)
+        self.host = LOOPBACK
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        _terminate(self.proc, self.stop_signal)
+        self.proc = None
+
+    def restart(self) -> None:
+        """Stop and start again on the same ports with the same data."""
+        self.stop()
+        self.start()
+
+    def log_text(self) -> str:  # pragma: no cover - overridden
+        return ""
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<{type(self).__name__} {state} dir={self.dir}>"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Dovecot
+
+
+class Dovecot(_Server):
+    """Dovecot IMAP + LMTP with Maildirs; folders ``Archive``, ``Karantina`` and ``Sent`` are auto-created.
+
+    Users live in one passwd-file per user (``users/NAME``), so :meth:`add_user` takes effect at once, also
+    while the server runs. (Dovecot re-reads a changed passwd-file at most once per second: with one *shared*
+    file, a user added in the same second as the previous lookup is unknown until the next second.)
+    ``recipient_delimiter = +``: LMTP mail for ``name+detail@domain`` lands in user ``name``'s INBOX. With a
+    single RCPT in the LMTP transaction Dovecot adds ``Delivered-To: name+detail@domain``; with several RCPTs
+    it adds no Delivered-To at all. Users log in as ``name`` or ``name@domain``.
+    """
+
+    name = "dovecot"
+    FOLDERS = ("Archive", "Karantina", "Sent")
+
+    def __init__(self, base: Path, domain: str, tls: bool = False) -> None:
+        super().__init__(base, "dovecot")
+        self.domain = domain
+        self.tls = tls
+        self.imap_port = free_port()
+        self.lmtp_port = free_port()
+        self.ca_file: Path | None = None
+        self._passwords: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self.conf_path = self.dir / "dovecot.conf"
+        self.users_dir = self.dir / "users"
+        self.mail_dir = self.dir / "mail"
+        self.users_dir.mkdir(mode=0o755)
+        self.mail_dir.mkdir(mode=0o755)
+        self._rootless = not _is_root()
+        if self._rootless:
+            self._run_user = pwd.getpwuid(os.getuid()).pw_name
+        else:
+            self._run_user = "dovecot"
+            _check_traversable(self.dir, "dovecot")
+            pw = pwd.getpwnam("dovecot")
+            os.chown(self.mail_dir, pw.pw_uid, pw.pw_gid)
+        if tls:
+            self.ca_file, self._cert_file, self._key_file = _write_tls(self.dir / "tls")
+        self.conf_path.write_text(self._config())
+
+    def address(self, user: str, detail: str | None = None) -> str:
+        """``user@domain`` or ``user+detail@domain``."""
+        return f"{user}+{detail}@{self.domain}" if detail else f"{user}@{self.domain}"
+
+    def _config(self) -> str:
+        d = self.dir
+        if self._rootless:
+            import grp
+
+            group = grp.getgrgid(os.getgid()).gr_name
+            users = (
+                f"default_internal_user = {self._run_user}\ndefault_internal_group = {group}\n"
+                f"default_login_user = {self._run_user}\nmail_uid = {self._run_user}\nmail_gid = {group}\n"
+            )
+            chroot = "  chroot =\n"
+        else:
+            users = (
+                "default_internal_user = dovecot\ndefault_internal_group = dovecot\n"
+                "default_login_user = dovenull\nfirst_valid_uid = 1\nmail_uid = dovecot\nmail_gid = dovecot\n"
+            )
+            chroot = ""
+        if self.tls:
+            tls = f"ssl = yes\nssl_cert = <{self._cert_file}\nssl_key = <{self._key_file}\nssl_min_protocol = TLSv1.2\n"
+        else:
+            tls = "ssl = no\n"
+        mailboxes = "".join(
+            f"  mailbox {name} {{\n    auto = subscribe\n{use}  }}\n"
+            for name, use in (
+                ("Archive", "    special_use = \\Archive\n"),
+                ("Karantina", ""),
+                ("Sent", "    special_use = \\Sent\n"),
+            )
+        )
+        return f"""# generated by daemon/devservers.py
+protocols = imap lmtp
+listen = {LOOPBACK}
+base_dir = {d}/run
+state_dir = {d}/state
+instance_name = subdomaind-dovecot-{self.imap_port}
+log_path = {d}/dovecot.log
+hostname = mail.{self.domain}
+import_environment = TZ CORE_OUTOFMEM CORE_ERROR LISTEN_PID LISTEN_FDS DOVECOT_HOSTDOMAIN=mail.{self.domain}
+postmaster_address = postmaster@{self.domain}
+{tls}disable_plaintext_auth = no
+auth_mechanisms = plain login
+auth_failure_delay = 0
+auth_verbose = yes
+{users}mail_location = maildir:~/Maildir
+recipient_delimiter = +
+lmtp_save_to_detail_mailbox = no
+namespace inbox {{
+  inbox = yes
+  separator = /
+{mailboxes}}}
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%n {self.users_dir}/%n
+}}
+userdb {{
+  driver = passwd-file
+  args = username_format=%n {self.users_dir}/%n
+  default_fields = home={self.mail_dir}/%n
+}}
+service imap-login {{
+{chroot}  inet_listener imap {{
+    address = {LOOPBACK}
+    port = {self.imap_port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+service anvil {{
+{chroot}  unix_listener anvil-auth-penalty {{
+    mode = 0
+  }}
+}}
+service lmtp {{
+  inet_listener lmtp {{
+    address = {LOOPBACK}
+    port = {self.lmtp_port}
+  }}
+}}
+"""
+
+    def add_user(self, name: str, password: str | None = None) -> str:
+        """Create mailbox user ``name`` (works while running); returns the password (random if not given)."""
+        if not _USER_RE.match(name):
+            raise ValueError(f"bad user name {name!r}: lower-case letters, digits, '.', '_', '-'")
+        password = password or secrets.token_urlsafe(12)
+        if ":" in password or "\n" in password:
+            raise ValueError("password must not contain ':' or a newline")
+        with self._lock:
+            old = self._passwords.get(name)
+            if old is not None and old != password:
+                raise ValueError(f"user {name!r} already exists with another password")
+            path = self.users_dir / name
+            tmp = path.with_name(f".{name}.tmp")
+            tmp.write_text(f"{name}:{{PLAIN}}{password}::::::\n")
+            tmp.chmod(0o644)
+            tmp.replace(path)
+            self._passwords[name] = password
+        return password
+
+    def new_user(self, prefix: str = "u", password: str | None = None) -> MailUser:
+        """A fresh user with a unique name (``prefix`` + random hex), added at once."""
+        name = f"{prefix}{secrets.token_hex(5)}"
+        return MailUser(name, self.add_user(name, password), self.address(name), self)
+
+    def password(self, user: str) -> str:
+        try:
+            return self._passwords[user.split("@")[0]]
+        except KeyError:
+            raise KeyError(f"no user {user!r}: call add_user() first") from None
+
+    def start(self) -> None:
+        if self.running:
+            return
+        binary = _which("dovecot")
+        if binary is None:
+            raise FileNotFoundError("dovecot not found (apt-get install dovecot-imapd dovecot-lmtpd)")
+        self.proc = _spawn([binary, "-F", "-c", str(self.conf_path)], self.dir / "master.log", "TERM")
+        _wait_ready(
+            self.proc,
+            lambda: _greeting(self.imap_port, b"* OK") and _greeting(self.lmtp_port, b"220"),
+            "dovecot",
+            self.log_text,
+        )
+
+    def stop(self) -> None:
+        """SIGTERM the master, which stops its children; then SIGKILL the master and its ``log`` child.
+
+        A graceful Dovecot stop takes ~1.0 s: once the workers are gone the master waits for its ``log``
+        process in a loop that sleeps a whole second. All mail is on disk by then, so once ``log`` is the
+        only child left (and has had 20 ms to write the last lines) the process group is killed: ~0.05 s.
+        """
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + _STOP_TIMEOUT
+        while proc.poll() is None and time.monotonic() < deadline:
+            children = _children(proc.pid)
+            if all(cmd.endswith("/log") for _pid, cmd in children):
+                time.sleep(0.02)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.005)
+        _terminate(proc, signal.SIGKILL, timeout=5)
+        with contextlib.suppress(FileNotFoundError):
+            (self.dir / "run" / "master.pid").unlink()  # a stale pid file could match a reused pid
+
+    def log_text(self) -> str:
+        return _tail(self.dir / "master.log") + _tail(self.dir / "dovecot.log")
+
+    # -- helpers for tests ---------------------------------------------------------------------------------
+
+    def imap_client(self, user: str, password: str | None = None, timeout: float = 10.0) -> imapclient.IMAPClient:
+        """A logged-in plain-text IMAP connection (``ssl=False``); the caller logs out (or uses ``with``)."""
+        client = imapclient.IMAPClient(self.host, port=self.imap_port, ssl=False, timeout=timeout)
+        try:
+            client.login(user, password if password is not None else self.password(user))
+        except BaseException:
+            client.shutdown()
+            raise
+        return client
+
+    def messages(self, user: str, folder: str = "INBOX") -> list[bytes]:
+        """The raw RFC 822 bytes of every message in ``folder``, in UID order (flags are not touched)."""
+        with self.imap_client(user) as client:
+            client.select_folder(folder, readonly=True)
+            uids = sorted(client.search("ALL"))
+            if not uids:
+                return []
+            data = client.fetch(uids, [b"BODY.PEEK[]"])
+            return [bytes(data[uid][b"BODY[]"]) for uid in uids]
+
+    def deliver(
+        self, rcpt: str | Sequence[str], raw: bytes, mail_from: str = "sender@example.test"
+    ) -> dict[str, tuple[int, bytes]]:
+        """Deliver ``raw`` over LMTP; raises ``smtplib.SMTPRecipientsRefused`` if any recipient failed."""
+        rcpts = [rcpt] if isinstance(rcpt, str) else list(rcpt)
+        results = lmtp_send(self.host, self.lmtp_port, mail_from, rcpts, raw)
+        failed = {r: status for r, status in results.items() if status[0] >= 300}
+        if failed:
+            raise smtplib.SMTPRecipientsRefused(failed)
+        return results
+
+    def append(self, user: str, raw: bytes, folder: str = "INBOX", flags: Sequence[str | bytes] = ()) -> int | None:
+        """IMAP APPEND ``raw`` to ``folder``; returns the new UID (from APPENDUID) if the server gave one."""
+        with self.imap_client(user) as client:
+            response = client.append(folder, raw, flags=tuple(flags))
+        match = re.search(rb"APPENDUID \d+ (\d+)", response if isinstance(response, bytes) else b"")
+        return int(match.group(1)) if match else None
+
+
+@dataclass(frozen=True)
+class MailUser:
+    """A mailbox user of a :class:`Dovecot` (see :meth:`Dovecot.new_user`)."""
+
+    name: str
+    password: str
+    address: str
+    server: Dovecot = field(repr=False)
+
+    def plus(self, detail: str) -> str:
+        """The ``name+detail@domain`` address, delivered to this user's INBOX."""
+        return self.server.address(self.name, detail)
+
+    def imap(self) -> imapclient.IMAPClient:
+        return self.server.imap_client(self.name, self.password)
+
+    def messages(self, folder: str = "INBOX") -> list[bytes]:
+        return self.server.messages(self.name, folder)
+
+
+# ----------------------------------------------------------------------------------------------------
+# BIND
+
+
+class Bind(_Server):
+    """``named`` serving ``zone`` on 127.0.0.1:``port`` (UDP+TCP) as primary, or as secondary of a primary.
+
+    The primary's zone is SOA + NS (``ns`` names, relative to the zone) + ``records`` (zone-file lines,
+    relative names allowed). Dynamic updates need TSIG key ``key_name`` and are limited by
+    :data:`UPDATE_POLICY_TEMPLATE`; zone transfers (AXFR/IXFR) need the same key.
+    """
+
+    name = "named"
+
+    def __init__(
+        self,
+        base: Path,
+        zone: str,
+        records: str = "",
+        key_name: str = "subdomaind",
+        algorithm: str = "hmac-sha256",
+        *,
+        ns: Sequence[str] = ("ns1", "ns2"),
+        secondary_of: Bind | None = None,
+    ) -> None:
+        super().__init__(base, "named-secondary" if secondary_of else "named")
+        self.zone = zone.rstrip(".").lower()
+        self.origin = dns.name.from_text(self.zone)
+        self.primary: Bind | None = secondary_of
+        self.key_name: str = key_name
+        self.algorithm: str = algorithm
+        if secondary_of is not None:
+            self.zone, self.origin = secondary_of.zone, secondary_of.origin
+            self.key_name, self.algorithm = secondary_of.key_name, secondary_of.algorithm
+            self.secret: str = secondary_of.secret
+        else:
+            self.secret = base64.b64encode(secrets.token_bytes(32)).decode()
+        self.records = records
+        self.ns = tuple(ns)
+        self.port = free_port(udp_too=True)
+        self.frozen = False
+        self._notify_ports: list[int] = []
+        self.conf_path = self.dir / "named.conf"
+        self.zone_file = self.dir / f"{self.zone}.zone"
+        self.secret_file = self.dir / "tsig.secret"
+        self.secret_file.write_text(self.secret + "\n")
+        self.secret_file.chmod(0o600)
+        if secondary_of is None:
+            self.zone_file.write_text(self._zone_text())
+        self._write_conf()
+
+    @classmethod
+    def secondary(cls, base: Path, primary: Bind) -> Bind:
+        """A second ``named`` that serves ``primary``'s zone as a secondary (AXFR+NOTIFY over loopback)."""
+        return cls(base, primary.zone, secondary_of=primary)
+
+    @property
+    def keyring(self) -> dict[dns.name.Name, dns.tsig.Key]:
+        return dns.tsigkeyring.from_text({self.key_name: (self.algorithm, self.secret)})
+
+    @property
+    def update_policy(self) -> str:
+        return render_update_policy(self.zone, self.key_name)
+
+    def _zone_text(self) -> str:
+        z = self.zone
+        ns = "".join(f"@ IN NS {n if n.endswith('.') else f'{n}.{z}.'}\n" for n in self.ns)
+        return (
+            f"$ORIGIN {z}.\n$TTL 300\n"
+            f"@ IN SOA {self.ns[0]}.{z}. hostmaster.{z}. ( 2024010101 3600 600 86400 300 )\n"
+            f"{ns}{self.records.strip()}\n"
+        )
+
+    def _write_conf(self) -> None:
+        d = self.dir
+        key = f'key "{self.key_name}" {{\n    algorithm {self.algorithm};\n    secret "{self.secret}";\n}};\n'
+        if self.primary is not None and not self.frozen:
+            zone = (
+                f'zone "{self.zone}" {{\n    type secondary;\n'
+                f'    primaries {{ {LOOPBACK} port {self.primary.port} key "{self.key_name}"; }};\n'
+                f"    allow-notify {{ {LOOPBACK}; }};\n    notify no;\n}};\n"
+            )
+        else:
+            if self.frozen:  # serve the snapshot taken by freeze_secondary(), and refuse all updates
+                policy = "allow-update { none; };"
+                notify = "notify no;"
+            else:
+                policy = self.update_policy.replace("\n", "\n    ")
+                targets = "".join(f" {LOOPBACK} port {p};" for p in self._notify_ports)
+                notify = f"notify explicit;\n    also-notify {{{targets} }};" if targets else "notify no;"
+            zone = (
+                f'zone "{self.zone}" {{\n    type primary;\n    file "{self.zone_file}";\n'
+                f"    {notify}\n    {policy}\n}};\n"
+            )
+        self.conf_path.write_text(
+            f"""// generated by daemon/devservers.py
+options {{
+    directory "{d}";
+    pid-file "{d}/named.pid";
+    session-keyfile "{d}/session.key";
+    managed-keys-directory "{d}";
+    listen-on port {self.port} {{ {LOOPBACK}; }};
+    listen-on-v6 {{ none; }};
+    recursion no;
+    allow-query {{ {LOOPBACK}; }};
+    allow-transfer {{ key "{self.key_name}"; }};
+    dnssec-validation no;
+    notify no;
+    notify-delay 0;
+    notify-source {LOOPBACK};
+    transfer-source {LOOPBACK};
+    query-source address {LOOPBACK};
+}};
+controls {{ }};
+{key}{zone}"""
+        )
+
+    def start(self) -> None:
+        if self.running:
+            return
+        if self.primary is not None and not self.frozen and not self.primary.running:
+            raise RuntimeError("start the primary before its secondary")
+        if self.primary is not None and self.port not in self.primary._notify_ports:
+            self.primary._notify_ports.append(self.port)
+            self.primary._write_conf()
+            if self.primary.running:
+                self.primary.restart()
+        named = _which("named")
+        if named is None:
+            raise FileNotFoundError("named not found (apt-get install bind9)")
+        log = self.dir / "named.log"
+        offset = log.stat().st_size if log.exists() else 0
+        self.proc = _spawn([named, "-g", "-4", "-n", "1", "-c", str(self.conf_path)], log, "TERM")
+        want = self.primary.serial() if self.primary is not None and not self.frozen else None
+        _wait_ready(self.proc, lambda: self._loaded(offset, want), self.name, self.log_text)
+
+    def _loaded(self, log_offset: int, want_serial: int | None) -> bool:
+        """named logs "running" once it listens; then the zone must answer (with ``want_serial`` or newer)."""
+        with open(self.dir / "named.log", "rb") as f:
+            f.seek(log_offset)
+            text = f.read()
+        if b"not loaded due to errors" in text:
+            raise RuntimeError(f"named could not load zone {self.zone}:\n{self.log_text()}")
+        if b"\nrunning" not in text and b" running\n" not in text:
+            return False
+        serial = self.serial(timeout=0.5)
+        return want_serial is None or serial >= want_serial
+
+    def log_text(self) -> str:
+        return _tail(self.dir / "named.log")
+
+    # -- helpers for tests ---------------------------------------------------------------------------------
+
+    def query(self, name: str, rdtype: str = "A", tcp: bool = False, timeout: float = 2.0) -> dns.message.Message:
+        """Ask this server (no RD flag). ``name`` is relative to the zone, or absolute with a trailing dot."""
+        qname = dns.name.from_text(name, self.origin)
+        q = dns.message.make_query(qname, rdtype)
+        q.flags &= ~dns.flags.RD
+        send = dns.query.tcp if tcp else dns.query.udp
+        return send(q, self.host, port=self.port, timeout=timeout)
+
+    def addresses(self, name: str, rdtype: str = "A") -> list[str]:
+        """The rdata texts of ``name``/``rdtype`` as this server serves them (empty if none)."""
+        answer = self.query(name, rdtype).answer
+        return sorted(
+            rd.to_text() for rrset in answer for rd in rrset if rrset.rdtype == dns.rdatatype.from_text(rdtype)
+        )
+
+    def serial(self, timeout: float = 2.0) -> int:
+        """The zone's SOA serial as served now; raises if the server does not serve the zone."""
+        response = self.query("@", "SOA", timeout=timeout)
+        if response.rcode() != dns.rcode.NOERROR or not response.answer:
+            raise dns.exception.DNSException(f"SOA query: {dns.rcode.to_text(response.rcode())}")
+        return int(response.answer[0][0].serial)
+
+    def wait_serial(self, serial: int, timeout: float = 5.0) -> None:
+        """Wait until this server serves ``serial`` or newer (a secondary after a NOTIFY: within ~0.5 s)."""
+        deadline = time.monotonic() + timeout
+        current: int | str = "nothing"
+        while True:
+            with contextlib.suppress(dns.exception.DNSException, OSError):
+                current = self.serial(timeout=0.2)
+                if current >= serial:
+                    return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name} on port {self.port} serves serial {current}, not {serial}")
+            time.sleep(0.02)
+
+    def freeze_secondary(self) -> None:
+        """Make this secondary lag: it keeps serving exactly what it serves now and ignores the primary.
+
+        Implementation: AXFR a snapshot from this server, restart it as a stand-alone primary of that snapshot
+        (``allow-update { none; }``, same port). :meth:`thaw_secondary` undoes it.
+        """
+        if self.primary is None:
+            raise RuntimeError("freeze_secondary() is for a secondary (Bind.secondary())")
+        if self.frozen:
+            return
+        xfr = dns.query.xfr(
+            self.host,
+            self.origin,
+            port=self.port,
+            keyring=self.keyring,
+            keyalgorithm=self.algorithm,
+            lifetime=10,
+            relativize=False,
+        )
+        snapshot = dns.zone.from_xfr(xfr, relativize=False)
+        self.zone_file.write_text(snapshot.to_text(relativize=False))
+        self.stop()
+        self.frozen = True
+        self._write_conf()
+        self.start()
+
+    def thaw_secondary(self) -> None:
+        """Resume transfers from the primary; returns once this server serves the primary's serial."""
+        if not self.frozen:
+            return
+        self.stop()
+        self.frozen = False
+        self._write_conf()
+        self.start()
+
+    @contextlib.contextmanager
+    def frozen_secondary(self) -> Iterator[Bind]:
+        """``with secondary.frozen_secondary(): ...`` -- frozen inside the block, thawed after it."""
+        self.freeze_secondary()
+        try:
+            yield self
+        finally:
+            self.thaw_secondary()
+
+
+# ----------------------------------------------------------------------------------------------------
+# PostgreSQL
+
+
+class Postgres(_Server):
+    """A throwaway PostgreSQL cluster (``initdb`` once, then ``postgres`` in the foreground), trust auth.
+
+    As root, ``initdb`` and ``postgres`` run as the ``postgres`` system user; otherwise as the current user.
+    """
+
+    name = "postgres"
+    stop_signal = signal.SIGINT  # fast shutdown
+
+    def __init__(self, base: Path, user: str = "test") -> None:
+        super().__init__(base, "postgres")
+        self.user = user
+        self.port = free_port()
+        self.data_dir = self.dir / "data"
+        bindir = postgres_bindir()
+        if bindir is None:
+            raise FileNotFoundError("PostgreSQL binaries not found (apt-get install postgresql)")
+        self.bindir = bindir
+        self._run_user: str | None = None
+        if _is_root():
+            self._run_user = "postgres"
+            _check_traversable(self.dir, "postgres")
+            pw = pwd.getpwnam("postgres")
+            os.chown(self.dir, pw.pw_uid, pw.pw_gid)
+
+    @property
+    def dsn(self) -> str:
+        """SQLAlchemy URL of the ``postgres`` database."""
+        return self.url("postgres")
+
+    def url(self, database: str, driver: str = "postgresql+psycopg") -> str:
+        return f"{driver}://{self.user}@{self.host}:{self.port}/{database}"
+
+    @property
+    def libpq_dsn(self) -> str:
+        """libpq/psycopg form of :attr:`dsn`."""
+        return self.url("postgres", "postgresql")
+
+    def _env(self) -> dict[str, str]:
+        return {"PATH": _SBIN_PATH, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8", "TZ": "UTC"}
+
+    def start(self) -> None:
+        if self.running:
+            return
+        log = self.dir / "postgres.log"
+        if not (self.data_dir / "PG_VERSION").exists():
+            initdb = _spawn(
+                [
+                    str(self.bindir / "initdb"),
+                    "-D",
+                    str(self.data_dir),
+                    "-U",
+                    self.user,
+                    "-A",
+                    "trust",
+                    "-E",
+                    "UTF8",
+                    "--locale=C.UTF-8",
+                    "--no-sync",
+                    "--no-instructions",
+                ],
+                log,
+                "TERM",
+                user=self._run_user,
+                cwd=self.dir,
+                env=self._env(),
+            )
+            if initdb.wait(120) != 0:
+                raise RuntimeError(f"initdb failed with status {initdb.returncode}:\n{self.log_text()}")
+        self.proc = _spawn(
+            [
+                str(self.bindir / "postgres"),
+                "-D",
+                str(self.data_dir),
+                "-p",
+                str(self.port),
+                "-k",
+                str(self.dir),
+                "-c",
+                f"listen_addresses={LOOPBACK}",
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+            ],
+            log,
+            "INT",
+            user=self._run_user,
+            cwd=self.dir,
+            env=self._env(),
+        )
+        _wait_ready(self.proc, self._accepts, "postgres", self.log_text)
+
+    def _accepts(self) -> bool:
+        import psycopg
+
+        try:
+            with psycopg.connect(self.libpq_dsn, connect_timeout=1) as conn:
+                conn.execute("select 1")
+        except psycopg.OperationalError:
+            return False
+        return True
+
+    def create_database(self, name: str) -> str:
+        """``CREATE DATABASE name`` (drops an existing one first); returns its SQLAlchemy URL."""
+        import psycopg
+        from psycopg import sql
+
+        if not _SQL_NAME_RE.match(name):
+            raise ValueError(f"bad database name {name!r}")
+        with psycopg.connect(self.libpq_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        return self.url(name)
+
+    def drop_database(self, name: str) -> None:
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(self.libpq_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+    def log_text(self) -> str:
+        return _tail(self.dir / "postgres.log")
+
+
+# ----------------------------------------------------------------------------------------------------
+# SMTP relay
+
+
+class _RelayHandler:
+    """aiosmtpd handler: check each RCPT against Dovecot LMTP, relay DATA over LMTP, keep a copy."""
+
+    def __init__(self, relay: SmtpRelay) -> None:
+        self.relay = relay
+
+    async def handle_RCPT(  # noqa: N802 - aiosmtpd hook name
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+    ) -> str:
+        code, text = await asyncio.to_thread(self.relay._probe_rcpt, address)
+        if code in (250, 251):
+            envelope.rcpt_tos.append(address)
+            return "250 2.1.5 OK"
+        return f"{code} {text}"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        raw: bytes = envelope.original_content or envelope.content
+        mail_from: str = envelope.mail_from or ""
+        rcpts: list[str] = list(envelope.rcpt_tos)
+        try:
+            results = await asyncio.to_thread(
+                lmtp_send, self.relay.lmtp_host, self.relay.lmtp_port, mail_from, rcpts, raw
+            )
+        except (OSError, smtplib.SMTPException) as exc:
+            self.relay._log(f"DATA from <{mail_from}> to {rcpts}: LMTP failed: {exc!r}")
+            return "451 4.4.1 LMTP relay unavailable, try again later"
+        failed = {r: s for r, s in results.items() if s[0] >= 300}
+        self.relay._log(f"DATA from <{mail_from}> to {rcpts}: {results}")
+        if len(failed) == len(rcpts):
+            code, text = next(iter(failed.values()))
+            return f"{code} {text.decode('utf-8', 'replace')}"
+        self.relay._store(mail_from, rcpts, raw)
+        return "250 2.0.0 Message accepted for delivery"
+
+
+class SmtpRelay:
+    """An in-process aiosmtpd SMTP server on 127.0.0.1:``port`` that relays every message into Dovecot LMTP.
+
+    RCPT TO is checked against LMTP at once, so an unknown mailbox gets Dovecot's ``550 5.1.1`` as the SMTP
+    reply (and LMTP DATA failures come back as the DATA reply). Every accepted message is appended to
+    ``received`` as ``(mail_from, rcpts, raw)``. ``stop()``/``start()`` reuse the same port (SMTP down for a
+    while). With ``tls=True`` STARTTLS is offered (not required), with a trustme CA in ``ca_file``.
+    """
+
+    name = "smtp-relay"
+
+    def __init__(self, lmtp_host: str, lmtp_port: int, tls: bool = False, *, base: Path | None = None) -> None:
+        self.lmtp_host = lmtp_host
+        self.lmtp_port = lmtp_port
+        self.tls = tls
+        self.host = LOOPBACK
+        self.port = free_port()
+        self.dir = _make_dir(base, "smtp") if base is not None else Path(tempfile.mkdtemp(prefix="smtp-"))
+        self.received: list[tuple[str, list[str], bytes]] = []
+        self._cond = threading.Condition()
+        self._events: list[str] = []
+        self._controller: Any = None
+        self.ca_file: Path | None = None
+        self._tls_context: ssl.SSLContext | None = None
+        if tls:
+            self.ca_file, cert_file, key_file = _write_tls(self.dir / "tls")
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(cert_file, key_file)
+            self._tls_context = ctx
+
+    @property
+    def running(self) -> bool:
+        return self._controller is not None
+
+    def start(self) -> None:
+        if self._controller is not None:
+            return
+        from aiosmtpd.controller import Controller
+
+        kwargs: dict[str, Any] = {
+            "decode_data": False,
+            "enable_SMTPUTF8": True,
+            "ident": "subdomaind test relay",
+            "server_hostname": "localhost",  # else aiosmtpd calls socket.getfqdn(), which may query DNS
+        }
+        if self._tls_context is not None:
+            kwargs.update(tls_context=self._tls_context, require_starttls=False)
+        controller = Controller(_RelayHandler(self), hostname=self.host, port=self.port, ready_timeout=10, **kwargs)
+        deadline = time.monotonic() + 5
+        while True:  # the port can be briefly busy right after stop()
+            try:
+                controller.start()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        self._controller = controller
+        self._log(f"listening on {self.host}:{self.port}")
+
+    def stop(self) -> None:
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
+            self._log("stopped")
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def _probe_rcpt(self, address: str) -> tuple[int, str]:
+        try:
+            with smtplib.LMTP(self.lmtp_host, self.lmtp_port, local_hostname="localhost", timeout=10) as lmtp:
+                lmtp.ehlo_or_helo_if_needed()
+                lmtp.mail("")
+                code, text = lmtp.rcpt(address)
+                lmtp.rset()
+        except (OSError, smtplib.SMTPException) as exc:
+            self._log(f"RCPT {address}: LMTP failed: {exc!r}")
+            return 451, "4.4.1 LMTP relay unavailable, try again later"
+        self._log(f"RCPT {address}: {code} {text!r}")
+        return code, text.decode("utf-8", "replace")
+
+    def _store(self, mail_from: str, rcpts: list[str], raw: bytes) -> None:
+        with self._cond:
+            self.received.append((mail_from, rcpts, raw))
+            self._cond.notify_all()
+
+    def _log(self, line: str) -> None:
+        with self._cond:
+            self._events.append(f"{time.strftime('%H:%M:%S')} {line}")
+
+    def wait_for(self, count: int, timeout: float = 5.0) -> list[tuple[str, list[str], bytes]]:
+        """Wait until ``received`` holds at least ``count`` messages; returns a copy of it."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: len(self.received) >= count, timeout):
+                raise TimeoutError(f"{len(self.received)} of {count} messages after {timeout} s")
+            return list(self.received)
+
+    def log_text(self) -> str:
+        with self._cond:
+            return "\n".join(self._events) + "\n"
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<SmtpRelay {'running' if self.running else 'stopped'} port={self.port}>"
