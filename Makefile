@@ -34,7 +34,7 @@ venv: $(STAMP)
 deps: apt venv
 
 test: deps
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory lint
 
 lint: venv

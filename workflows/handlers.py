@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import select
 
@@ -192,12 +192,10 @@ class DecisionReplyHandler:
     def can_handle(self, ctx: Ctx, parsed: ParseResult) -> bool:
         if parsed.kind != "reply":
             return False
-        m = match_step(ctx, parsed)
-        if m is None or m.run.kind != "approval":
-            return False
         # The requester answering our mail to them is the next handler's business, unless they are
         # answering an approval step mail itself (forwarded to them): that is refused here.
-        return True
+        m = match_step(ctx, parsed)
+        return m is not None and m.run.kind == "approval"
 
     def execute(self, ctx: Ctx, parsed: ParseResult, inbound: Inbound) -> str:
         m = match_step(ctx, parsed)
@@ -270,7 +268,7 @@ MERGE_KEYS = (
 )
 
 
-def merge_fields(old: dict[str, object], new: dict[str, object]) -> dict[str, object]:
+def merge_fields(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """The corrected record: new values win; a field's old problem stays only if it was not given again."""
     merged = dict(old)
     given = {k for k in MERGE_KEYS if new.get(k)}
@@ -282,8 +280,8 @@ def merge_fields(old: dict[str, object], new: dict[str, object]) -> dict[str, ob
     from parsers.model import MANDATORY_FIELDS
 
     merged["missing"] = [f for f in MANDATORY_FIELDS if not merged.get(f)]
-    origins = dict(old.get("origins", {}) or {})  # type: ignore[call-overload]
-    origins.update(new.get("origins", {}) or {})  # type: ignore[call-overload]
+    origins = dict(old.get("origins", {}) or {})
+    origins.update(new.get("origins", {}) or {})
     merged["origins"] = origins
     merged.pop("check", None)
     return merged

@@ -136,7 +136,8 @@ def parse_sop(text: str, path: Path) -> Sop:
         )
     for role in roles.values():
         if role.superior and role.superior not in roles:
-            raise fail(_line_of(text, rf"^{re.escape(role.key)}\s*="), f"role {role.key!r}: unknown superior {role.superior!r}")
+            line = _line_of(text, rf"^{re.escape(role.key)}\s*=")
+            raise fail(line, f"role {role.key!r}: unknown superior {role.superior!r}")
 
     steps: dict[str, Step] = {}
     for skey, sd in data["steps"].items():

@@ -1,7 +1,7 @@
 """Initial schema: requests, steps, decisions, audit, inbound, outbox, mailbox state, counters
 
 Revision ID: 0001
-Revises: 
+Revises: (none)
 Create Date: 2026-11-21 09:58:23.657853
 """
 

@@ -1,0 +1,130 @@
+"""Intake against real Dovecot and a real SMTP relay: TLS, quarantine, checkpoints, duplicates, recovery."""
+
+from __future__ import annotations
+
+import tempfile
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from daemon.config import ImapConfig, SmtpConfig
+from daemon.devservers import Bind, Dovecot, MailUser, SmtpRelay
+from daemon.localoffice import make_config, request_mail
+from daemon.mailbox import ImapSource, MailSourceError
+from daemon.outbox import SendError, SmtpTransport
+from daemon.service import Daemon
+from workflows.db import upgrade
+from workflows.store import Audit, Inbound, MailboxState, Request, make_engine, make_sessionmaker
+
+pytestmark = pytest.mark.servers
+
+
+def _note(text: str) -> bytes:
+    m = EmailMessage()
+    m["From"] = "a@example.org"
+    m["To"] = "b@example.org"
+    m["Subject"] = text
+    m.set_content(text)
+    return m.as_bytes()
+
+
+def test_imap_starttls_verifies_the_server(dovecot_tls: Dovecot) -> None:
+    user = dovecot_tls.new_user("tls")
+    dovecot_tls.append(user.name, _note("halo"))
+    cfg = ImapConfig(host="127.0.0.1", port=dovecot_tls.imap_port, user=user.name, tls="starttls",
+                     ca_file=dovecot_tls.ca_file, password_env="UNUSED")
+    src = ImapSource(cfg, user.password)
+    src.connect()
+    try:
+        assert [uid for uid, _ in src.fetch_new(0, 10)] == [1]
+    finally:
+        src.close()
+    # Without the test CA the certificate cannot be verified: refused, never silently accepted.
+    unverified = ImapSource(cfg.model_copy(update={"ca_file": None}), user.password)
+    with pytest.raises(MailSourceError):
+        unverified.connect()
+
+
+def test_smtp_starttls_verifies_the_server(smtp_relay_tls: SmtpRelay, unique_user: MailUser) -> None:
+    cfg = SmtpConfig(host="127.0.0.1", port=smtp_relay_tls.port, tls="starttls", ca_file=smtp_relay_tls.ca_file)
+    SmtpTransport(cfg, None).send("layanan@trenggalekkab.go.id", [unique_user.address], _note("lewat TLS"))
+    assert any(b"lewat TLS" in raw for raw in unique_user.messages())
+    with pytest.raises(SendError):
+        SmtpTransport(cfg.model_copy(update={"ca_file": None}), None).send(
+            "layanan@trenggalekkab.go.id", [unique_user.address], _note("tanpa CA"))
+
+
+@pytest.fixture
+def daemon_on(dovecot: Dovecot, smtp_relay: SmtpRelay, bind: Bind):  # type: ignore[no-untyped-def]
+    mailbox = dovecot.new_user("layanan")
+    base = Path(tempfile.mkdtemp(prefix="intake-"))
+    cfg = make_config(base, imap_port=dovecot.imap_port, imap_user=mailbox.name, imap_password=mailbox.password,
+                      mailbox=mailbox.address, smtp_port=smtp_relay.port, dns_port=bind.port,
+                      tsig_secret=bind.secret)
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(cfg.db_url)
+    upgrade(engine)
+    sessions = make_sessionmaker(engine)
+    d = Daemon(cfg, sessions)
+    yield d, mailbox, sessions
+    d.shutdown(flush_seconds=1)
+
+
+def test_unreadable_message_is_quarantined_and_the_next_is_handled(daemon_on, dovecot: Dovecot) -> None:  # type: ignore[no-untyped-def]
+    d, mailbox, sessions = daemon_on
+    dovecot.append(mailbox.name, b"\x00\x01 bukan surel sama sekali \xff\xfe")
+    dovecot.append(mailbox.name, request_mail("dinsos@trenggalekkab.go.id", "dinsosq", to=mailbox.address))
+    d.run_once()
+    with sessions() as s:
+        rows = s.execute(select(Inbound).order_by(Inbound.uid)).scalars().all()
+        assert [r.status for r in rows] == ["quarantined", "handled"]
+        assert rows[0].error and b"bukan surel" in rows[0].raw  # Dovecot stores NUL as 0x80
+        assert s.execute(select(Request)).scalar_one().subdomain == "dinsosq"
+        assert s.execute(select(MailboxState)).scalar_one().last_uid == 2
+    assert len(dovecot.messages(mailbox.name, "Karantina")) == 1
+    inbox = mailbox.imap()
+    inbox.select_folder("INBOX")
+    assert inbox.search(["KEYWORD", "$SubdomaindDone"]) == [2]
+    inbox.logout()
+    # A second pass re-reads nothing: the checkpoint holds, and nothing is handled twice.
+    d.run_once()
+    with sessions() as s:
+        assert len(s.execute(select(Inbound)).scalars().all()) == 2
+
+
+def test_same_message_id_twice_is_handled_once(daemon_on, dovecot: Dovecot) -> None:  # type: ignore[no-untyped-def]
+    d, mailbox, sessions = daemon_on
+    raw = request_mail("dinsos@trenggalekkab.go.id", "dinsosd", to=mailbox.address)
+    dovecot.append(mailbox.name, raw)
+    dovecot.append(mailbox.name, raw)
+    d.run_once()
+    with sessions() as s:
+        assert len(s.execute(select(Request)).scalars().all()) == 1
+        assert s.execute(select(Audit).where(Audit.event == "mail.duplicate")).scalars().first() is not None
+
+
+def test_mark_lost_after_commit_is_finished_on_the_next_pass(daemon_on, dovecot: Dovecot) -> None:  # type: ignore[no-untyped-def]
+    d, mailbox, sessions = daemon_on
+    dovecot.append(mailbox.name, request_mail("dinsos@trenggalekkab.go.id", "dinsosm", to=mailbox.address))
+    rt = d.runtimes["trenggalek"]
+    real_mark = rt.source.mark_handled
+    calls = {"n": 0}
+
+    def failing_mark(uid: int, *, quarantine: bool) -> None:
+        calls["n"] += 1
+        raise MailSourceError("koneksi terputus")
+
+    rt.source.mark_handled = failing_mark  # type: ignore[method-assign]
+    d.run_once()
+    with sessions() as s:
+        row = s.execute(select(Inbound)).scalar_one()
+        assert row.status == "handled" and row.server_done is False
+    rt.source.mark_handled = real_mark  # type: ignore[method-assign]
+    rt.backoff_until = 0
+    d.run_once()
+    with sessions() as s:
+        assert s.execute(select(Inbound)).scalar_one().server_done is True
+        assert len(s.execute(select(Request)).scalars().all()) == 1
+    assert calls["n"] == 1
