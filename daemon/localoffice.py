@@ -159,7 +159,8 @@ def reply_to(original: bytes, sender: str, text: str) -> bytes:
     msg["Date"] = formatdate(localtime=True)
     msg["Message-ID"] = make_msgid(domain=sender.split("@")[1])
     msg["In-Reply-To"] = str(orig["Message-ID"])
-    msg["References"] = str(orig["Message-ID"])
+    # RFC 5322 3.6.4: the parent's References, then the parent's Message-ID.
+    msg["References"] = " ".join(x for x in (str(orig["References"] or ""), str(orig["Message-ID"])) if x)
     msg.set_content(f"{text}\n\nPada {orig['Date']} Layanan Sub Domain <{parseaddr(str(orig['From']))[1]}> "
                     f"menulis:\n{quoted}\n")
     return msg.as_bytes()
@@ -246,6 +247,13 @@ class Office:
                 raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.log()}")
             time.sleep(0.1)
         raise AssertionError(f"no matching mail for {user.address} within {timeout}s; daemon log:\n{self.log()}")
+
+    def wait_until(self, condition: Callable[[], bool], timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"condition not met within {timeout}s; daemon log:\n{self.log()}")
+            time.sleep(0.2)
 
     def decide(self, role: str, word: str, *, timeout: float = 30.0) -> bytes:
         """As the official of `role`: wait for the next mail asking for a decision, and answer it."""

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from daemon.devservers import Bind, Dovecot, SmtpRelay, missing_binaries  # noqa: E402
-from daemon.localoffice import DOMAIN, Office, body_text, parse_mail  # noqa: E402
+from daemon.localoffice import DOMAIN, Office, body_text, parse_mail, reply_to  # noqa: E402
 
 ZONE_RECORDS = "ns1 IN A 192.0.2.1\nns2 IN A 192.0.2.2\nwww IN A 203.0.113.5\nmail IN A 203.0.113.6\n"
 PLAN = [
@@ -71,6 +71,10 @@ def main() -> int:
             say("-" * 78)
             say(body_text(final).rstrip())
             say("-" * 78)
+            office.send(reply_to(final, office.requester.address, "BERHASIL, sudah dapat kami gunakan."),
+                        office.requester.address)
+            say(f"{len(PLAN) + 3}. The unit's IT admin replies \"BERHASIL\": the request is closed")
+            office.wait_until(lambda: "konfigurasi" not in office.cli("status").stdout)
             answer = bind.addresses(label)
             say(f"\nDNS: {label}.{DOMAIN} A -> {', '.join(answer) or '(none)'} "
                 f"(asked BIND at 127.0.0.1:{bind.port})")

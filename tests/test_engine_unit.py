@@ -119,12 +119,25 @@ def test_happy_path_reaches_final_reply(world) -> None:  # type: ignore[no-untyp
     for role in ("kasi", "kabid", "kadis"):
         approve(d, src, tr, role)
     with sessions() as s:
+        assert s.execute(select(Request)).scalar_one().step == "konfigurasi"
+    # The unit's IT admin answers the reply letter: first a KENDALA, then BERHASIL.
+    src.add(reply_to(last_to(tr, "dinsos@example.org"), "dinsos@example.org",
+                     "KENDALA\nServer kami 203.0.113.99 belum bisa diakses."))
+    d.run_once()
+    kasi_mails = tr.to(ACTORS["kasi"][0])
+    assert any("KENDALA" in str(m["Subject"]) for m in kasi_mails)
+    result = [m for m in tr.to("dinsos@example.org") if "pemeriksaan ulang" in str(m["Subject"])][-1]
+    body = result.get_body(preferencelist=("plain",)).get_content()
+    assert "BERBEDA" in body and "dilayani" in body
+    src.add(reply_to(last_to(tr, "dinsos@example.org"), "dinsos@example.org", "BERHASIL, terima kasih."))
+    d.run_once()
+    with sessions() as s:
         req = s.execute(select(Request)).scalar_one()
         assert req.status == "done", [a.event for a in s.execute(select(Audit)).scalars()]
         assert s.execute(select(PendingSecret)).first() is None
         final = s.execute(select(Outbox).where(Outbox.purpose == "final")).scalar_one()
         assert final.raw is None and final.status == "sent"
-    final_mail = [m for m in tr.to("dinsos@example.org") if "aktif" in str(m["Subject"])][-1]
+    final_mail = [m for m in tr.to("dinsos@example.org") if "telah aktif" in str(m["Subject"])][-1]
     text = final_mail.get_body(preferencelist=("plain",)).get_content()
     assert "dinsos.trenggalekkab.go.id" in text and "203.0.113.10" in text
     assert "ns1.trenggalekkab.go.id" in text and "Kata sandi" in text
@@ -153,3 +166,22 @@ def test_stranger_reply_changes_nothing(world) -> None:  # type: ignore[no-untyp
         assert s.execute(select(Audit).where(Audit.event == "mail.refused")).scalars().all()
     assert len(tr.sent) == n_before  # an unknown outsider is never answered
     assert MAILBOX
+
+
+def test_batal_inside_the_undo_window_cancels_before_dns(world) -> None:  # type: ignore[no-untyped-def]
+    d, src, tr, dns_, sessions = world
+    d.config = d.config.model_copy(update={"workflow": d.config.workflow.model_copy(
+        update={"undo_window_minutes": 10})})
+    src.add(request_mail("dinsos@example.org"))
+    d.run_once()
+    for role in ("kadis", "kabid", "kasi"):
+        approve(d, src, tr, role)
+    with sessions() as s:
+        assert s.execute(select(Request)).scalar_one().step == "buat"
+    echo = [raw for _, rcpts, raw in tr.sent if ACTORS["kasi"][0] in rcpts and b"Dicatat" in raw][-1]
+    src.add(reply_to(echo, ACTORS["kasi"][0], "BATAL"))
+    d.run_once()
+    assert dns_.records == {}
+    with sessions() as s:
+        assert s.execute(select(Request)).scalar_one().step == "periksa"
+        assert s.execute(select(Audit).where(Audit.event == "decision.cancelled")).scalar_one()

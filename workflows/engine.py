@@ -262,15 +262,17 @@ def enter_step(ctx: Ctx, req: Request, key: str, *, note: str | None = None) -> 
         assert step.actor is not None
         ctx.mailer.queue(
             ctx.session,
-            to=ctx.addresses(step.actor),
+            to=requester_addresses(req) if ctx.sop.roles[step.actor].requester else ctx.addresses(step.actor),
             template=step.template or "notify",
             context=step_context(ctx, req, step, run),
             purpose=f"notify.{key}",
             request_id=req.id,
             ticket=req.ticket,
-            attachments=_original_attachment(ctx, req),
+            attachments=[] if ctx.sop.roles[step.actor].requester else _original_attachment(ctx, req),
         )
-        finish_step(ctx, run, "ok")
+        finish_step(ctx, run, "ok", note=note)
+    elif step.kind == "wait_requester" and step.silent:
+        pass  # the previous mail (the reply letter) already told the requester how to answer
     elif step.kind in ("approval", "wait_requester"):
         token = new_token()
         run.token_hash = token_hash(token)
@@ -394,8 +396,50 @@ def apply_decision(
         request_id=req.id,
         ticket=req.ticket,
         in_reply_to=message_id,
+        # The step mail first: a BATAL answered to this echo threads back to the decided step.
+        references=[run.mail_message_id] if run.mail_message_id else [],
     )
     finish_step(ctx, run, decision, note=note)
+
+
+def cancel_decision(ctx: Ctx, run: StepRun, *, actor: str, message_id: str | None) -> bool:
+    """BATAL: undo the decision taken at `run` while what it led to has not happened yet.
+
+    Allowed while the step right after it is still open and undecided: an approval nobody has answered
+    yet, or an irreversible action still inside its undo window. The decided step is then asked again.
+    """
+    req = ctx.session.get(Request, run.request_id)
+    assert req is not None
+    nxt = ctx.session.execute(
+        select(StepRun).where(StepRun.request_id == req.id, StepRun.id > run.id).order_by(StepRun.id)
+    ).scalars().first()
+    if nxt is None or nxt.status != "open":
+        return False
+    if nxt.kind == "action" and (nxt.due_at is None or nxt.due_at <= ctx.now()):
+        return False
+    if nxt.kind == "approval" and ctx.session.execute(
+        select(Decision.id).where(Decision.step_id == nxt.id, Decision.accepted.is_(True))
+    ).first() is not None:
+        return False
+    nxt.status = "cancelled"
+    nxt.closed_at = ctx.now()
+    ctx.session.add(Decision(request_id=req.id, step_id=run.id, decision="cancel", actor=actor, on_behalf_of=None,
+                             note=None, message_id=message_id, accepted=True, reason=None, rules=[], at=ctx.now()))
+    audit(ctx, req, "decision.cancelled", actor=actor, message_id=message_id, step=run.key, cancelled=nxt.key)
+    step = ctx.sop.step(run.key)
+    ctx.mailer.queue(
+        ctx.session,
+        to=[actor],
+        template="cancelled",
+        context={**summary(ctx, req), "actor": actor, "step_title": step.title,
+                 "cancelled_title": ctx.sop.steps[nxt.key].title},
+        purpose=f"cancelled.{run.key}",
+        request_id=req.id,
+        ticket=req.ticket,
+        in_reply_to=message_id,
+    )
+    enter_step(ctx, req, run.key, note="Keputusan sebelumnya dibatalkan (BATAL); mohon keputusan ulang.")
+    return True
 
 
 # --- automatic actions ----------------------------------------------------------------------------
@@ -413,7 +457,7 @@ def run_action(ctx: Ctx, run: StepRun) -> None:
         alert_staff(ctx, req, f"{step.title}: {exc}")
         outcome = "error"
     audit(ctx, req, "action.done", step=run.key, action=step.action, outcome=outcome)
-    finish_step(ctx, run, outcome, note=run.last_error if outcome == "error" else None)
+    finish_step(ctx, run, outcome, note=run.last_error if outcome == "error" and run.last_error else run.note)
 
 
 def _check_completeness(ctx: Ctx, req: Request, run: StepRun) -> str:
@@ -615,6 +659,33 @@ def _step_key(ctx: Ctx, decision: Decision | None) -> str:
     return run.key if run is not None else ctx.sop.start
 
 
+def _recheck_dns(ctx: Ctx, req: Request, run: StepRun) -> str:
+    """After a KENDALA: ask every authoritative server again, and compare with what the admin says."""
+    import ipaddress
+    import re
+
+    p = req.provisioned or {}
+    if not p:
+        run.note = "Sub domain belum pernah dibuat oleh sistem; tidak ada rekaman untuk diperiksa."
+        return "error"
+    record = PlannedRecord(name=p["name"], rdtype=p["rdtype"], value=p["value"], ttl=p["ttl"])
+    state = ctx.services.dns.serving(record)
+    lines = [f"Rekaman {record.line(ctx.agency.zone)}:"]
+    lines += [f"- {server}: {'dilayani' if ok else 'TIDAK dilayani'}" for server, ok in state.items()]
+    complaint = run.note or ""
+    for token in re.findall(r"[0-9a-fA-F:.]{7,45}", complaint):
+        try:
+            stated = ipaddress.ip_address(token.strip("."))
+        except ValueError:
+            continue
+        same = str(stated) == record.value
+        lines.append(f"- alamat yang disebut admin ({stated}) {'sama dengan' if same else 'BERBEDA dari'} "
+                     f"alamat pada rekaman ({record.value})")
+    run.note = "\n".join(lines)
+    audit(ctx, req, "dns.rechecked", served=state, complaint=complaint[:500])
+    return "ok" if state and all(state.values()) else "error"
+
+
 def _close(ctx: Ctx, req: Request, run: StepRun) -> str:
     return "ok"
 
@@ -625,6 +696,7 @@ ACTIONS: dict[str, Callable[[Ctx, Request, StepRun], str]] = {
     "draft_letter": _draft_letter,
     "send_letter": _send_letter,
     "send_rejection": _send_rejection,
+    "recheck_dns": _recheck_dns,
     "close": _close,
 }
 

@@ -61,6 +61,12 @@ class DecisionNotOffered(Refusal):
     code = "not_offered"
 
 
+class TooLateToCancel(Refusal):
+    """BATAL arrived after what the decision led to had already happened (or been decided)."""
+
+    code = "too_late"
+
+
 class NotVouched(Refusal):
     """The receiving server did not vouch for the sender (DKIM/SPF), as the agency's config requires."""
 
@@ -87,6 +93,7 @@ ALL_REFUSALS: tuple[type[Refusal], ...] = (
     TokenExpired,
     DecisionUnclear,
     DecisionNotOffered,
+    TooLateToCancel,
     NotVouched,
     AlreadyRequested,
     TooLarge,

@@ -19,6 +19,7 @@ from workflows.engine import (
     alert_staff,
     apply_decision,
     audit,
+    cancel_decision,
     finish_step,
     open_request,
     requester_addresses,
@@ -31,6 +32,7 @@ from workflows.errors import (
     RequesterCannotApprove,
     StepNotOpen,
     TokenExpired,
+    TooLateToCancel,
 )
 from workflows.mailer import LOOP_HEADER, token_hash
 from workflows.store import Inbound, Outbox, Request, StepRun
@@ -68,6 +70,16 @@ def match_step(ctx: Ctx, parsed: ParseResult) -> StepMatch | None:
         if not mid:
             continue
         run = s.execute(select(StepRun).where(StepRun.mail_message_id == mid)).scalars().first()
+        if run is None:
+            # A reply to our echo of a decision (BATAL) names the decided step by the echo's purpose,
+            # for clients that do not carry the whole References chain.
+            out = s.execute(select(Outbox).where(Outbox.message_id == mid)).scalar_one_or_none()
+            if out is not None and out.request_id is not None and out.purpose.startswith("echo."):
+                run = s.execute(
+                    select(StepRun).where(StepRun.request_id == out.request_id,
+                                          StepRun.key == out.purpose.removeprefix("echo."))
+                    .order_by(StepRun.id.desc())
+                ).scalars().first()
         if run is not None:
             req = s.get(Request, run.request_id)
             if req is not None and req.agency == ctx.agency.id:
@@ -214,11 +226,17 @@ class DecisionReplyHandler:
             raise RequesterCannotApprove(f"pemohon {sender} tidak dapat memutuskan langkah {run.key}", **ctx_info)
         else:
             raise NotStepActor(f"{sender} bukan pejabat langkah {run.key} ({run.role})", **ctx_info)
+        decision = parsed.reply.decision
+        if decision == "cancel":
+            # BATAL answers the decided step (usually through our echo mail): it undoes that decision
+            # while what it led to has not happened yet (the undo window of issue 4).
+            if run.status != "done" or not cancel_decision(ctx, run, actor=sender, message_id=inbound.message_id):
+                raise TooLateToCancel(f"BATAL untuk langkah {run.key} terlambat atau tidak berlaku", **ctx_info)
+            return "handled"
         if run.status != "open":
             raise StepNotOpen(f"langkah {run.key} sudah {run.status} ({run.outcome})", **ctx_info)
         if m.via == "token" and run.token_expires_at is not None and run.token_expires_at < ctx.now():
             raise TokenExpired(f"token langkah {run.key} kedaluwarsa", **ctx_info)
-        decision = parsed.reply.decision
         if decision == "unclear":
             raise DecisionUnclear("balasan tidak memuat keputusan yang jelas",
                                   text=parsed.reply.text[:500], **ctx_info)
@@ -252,6 +270,9 @@ class RequesterReplyHandler:
         if waiting is None:
             audit(ctx, req, "requester.message", actor=_sender(parsed), message_id=inbound.message_id)
             return "handled"
+        step = ctx.sop.step(waiting.key)
+        if "problem" in step.on or "confirm" in step.on:
+            return self._admin_answer(ctx, parsed, inbound, req, waiting)
         new = parsed.request.to_json() if parsed.request is not None else {}
         req.fields = merge_fields(req.fields or {}, new)
         req.subdomain = req.fields.get("subdomain")
@@ -259,6 +280,23 @@ class RequesterReplyHandler:
         audit(ctx, req, "request.corrected", actor=_sender(parsed), message_id=inbound.message_id,
               fields=sorted(k for k, v in new.items() if v and k in MERGE_KEYS))
         finish_step(ctx, waiting, "ok")
+        return "handled"
+
+
+    def _admin_answer(self, ctx: Ctx, parsed: ParseResult, inbound: Inbound, req: Request, waiting: StepRun) -> str:
+        """The unit's IT admin after the reply letter: KENDALA (with what fails) or a confirmation."""
+        reply = parsed.reply
+        decision = reply.decision if reply is not None else "unclear"
+        text = (reply.text if reply is not None else "") or ""
+        if decision == "unclear" and any(w in text.lower() for w in ctx.parse_options.vocabulary.confirm):
+            decision = "confirm"
+        outcome = {"problem": "problem", "approve": "confirm", "confirm": "confirm"}.get(decision)
+        if outcome is None:
+            audit(ctx, req, "requester.message", actor=_sender(parsed), message_id=inbound.message_id)
+            return "handled"
+        note = (reply.note or reply.text) if reply is not None else None
+        audit(ctx, req, f"requester.{outcome}", actor=_sender(parsed), message_id=inbound.message_id, note=note)
+        finish_step(ctx, waiting, outcome, note=note)
         return "handled"
 
 

@@ -76,6 +76,7 @@ class Step:
     template: str | None = None
     outcome: Literal["done", "rejected"] | None = None  # for end steps
     irreversible: bool = False  # the undo window applies before this action runs
+    silent: bool = False  # a wait step whose request was already said in the previous mail
     line: int = 0
 
 
@@ -183,6 +184,7 @@ def parse_sop(text: str, path: Path) -> Sop:
             template=sd.get("template"),
             outcome=sd.get("outcome"),
             irreversible=bool(sd.get("irreversible", False)),
+            silent=bool(sd.get("silent", False)),
             line=line,
         )
     if data["start"] not in steps:
