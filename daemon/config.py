@@ -106,6 +106,19 @@ class LetterConfig(_Strict):
     tembusan: list[str] = []
 
 
+class AuthConfig(_Strict):
+    """Issue 4 rule 4: whether a decision must be vouched for by the receiving server (see workflows/vouch.py)."""
+
+    require: Literal["none", "authres", "dkim", "authres_or_dkim"] = "none"
+    authserv_id: str | None = None  # our MTA's id in Authentication-Results, e.g. "mx.trenggalekkab.go.id"
+
+    @model_validator(mode="after")
+    def _pinned(self) -> AuthConfig:
+        if self.require in ("authres", "authres_or_dkim") and not self.authserv_id:
+            raise ValueError("authserv_id is required when Authentication-Results are trusted")
+        return self
+
+
 class AgencyConfig(_Strict):
     id: str = Field(pattern=r"^[a-z][a-z0-9_-]{1,31}$")
     name: str
@@ -123,6 +136,7 @@ class AgencyConfig(_Strict):
     reserved_names: list[str] = []
     letter: LetterConfig = LetterConfig()
     username_pattern: str = "{subdomain}"
+    auth: AuthConfig = AuthConfig()
 
     @field_validator("zone")
     @classmethod

@@ -59,6 +59,8 @@ class Services:
 
     dns: DnsBackend
     hosting: HostingBackend
+    # How DKIM public keys are looked up (dkimpy's dnsfunc); None = the system resolver.
+    dkim_txt: Callable[..., bytes | None] | None = None
 
 
 @dataclass

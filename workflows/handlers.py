@@ -29,6 +29,7 @@ from workflows.errors import (
     DecisionNotOffered,
     DecisionUnclear,
     NotStepActor,
+    NotVouched,
     RequesterCannotApprove,
     StepNotOpen,
     TokenExpired,
@@ -36,6 +37,7 @@ from workflows.errors import (
 )
 from workflows.mailer import LOOP_HEADER, token_hash
 from workflows.store import Inbound, Outbox, Request, StepRun
+from workflows.vouch import AuthPolicy, vouched
 
 _REQUEST_WORDS = re.compile(r"\b(sub[\s-]?domain|subdomain|hosting)\b", re.IGNORECASE)
 
@@ -226,6 +228,11 @@ class DecisionReplyHandler:
             raise RequesterCannotApprove(f"pemohon {sender} tidak dapat memutuskan langkah {run.key}", **ctx_info)
         else:
             raise NotStepActor(f"{sender} bukan pejabat langkah {run.key} ({run.role})", **ctx_info)
+        auth = ctx.agency.auth
+        ok, how = vouched(parsed.message, inbound.raw, AuthPolicy(auth.require, auth.authserv_id),
+                          ctx.services.dkim_txt)
+        if not ok:
+            raise NotVouched(how, **ctx_info)
         decision = parsed.reply.decision
         if decision == "cancel":
             # BATAL answers the decided step (usually through our echo mail): it undoes that decision

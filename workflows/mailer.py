@@ -106,12 +106,14 @@ class Mailer:
         address: str,
         zone: str,
         clock: Callable[[], datetime],
+        daily_cap: int = 0,
     ) -> None:
         self.agency_id = agency_id
         self.agency_name = agency_name
         self.address = address
         self.zone = zone
         self.clock = clock
+        self.daily_cap = daily_cap
         self.env = template_env(agency_id)
 
     def reply_address(self, token: str | None) -> str:
@@ -192,6 +194,11 @@ class Mailer:
             else:
                 msg.add_attachment(att.data, maintype=maintype, subtype=subtype or "octet-stream",
                                    filename=att.filename)
+        status, note = "queued", None
+        capped = self._over_cap(session, [*to, *cc], now)
+        if capped:
+            # The last fence against a mail loop (issue 4): the mail is kept, not sent, and staff see it.
+            status, note = "held", f"batas harian {self.daily_cap} surel per alamat tercapai: {', '.join(capped)}"
         row = Outbox(
             agency=self.agency_id,
             request_id=request_id,
@@ -202,10 +209,28 @@ class Mailer:
             subject=subject,
             raw=msg.as_bytes(),
             sensitive=sensitive,
-            status="queued",
+            status=status,
+            last_error=note,
             attempts=0,
             next_attempt_at=now,
             created_at=now,
         )
         session.add(row)
         return row
+
+    def _over_cap(self, session: Session, rcpts: Sequence[str], now: datetime) -> list[str]:
+        if not self.daily_cap:
+            return []
+        from datetime import timedelta
+
+        from sqlalchemy import select
+
+        since = now - timedelta(days=1)
+        rows = session.execute(
+            select(Outbox.rcpts).where(Outbox.agency == self.agency_id, Outbox.created_at >= since)
+        ).scalars().all()
+        counts: dict[str, int] = {}
+        for rs in rows:
+            for r in rs:
+                counts[r] = counts.get(r, 0) + 1
+        return [r for r in rcpts if counts.get(r.lower(), 0) >= self.daily_cap]
