@@ -243,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if os.environ.get("SUBDOMAIND_LOOPBACK_ONLY") == "1":
+        from daemon import netguard
+
+        netguard.install()
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level, args.log_format)
     return int(args.func(args) or 0)

@@ -42,6 +42,9 @@ SUBDOMAIND = Path(sys.executable).with_name("subdomaind")
 def config_data(
     base: Path,
     *,
+    agency_id: str = "trenggalek",
+    sop: str = "trenggalek",
+    zone: str = DOMAIN,
     imap_port: int = 10143,
     imap_user: str = "layanan",
     imap_password: str = "secret-layanan",  # noqa: S107 - a throwaway local test server
@@ -62,16 +65,18 @@ def config_data(
     secret_file = base / "tsig.secret"
     secret_file.write_text(tsig_secret or base64.b64encode(secrets.token_bytes(32)).decode())
     agency: dict[str, Any] = {
-        "id": "trenggalek",
-        "name": "Dinas Komunikasi dan Informatika Kabupaten Trenggalek",
-        "zone": DOMAIN,
-        "sop": "trenggalek",
+        "id": agency_id,
+        "name": "Dinas Komunikasi dan Informatika " + ("Kabupaten Trenggalek" if sop == "trenggalek"
+                                                         else "Provinsi Kalimantan Barat"),
+        "zone": zone,
+        "sop": sop,
         "address": mailbox,
         "imap": {"host": "127.0.0.1", "port": imap_port, "user": imap_user, "tls": "none",
                  "password_file": str(base / "imap.pass"), "poll_seconds": 0.5},
         "dns": {"primary": "127.0.0.1", "port": dns_port, "tsig_key_name": "subdomaind",
                 "tsig_secret_file": str(secret_file), "hosting_ip": "203.0.113.10", "ttl": 300,
-                "verify_timeout_seconds": 3},
+                # Named explicitly: the zone's NS names point at documentation addresses, never to be asked.
+                "verify_servers": [f"127.0.0.1:{dns_port}"], "verify_timeout_seconds": 3},
         "actors": {role: list(addrs) for role, addrs in (actors or ACTORS).items()},
         "digest_recipients": list(staff or [STAFF]),
         "letter": {"kop": ["PEMERINTAH KABUPATEN TRENGGALEK", "DINAS KOMUNIKASI DAN INFORMATIKA"],
@@ -183,12 +188,14 @@ class Office:
     data: dict[str, Any]
     proc: subprocess.Popen[bytes] | None = None
     answered: dict[str, int] = field(default_factory=dict)
+    # In-process mode: called while waiting for mail, instead of a background `subdomaind run`.
+    pump: Callable[[], object] | None = None
 
     @classmethod
     def create(cls, base: Path, dovecot: Dovecot, relay: SmtpRelay, bind: Bind, *,
-               database_url: str | None = None, **extra: Any) -> Office:
+               database_url: str | None = None, roles: tuple[str, ...] = ROLES, **extra: Any) -> Office:
         mailbox = dovecot.new_user("layanan")
-        officials = {r: dovecot.new_user(r) for r in ROLES}
+        officials = {r: dovecot.new_user(r) for r in roles}
         requester = dovecot.new_user("dinsos")
         staff = dovecot.new_user("staf")
         data = config_data(
@@ -240,6 +247,8 @@ class Office:
         """The first message in `user`'s INBOX past index `after` that `match` accepts."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if self.pump is not None:
+                self.pump()
             for raw in user.messages()[after:]:
                 if match(parse_mail(raw)):
                     return raw
@@ -250,7 +259,11 @@ class Office:
 
     def wait_until(self, condition: Callable[[], bool], timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
-        while not condition():
+        while True:
+            if self.pump is not None:
+                self.pump()
+            if condition():
+                return
             if time.monotonic() > deadline:
                 raise AssertionError(f"condition not met within {timeout}s; daemon log:\n{self.log()}")
             time.sleep(0.2)

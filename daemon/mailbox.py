@@ -8,7 +8,6 @@ never deletes: handled mail is flagged (and optionally moved), quarantined mail 
 from __future__ import annotations
 
 import logging
-import socket
 import ssl
 import time
 from typing import Protocol
@@ -75,7 +74,7 @@ class ImapSource:
                 if folder and not client.folder_exists(folder):
                     client.create_folder(folder)
             info = client.select_folder(self.folder)
-        except (OSError, IMAPClientError, ssl.SSLError, socket.timeout) as exc:
+        except (TimeoutError, OSError, IMAPClientError, ssl.SSLError) as exc:
             raise MailSourceError(f"IMAP {cfg.host}:{cfg.port}: {exc}") from exc
         self.client = client
         self._uidvalidity = int(info.get(b"UIDVALIDITY", 0))
@@ -98,7 +97,7 @@ class ImapSource:
             if not uids:
                 return []
             data = c.fetch(uids, [b"BODY.PEEK[]"])
-        except (OSError, IMAPClientError, socket.timeout) as exc:
+        except (TimeoutError, OSError, IMAPClientError) as exc:
             raise MailSourceError(f"IMAP fetch: {exc}") from exc
         out: list[tuple[int, bytes]] = []
         for uid in uids:
@@ -119,7 +118,7 @@ class ImapSource:
                 else:
                     c.copy([uid], target)
                     c.add_flags([uid], [b"\\Deleted"])  # no EXPUNGE: the copy stays until staff decide
-        except (OSError, IMAPClientError, socket.timeout) as exc:
+        except (TimeoutError, OSError, IMAPClientError) as exc:
             raise MailSourceError(f"IMAP mark: {exc}") from exc
 
     def wait(self, timeout: float) -> bool:
@@ -134,7 +133,7 @@ class ImapSource:
                 responses = c.idle_check(timeout=timeout)
             finally:
                 c.idle_done()
-        except (OSError, IMAPClientError, socket.timeout) as exc:
+        except (TimeoutError, OSError, IMAPClientError) as exc:
             raise MailSourceError(f"IMAP IDLE: {exc}") from exc
         return any(r[1] in (b"EXISTS", b"RECENT") for r in responses if isinstance(r, tuple) and len(r) > 1)
 

@@ -67,7 +67,7 @@ class SmtpTransport:
             raise SendError(f"penerima ditolak: {exc}", permanent=True) from exc
         except aiosmtplib.SMTPResponseException as exc:
             raise SendError(f"SMTP {exc.code}: {exc.message}", permanent=500 <= exc.code < 600) from exc
-        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+        except (TimeoutError, aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
             raise SendError(f"SMTP tidak dapat dihubungi: {exc}", permanent=False) from exc
 
 

@@ -7,6 +7,7 @@ prints every step, the final reply letter and the DNS answer. Nothing leaves thi
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from daemon import netguard  # noqa: E402
 from daemon.devservers import Bind, Dovecot, SmtpRelay, missing_binaries  # noqa: E402
 from daemon.localoffice import DOMAIN, Office, body_text, parse_mail, reply_to  # noqa: E402
 
@@ -35,6 +37,8 @@ def say(text: str) -> None:
 
 
 def main() -> int:
+    os.environ[netguard.ENV] = "1"  # this process and the daemon it starts talk to 127.0.0.1 only
+    netguard.install()
     missing = missing_binaries("dovecot", "bind")
     if missing:
         say(f"missing: {', '.join(missing)} - run `make demo` (it installs them)")

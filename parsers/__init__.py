@@ -5,6 +5,8 @@ Bytes in, frozen records (`parsers.model`) out; no database, network or clock an
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from parsers.autoreply import detect_auto_reply, detect_bounce
 from parsers.mime import UnreadableMessage, parse_mime
 from parsers.model import ParseOptions, ParseResult
@@ -45,10 +47,13 @@ def parse(raw: bytes, options: ParseOptions | None = None) -> ParseResult:
 
     ticket = find_ticket(msg, opts.ticket_prefix)
     token = find_token(msg)
-    request = extract_request(msg, opts)
     if token or ticket or (msg.in_reply_to and _looks_like_reply(msg.subject)):
         reply = extract_reply(msg, opts.vocabulary)
+        # A corrected form in a reply counts only from what the sender just wrote (and attached): the
+        # quoted mail of ours holds example values ("Nama Sub Domain : (contoh: dinsos)").
+        request = extract_request(replace(msg, text=reply.text, html=None), opts)
         return ParseResult(kind="reply", message=msg, reply=reply, request=request, ticket=ticket, token=token)
+    request = extract_request(msg, opts)
     if request is not None:
         return ParseResult(kind="request", message=msg, request=request)
     return ParseResult(kind="unrelated", message=msg, reason="bukan permohonan sub domain dan bukan balasan")

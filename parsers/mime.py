@@ -1,114 +1,903 @@
 """Read one RFC 5322 message into a `ParsedMessage`: decoded headers, text and HTML bodies, attachments.
 
-Pure: bytes in, a frozen record out. A message that cannot be read raises `UnreadableMessage` with the
-reason; nothing else escapes.
+This module's one job is the MIME level: it turns bytes into decoded text and files, and refuses, with a
+reason in Indonesian, what it cannot read or what would cost too much to read. It does not decide what a
+message *means* (request, reply, bounce): `parsers.request`, `parsers.reply` and `parsers.autoreply` do.
+
+Pure: bytes in, a frozen record out. A message that cannot be read raises `UnreadableMessage`; nothing
+else escapes. The stdlib parser (compat32 policy, the most lenient one) builds the tree; mail-parser
+(`mailparser`) then reads the same tree for its defect diagnostics and its tolerant Date parsing; decoding
+of bodies, headers and the HTML-to-text step are ours because they must never raise and must keep quoted
+HTML recognisable as a quote.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import codecs
 import email
 import email.policy
 import email.utils
+import logging
+import quopri
 import re
-from email.message import EmailMessage, Message
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.message import Message
+from html.parser import HTMLParser
 
 from parsers.model import Attachment, Limits, ParsedMessage
 
+__all__ = ["UnreadableMessage", "parse_mime", "html_to_text", "decode_header_value", "decode_bytes"]
+
 
 class UnreadableMessage(Exception):
-    """The bytes are not a message we can read; `str(exc)` is the reason."""
+    """The bytes are not a message we can read; `str(exc)` is the reason (Indonesian, for the digest)."""
 
 
 _MSGID_RE = re.compile(r"<[^<>\s]+>")
+_ADDR_RE = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+
+# ---------------------------------------------------------------------------------------------------------
+# Cheap pre-scan: refuse hostile structure before the stdlib parser builds a tree for it.
+# ---------------------------------------------------------------------------------------------------------
+
+# RFC 2046 section 5.1.1: boundary := 1*70 bchars; we accept up to 200 to be lenient with broken senders.
+_BOUNDARY_RE = re.compile(rb'boundary\s*=\s*(?:"([^"\r\n]{1,200})"|([^\s;"]{1,200}))', re.IGNORECASE)
+_MESSAGE_CT_RE = re.compile(rb"^content-type:[ \t]*message/", re.IGNORECASE | re.MULTILINE)
+_DELIMITER_RE = re.compile(rb"^--([^\n]{0,300})", re.MULTILINE)
 
 
-def _addresses(values: list[str]) -> tuple[str, ...]:
-    return tuple(a.lower() for _, a in email.utils.getaddresses(values) if a and "@" in a)
+def _prescan(raw: bytes, limits: Limits) -> None:
+    """Refuse a message whose MIME structure is too big or too deep, in one linear pass over the bytes.
+
+    The stdlib parser would happily build 10,000 parts, and recurses once per nesting level, so a crafted
+    message costs time and stack before any limit could be checked on the tree. Counting the delimiter
+    lines of every declared boundary (RFC 2046 section 5.1.1) bounds both without parsing.
+    """
+    boundaries = {(m.group(1) or m.group(2)).strip() for m in _BOUNDARY_RE.finditer(raw)}
+    boundaries.discard(b"")
+    if len(boundaries) > limits.max_parts:
+        raise UnreadableMessage(f"terlalu banyak bagian MIME (lebih dari {limits.max_parts})")
+    if len(_MESSAGE_CT_RE.findall(raw)) > limits.max_parts:
+        raise UnreadableMessage(f"terlalu banyak pesan terlampir (lebih dari {limits.max_parts})")
+    if not boundaries:
+        return
+    delimiters = 0
+    stack: list[bytes] = []
+    for m in _DELIMITER_RE.finditer(raw):
+        body = m.group(1).rstrip(b" \t\r")
+        closing = False
+        if body in boundaries:
+            token = body
+        elif body.endswith(b"--") and body[:-2] in boundaries:
+            token, closing = body[:-2], True
+        else:
+            continue
+        delimiters += 1
+        if delimiters > 2 * limits.max_parts + 2:
+            raise UnreadableMessage(f"terlalu banyak bagian MIME (lebih dari {limits.max_parts})")
+        if token in stack:
+            # A delimiter of an outer boundary implicitly closes every inner multipart (RFC 2046 5.1.2).
+            while stack and stack[-1] != token:
+                stack.pop()
+            if closing:
+                stack.pop()
+        elif not closing:
+            stack.append(token)
+            if len(stack) > limits.max_depth:
+                raise UnreadableMessage(f"struktur MIME terlalu dalam (lebih dari {limits.max_depth} tingkat)")
 
 
-def _header_str(msg: Message, name: str) -> str | None:
-    value = msg.get(name)
-    if value is None:
+# ---------------------------------------------------------------------------------------------------------
+# Charsets and transfer encodings: decode what we can, fall back, never raise.
+# ---------------------------------------------------------------------------------------------------------
+
+# Labels that mean "we don't know": decode by sniffing instead of by name.
+_UNKNOWN_CHARSETS = frozenset({"", "unknown", "unknown-8bit", "x-unknown", "default", "none", "charset"})
+# WHATWG Encoding Standard: the ISO-8859-1 / ASCII labels are decoded as windows-1252 by every browser and
+# mail client, because senders mislabel cp1252 text ("smart quotes") as Latin-1 all the time.
+_CHARSET_ALIASES = {
+    "iso-8859-1": "cp1252",
+    "iso8859-1": "cp1252",
+    "latin1": "cp1252",
+    "latin-1": "cp1252",
+    "l1": "cp1252",
+    "us-ascii": "cp1252",
+    "ascii": "cp1252",
+    "ansi_x3.4-1968": "cp1252",
+    "windows-1252": "cp1252",
+    "utf8": "utf-8",
+    "utf-8": "utf-8",
+    "ks_c_5601-1987": "cp949",
+    "gb2312": "gb18030",
+    "gbk": "gb18030",
+    "x-sjis": "shift_jis",
+    "tis-620": "cp874",
+}
+# Codecs that are not text charsets, and must never be applied to mail text by name.
+_NOT_TEXT_CODECS = frozenset({"base64", "hex", "rot13", "zlib", "bz2", "quopri", "uu", "punycode", "idna"})
+
+
+def _codec_for(charset: str | None) -> str | None:
+    """The Python codec for a declared charset label, or None for unknown, missing or non-text labels."""
+    label = (charset or "").strip().strip('"').strip("'").lower()
+    if "*" in label:  # RFC 2231 language suffix ("utf-8*id")
+        label = label.split("*", 1)[0]
+    if label in _UNKNOWN_CHARSETS:
         return None
-    return " ".join(str(value).split())
+    label = _CHARSET_ALIASES.get(label, label)
+    try:
+        name = codecs.lookup(label).name
+    except (LookupError, ValueError):
+        return None
+    if name in _NOT_TEXT_CODECS or name.endswith("_codec"):
+        return None
+    return name
+
+
+def decode_bytes(data: bytes, charset: str | None = None) -> tuple[str, str | None]:
+    """Decode body or header bytes; returns (text, defect) where defect names a fallback that was needed.
+
+    Order: the declared charset (strictly), then UTF-8 (strictly), then windows-1252, then Latin-1, which
+    never fails. A declared UTF-8 body with a few bad bytes keeps its UTF-8 (with U+FFFD) instead of being
+    turned into mojibake as a whole.
+    """
+    codec = _codec_for(charset)
+    if codec is not None:
+        try:
+            return data.decode(codec), None
+        except (UnicodeError, LookupError, ValueError):
+            pass
+    declared = (charset or "").strip() or "tidak ada"
+    try:
+        text = data.decode("utf-8")
+        return text, (None if declared == "tidak ada" else f"charset {declared} diganti utf-8")
+    except UnicodeDecodeError:
+        pass
+    if codec == "utf-8":
+        lossy = data.decode("utf-8", "replace")
+        if any(ord(c) > 0x7F and c != "\ufffd" for c in lossy):
+            return lossy, "utf-8 rusak, bita yang salah diganti"
+    try:
+        return data.decode("cp1252"), f"charset {declared} diganti windows-1252"
+    except UnicodeDecodeError:
+        return data.decode("latin-1"), f"charset {declared} diganti latin-1"
+
+
+def _surrogate_bytes(value: str) -> bytes:
+    """The raw bytes behind a compat32 header string (8-bit octets arrive as lone surrogates)."""
+    return value.encode("ascii", "surrogateescape") if _has_surrogates(value) else value.encode("utf-8")
+
+
+def _has_surrogates(value: str) -> bool:
+    return any("\udc80" <= c <= "\udcff" for c in value)
+
+
+# RFC 2047 section 2: encoded-word = "=?" charset "?" encoding "?" encoded-text "?="
+_ENCODED_WORD_RE = re.compile(r"=\?([^?\s]{1,75})\?([bBqQ])\?([^?\s]*)\?=")
+# RFC 2047 section 6.2: whitespace between two adjacent encoded-words is not displayed.
+_EW_GAP_RE = re.compile(r"(\?=)[ \t\r\n]+(=\?)")
+
+
+def _decode_encoded_word(charset: str, enc: str, text: str) -> str | None:
+    try:
+        if enc in "bB":
+            cleaned = re.sub(r"[^A-Za-z0-9+/=]", "", text)
+            cleaned = cleaned.rstrip("=")
+            cleaned += "=" * (-len(cleaned) % 4)
+            data = base64.b64decode(cleaned) if cleaned else b""
+        else:
+            data = quopri.decodestring(text.replace("_", " ").encode("ascii", "replace"), header=False)
+    except (binascii.Error, ValueError):
+        return None
+    return decode_bytes(data, charset)[0]
+
+
+def decode_header_value(value: str) -> str:
+    """One header value as display text: unfolded, 8-bit octets decoded, RFC 2047 encoded-words decoded.
+
+    Broken encoded-words (unknown charset, bad base64) are decoded as far as possible or left as written;
+    this never raises.
+    """
+    # RFC 5322 section 2.2.3: unfolding removes CRLF before WSP.
+    value = re.sub(r"\r?\n(?=[ \t])", "", value).replace("\r", "").replace("\n", " ")
+    if _has_surrogates(value):
+        value = decode_bytes(_surrogate_bytes(value), None)[0]
+    if "=?" in value:
+        value = _EW_GAP_RE.sub(r"\1\2", value)
+
+        def _sub(m: re.Match[str]) -> str:
+            decoded = _decode_encoded_word(m.group(1), m.group(2), m.group(3))
+            return m.group(0) if decoded is None else decoded
+
+        value = _ENCODED_WORD_RE.sub(_sub, value)
+    return " ".join(value.replace("\x00", "").split())
+
+
+def _addresses(values: Iterable[str]) -> list[tuple[str, str]]:
+    """(display name, lower-case address) pairs from raw address headers; names decoded after splitting.
+
+    Decoding encoded-words before splitting would turn "=?utf-8?q?Doe=2C_John?=" into two addresses.
+    """
+    raw = [re.sub(r"\r?\n(?=[ \t])", "", v) for v in values]
+    out: list[tuple[str, str]] = []
+    try:
+        pairs = email.utils.getaddresses(raw)
+    except Exception:  # a pathological header must not make the whole message unreadable
+        pairs = []
+    for name, addr in pairs:
+        addr = decode_header_value(addr).strip().strip("<>").lower()
+        if not addr or "@" not in addr:
+            continue
+        out.append((decode_header_value(name).strip().strip('"').strip(), addr))
+    if not out:
+        # getaddresses gives up on some broken headers ("Budi <budi@x" ...): pick the addresses out.
+        for v in raw:
+            for m in _ADDR_RE.finditer(decode_header_value(v)):
+                out.append(("", m.group(0).lower()))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# HTML to text, keeping quotes recognisable.
+# ---------------------------------------------------------------------------------------------------------
+
+_BLOCK_TAGS = frozenset(
+    {
+        "p", "div", "li", "ul", "ol", "tr", "table", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote",
+        "pre", "section", "article", "header", "footer", "dd", "dt", "dl", "center", "address", "form",
+        "fieldset", "tbody", "thead", "tfoot", "caption", "figure", "main", "nav", "aside",
+    }
+)
+_VOID_TAGS = frozenset(
+    {"br", "hr", "img", "meta", "link", "input", "wbr", "col", "area", "base", "embed", "source", "track",
+     "param", "keygen", "basefont", "frame", "isindex"}
+)
+_SKIP_TAGS = frozenset({"script", "style", "head", "title", "template", "noscript", "xml", "o:p"})
+# Containers whose content is the quoted original (client markers seen in real mail):
+# Gmail `gmail_quote`, Yahoo `yahoo_quoted`, Thunderbird `moz-cite-prefix` (the attribution line before
+# its `<blockquote type="cite">`), ProtonMail `protonmail_quote`, new Outlook's reference container.
+_QUOTE_CLASS_RE = re.compile(
+    r"(?:^|\s)(gmail_quote|gmail_quote_container|yahoo_quoted|ydp[0-9a-f]*yahoo_quoted|moz-cite-prefix|"
+    r"protonmail_quote|zmail_extra|AppleOriginalContents)(?:\s|$)",
+    re.IGNORECASE,
+)
+_QUOTE_ID_RE = re.compile(r"(mail-editor-reference-message-container|yahoo_quoted|isForwardContent)", re.I)
+# Markers after which *everything* is the quoted original, though not nested inside them: Outlook's
+# `divRplyFwdMsg` header block (OWA prefixes ids with "x_"), Zimbra's `<hr id="zwchr">`.
+_QUOTE_REST_ID_RE = re.compile(r"(divRplyFwdMsg|zwchr|OLK_SRC_BODY_SECTION|appendonsend)", re.IGNORECASE)
+_SIGNATURE_RE = re.compile(
+    r"(?:^|\s|_)(gmail_signature|moz-signature|ms-outlook-mobile-signature|signature)(?:\s|$)", re.I
+)
+_MAX_HTML_STACK = 512
+_INVISIBLE_RE = re.compile("[\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")
+
+
+class _HtmlToText(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.lines: list[tuple[int, str]] = []
+        self._buf: list[str] = []
+        self._buf_depth = 0
+        self._stack: list[tuple[str, int, bool]] = []  # (tag, quote increment, pre)
+        self._depth = 0
+        self._quote_rest = False
+        self._skip = 0
+        self._pre = 0
+
+    # -- output helpers
+    def _current_depth(self) -> int:
+        return self._depth + (1 if self._quote_rest else 0)
+
+    def _flush(self, force_blank: bool = False) -> None:
+        text = "".join(self._buf)
+        self._buf = []
+        if self._pre:
+            for piece in text.split("\n"):
+                self.lines.append((self._buf_depth, piece.rstrip()))
+            return
+        text = " ".join(text.split())
+        if text:
+            self.lines.append((self._buf_depth, text))
+        elif force_blank and self.lines and self.lines[-1][1]:
+            self.lines.append((self._current_depth(), ""))
+
+    def _emit(self, data: str) -> None:
+        if not self._buf or not "".join(self._buf).strip():
+            self._buf_depth = self._current_depth()
+        self._buf.append(data)
+
+    # -- parser callbacks
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        tag = tag.lower()
+        if tag in _SKIP_TAGS:
+            self._skip += 1
+            return
+        if self._skip:
+            return
+        attr = {k.lower(): (v or "") for k, v in attrs}
+        klass, ident = attr.get("class", ""), attr.get("id", "")
+        if tag == "br":
+            self._flush(force_blank=not "".join(self._buf).strip())
+            return
+        if tag == "hr":
+            self._flush()
+            if _QUOTE_REST_ID_RE.search(ident):
+                self._quote_rest = True
+            # Outlook renders its reply separator as this rule in the text part; keep the same cue.
+            self.lines.append((self._current_depth(), "_" * 32))
+            return
+        if tag in ("td", "th"):
+            self._emit(" ")
+        if tag in _BLOCK_TAGS:
+            self._flush()
+        if tag in _VOID_TAGS:
+            return
+        inc = 0
+        if tag == "blockquote" or _QUOTE_CLASS_RE.search(klass) or _QUOTE_ID_RE.search(ident):
+            inc = 1
+        if _QUOTE_REST_ID_RE.search(ident):
+            self._flush()
+            self._quote_rest = True
+        if (_SIGNATURE_RE.search(klass) or _SIGNATURE_RE.search(ident)) and not self._current_depth():
+            self._flush()
+            # RFC 3676 section 4.3 signature separator, so reply trimming treats it like a text signature.
+            self.lines.append((0, "-- "))
+        if len(self._stack) < _MAX_HTML_STACK:
+            self._stack.append((tag, inc, tag == "pre"))
+            self._depth += inc
+            if tag == "pre":
+                self._pre += 1
+        if inc:
+            self._flush()
+
+    def handle_endtag(self, tag: str) -> None:
+        tag = tag.lower()
+        if tag in _SKIP_TAGS:
+            self._skip = max(0, self._skip - 1)
+            return
+        if self._skip or tag in _VOID_TAGS:
+            return
+        if not any(t == tag for t, _, _ in self._stack):
+            if tag in _BLOCK_TAGS:
+                self._flush()
+            return
+        if tag in _BLOCK_TAGS or tag == "blockquote":
+            self._flush()
+        while self._stack:
+            t, inc, pre = self._stack.pop()
+            if inc:
+                self._flush()
+            self._depth -= inc
+            if pre:
+                self._pre -= 1
+            if t == tag:
+                break
+
+    def handle_data(self, data: str) -> None:
+        if self._skip:
+            return
+        # No-break space is a space; zero-width and bidi marks (Outlook's dates are full of U+200E) are not
+        # text and would hide labels like "Dari:" from reply trimming.
+        data = _INVISIBLE_RE.sub("", data.replace("\xa0", " "))
+        if not self._pre:
+            data = re.sub(r"[\r\n\t ]+", " ", data)
+        self._emit(data)
+
+    def close(self) -> None:
+        super().close()
+        self._flush()
+
+
+def html_to_text(html: str) -> str:
+    """Plain text from HTML, with quoted containers turned into "> " lines so reply trimming works on text.
+
+    Blockquotes and the quote containers of Gmail, Outlook, Thunderbird, Yahoo and Zimbra are prefixed with
+    one "> " per nesting level; a signature container is preceded by the "-- " separator.
+    """
+    parser = _HtmlToText()
+    try:
+        parser.feed(html)
+        parser.close()
+    except Exception:  # HTMLParser is lenient, but the text so far is still the best we have
+        parser._flush()
+    out: list[str] = []
+    for depth, line in parser.lines:
+        if line == "-- ":
+            out.append(line)  # the RFC 3676 separator keeps its trailing space
+            continue
+        prefixed = ("> " * depth + line).rstrip() if line else (">" * depth)
+        if not prefixed and out and not out[-1]:
+            continue  # collapse runs of blank lines
+        out.append(prefixed)
+    return "\n".join(out).strip("\n")
+
+
+_META_CHARSET_RE = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?([A-Za-z0-9_.:-]{1,40})""", re.IGNORECASE)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The tree walk.
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Walked:
+    part: Message
+    depth: int
+    in_attached_message: bool
+    in_attachment: bool
+
+
+def _walk(root: Message, limits: Limits) -> list[_Walked]:
+    """Every part of the tree, depth-first in document order, without recursion (see `_prescan`)."""
+    out: list[_Walked] = []
+    stack: list[_Walked] = [_Walked(root, 0, False, False)]
+    while stack:
+        item = stack.pop()
+        out.append(item)
+        if len(out) > limits.max_parts:
+            raise UnreadableMessage(f"terlalu banyak bagian MIME (lebih dari {limits.max_parts})")
+        if item.depth > limits.max_depth:
+            raise UnreadableMessage(f"struktur MIME terlalu dalam (lebih dari {limits.max_depth} tingkat)")
+        part = item.part
+        ctype = _content_type(part)
+        if not part.is_multipart() or ctype in ("message/delivery-status", "message/global-delivery-status"):
+            continue
+        payload = part.get_payload()
+        if not isinstance(payload, list):
+            continue
+        attached_message = ctype.startswith("message/")
+        in_attachment = item.in_attachment or _disposition(part) == "attachment"
+        children = [
+            _Walked(c, item.depth + 1, item.in_attached_message or attached_message, in_attachment)
+            for c in payload
+            if isinstance(c, Message)
+        ]
+        stack.extend(reversed(children))
+    return out
+
+
+def _content_type(part: Message) -> str:
+    try:
+        return part.get_content_type().lower()
+    except Exception:
+        return "application/octet-stream"
+
+
+def _disposition(part: Message) -> str | None:
+    try:
+        value = part.get_content_disposition()
+    except Exception:
+        return None
+    return value.lower() if isinstance(value, str) else None
+
+
+def _filename(part: Message) -> str | None:
+    try:
+        name = part.get_filename()
+    except Exception:  # RFC 2231 parameters with an unknown charset raise LookupError in the stdlib
+        name = part.get_param("filename", header="content-disposition") or part.get_param("name")  # type: ignore[assignment]
+        name = name if isinstance(name, str) else None
+    if not name:
+        return None
+    name = decode_header_value(str(name))
+    return name or None
+
+
+def _payload_bytes(part: Message, defects: list[str]) -> bytes:
+    """The decoded payload of a leaf part (base64 / quoted-printable / 7bit / 8bit / binary)."""
+    cte = str(part.get("Content-Transfer-Encoding", "") or "").strip().lower()
+    # The stored payload, not get_payload(): compat32 turns 8-bit octets into U+FFFD on that path, and the
+    # charset decision belongs to `decode_bytes`, which knows more fallbacks.
+    raw = getattr(part, "_payload", None)
+    if isinstance(raw, bytes):
+        raw_bytes = raw
+    elif isinstance(raw, str):
+        if _has_surrogates(raw):
+            raw_bytes = raw.encode("ascii", "surrogateescape")
+        else:
+            raw_bytes = raw.encode("utf-8", "surrogatepass")
+    else:
+        return b""
+    if cte == "base64":
+        try:
+            return binascii.a2b_base64(raw_bytes)
+        except (binascii.Error, ValueError):
+            pass
+        # RFC 2045 section 6.8: the encoded text is a multiple of 4 characters; a truncated transfer leaves
+        # a tail we cannot decode. Keep what decodes and say what was lost.
+        cleaned = re.sub(rb"[^A-Za-z0-9+/]", b"", raw_bytes)
+        rem = len(cleaned) % 4
+        # 2 or 3 leftover characters still carry 1 or 2 whole octets; 1 leftover carries none.
+        cleaned = cleaned[:-1] if rem == 1 else cleaned + b"=" * ((4 - rem) % 4)
+        defects.append("base64 terpotong")
+        try:
+            return binascii.a2b_base64(cleaned) if cleaned else b""
+        except (binascii.Error, ValueError):
+            defects.append("base64 rusak")
+            return b""
+    if cte == "quoted-printable":
+        try:
+            return quopri.decodestring(raw_bytes)
+        except (ValueError, binascii.Error):
+            defects.append("quoted-printable rusak")
+            return raw_bytes
+    if cte and cte not in ("7bit", "8bit", "binary"):
+        try:
+            data = part.get_payload(decode=True)
+        except Exception:
+            data = None
+        if isinstance(data, bytes):
+            return data
+        defects.append(f"Content-Transfer-Encoding tidak dikenal: {cte[:40]}")
+    return raw_bytes
+
+
+def _part_text(part: Message, data: bytes, ctype: str, defects: list[str]) -> str:
+    try:
+        charset = part.get_param("charset")
+    except Exception:
+        charset = None
+    charset_str = charset if isinstance(charset, str) else None
+    if charset_str is None and ctype == "text/html":
+        m = _META_CHARSET_RE.search(data[:4096])
+        if m:
+            charset_str = m.group(1).decode("ascii", "replace")
+    text, defect = decode_bytes(data, charset_str)
+    if defect:
+        defects.append(defect)
+    return text.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "")
+
+
+def _serialise_message(part: Message) -> bytes:
+    """The bytes of an attached message/rfc822 (for the forward and bounce readers, and for storage)."""
+    payload = part.get_payload()
+    inner = payload[0] if isinstance(payload, list) and payload and isinstance(payload[0], Message) else None
+    if inner is None:
+        return b""
+    try:
+        return inner.as_bytes(policy=email.policy.compat32.clone(linesep="\n"))
+    except Exception:
+        try:
+            return inner.as_string().encode("utf-8", "surrogateescape")
+        except Exception:
+            return b""
+
+
+def _serialise_status(part: Message) -> bytes:
+    """message/delivery-status (RFC 3464 section 2.1): header blocks, one per-message then per-recipient."""
+    payload = part.get_payload()
+    blocks: list[str] = []
+    if isinstance(payload, list):
+        for block in payload:
+            if isinstance(block, Message):
+                blocks.append("\n".join(f"{k}: {decode_header_value(str(v))}" for k, v in block.raw_items()))
+    elif isinstance(payload, str):
+        blocks.append(payload)
+    return "\n\n".join(blocks).encode("utf-8", "surrogateescape")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Forwards: who wrote the message the secretary forwarded.
+# ---------------------------------------------------------------------------------------------------------
+
+_FWD_SUBJECT_RE = re.compile(r"^\s*(?:(?:re|aw|balas)\s*:\s*)*(fwd?|fw|tr|wg|terusan|trs|penerusan)\s*:", re.I)
+_FWD_MARKER_RE = re.compile(
+    r"^\s*-{2,}\s*(forwarded message|pesan terusan|pesan diteruskan|pesan yang diteruskan|"
+    r"mensaje reenviado|message transféré|weitergeleitete nachricht)\s*-{2,}\s*$"
+    r"|^\s*(begin forwarded message|awal pesan (?:yang )?(?:diteruskan|terusan))\s*:\s*$",
+    re.IGNORECASE,
+)
+_ORIGINAL_MARKER_RE = re.compile(
+    r"^\s*-{2,}\s*(original message|pesan asli)\s*-{2,}\s*$|^\s*_{10,}\s*$", re.IGNORECASE
+)
+_FROM_LINE_RE = re.compile(r"^\s*\*?\s*(from|dari)\s*:\s*\*?\s*(.+?)\s*$", re.IGNORECASE)
+_OTHER_HEADER_LINE_RE = re.compile(
+    r"^\s*\*?\s*(sent|date|to|subject|cc|dikirim|tanggal|kepada|subjek|perihal|terkirim|tembusan)\s*:",
+    re.IGNORECASE,
+)
+_QUOTE_PREFIX_RE = re.compile(r"^(?:\s*>)+\s?")
+
+
+def _parse_from_line(value: str) -> tuple[str | None, str | None]:
+    value = value.replace("[mailto:", "<").replace("]", ">") if "[mailto:" in value else value
+    value = re.sub(r"<mailto:([^>]+)>", r"<\1>", value)
+    m = re.search(r"<\s*([^<>\s]+@[^<>\s]+)\s*>", value)
+    if m:
+        addr = m.group(1).lower()
+        name = value[: m.start()].strip().strip('"').strip("'").strip() or None
+        return addr, name
+    m2 = _ADDR_RE.search(value)
+    if m2:
+        name = (value[: m2.start()] + value[m2.end() :]).strip(" \"'()") or None
+        return m2.group(0).lower(), name
+    return None, value.strip().strip('"') or None
+
+
+def _forward_in_text(text: str, subject_is_forward: bool) -> tuple[str | None, str | None] | None:
+    lines = [_QUOTE_PREFIX_RE.sub("", ln) for ln in text.split("\n")[:2000]]
+    for i, line in enumerate(lines):
+        marker = bool(_FWD_MARKER_RE.match(line))
+        if not marker and subject_is_forward and _ORIGINAL_MARKER_RE.match(line):
+            marker = True
+        if marker:
+            for j in range(i + 1, min(i + 12, len(lines))):
+                m = _FROM_LINE_RE.match(lines[j])
+                if m:
+                    value = m.group(2)
+                    if "<" in value and ">" not in value and j + 1 < len(lines):
+                        value += lines[j + 1].strip()  # Gmail wraps a long "From:" inside the <address>
+                    return _parse_from_line(value)
+            continue
+        # Outlook's forward has no marker line in some versions: a "From:/Dari:" block under a FW subject.
+        if subject_is_forward:
+            m = _FROM_LINE_RE.match(line)
+            if m and any(_OTHER_HEADER_LINE_RE.match(x) for x in lines[i + 1 : i + 6]):
+                return _parse_from_line(m.group(2))
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# mail-parser: defects and Date.
+# ---------------------------------------------------------------------------------------------------------
+
+_log = logging.getLogger(__name__)
+# mail-parser logs a warning for every part type it does not handle (e.g. text/rfc822-headers in a DSN);
+# a NullHandler keeps that off stderr unless the daemon configures logging (library logging practice).
+logging.getLogger("mailparser").addHandler(logging.NullHandler())
+
+
+def _mailparser_view(msg: Message) -> tuple[list[str], datetime | None]:
+    """Defect categories and the Date as mail-parser reads them; its failure is a defect, never a crash."""
+    try:
+        import mailparser
+
+        mp = mailparser.MailParser(msg)
+        categories = sorted(str(c) for c in mp.defects_categories)
+        date = mp.date if isinstance(mp.date, datetime) else None
+        if date is not None and date.tzinfo is None:
+            date = date.replace(tzinfo=UTC)  # mail-parser normalises to naive UTC
+        return categories, date
+    except Exception as exc:  # any library failure degrades to our own reading of the message
+        _log.debug("mail-parser failed: %r", exc)
+        return [f"mail-parser gagal: {type(exc).__name__}"], None
+
+
+def _parse_date(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        dt = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return dt
+
+
+_BODY_DELIMITER_RE = re.compile(rb"^--([^\s]{1,200}?)(--)?[ \t]*\r?$", re.MULTILINE)
+_HEADER_BOUNDARY_RE = re.compile(rb'boundary\s*=\s*(?:"[^"\r\n]*"|[^\s;]*)', re.IGNORECASE)
+
+
+def _repair_boundary(raw: bytes, msg: Message, limits: Limits) -> Message | None:
+    """Re-read a multipart whose declared boundary never occurs, with the delimiter the body actually uses.
+
+    Senders (and hand-edited mail) get this wrong; the stdlib then sees one text blob full of MIME headers.
+    RFC 2046 section 5.1.1 delimiters are "--" + boundary at the start of a line, so the first such line
+    that repeats is a safe guess; the guess is re-checked by the same limits as any message.
+    """
+    if not _content_type(msg).startswith("multipart/") or isinstance(msg.get_payload(), list):
+        return None
+    split = re.search(rb"\r?\n\r?\n", raw)
+    if not split:
+        return None
+    head, body = raw[: split.start()], raw[split.start() :]
+    seen: dict[bytes, int] = {}
+    token: bytes | None = None
+    for m in _BODY_DELIMITER_RE.finditer(body):
+        seen[m.group(1)] = seen.get(m.group(1), 0) + 1
+        if seen[m.group(1)] >= 2:
+            token = m.group(1)
+            break
+    if token is None:
+        return None
+    quoted = b'boundary="' + token.replace(b'"', b"") + b'"'
+    if _HEADER_BOUNDARY_RE.search(head):
+        head = _HEADER_BOUNDARY_RE.sub(lambda _m: quoted, head, count=1)
+    else:
+        head = re.sub(rb"(?im)^(content-type:[^\r\n]*)", lambda m: m.group(1) + b"; " + quoted, head, count=1)
+    fixed = head + body
+    try:
+        _prescan(fixed, limits)
+        again = email.message_from_bytes(fixed, policy=email.policy.compat32)
+    except (UnreadableMessage, RecursionError):
+        return None
+    except Exception:  # the repair is a best effort; the unrepaired message is still readable
+        return None
+    return again if isinstance(again.get_payload(), list) else None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The entry point.
+# ---------------------------------------------------------------------------------------------------------
+
+_ESSENTIAL_HEADERS = ("from", "subject", "message-id", "date", "to", "sender", "return-path")
 
 
 def parse_mime(raw: bytes, limits: Limits | None = None) -> ParsedMessage:
-    limits = limits or Limits()
-    if not raw or not raw.strip():
+    """Read one message; raise `UnreadableMessage` (reason in Indonesian) when it cannot or may not be read."""
+    try:
+        return _parse_mime(raw, limits or Limits(), nested=False)
+    except UnreadableMessage:
+        raise
+    except RecursionError as exc:
+        raise UnreadableMessage("struktur MIME terlalu dalam") from exc
+    except MemoryError as exc:
+        raise UnreadableMessage("pesan terlalu besar untuk dibaca") from exc
+    except Exception as exc:  # a library failing on hostile input is an unreadable message, not a crash
+        raise UnreadableMessage(f"pesan tidak dapat dibaca ({type(exc).__name__})") from exc
+
+
+def _parse_mime(raw: bytes, limits: Limits, nested: bool) -> ParsedMessage:
+    if not isinstance(raw, bytes | bytearray | memoryview):
+        raise UnreadableMessage("masukan bukan bita")
+    raw = bytes(raw)
+    if not raw.strip():
         raise UnreadableMessage("pesan kosong")
     if len(raw) > limits.max_message_bytes:
-        raise UnreadableMessage(f"pesan terlalu besar ({len(raw)} bita)")
+        raise UnreadableMessage(f"pesan terlalu besar ({len(raw)} bita, batas {limits.max_message_bytes})")
+    _prescan(raw, limits)
     try:
-        msg = email.message_from_bytes(raw, policy=email.policy.default)
-    except Exception as exc:  # the stdlib parser is lenient; this is a last resort
-        raise UnreadableMessage(f"struktur MIME tidak dapat dibaca: {exc}") from exc
-    assert isinstance(msg, EmailMessage)
-    headers: list[tuple[str, str]] = []
-    for key in msg.keys():
-        for value in msg.get_all(key, []):
-            try:
-                headers.append((key, " ".join(str(value).split())))
-            except Exception:
-                headers.append((key, ""))
-    if not any(k.lower() in ("from", "subject", "message-id", "date") for k, _ in headers):
+        msg = email.message_from_bytes(raw, policy=email.policy.compat32)
+    except RecursionError as exc:
+        raise UnreadableMessage("struktur MIME terlalu dalam") from exc
+    except Exception as exc:  # the compat32 parser is lenient; this is a last resort
+        raise UnreadableMessage(f"struktur MIME tidak dapat dibaca: {type(exc).__name__}") from exc
+
+    repaired = _repair_boundary(raw, msg, limits)
+    recovery: list[str] = []
+    if repaired is not None:
+        msg = repaired
+        recovery.append("boundary MIME tidak cocok, diperbaiki dari isi pesan")
+
+    raw_headers = list(msg.raw_items())
+    if len(raw_headers) > limits.max_headers:
+        raise UnreadableMessage(f"terlalu banyak header (lebih dari {limits.max_headers})")
+    headers = tuple((str(k), decode_header_value(str(v))) for k, v in raw_headers)
+    names = {k.lower() for k, _ in headers}
+    if not names.intersection(_ESSENTIAL_HEADERS):
         raise UnreadableMessage("tidak ada header surel (From/Subject/Date)")
-    from_pairs = email.utils.getaddresses([str(v) for v in msg.get_all("From", [])])
-    from_name, from_addr = (from_pairs[0] if from_pairs else ("", ""))
+
+    walked = _walk(msg, limits)
+    defects: list[str] = list(recovery)
+    for w in walked:
+        for d in getattr(w.part, "defects", []) or []:
+            defects.append(type(d).__name__)
+
     text: str | None = None
     html: str | None = None
     attachments: list[Attachment] = []
-    parts = 0
-    for part in msg.walk():
-        parts += 1
-        if parts > limits.max_parts:
-            raise UnreadableMessage(f"terlalu banyak bagian MIME (lebih dari {limits.max_parts})")
-        if part.is_multipart():
+    attached_from: tuple[str | None, str | None] | None = None
+    attached_messages: list[ParsedMessage] = []
+    total_attachment_bytes = 0
+    for w in walked:
+        part = w.part
+        ctype = _content_type(part)
+        disposition = _disposition(part)
+        if ctype.startswith("message/") and ctype not in (
+            "message/delivery-status",
+            "message/global-delivery-status",
+        ):
+            if ctype in ("message/rfc822", "message/global") or part.is_multipart():
+                data = _serialise_message(part)
+            else:
+                data = _payload_bytes(part, defects)
+            if not data:
+                continue
+            if len(data) > limits.max_attachment_bytes:
+                raise UnreadableMessage(f"lampiran pesan terlalu besar ({len(data)} bita)")
+            attachments.append(Attachment(filename=_filename(part), content_type=ctype, data=data))
+            if not w.in_attached_message and not nested and ctype in ("message/rfc822", "message/global"):
+                inner = _read_attached(data, limits)
+                if inner is not None:
+                    attached_messages.append(inner)
+                    if attached_from is None and inner.from_addr:
+                        attached_from = (inner.from_addr, inner.from_name)
             continue
-        ctype = part.get_content_type()
-        disposition = part.get_content_disposition()
-        filename = part.get_filename()
-        if disposition != "attachment" and not filename and ctype in ("text/plain", "text/html"):
-            try:
-                content = part.get_content()
-            except Exception:
-                payload = part.get_payload(decode=True) or b""
-                content = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else str(payload)
-            if ctype == "text/plain" and text is None:
-                text = content
-            elif ctype == "text/html" and html is None:
-                html = content
+        if part.is_multipart() and ctype not in ("message/delivery-status", "message/global-delivery-status"):
             continue
-        data = part.get_payload(decode=True)
-        if not isinstance(data, bytes):
+        if ctype in ("message/delivery-status", "message/global-delivery-status"):
+            data = _serialise_status(part)
+        else:
+            data = _payload_bytes(part, defects)
+        filename = _filename(part)
+        text_part = ctype in ("text/plain", "text/html") and disposition != "attachment" and not filename
+        if text_part and w.in_attached_message:
+            continue  # the attached message's own text: read through `attached_messages`, not a file
+        is_body = text_part and not w.in_attachment
+        if is_body and ctype == "text/plain" and text is None:
+            text = _part_text(part, data, ctype, defects)
+            continue
+        if is_body and ctype == "text/html" and html is None:
+            html = _part_text(part, data, ctype, defects)
+            continue
+        if not data and not filename:
             continue
         if len(data) > limits.max_attachment_bytes:
             raise UnreadableMessage(f"lampiran {filename or ctype} terlalu besar ({len(data)} bita)")
+        total_attachment_bytes += len(data)
+        if total_attachment_bytes > limits.max_decompressed_bytes:
+            raise UnreadableMessage("total lampiran terlalu besar")
         attachments.append(Attachment(filename=filename, content_type=ctype, data=data))
-    date = None
-    try:
-        dt = msg.get("Date")
-        date = dt.datetime if dt is not None and getattr(dt, "datetime", None) else None
-    except Exception:
-        date = None
-    mid = _header_str(msg, "Message-ID")
-    irt = _header_str(msg, "In-Reply-To")
-    refs = _header_str(msg, "References") or ""
+
+    if html is not None and (text is None or not text.strip()):
+        text = html_to_text(html)
+
+    mp_defects, mp_date = _mailparser_view(msg)
+    defects.extend(d for d in mp_defects if d not in defects)
+
+    def first(name: str) -> str | None:
+        for k, v in headers:
+            if k.lower() == name:
+                return v
+        return None
+
+    def all_raw(name: str) -> list[str]:
+        return [str(v) for k, v in raw_headers if str(k).lower() == name]
+
+    from_pairs = _addresses(all_raw("from"))
+    from_name, from_addr = (from_pairs[0][0], from_pairs[0][1]) if from_pairs else ("", "")
+    if not from_addr:
+        sender = _addresses(all_raw("sender"))
+        if sender:
+            from_name, from_addr = sender[0]
+
+    mid = first("message-id")
+    mid_m = _MSGID_RE.search(mid) if mid else None
+    irt = first("in-reply-to")
+    irt_m = _MSGID_RE.search(irt) if irt else None
+    refs = " ".join(v for k, v in headers if k.lower() == "references")
+    subject = first("subject")
+
+    forwarded: tuple[str | None, str | None] | None = None
+    subject_is_forward = bool(subject and _FWD_SUBJECT_RE.match(subject))
+    is_report = _content_type(msg) == "multipart/report"
+    if text:
+        forwarded = _forward_in_text(text, subject_is_forward)
+    if forwarded is None and attached_from is not None and not is_report:
+        forwarded = attached_from
+
+    date = _parse_date(first("date")) or mp_date
     return ParsedMessage(
-        message_id=(_MSGID_RE.search(mid).group(0) if mid and _MSGID_RE.search(mid) else mid),
-        from_addr=from_addr.lower() or None,
+        message_id=(mid_m.group(0) if mid_m else (mid or None)),
+        from_addr=from_addr or None,
         from_name=from_name or None,
-        to=_addresses([str(v) for v in msg.get_all("To", [])]),
-        cc=_addresses([str(v) for v in msg.get_all("Cc", [])]),
-        reply_to=_addresses([str(v) for v in msg.get_all("Reply-To", [])]),
-        delivered_to=_addresses([str(v) for v in msg.get_all("Delivered-To", [])]),
-        subject=_header_str(msg, "Subject"),
+        to=tuple(a for _, a in _addresses(all_raw("to"))),
+        cc=tuple(a for _, a in _addresses(all_raw("cc"))),
+        reply_to=tuple(a for _, a in _addresses(all_raw("reply-to"))),
+        delivered_to=tuple(a for _, a in _addresses(all_raw("delivered-to"))),
+        subject=subject,
         date=date,
-        in_reply_to=(_MSGID_RE.search(irt).group(0) if irt and _MSGID_RE.search(irt) else None),
+        in_reply_to=(irt_m.group(0) if irt_m else None),
         references=tuple(_MSGID_RE.findall(refs)),
-        headers=tuple(headers),
+        headers=headers,
         text=text,
         html=html,
         attachments=tuple(attachments),
-        defects=tuple(type(d).__name__ for d in msg.defects),
+        defects=tuple(dict.fromkeys(defects)),
+        forwarded_from=forwarded[0] if forwarded else None,
+        forwarded_name=forwarded[1] if forwarded else None,
+        attached_messages=tuple(attached_messages),
     )
+
+
+def _read_attached(data: bytes, limits: Limits) -> ParsedMessage | None:
+    """An attached message, read one level deep; an unreadable one stays just a file."""
+    try:
+        return _parse_mime(data, limits, nested=True)
+    except UnreadableMessage:
+        return None
+    except Exception:  # the outer message stays readable whatever the attached one does
+        return None

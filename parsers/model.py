@@ -12,7 +12,9 @@ from datetime import datetime
 from typing import Any, Literal
 
 Kind = Literal["request", "reply", "auto_reply", "bounce", "unrelated", "unreadable"]
-Decision = Literal["approve", "reject", "revise", "problem", "cancel", "unclear"]
+# "confirm" (added): the unit's IT admin confirms the sub-domain works (`Vocabulary.confirm`); the engine decides
+# what it means for a step, so it is never folded into "approve".
+Decision = Literal["approve", "reject", "revise", "problem", "cancel", "confirm", "unclear"]
 Source = Literal["body", "html", "pdf", "docx", "ocr", "form"]
 
 # The canonical request fields, in the order a clerk reads the form.
@@ -44,6 +46,10 @@ class Limits:
     max_ocr_pages: int = 3
     max_decompressed_bytes: int = 50 * 1024 * 1024
     ocr: bool = True
+    # Added: nesting depth of multiparts / attached messages (a forward of a forward is about 6 deep), and
+    # the number of header fields (real mail has well under 200, mostly Received).
+    max_depth: int = 20
+    max_headers: int = 1000
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,22 @@ class Vocabulary:
     cancel: tuple[str, ...] = ("batal", "batalkan")
     # Confirmation from the unit's IT admin that the sub-domain works (Kalbar step 13).
     confirm: tuple[str, ...] = ("berhasil", "sudah dapat digunakan", "selesai")
+    # Added. Words that put an approval under a condition ("setuju dengan catatan ...", "setuju, tapi ...");
+    # domain brief section 5 lists these as needing a human, so an approval carrying one is "unclear".
+    conditional: tuple[str, ...] = (
+        "dengan catatan", "dgn catatan", "dengan syarat", "dgn syarat", "bersyarat", "asalkan",
+        "dengan ketentuan", "tapi", "tetapi", "namun", "kecuali",
+    )
+    # Added. Dispositions that ask for a person, not a decision (domain brief section 5, e-office codes).
+    hold: tuple[str, ...] = (
+        "untuk diketahui", "pelajari", "telaah", "mohon pertimbangan", "koordinasikan", "menghadap",
+        "bahas", "tunda", "ditunda", "dikembalikan",
+    )
+    # Added. A negator up to two words before an approval word makes it no approval ("belum bisa acc").
+    negation: tuple[str, ...] = (
+        "tidak", "tdk", "tak", "belum", "blm", "jangan", "jgn", "bukan", "gak", "nggak", "ngga", "enggak",
+        "ga", "not", "no",
+    )
 
 
 @dataclass(frozen=True)
@@ -118,6 +140,9 @@ class ParsedMessage:
     # A forward's original sender (secretary's "Fwd:"), when the body carries one.
     forwarded_from: str | None = None
     forwarded_name: str | None = None
+    # Added: the messages attached as message/rfc822 (a forward "as attachment", a bounce's returned mail),
+    # each read the same way, one level deep (their own attached messages are not read again).
+    attached_messages: tuple[ParsedMessage, ...] = ()
 
     def header(self, name: str) -> str | None:
         """The first header of that name (case-insensitive), or None."""
@@ -175,6 +200,8 @@ class RequestFields:
         out["source"] = self.source
         out["missing"] = list(self.missing)
         out["problems"] = [{"field": p.field, "reason": p.reason} for p in self.problems]
+        # The fields with a problem, in order, without the reasons: what a fixture or a dashboard compares.
+        out["problem_fields"] = [p.field for p in self.problems]
         out["origins"] = {
             o.field: {"source": o.source, "label": o.label, "raw": o.raw} for o in self.origins
         }
@@ -210,6 +237,10 @@ class BounceInfo:
     status: str | None  # DSN status code, e.g. "5.1.1"
     original_message_id: str | None  # Message-ID of the mail that bounced, when the DSN carries it
     reason: str
+    # Added. RFC 3464 Action of the report: "failed", "delayed" (not a failure: only `delayed_recipients`
+    # is set), "delivered"/"relayed"/"expanded" (a success report). Never changes a request's state.
+    action: str | None = None
+    delayed_recipients: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -247,11 +278,14 @@ class ParseResult:
                     "status": self.bounce.status,
                     "original_message_id": self.bounce.original_message_id,
                     "reason": self.bounce.reason,
+                    "action": self.bounce.action,
+                    "delayed_recipients": list(self.bounce.delayed_recipients),
                 }
                 if self.bounce
                 else None
             ),
             "forwarded_from": msg.forwarded_from if msg else None,
+            "forwarded_name": msg.forwarded_name if msg else None,
             "attachments": [
                 {"filename": a.filename, "content_type": a.content_type, "size": len(a.data)}
                 for a in (msg.attachments if msg else ())

@@ -1,9 +1,503 @@
-"""Read an official's decision from the new text of a reply (placeholder until the parsing issue lands)."""
+"""Read an official's decision (SETUJU / TOLAK / ...) from the new text of a reply to a step mail.
+
+Two steps, both pure: `strip_quoted` cuts the quoted original, the signature and our own template's quoted
+instructions away; `extract_reply` applies an ordered list of small named rules to what is left and keeps
+the names of the rules that fired in `ReplyDecision.rules`.
+
+Why our own trimmer: talon, email_reply_parser and Discourse's email_reply_trimmer know English and some
+European quote headers, but none knows the Indonesian ones that Gmail ("Pada tanggal ... menulis:", also
+split over two lines), Outlook ("Dari:/Dikirim:/Kepada:/Subjek:"), Thunderbird ("-------- Pesan Asli
+--------") and Zimbra ("----- Pesan Asli -----" with "Terkirim:/Perihal:") write, and none knows that the
+step mail's own instructions ("Balas surel ini dengan SETUJU atau TOLAK") may come back quoted without ">"
+and must never count as the official's answer.
+
+Choices, so the daemon never acts on an ambiguous reply:
+- Keywords are whole words, case-insensitive, punctuation around them ignored ("*SETUJU*", "Setuju.",
+  "SETUJU!!"). A word inside another word does not count: "menyetujui" is not "setuju", "okey" is neither
+  "ok" nor "oke". Affixed forms count only when the agency's `Vocabulary` lists them ("disetujui" is listed).
+- The longest phrase wins where phrases overlap, and rejections win over approvals on the same span, so
+  "tidak setuju", "tidak disetujui" and "belum dapat disetujui" are rejections, never approvals. An approval
+  word with a negator up to two words before it ("belum bisa acc") is no decision at all.
+- The decision must be in the opening lines of the new text (`OPENING_LINES`, greetings not counted): a
+  keyword further down is more likely quoted text we failed to recognise than the answer.
+- An approval and anything else (rejection, revision, "pelajari dulu") in the same new text is "unclear";
+  so is an approval with a condition ("setuju dengan catatan ...", "setuju, tapi ..."): domain brief
+  section 5 says those need a person. The official's condition is kept as the note.
+"""
 
 from __future__ import annotations
 
-from parsers.model import ParsedMessage, ReplyDecision, Vocabulary
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+from parsers.model import Decision, ParsedMessage, ReplyDecision, Vocabulary
+
+__all__ = ["extract_reply", "decide_text", "strip_quoted", "OPENING_LINES"]
+
+# How many content lines (greetings not counted) the decision keyword may be below the top of the new text.
+OPENING_LINES = 3
+
+# ---------------------------------------------------------------------------------------------------------
+# Quote headers, separators and signatures (per client; see the module docstring).
+# ---------------------------------------------------------------------------------------------------------
+
+_QUOTE_PREFIX_RE = re.compile(r"^(?:[ \t]*>)+[ \t]?")
+# Attribution openers: Indonesian "Pada", English "On", and the European ones talon's corpus shows.
+_OPENER = r"(?:pada|on|le|am|el|il|em|op|w dniu|den|dne|the|vào)"
+_WROTE = (
+    r"(?:menulis|wrote|a\s+écrit|schrieb|escribió|escribio|ha\s+scritto|scrisse|escreveu|schreef|skrev|"
+    r"geschreven|napisał|написал(?:\(а\))?|kirjoitti|írta|đã\s+viết)"
+)
+# "sent:" ends an attribution only after an opener and a date ("On 11-Apr-2011, ... X <x@y> sent:").
+_WROTE_OR_SENT = rf"(?:{_WROTE}|sent)"
+# "Pada tanggal Sab, 31 Okt 2020 pukul 22.12 Nama <a@b> menulis:" and "On Sat, ... X <a@b> wrote:";
+# Dutch/French put the name after the verb ("Op ... schreef Julius <j@r>:").
+_ATTRIBUTION_RE = re.compile(rf"^{_OPENER}\b.{{0,500}}?\b{_WROTE_OR_SENT}(?:\s.{{0,200}})?\s*:\s*$", re.I)
+_OPENER_RE = re.compile(rf"^{_OPENER}\s+\S", re.IGNORECASE)
+# Thunderbird "#1 menulis:" / "#1 menulis di #2 #3:", Gmail "Nama <a@b> wrote:", Samsung "... wrote:".
+_NAME_WROTE_RE = re.compile(rf"^.{{1,200}}\b{_WROTE}(?:\s+(?:di|pada|on|at)\b.{{0,80}})?\s*:\s*$", re.I)
+_FROM_LABEL_RE = re.compile(r"^\*?\s*(?:from|dari|von|de|van|da|od|от|fra|från)\s*:\s*\*?\s*\S", re.IGNORECASE)
+_OTHER_LABEL_RE = re.compile(
+    r"^\*?\s*(sent|date|to|cc|bcc|subject|dikirim|tanggal|kepada|subjek|perihal|terkirim|tembusan|ke|"
+    r"gesendet|datum|an|betreff|envoyé|à|objet|enviado|para|asunto|verzonden|aan|onderwerp|"
+    r"inviato|oggetto|a|sendt|til|emne|skickat|till|ämne)\s*\*?:",
+    re.IGNORECASE,
+)
+# A header block may open with its date ("Date: ... / To: ..."); then one address label must follow.
+_DATE_LABEL_RE = re.compile(r"^\*?\s*(?:date|sent|tanggal|dikirim|terkirim)\s*\*?:\s*\S", re.IGNORECASE)
+_ADDRESS_LABELS = frozenset({"to", "from", "kepada", "ke", "dari", "cc", "an", "à", "para", "aan", "til", "till"})
+# "2014-10-17 11:28 GMT+03:00 Postmaster <p@x>:", "2011/4/7 Nathan <s@x>", "02.04.2012 14:20 ... написал:"
+# (Gmail in several locales, Android): a date first, then the sender.
+_DATE_LED_RE = re.compile(r"^\d{1,4}[./-]\d{1,2}[./-]\d{1,4}[\sT,]")
+# Android and some webmails: "---- Budi wrote ----", "------On 12/29/1987 17:32 PM, Budi wrote-----".
+_DASHED_ATTRIBUTION_RE = re.compile(rf"^-{{2,}}\s*.{{1,200}}?\b{_WROTE}\s*-{{2,}}\s*$", re.IGNORECASE)
+_SEPARATOR_RE = re.compile(
+    r"^(?:_{10,}"
+    r"|-{2,}\s*(?:original message|pesan asli|pesan diteruskan|pesan terusan|forwarded message|"
+    r"mensaje original|message d'origine|ursprüngliche nachricht|oorspronkelijk bericht|"
+    r"messaggio originale|mensagem original|reply message|balasan pesan)\s*-{2,}"
+    r"|(?:begin forwarded message|awal pesan (?:yang )?(?:diteruskan|terusan))\s*:?)\s*$",
+    re.IGNORECASE,
+)
+# RFC 3676 section 4.3: the signature separator is "-- " (many clients drop the space).
+_SIG_DASHES_RE = re.compile(r"^--\s*$")
+_DEVICE = (
+    r"(?:iphone|ipad|android|samsung|galaxy|yahoo|outlook|mail|ponsel|hp|handphone|blackberry|mobile|"
+    r"seluler|smartphone|windows|gmail|xiaomi|redmi|oppo|vivo|huawei|realme|nokia|tablet|sparrow|"
+    r"perangkat|device|phone|ipod|mac|superhuman|spark|proton|zimbra|my|saya)"
+)
+_MOBILE_SIG_RE = re.compile(
+    rf"^(?:sent|dikirim|terkirim|dikirimkan|diketik|kirim|sent\s+using)\s+"
+    rf"(?:from|dari|via|with|melalui|menggunakan|using|lewat|on|di|pakai)\s+.{{0,50}}\b{_DEVICE}\b.{{0,40}}$"
+    r"|^(?:get|dapatkan|unduh|download)\s+outlook\s+(?:for|untuk)\b.{0,40}$",
+    re.IGNORECASE,
+)
+_GREETING_RE = re.compile(
+    r"^(?:yth\.?|kepada\s+yth|dengan\s+hormat|selamat\s+(?:pagi|siang|sore|malam)|assalamu.?alaikum"
+    r"|salam|halo|hallo|hai|hi|dear|pak|bu|bapak|ibu|mas|mbak|sdr\.?|saudara|kpd)\b.{0,80}$",
+    re.IGNORECASE,
+)
+# Closing lines: the note ends where the official signs off.
+_VALEDICTION_RE = re.compile(
+    r"^(?:terima\s*kasih|terimakasih|trims|tks|thx|thanks|thank\s+you|salam|hormat\s+(?:saya|kami)|"
+    r"wassalam\w*|regards|best\s+regards|kind\s+regards|matur\s+nuwun|salam\s+hormat)\b.{0,40}$",
+    re.IGNORECASE,
+)
+_CONNECTOR_RE = re.compile(r"[\s,*_\"'()]*(?:atau|or|maupun|/|\|)[\s,*_\"'()]*", re.IGNORECASE)
+_TEMPLATE_ITEM_RE = re.compile(r"^[\s*_\-•·>\"'(\[]*(?P<kw>.+?)[\s*_\"')\]]*\s*[—–=:-]+\s*\S")
+
+
+@dataclass(frozen=True)
+class _Match:
+    category: str
+    keyword: str
+    start: int
+    end: int
+
+
+# Priority where one span matches entries of several categories (an agency's vocabulary may overlap):
+# a rejection always wins over an approval (domain brief section 5: match negation before "setuju").
+_CATEGORY_ORDER = ("reject", "revise", "problem", "cancel", "hold", "conditional", "approve", "confirm")
+_DECISIVE = frozenset({"approve", "reject", "revise", "problem", "cancel", "confirm"})
+_POSITIVE = frozenset({"approve", "confirm"})
+
+
+def _phrase_pattern(phrase: str) -> str:
+    words = phrase.split()
+    return r"\s+".join(re.escape(w) for w in words)
+
+
+@lru_cache(maxsize=32)
+def _compiled(vocabulary: Vocabulary) -> tuple[re.Pattern[str], dict[str, tuple[str, str]], re.Pattern[str]]:
+    """One alternation of every keyword, longest first; a map from normalised phrase to (category, entry)."""
+    owner: dict[str, tuple[str, str]] = {}
+    for category in _CATEGORY_ORDER:
+        for entry in getattr(vocabulary, category, ()) or ():
+            key = " ".join(entry.lower().split())
+            if key and key not in owner:
+                owner[key] = (category, key)
+    if owner:
+        alternation = "|".join(_phrase_pattern(k) for k in sorted(owner, key=lambda k: (-len(k), k)))
+        # Whole words: no letter or digit may touch the keyword on either side ("_" and "*" may).
+        pattern = re.compile(rf"(?<![^\W_])(?:{alternation})(?![^\W_])", re.IGNORECASE)
+    else:
+        pattern = re.compile(r"(?!x)x")
+    negators = [n for n in (vocabulary.negation or ()) if n.strip()]
+    if negators:
+        neg = "|".join(_phrase_pattern(n.lower()) for n in sorted(negators, key=len, reverse=True))
+        # A negator, then at most two other words, right before the approval word.
+        # Punctuation ends a negator's scope: "tidak keberatan, setuju" is an approval.
+        negation = re.compile(rf"(?<![^\W_])(?:{neg})(?:\s+[^\s,.;:!?]+){{0,2}}\s*$", re.IGNORECASE)
+    else:
+        negation = re.compile(r"(?!x)x")
+    return pattern, owner, negation
+
+
+def _find(text: str, vocabulary: Vocabulary) -> list[_Match]:
+    pattern, owner, _ = _compiled(vocabulary)
+    out: list[_Match] = []
+    for m in pattern.finditer(text):
+        key = " ".join(m.group(0).lower().split())
+        category, entry = owner.get(key, ("approve", key))
+        out.append(_Match(category, entry, m.start(), m.end()))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# strip_quoted
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Trimmed:
+    text: str
+    rules: tuple[str, ...]
+
+
+def _is_attribution(bare: list[str], i: int) -> bool:
+    line = bare[i]
+    if not line:
+        return False
+    if _ATTRIBUTION_RE.match(line) and re.search(r"\d|@", line):
+        return True
+    if _OPENER_RE.match(line) and re.search(r"\d", line) and len(line) < 400:
+        # The header wrapped: "Pada Sab, 15 Jun 2024 pukul 14.59 Nama <a@b>" / "> menulis:" (Gmail plain
+        # text wraps at 78 columns, sometimes inside the address; Polymail even leaves blank lines).
+        joined = line
+        for j in range(i + 1, min(i + 6, len(bare))):
+            if len(bare[j]) > 200 or _OPENER_RE.match(bare[j]) or _FROM_LABEL_RE.match(bare[j]):
+                break  # another header starts there: this line is the official's own text
+            joined = f"{joined} {bare[j]}".strip()
+            if bare[j] and _ATTRIBUTION_RE.match(joined):
+                return True
+    return False
+
+
+def _is_name_wrote(bare: list[str], quoted: list[bool], i: int) -> bool:
+    line = bare[i]
+    if not line or len(line) > 250 or not _NAME_WROTE_RE.match(line):
+        return False
+    if re.search(r"\d|@", line):
+        return True
+    for j in range(i + 1, min(i + 4, len(bare))):
+        if bare[j] or quoted[j]:
+            return quoted[j]
+    return False
+
+
+def _is_date_led(bare: list[str], quoted: list[bool], i: int) -> bool:
+    if not _DATE_LED_RE.match(bare[i]):
+        return False
+    joined = bare[i]
+    for j in range(i, min(i + 3, len(bare))):
+        if j > i:
+            if not bare[j] or quoted[j] and not bare[j].endswith(":"):
+                break
+            joined = f"{joined} {bare[j]}"
+        if "@" in joined and (joined.endswith(":") or _next_is_quoted(bare, quoted, j)):
+            return True
+    return False
+
+
+def _next_is_quoted(bare: list[str], quoted: list[bool], i: int) -> bool:
+    for j in range(i + 1, min(i + 4, len(bare))):
+        if bare[j] or quoted[j]:
+            return quoted[j]
+    return False
+
+
+def _is_header_block(bare: list[str], i: int) -> bool:
+    if _DATE_LABEL_RE.match(bare[i]):
+        others: set[str] = set()
+        for j in range(i + 1, min(i + 7, len(bare))):
+            m = _OTHER_LABEL_RE.match(bare[j]) if bare[j] else None
+            if m:
+                others.add(m.group(1).lower())
+            elif _FROM_LABEL_RE.match(bare[j]):
+                others.add("from")
+        return bool(others & _ADDRESS_LABELS)
+    if not _FROM_LABEL_RE.match(bare[i]):
+        return False
+    labels: set[str] = set()
+    seen = 0
+    for j in range(i + 1, len(bare)):
+        if not bare[j]:
+            continue
+        seen += 1
+        if seen > 6:
+            break
+        m = _OTHER_LABEL_RE.match(bare[j])
+        if m:
+            labels.add(m.group(1).lower())
+    return len(labels) >= 2
+
+
+def _template_at(bare: list[str], i: int, vocabulary: Vocabulary) -> bool:
+    """Our step mail's own instructions, quoted back without ">" (e.g. under an unrecognised header)."""
+    line = bare[i]
+    if not line:
+        return False
+    matches = _find(line, vocabulary)
+    # "Balas surel ini dengan SETUJU atau TOLAK": two decisions joined by a connector on one line.
+    decisive = [m for m in matches if m.category in _DECISIVE]
+    for a, b in zip(decisive, decisive[1:], strict=False):
+        if a.category != b.category and _CONNECTOR_RE.fullmatch(line[a.end : b.start]):
+            return True
+    # "SETUJU — permohonan diteruskan ..." / "TOLAK — ..." : a legend of two or more keyword items.
+    first = _legend_item(line, vocabulary)
+    if first is None:
+        return False
+    # The legend's items are consecutive lines; an official's own "SETUJU - ..." line is not followed by
+    # another keyword item.
+    categories = {first}
+    for j in range(i + 1, min(i + 4, len(bare))):
+        other = _legend_item(bare[j], vocabulary) if bare[j] else None
+        if other is None:
+            break
+        categories.add(other)
+    return len(categories) >= 2
+
+
+def _legend_item(line: str, vocabulary: Vocabulary) -> str | None:
+    m = _TEMPLATE_ITEM_RE.match(line)
+    if not m:
+        return None
+    head = m.group("kw").strip()
+    found = _find(head, vocabulary)
+    if len(found) == 1 and found[0].start == 0 and found[0].end == len(head) and found[0].category in _DECISIVE:
+        return found[0].category
+    return None
+
+
+def _signature_at(line: str, raw_line: str) -> str | None:
+    if _SIG_DASHES_RE.match(raw_line.strip("\ufeff")):
+        return "signature_delimiter"
+    if line and len(line) <= 90 and _MOBILE_SIG_RE.match(line):
+        return "signature_mobile"
+    return None
+
+
+def _quote_start(lines: list[str], bare: list[str], quoted: list[bool], i: int, vocab: Vocabulary) -> str | None:
+    """The rule that makes line i the start of quoted or signature text, or None."""
+    if quoted[i]:
+        return "quote_angle"
+    if not bare[i]:
+        return None
+    if _SEPARATOR_RE.match(bare[i]):
+        return "quote_separator"
+    if _is_attribution(bare, i):
+        return "quote_attribution"
+    if _is_name_wrote(bare, quoted, i) or _DASHED_ATTRIBUTION_RE.match(bare[i]):
+        return "quote_name_wrote"
+    if _is_date_led(bare, quoted, i):
+        return "quote_attribution"
+    if _is_header_block(bare, i):
+        return "quote_header_block"
+    sig = _signature_at(bare[i], lines[i])
+    if sig:
+        return sig
+    if _template_at(bare, i, vocab):
+        return "template_instructions"
+    return None
+
+
+def _bottom_posted_block(cut: int, quoted: list[bool], rules: list[str]) -> int | None:
+    """Where the ">" block starts when the text opens with it (or with an attribution right above it)."""
+    if cut >= len(quoted) or not rules:
+        return None
+    if rules[0] == "quote_angle":
+        return cut
+    if rules[0] in ("quote_attribution", "quote_name_wrote"):
+        for j in range(cut + 1, min(cut + 7, len(quoted))):
+            if quoted[j]:
+                return j
+    return None
+
+
+def _trim(text: str, vocabulary: Vocabulary) -> _Trimmed:
+    text = (text or "").replace("\r\n", "\n").replace("\r", "\n").replace("\ufeff", "").replace("\xa0", " ")
+    lines = text.split("\n")
+    bare = [_QUOTE_PREFIX_RE.sub("", ln).strip() for ln in lines]
+    quoted = [bool(_QUOTE_PREFIX_RE.match(ln)) for ln in lines]
+    rules: list[str] = []
+    cut = len(lines)
+    for i in range(len(lines)):
+        rule = _quote_start(lines, bare, quoted, i, vocabulary)
+        if rule:
+            cut = i
+            rules.append(rule)
+            break
+    new = lines[:cut]
+    block = _bottom_posted_block(cut, quoted, rules)
+    if not "\n".join(new).strip() and block is not None:
+        # Bottom-posting: the quote comes first, the answer below it. Take the unquoted lines after the
+        # first ">" block, up to the next quote header, quote or signature. Only a ">" block qualifies:
+        # after an unquoted original (Outlook) nothing tells the answer from the original.
+        i = block
+        while i < len(lines) and (quoted[i] or not bare[i]):
+            i += 1
+        start = i
+        end = len(lines)
+        for j in range(start, len(lines)):
+            if _quote_start(lines, bare, quoted, j, vocabulary):
+                end = j
+                break
+        new = lines[start:end]
+        if "\n".join(new).strip():
+            rules.append("bottom_posted")
+    out = "\n".join(ln.rstrip() for ln in new).strip()
+    out = re.sub(r"\n{3,}", "\n\n", out)
+    return _Trimmed(out, tuple(rules))
+
+
+def strip_quoted(text: str, vocabulary: Vocabulary | None = None) -> str:
+    """The new text of a reply: quoted original, quote headers, signature and template instructions removed."""
+    return _trim(text, vocabulary or Vocabulary()).text
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The decision rules.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _line_index(text: str, pos: int) -> int:
+    return text.count("\n", 0, pos)
+
+
+def _opening_lines(text: str, matches: list[_Match]) -> set[int]:
+    """Indexes of the lines that count as the opening of the new text."""
+    keyword_lines = {_line_index(text, m.start) for m in matches}
+    opening: set[int] = set()
+    counted = 0
+    for idx, line in enumerate(text.split("\n")):
+        s = line.strip()
+        if not s:
+            continue
+        if idx not in keyword_lines and _GREETING_RE.match(s):
+            opening.add(idx)
+            continue
+        counted += 1
+        if counted > OPENING_LINES:
+            break
+        opening.add(idx)
+    return opening
+
+
+def _note(text: str, match: _Match) -> str | None:
+    rest = text[match.end :]
+    rest = re.sub(r"^[\s.,:;!\-—–=*_)\]]+", "", rest)
+    lines = [ln.rstrip() for ln in rest.split("\n")]
+    out: list[str] = []
+    for ln in lines:
+        if _VALEDICTION_RE.match(ln.strip()) and len(out) > 0:
+            break
+        if _VALEDICTION_RE.match(ln.strip()) and not out:
+            break
+        out.append(ln)
+    note = "\n".join(out).strip()
+    note = re.sub(r"\n{3,}", "\n\n", note)
+    return note or None
+
+
+def _decide(text: str, vocabulary: Vocabulary) -> tuple[Decision, str | None, str | None, list[str]]:
+    """(decision, note, keyword, rules) for the new text of a reply."""
+    rules: list[str] = []
+    if not text.strip():
+        return "unclear", None, None, ["empty_reply"]
+    matches = _find(text, vocabulary)
+    if not matches:
+        return "unclear", None, None, ["no_keyword"]
+
+    _, _, negation = _compiled(vocabulary)
+    effective: list[_Match] = []
+    negated: list[_Match] = []
+    for m in matches:
+        if m.category in _POSITIVE:
+            line_start = text.rfind("\n", 0, m.start) + 1
+            if negation.search(text[line_start : m.start]):
+                negated.append(m)
+                continue
+        effective.append(m)
+
+    leading = [m for m in matches if m.category in _DECISIVE or m.category == "hold"]
+    if not leading:
+        # Only a condition word ("tapi ...") and no decision.
+        return "unclear", None, None, ["no_keyword"]
+    first = leading[0]
+    opening = _opening_lines(text, matches)
+    if _line_index(text, first.start) not in opening:
+        return "unclear", None, first.keyword, ["keyword_not_in_opening"]
+    if first in negated:
+        return "unclear", None, first.keyword, ["negated_approval"]
+    after = text[first.end : first.end + 3].lstrip(" *_\"')")
+    if after.startswith("?"):
+        return "unclear", None, first.keyword, ["question"]
+
+    categories = {m.category for m in effective}
+    positive = categories & _POSITIVE
+    other = categories & ((_DECISIVE - _POSITIVE) | {"hold"})
+    if positive and other:
+        return "unclear", None, first.keyword, ["conflicting_keywords"]
+    if negated and positive:
+        # "setuju ... tidak ok": an approval next to a negated approval is no clear approval.
+        return "unclear", None, first.keyword, ["conflicting_keywords"]
+    if first.category == "hold":
+        return "unclear", _note(text, first), first.keyword, ["needs_human"]
+    if first.category in _POSITIVE and "conditional" in categories:
+        return "unclear", _note(text, first), first.keyword, ["conditional_approval"]
+    if len(other) > 1:
+        rules.append("first_keyword_wins")
+    rules.append(f"keyword_{first.category}")
+    decision: Decision
+    if first.category == "approve":
+        decision = "approve"
+    elif first.category == "reject":
+        decision = "reject"
+    elif first.category == "revise":
+        decision = "revise"
+    elif first.category == "problem":
+        decision = "problem"
+    elif first.category == "cancel":
+        decision = "cancel"
+    else:
+        decision = "confirm"
+    return decision, _note(text, first), first.keyword, rules
+
+
+def decide_text(text: str, vocabulary: Vocabulary | None = None) -> ReplyDecision:
+    """The decision for a reply body given as text (the whole body, quotes included)."""
+    vocab = vocabulary or Vocabulary()
+    try:
+        trimmed = _trim(text, vocab)
+        decision, note, keyword, rules = _decide(trimmed.text, vocab)
+    except RecursionError:  # pragma: no cover - regexes here do not recurse; belt and braces
+        return ReplyDecision(decision="unclear", note=None, text="", rules=("internal_error",))
+    return ReplyDecision(
+        decision=decision, note=note, text=trimmed.text, keyword=keyword, rules=(*trimmed.rules, *rules)
+    )
 
 
 def extract_reply(msg: ParsedMessage, vocabulary: Vocabulary) -> ReplyDecision:
-    return ReplyDecision(decision="unclear", note=None, text=msg.text or "")
+    """The official's decision in a reply; "unclear" unless the new text says one thing plainly."""
+    return decide_text(msg.text or "", vocabulary)

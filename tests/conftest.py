@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from daemon import netguard
 from daemon.devservers import APT_PACKAGES, Bind, Dovecot, MailUser, Postgres, SmtpRelay, missing_binaries
 
 DOMAIN = "trenggalekkab.go.id"
@@ -41,6 +42,11 @@ def _require(server: str) -> None:
             f"(apt-get install -y --no-install-recommends --no-upgrade {APT_PACKAGES}).",
             pytrace=False,
         )
+
+
+# Nothing in the suite may reach past loopback: guard this process and every daemon the tests start.
+os.environ["SUBDOMAIND_LOOPBACK_ONLY"] = "1"
+netguard.install()
 
 
 def _started(server: Server) -> Server:

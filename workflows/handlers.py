@@ -36,7 +36,7 @@ from workflows.errors import (
     TooLateToCancel,
 )
 from workflows.mailer import LOOP_HEADER, token_hash
-from workflows.store import Inbound, Outbox, Request, StepRun
+from workflows.store import Delegation, Inbound, Outbox, Request, StepRun
 from workflows.vouch import AuthPolicy, vouched
 
 _REQUEST_WORDS = re.compile(r"\b(sub[\s-]?domain|subdomain|hosting)\b", re.IGNORECASE)
@@ -124,7 +124,19 @@ def match_request(ctx: Ctx, parsed: ParseResult) -> Request | None:
 
 
 def _allowed(ctx: Ctx, role: str) -> set[str]:
-    return set(ctx.agency.actors.get(role, [])) | set(ctx.agency.delegates.get(role, []))
+    return set(ctx.agency.actors.get(role, [])) | delegates_of(ctx, role)
+
+
+def delegates_of(ctx: Ctx, role: str) -> set[str]:
+    """Acting officials for a role: from config, and those the Kepala Dinas registered by mail."""
+    from sqlalchemy import or_
+
+    registered = ctx.session.execute(
+        select(Delegation.address).where(
+            Delegation.agency == ctx.agency.id, Delegation.role == role, Delegation.revoked_at.is_(None),
+            or_(Delegation.until.is_(None), Delegation.until >= ctx.now()))
+    ).scalars()
+    return set(ctx.agency.delegates.get(role, [])) | set(registered)
 
 
 def known_address(ctx: Ctx, address: str | None) -> bool:
@@ -222,7 +234,7 @@ class DecisionReplyHandler:
         assert run.role is not None
         if sender in ctx.agency.actors.get(run.role, []):
             on_behalf_of = None
-        elif sender in ctx.agency.delegates.get(run.role, []):
+        elif sender in delegates_of(ctx, run.role):
             on_behalf_of = run.role
         elif sender in requester_addresses(req):
             raise RequesterCannotApprove(f"pemohon {sender} tidak dapat memutuskan langkah {run.key}", **ctx_info)
@@ -304,6 +316,72 @@ class RequesterReplyHandler:
         note = (reply.note or reply.text) if reply is not None else None
         audit(ctx, req, f"requester.{outcome}", actor=_sender(parsed), message_id=inbound.message_id, note=note)
         finish_step(ctx, waiting, outcome, note=note)
+        return "handled"
+
+
+_DELEGATION_RE = re.compile(
+    r"^\s*(?P<cmd>PLT|PLH|CABUT)\s+(?P<role>[a-z_]+)\s+(?P<addr>[^\s@]+@[^\s@]+)"
+    r"(?:\s+sampai\s+(?P<until>\d{4}-\d{2}-\d{2}))?", re.IGNORECASE)
+
+
+class DelegationHandler:
+    """The Kepala Dinas registers an acting official by mail: "PLT kabid nama@… sampai 2026-12-31",
+    "PLH …", or "CABUT kabid nama@…". Only the head of the SOP (the role with no superior) may, and only
+    when the mail is vouched for as decisions are."""
+
+    name = "delegation"
+
+    def _command(self, parsed: ParseResult) -> re.Match[str] | None:
+        msg = parsed.message
+        if msg is None:
+            return None
+        text = parsed.reply.text if parsed.reply is not None else (msg.text or "")
+        first = next((line for line in text.splitlines() if line.strip()), "")
+        return _DELEGATION_RE.match(first) or _DELEGATION_RE.match(msg.subject or "")
+
+    def can_handle(self, ctx: Ctx, parsed: ParseResult) -> bool:
+        heads = [r.key for r in ctx.sop.roles.values() if not r.superior and not r.requester]
+        sender = parsed.message.from_addr if parsed.message else None
+        return (self._command(parsed) is not None
+                and any(sender in ctx.agency.actors.get(h, []) for h in heads))
+
+    def execute(self, ctx: Ctx, parsed: ParseResult, inbound: Inbound) -> str:
+        from datetime import datetime, time
+        from zoneinfo import ZoneInfo
+
+        m = self._command(parsed)
+        assert m is not None and parsed.message is not None
+        sender = parsed.message.from_addr or ""
+        ctx_info = {"ticket": None, "step_title": "pendaftaran Plt/Plh", "role_title": "Kepala Dinas"}
+        auth = ctx.agency.auth
+        ok, how = vouched(parsed.message, inbound.raw, AuthPolicy(auth.require, auth.authserv_id),
+                          ctx.services.dkim_txt)
+        if not ok:
+            raise NotVouched(how, **ctx_info)
+        role, addr, cmd = m.group("role").lower(), m.group("addr").lower(), m.group("cmd").upper()
+        if role not in ctx.sop.roles or ctx.sop.roles[role].requester:
+            raise DecisionNotOffered(f"peran {role!r} tidak ada dalam SOP", decision=cmd, **ctx_info)
+        if cmd == "CABUT":
+            rows = ctx.session.execute(select(Delegation).where(
+                Delegation.agency == ctx.agency.id, Delegation.role == role, Delegation.address == addr,
+                Delegation.revoked_at.is_(None))).scalars().all()
+            for row in rows:
+                row.revoked_at = ctx.now()
+        else:
+            until = None
+            if m.group("until"):
+                day = datetime.strptime(m.group("until"), "%Y-%m-%d").date()
+                until = datetime.combine(day, time(23, 59), ZoneInfo(ctx.agency.timezone))
+            ctx.session.add(Delegation(agency=ctx.agency.id, role=role, address=addr, kind=cmd.title(), until=until,
+                                       registered_by=sender, message_id=inbound.message_id, created_at=ctx.now()))
+        audit(ctx, None, f"delegation.{cmd.lower()}", actor=sender, message_id=inbound.message_id, role=role,
+              address=addr, until=m.group("until"))
+        ctx.mailer.queue(
+            ctx.session, to=sorted({sender, addr}), template="delegation",
+            context={"cmd": cmd, "role_title": ctx.role_title(role), "address": addr, "until": m.group("until"),
+                     "by": sender},
+            purpose="delegation", in_reply_to=inbound.message_id,
+        )
         return "handled"
 
 
@@ -401,6 +479,7 @@ HANDLERS: tuple[Handler, ...] = (
     AutoReplyHandler(),
     DecisionReplyHandler(),
     RequesterReplyHandler(),
+    DelegationHandler(),
     NewRequestHandler(),
     UnmatchedHandler(),
 )

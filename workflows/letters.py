@@ -37,7 +37,7 @@ import io
 import re
 import textwrap
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
@@ -53,14 +53,17 @@ from reportlab.lib.pagesizes import A4
 from reportlab.lib.styles import ParagraphStyle
 from reportlab.lib.units import cm
 from reportlab.pdfbase import pdfmetrics
+from reportlab.pdfbase.pdfmetrics import stringWidth
 from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.pdfgen.canvas import Canvas
 from reportlab.platypus import (
+    BaseDocTemplate,
     Flowable,
+    Frame,
     HRFlowable,
     KeepTogether,
+    PageTemplate,
     Paragraph,
-    SimpleDocTemplate,
     Spacer,
     Table,
     TableStyle,
@@ -78,6 +81,7 @@ _LIST_ITEM_RE = re.compile(r"^(\d{1,2}|[a-z])\.\s+")
 _ACTING_RE = re.compile(r"^\s*(?:a\.?\s?n\.?|plh\.?|plt\.?)\s+", re.IGNORECASE)
 _MAX_VALUE = 300
 _MAX_NOTE = 1500
+_FONT_SIZE = 11.0
 
 
 # --- the letter ----------------------------------------------------------------------------------------------
@@ -159,14 +163,14 @@ class Letter:
         for para in self.opening:
             out += [*_wrap_paragraph(para, w), ""]
         if self.details:
-            lw = min(max(len(label) for label, _ in self.details), 24)
+            lw = min(max(len(label) for label, _ in self.details), 30)
             for label, value in self.details:
                 out.extend(_hanging(f"    {label:<{lw}} : ", value, w))
             out.append("")
         for para in self.body:
             out += [*_wrap_paragraph(para, w), ""]
         out += [*_wrap_paragraph(self.closing, w), "", ""]
-        indent = " " * 36
+        indent = " " * 30
         sig = self.signature
         for line in sig.jabatan_lines():
             out.extend(textwrap.wrap(line, w, initial_indent=indent, subsequent_indent=indent))
@@ -201,28 +205,32 @@ class Letter:
     def to_pdf(self) -> bytes:
         """The letter as an A4 PDF: kop with a double rule, header, body, signature block, tembusan."""
         fonts = pdf_fonts()
-        st = _styles(fonts)
+        indent = 2.8 * cm  # the body lines up with the value column of Nomor/Hal
+        st = _styles(fonts, indent)
         buf = io.BytesIO()
-        doc = SimpleDocTemplate(
+
+        def later_page(canvas: Canvas, doc_: Any) -> None:
+            canvas.saveState()
+            canvas.setFont(fonts[0], 10)
+            canvas.drawCentredString(A4[0] / 2, A4[1] - 1.0 * cm, f"- {doc_.page} -")
+            canvas.restoreState()
+
+        doc = a4_document(
             buf,
-            pagesize=A4,
-            leftMargin=2.5 * cm,
-            rightMargin=2.0 * cm,
-            topMargin=1.5 * cm,
-            bottomMargin=2.0 * cm,
-            title=_pdf_clean(self.hal),
-            author=_pdf_clean(" ".join(self.kop[-1:]) or self.signature.title),
-            subject=_pdf_clean(self.subject),
-            creator="subdomaind",
+            title=self.hal,
+            author=" ".join(self.kop[-1:]) or self.signature.title,
+            subject=self.subject,
+            later_pages=later_page,
         )
         width = doc.width
-        indent = 2.8 * cm  # the body lines up with the value column of Nomor/Hal
         story: list[Flowable] = kop_flowables(self.kop, self.address_line, width)
-        story.append(Spacer(1, 0.35 * cm))
+        story.append(Spacer(1, 0.3 * cm))
 
         def cell(text: str, style: ParagraphStyle) -> Paragraph:
             return Paragraph(_pdf_escape(text), style)
 
+        date_width = min(max(stringWidth(_pdf_clean(self.place_date), fonts[0], _FONT_SIZE) + 8, 4 * cm), 8 * cm)
+        value_width = width - indent - date_width
         head_rows = [
             [cell("Nomor", st["body"]), cell(":", st["body"]), cell(self.nomor or "-", st["left"]),
              cell(self.place_date, st["right"])],
@@ -230,9 +238,12 @@ class Letter:
             [cell("Lampiran", st["body"]), cell(":", st["body"]), cell(self.lampiran, st["left"]), ""],
             [cell("Hal", st["body"]), cell(":", st["body"]), cell(self.hal, st["left"]), ""],
         ]
-        head = Table(head_rows, colWidths=[indent - 0.4 * cm, 0.4 * cm, 7.6 * cm, width - indent - 7.6 * cm])
-        head.setStyle(_plain_table())
-        story += [head, Spacer(1, 0.5 * cm)]
+        head = Table(head_rows, colWidths=[indent - 0.4 * cm, 0.4 * cm, value_width, date_width])
+        head_style = _plain_table()
+        for row in (1, 2, 3):  # below the date line, the values may run the whole width
+            head_style.add("SPAN", (2, row), (3, row))
+        head.setStyle(head_style)
+        story += [head, Spacer(1, 0.35 * cm)]
 
         to_rows = [
             [cell("Yth.", st["left"]), cell(self.addressee, st["left"])],
@@ -241,62 +252,64 @@ class Letter:
         ]
         to = Table(to_rows, colWidths=[1.0 * cm, width - 1.0 * cm])
         to.setStyle(_plain_table())
-        story += [to, Spacer(1, 0.5 * cm)]
+        story += [to, Spacer(1, 0.35 * cm)]
 
         body_width = width - indent
-        story += [_indented(p, indent, body_width) for p in _pdf_paragraphs(self.opening, st)]
+        story += _pdf_paragraphs(self.opening, st)
         if self.details:
-            rows = []
+            # An empty first column carries the indent (a split table keeps its columns, not its alignment);
+            # a long row splits across pages.
+            rows: list[list[Any]] = []
             for label, value in self.details:
                 style = st["code"] if label in self.code_labels else st["left"]
-                rows.append([cell(label, st["left"]), cell(value, style)])
-            table = Table(rows, colWidths=[4.6 * cm, body_width - 4.6 * cm], hAlign="LEFT")
+                rows.append(["", cell(label, st["left"]), cell(value, style)])
+            label_width = min(max(stringWidth(_pdf_clean(label), fonts[0], _FONT_SIZE) for label, _ in self.details)
+                              + 12, body_width * 0.5)
+            table = Table(rows, colWidths=[indent, label_width, body_width - label_width], splitInRow=1)
             table.setStyle(
                 TableStyle(
                     [
-                        ("GRID", (0, 0), (-1, -1), 0.5, colors.HexColor("#808080")),
-                        ("BACKGROUND", (0, 0), (0, -1), colors.HexColor("#f0f0f0")),
+                        ("GRID", (1, 0), (-1, -1), 0.5, colors.HexColor("#808080")),
+                        ("BACKGROUND", (1, 0), (1, -1), colors.HexColor("#f0f0f0")),
                         ("VALIGN", (0, 0), (-1, -1), "TOP"),
-                        ("TOPPADDING", (0, 0), (-1, -1), 3),
-                        ("BOTTOMPADDING", (0, 0), (-1, -1), 4),
+                        ("TOPPADDING", (0, 0), (-1, -1), 2),
+                        ("BOTTOMPADDING", (0, 0), (-1, -1), 3),
                         ("LEFTPADDING", (0, 0), (-1, -1), 5),
+                        ("LEFTPADDING", (0, 0), (0, -1), 0),
+                        ("RIGHTPADDING", (0, 0), (0, -1), 0),
                     ]
                 )
             )
-            story += [_indented(table, indent, body_width), Spacer(1, 0.35 * cm)]
-        story += [_indented(p, indent, body_width) for p in _pdf_paragraphs(self.body, st)]
-        closing = _indented(Paragraph(_pdf_escape(self.closing), st["para"]), indent, body_width)
+            story += [table, Spacer(1, 0.3 * cm)]
+        story += _pdf_paragraphs(self.body, st)
+        closing = Paragraph(_pdf_escape(self.closing), st["para"])
 
         sig = self.signature
-        sig_width = 7.8 * cm
+        sig_width = 8.4 * cm
         sig_cells: list[Flowable] = [Paragraph(_pdf_escape(line), st["center"]) for line in sig.jabatan_lines()]
-        sig_cells.append(Spacer(1, 2.2 * cm))
+        sig_cells.append(Spacer(1, 1.8 * cm))
         if sig.name:
             sig_cells.append(Paragraph(f"<u>{_pdf_escape(sig.name)}</u>", st["center_bold"]))
         sig_cells += [Paragraph(_pdf_escape(x), st["center"]) for x in (sig.rank, sig.nip_line()) if x]
         sig_table = Table([["", sig_cells]], colWidths=[width - sig_width, sig_width])
         sig_table.setStyle(_plain_table())
-        story.append(KeepTogether([closing, Spacer(1, 0.6 * cm), sig_table]))
+        story.append(KeepTogether([closing, Spacer(1, 0.2 * cm), sig_table]))
 
         if self.tembusan:
-            rows = []
+            numbered = len(self.tembusan) > 1
+            rows = [[cell("Tembusan:", st["left"]), "", ""]]
             for i, item in enumerate(self.tembusan, 1):
-                number = f"{i}." if len(self.tembusan) > 1 else ""
-                rows.append([cell("Yth." if i == 1 else "", st["left"]), cell(number, st["left"]),
+                rows.append([cell("Yth." if i == 1 else "", st["left"]), cell(f"{i}." if numbered else "", st["left"]),
                              cell(item, st["left"])])
-            tembusan = Table(rows, colWidths=[1.0 * cm, 0.7 * cm if len(self.tembusan) > 1 else 0.01 * cm,
-                                              width - 1.7 * cm])
-            tembusan.setStyle(_plain_table())
-            story.append(Spacer(1, 0.8 * cm))
-            story.append(KeepTogether([Paragraph("Tembusan:", st["left"]), tembusan]))
+            number_width = 0.7 * cm if numbered else 0.0
+            tembusan = Table(rows, colWidths=[1.0 * cm, number_width, width - 1.0 * cm - number_width],
+                             hAlign="LEFT")
+            tembusan_style = _plain_table()
+            tembusan_style.add("SPAN", (0, 0), (2, 0))
+            tembusan.setStyle(tembusan_style)
+            story.append(KeepTogether([Spacer(1, 0.4 * cm), tembusan]))
 
-        def later_page(canvas: Canvas, doc_: Any) -> None:
-            canvas.saveState()
-            canvas.setFont(fonts[0], 10)
-            canvas.drawCentredString(A4[0] / 2, A4[1] - 1.0 * cm, f"- {doc_.page} -")
-            canvas.restoreState()
-
-        doc.build(story, onLaterPages=later_page)
+        doc.build(story)
         return buf.getvalue()
 
 
@@ -388,6 +401,7 @@ def template_context(ctx: Mapping[str, Any]) -> dict[str, Any]:
         "letter_date": clean(ctx.get("letter_date")),
         "received": clean(ctx.get("received")),
         "expires": clean(ctx.get("expires")),
+        "lampiran_surat": clean(ctx.get("lampiran")),  # "1 (satu) berkas" when the mail attaches something
         "ip": clean(ctx.get("ip")),
         "rdtype": clean(ctx.get("rdtype")),
         "name_servers": [clean(ns).rstrip(".") for ns in ctx.get("name_servers") or () if clean(ns)],
@@ -450,6 +464,8 @@ def pdf_fonts() -> tuple[str, str, str]:
     import reportlab
 
     candidates = [
+        # Condensed first: its widths are close to Arial's, the usual face of naskah dinas.
+        ("DejaVuSansCondensed.ttf", "DejaVuSansCondensed-Bold.ttf", "DejaVuSansMono.ttf", [*_FONT_DIRS]),
         ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSansMono.ttf", [*_FONT_DIRS]),
         ("Vera.ttf", "VeraBd.ttf", "VeraMono.ttf", [Path(reportlab.__file__).parent / "fonts"]),
     ]
@@ -468,6 +484,54 @@ def pdf_fonts() -> tuple[str, str, str]:
                                               boldItalic=names[1])
                 return names
     return ("Helvetica", "Helvetica-Bold", "Courier")  # pragma: no cover - reportlab always ships Vera
+
+
+PageHook = Callable[[Canvas, Any], None]
+
+
+def a4_document(
+    buf: io.BytesIO,
+    *,
+    title: str,
+    author: str,
+    subject: str,
+    keywords: str = "",
+    later_pages: PageHook | None = None,
+    margins: tuple[float, float, float, float] = (2.5 * cm, 2.0 * cm, 1.2 * cm, 1.5 * cm),
+) -> BaseDocTemplate:
+    """An A4 document whose frame has no padding, so `doc.width` is exactly the usable width.
+
+    `margins` are (left, right, top, bottom); `later_pages` draws on pages 2 and up (a page number).
+    """
+    left, right, top, bottom = margins
+    doc = BaseDocTemplate(
+        buf,
+        pagesize=A4,
+        leftMargin=left,
+        rightMargin=right,
+        topMargin=top,
+        bottomMargin=bottom,
+        title=_pdf_clean(title),
+        author=_pdf_clean(author),
+        subject=_pdf_clean(subject),
+        keywords=_pdf_clean(keywords),
+        creator="subdomaind",
+    )
+
+    def frame() -> Frame:
+        return Frame(left, bottom, doc.width, doc.height, leftPadding=0, rightPadding=0, topPadding=0,
+                     bottomPadding=0)
+
+    def nothing(_canvas: Canvas, _doc: Any) -> None:
+        return None
+
+    doc.addPageTemplates(
+        [
+            PageTemplate(id="first", frames=[frame()], onPage=nothing, autoNextPageTemplate="later"),
+            PageTemplate(id="later", frames=[frame()], onPage=later_pages or nothing),
+        ]
+    )
+    return doc
 
 
 def kop_flowables(kop: Sequence[str], address_line: str, width: float) -> list[Flowable]:
@@ -568,9 +632,10 @@ def _pdf_escape(text: str) -> str:
     return html.escape(_pdf_clean(text), quote=False)
 
 
-def _styles(fonts: tuple[str, str, str]) -> dict[str, ParagraphStyle]:
+def _styles(fonts: tuple[str, str, str], indent: float) -> dict[str, ParagraphStyle]:
+    """Paragraph styles; body paragraphs and list items start `indent` from the left margin."""
     regular, bold, mono = fonts
-    base = ParagraphStyle("base", fontName=regular, fontSize=11, leading=15)
+    base = ParagraphStyle("base", fontName=regular, fontSize=_FONT_SIZE, leading=_FONT_SIZE * 1.27)
     return {
         "body": base,
         "left": ParagraphStyle("left", parent=base, alignment=TA_LEFT),
@@ -578,10 +643,10 @@ def _styles(fonts: tuple[str, str, str]) -> dict[str, ParagraphStyle]:
         "center": ParagraphStyle("center", parent=base, alignment=TA_CENTER),
         "center_bold": ParagraphStyle("center_bold", parent=base, alignment=TA_CENTER, fontName=bold),
         "code": ParagraphStyle("code", parent=base, fontName=mono, fontSize=10.5),
-        "para": ParagraphStyle("para", parent=base, alignment=TA_JUSTIFY, firstLineIndent=1.0 * cm,
-                               spaceAfter=7),
-        "item": ParagraphStyle("item", parent=base, alignment=TA_JUSTIFY, leftIndent=0.8 * cm,
-                               bulletIndent=0, spaceAfter=3),
+        "para": ParagraphStyle("para", parent=base, alignment=TA_JUSTIFY, leftIndent=indent,
+                               firstLineIndent=1.0 * cm, spaceAfter=3),
+        "item": ParagraphStyle("item", parent=base, alignment=TA_JUSTIFY, leftIndent=indent + 0.8 * cm,
+                               bulletIndent=indent, spaceAfter=1),
     }
 
 
@@ -594,13 +659,6 @@ def _pdf_paragraphs(paragraphs: Iterable[str], st: dict[str, ParagraphStyle]) ->
         else:
             out.append(Paragraph(_pdf_escape(text), st["para"]))
     return out
-
-
-def _indented(flowable: Flowable, indent: float, width: float) -> Table:
-    """A flowable shifted right by `indent`, kept `width` wide."""
-    t = Table([["", flowable]], colWidths=[indent, width], hAlign="LEFT")
-    t.setStyle(_plain_table())
-    return t
 
 
 def _plain_table() -> TableStyle:
@@ -649,6 +707,7 @@ def _html_env() -> jinja2.Environment:
 __all__ = [
     "KINDS",
     "MASKED_PASSWORD",
+    "a4_document",
     "Letter",
     "Signature",
     "build_letter",

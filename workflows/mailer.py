@@ -23,7 +23,7 @@ from typing import Any
 import jinja2
 from sqlalchemy.orm import Session
 
-from workflows.store import Outbox
+from workflows.store import MailCount, Outbox
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 LOOP_HEADER = "X-Subdomaind-Loop"
@@ -219,18 +219,17 @@ class Mailer:
         return row
 
     def _over_cap(self, session: Session, rcpts: Sequence[str], now: datetime) -> list[str]:
+        """Count this mail against each recipient's daily cap; the recipients already at the cap."""
         if not self.daily_cap:
             return []
-        from datetime import timedelta
-
-        from sqlalchemy import select
-
-        since = now - timedelta(days=1)
-        rows = session.execute(
-            select(Outbox.rcpts).where(Outbox.agency == self.agency_id, Outbox.created_at >= since)
-        ).scalars().all()
-        counts: dict[str, int] = {}
-        for rs in rows:
-            for r in rs:
-                counts[r] = counts.get(r, 0) + 1
-        return [r for r in rcpts if counts.get(r.lower(), 0) >= self.daily_cap]
+        day = now.date().isoformat()
+        over: list[str] = []
+        for addr in {r.lower() for r in rcpts}:
+            row = session.get(MailCount, (self.agency_id, addr, day))
+            if row is None:
+                row = MailCount(agency=self.agency_id, address=addr, day=day, count=0)
+                session.add(row)
+            if row.count >= self.daily_cap:
+                over.append(addr)
+            row.count += 1
+        return sorted(over)

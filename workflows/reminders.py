@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from workflows.engine import Ctx, audit, requester_addresses, step_context
 from workflows.mailer import format_tanggal
-from workflows.store import Request, StepRun
+from workflows.store import Outbox, Request, StepRun
 from workflows.worktime import WorkCalendar
 
 REMINDED_KINDS = ("approval", "wait_requester")
@@ -90,13 +90,14 @@ def due_reminders(ctx: Ctx, calendar: WorkCalendar, now: datetime | None = None)
                     request_id=req.id,
                     ticket=req.ticket,
                     # Threaded under the step mail: a reply to the reminder finds the step by References.
-                    in_reply_to=run.mail_message_id,
+                    in_reply_to=_thread_parent(ctx, req, run, to),
                 )
                 run.reminded_at = now
                 queued += 1
                 audit(ctx, req, "step.reminded", step=run.key, role=step.actor, to=sorted(to),
                       deadline=due.isoformat(), overdue_minutes=round(calendar.working_minutes(due, now)))
             else:
+                run.reminded_at = now  # audited once a day, not on every pass
                 audit(ctx, req, "step.reminder_unaddressed", step=run.key, role=step.actor)
         if role.requester or role.superior is None:
             continue
@@ -106,6 +107,7 @@ def due_reminders(ctx: Ctx, calendar: WorkCalendar, now: datetime | None = None)
         superior = ctx.sop.roles[role.superior]
         to = ctx.addresses(superior.key)
         if not to:
+            run.escalated_at = now  # audited once a day, not on every pass
             audit(ctx, req, "step.escalation_unaddressed", step=run.key, role=step.actor, superior=superior.key)
             continue
         ctx.mailer.queue(
@@ -123,6 +125,23 @@ def due_reminders(ctx: Ctx, calendar: WorkCalendar, now: datetime | None = None)
         audit(ctx, req, "step.escalated", step=run.key, role=step.actor, superior=superior.key, to=sorted(to),
               deadline=escalate_at.isoformat(), overdue_minutes=round(calendar.working_minutes(due, now)))
     return queued
+
+
+def _thread_parent(ctx: Ctx, req: Request, run: StepRun, to: list[str]) -> str | None:
+    """The mail a reminder answers: the step's own mail, else (a silent wait) our last mail to the same people."""
+    if run.mail_message_id:
+        return run.mail_message_id
+    rows = ctx.session.execute(
+        select(Outbox.message_id, Outbox.rcpts, Outbox.purpose).where(Outbox.request_id == req.id)
+        .order_by(Outbox.id.desc())
+    ).all()
+    wanted = {a.lower() for a in to}
+    for message_id, rcpts, purpose in rows:
+        if purpose.startswith(("reminder.", "escalation.", "digest")):
+            continue
+        if wanted & {str(a).lower() for a in rcpts or []}:
+            return str(message_id)
+    return None
 
 
 def _context(ctx: Ctx, calendar: WorkCalendar, req: Request, run: StepRun, due: datetime,

@@ -236,6 +236,34 @@ class PendingSecret(Base):
     created_at: Mapped[datetime]
 
 
+class MailCount(Base):
+    """Mail sent to one address per agency and day: the daily cap's counter (issue 4's last fence)."""
+
+    __tablename__ = "mail_counts"
+
+    agency: Mapped[str] = mapped_column(String(32), primary_key=True)
+    address: Mapped[str] = mapped_column(String(320), primary_key=True)
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Delegation(Base):
+    """An acting official (Plt/Plh) registered by the Kepala Dinas by mail, valid until a date."""
+
+    __tablename__ = "delegations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    agency: Mapped[str] = mapped_column(String(32))
+    role: Mapped[str] = mapped_column(String(64))
+    address: Mapped[str] = mapped_column(String(320))
+    kind: Mapped[str] = mapped_column(String(8))  # Plt | Plh
+    until: Mapped[datetime | None]
+    registered_by: Mapped[str] = mapped_column(String(320))
+    message_id: Mapped[str | None] = mapped_column(String(998))
+    created_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+
+
 class NoticeLog(Base):
     """Refusal notices sent, so a sender hears of one reason at most once a day (Discourse's rule)."""
 

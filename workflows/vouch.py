@@ -40,7 +40,7 @@ def _authres_vouches(msg: ParsedMessage, authserv_id: str, from_domain: str) -> 
     for value in msg.header_all("Authentication-Results"):
         try:
             header = authres.AuthenticationResultsHeader.parse("Authentication-Results: " + value)
-        except Exception:  # noqa: BLE001 - a malformed header vouches for nothing
+        except Exception:  # noqa: BLE001, S112 - a malformed header vouches for nothing
             continue
         if str(header.authserv_id).lower() != authserv_id.lower():
             continue

@@ -1,0 +1,59 @@
+"""A loopback-only guard for test and demo processes: any socket aimed off 127.0.0.0/8 or ::1 fails.
+
+The test suite and `make demo` must never send traffic anywhere but this machine. Server addresses in
+the test zone (ns1 = 192.0.2.1 ...) are documentation data, and a discovery bug once tried to query
+them; with the guard installed such a slip raises at once instead of leaving the machine. The guard is
+installed by tests/conftest.py in the pytest process and, through SUBDOMAIND_LOOPBACK_ONLY=1, by the CLI
+in every daemon the tests start. Production never installs it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from typing import Any
+
+ENV = "SUBDOMAIND_LOOPBACK_ONLY"
+_installed = False
+
+
+class OffLoopback(OSError):
+    pass
+
+
+def _check(address: Any) -> None:
+    if not isinstance(address, tuple) or not address:
+        return  # AF_UNIX paths and the like
+    host = address[0]
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        if host in ("localhost",):
+            return
+        raise OffLoopback(f"loopback-only guard: refusing to reach host name {host!r}") from None
+    if not ip.is_loopback:
+        raise OffLoopback(f"loopback-only guard: refusing to send to {host} (tests stay on 127.0.0.1)")
+
+
+def install() -> None:
+    global _installed
+    if _installed:
+        return
+    _installed = True
+    real_connect, real_connect_ex, real_sendto = socket.socket.connect, socket.socket.connect_ex, socket.socket.sendto
+
+    def connect(self: socket.socket, address: Any) -> None:
+        _check(address)
+        real_connect(self, address)
+
+    def connect_ex(self: socket.socket, address: Any) -> int:
+        _check(address)
+        return real_connect_ex(self, address)
+
+    def sendto(self: socket.socket, data: Any, *args: Any) -> int:
+        _check(args[-1])
+        return real_sendto(self, data, *args)  # type: ignore[arg-type]
+
+    socket.socket.connect = connect  # type: ignore[method-assign]
+    socket.socket.connect_ex = connect_ex  # type: ignore[method-assign]
+    socket.socket.sendto = sendto  # type: ignore[method-assign]
