@@ -104,7 +104,7 @@ def _daemon(args: argparse.Namespace) -> Any:
 
     cfg = _load(args)
     sessions = _sessions(cfg)
-    return Daemon(cfg, sessions)
+    return Daemon(cfg, sessions, config_path=_config_path(args))
 
 
 def cmd_run(args: argparse.Namespace) -> int:

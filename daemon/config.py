@@ -184,6 +184,9 @@ class WorkflowConfig(_Strict):
     token_days: float = Field(7.0, gt=0)
     daily_cap_per_address: int = Field(50, ge=1)
     refusal_notice_per_day: int = Field(1, ge=1)
+    # Staff get one alert mail when intake has failed for this long (status shows it at once).
+    intake_alert_minutes: float = Field(30.0, gt=0)
+    quarantine_max_retries: int = Field(3, ge=1)
 
 
 class Config(_Strict):

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import FrameType
 
 from sqlalchemy import select
@@ -91,24 +91,58 @@ class Daemon:
         config: Config,
         sessions: sessionmaker[Session],
         *,
+        config_path: str | None = None,
         transport: Transport | None = None,
         sources: dict[str, MailSource] | None = None,
         services: dict[str, Services] | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.config = config
+        self.config_path = config_path
         self.sessions = sessions
         self.clock = clock
-        smtp_password = config.smtp.read_secret() if config.smtp.user else None
-        self.transport = transport or SmtpTransport(config.smtp, smtp_password)
-        self.runtimes: dict[str, AgencyRuntime] = {}
-        for ag in config.agencies:
-            src = (sources or {}).get(ag.id) or ImapSource(ag.imap, ag.imap.read_secret() or "")
-            svc = (services or {}).get(ag.id) or build_services(config, ag)
-            self.runtimes[ag.id] = AgencyRuntime(agency=ag, source=src, services=svc)
+        self._reload = threading.Event()
+        self._wake = threading.Event()
+        self._given_transport = transport
+        self._given_sources = sources or {}
+        self._given_services = services or {}
+        self.transport, self.runtimes = self._build(config)
         self.stopping = threading.Event()
         self.ready = False
         self._watchers: list[threading.Thread] = []
+
+    def _build(self, config: Config) -> tuple[Transport, dict[str, AgencyRuntime]]:
+        smtp_password = config.smtp.read_secret() if config.smtp.user else None
+        transport = self._given_transport or SmtpTransport(config.smtp, smtp_password)
+        runtimes: dict[str, AgencyRuntime] = {}
+        for ag in config.agencies:
+            src = self._given_sources.get(ag.id) or ImapSource(ag.imap, ag.imap.read_secret() or "")
+            svc = self._given_services.get(ag.id) or build_services(config, ag)
+            runtimes[ag.id] = AgencyRuntime(agency=ag, source=src, services=svc)
+        return transport, runtimes
+
+    def reload(self) -> bool:
+        """SIGHUP: read the configuration again; a bad one is refused and the running one kept."""
+        from daemon.config import ConfigError, load_config
+
+        if not self.config_path:
+            log.warning("reload asked, but the daemon was not started from a configuration file")
+            return False
+        try:
+            new = load_config(self.config_path)
+            transport, runtimes = self._build(new)
+        except (ConfigError, OSError) as exc:
+            problems = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
+            log.error("configuration reload refused, keeping the running one: %s", "; ".join(problems))
+            return False
+        for rt in self.runtimes.values():
+            try:
+                rt.source.close()
+            except Exception:  # noqa: BLE001 - the old connection is dropped either way
+                log.debug("close failed", exc_info=True)
+        self.config, self.transport, self.runtimes = new, transport, runtimes
+        log.info("configuration reloaded from %s: %d agency(ies)", self.config_path, len(new.agencies))
+        return True
 
     # --- one pass ---------------------------------------------------------------------------------
 
@@ -169,6 +203,15 @@ class Daemon:
             st.last_error = str(exc)[:2000]
             if st.failing_since is None:
                 st.failing_since = self.clock()
+            limit = timedelta(minutes=self.config.workflow.intake_alert_minutes)
+            if st.alerted_at is None and self.clock() - st.failing_since >= limit:
+                # One alert per outage, through SMTP (which does not depend on the broken mailbox).
+                from workflows.engine import alert_staff
+
+                st.alerted_at = self.clock()
+                alert_staff(self.ctx(s, rt.agency), None,
+                            f"Kotak surat {rt.agency.imap.user}@{rt.agency.imap.host} tidak dapat dibaca sejak "
+                            f"{st.failing_since:%Y-%m-%d %H:%M} UTC: {str(exc)[:300]}")
 
     def _state(self, s: Session, rt: AgencyRuntime) -> MailboxState:
         st = s.get(MailboxState, (rt.agency.id, rt.source.folder))
@@ -214,6 +257,7 @@ class Daemon:
                 st = self._state(s, rt)
                 st.last_ok_at = self.clock()
                 st.failing_since = None
+                st.alerted_at = None
                 st.last_error = None
                 st.mode = rt.source.mode
             rt.failures = 0
@@ -301,7 +345,6 @@ class Daemon:
                 src.close()
 
     def run(self, *, max_passes: int | None = None) -> None:
-        self._wake = threading.Event()
         self._install_signals()
         for rt in self.runtimes.values():
             if isinstance(rt.source, ImapSource):
@@ -312,6 +355,9 @@ class Daemon:
         poll = min(rt.agency.imap.poll_seconds for rt in self.runtimes.values())
         while not self.stopping.is_set():
             self._wake.clear()
+            if self._reload.is_set():
+                self._reload.clear()
+                self.reload()
             try:
                 self.run_once()
             except Exception:  # the loop boundary: a bug in one pass must not stop the daemon
@@ -332,8 +378,13 @@ class Daemon:
             self.stopping.set()
             self._wake.set()
 
+        def _hup(signum: int, frame: FrameType | None) -> None:
+            self._reload.set()
+            self._wake.set()
+
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
+        signal.signal(signal.SIGHUP, _hup)
 
     def shutdown(self, flush_seconds: float = 10.0) -> None:
         sd_notify("STOPPING=1")
