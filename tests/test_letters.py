@@ -110,7 +110,8 @@ KIND_PARTS = {
         "ns1.trenggalekkab.go.id, ns2.trenggalekkab.go.id",
         "Nama pengguna dinsos",
         f"Kata sandi {PASSWORD}",
-        "KENDALA",
+        "dengan kata BERHASIL",
+        "dengan kata KENDALA diikuti uraian kendalanya",
     ],
     "rejection": [
         "Hal : Jawaban atas Permohonan Layanan Sub Domain",

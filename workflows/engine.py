@@ -284,7 +284,23 @@ def enter_step(ctx: Ctx, req: Request, key: str, *, note: str | None = None) -> 
             to = ctx.addresses(step.actor)
             template = step.template or "approval"
             attachments = _original_attachment(ctx, req)
+            if req.letter_number and req.provisioned:
+                # The draft reply letter goes up for approval; the password is never in a draft.
+                from workflows.letters import build_letter
+
+                draft = build_letter("final", letter_context(ctx, req, password=None), agency_id=ctx.agency.id)
+                slug = req.ticket.replace("/", "-")
+                attachments.append(MailAttachment(f"konsep-surat-balasan-{slug}.pdf", "application/pdf",
+                                                  draft.to_pdf()))
             in_reply_to = None
+        elif (step.template or "incomplete") == "incomplete":
+            # Incomplete: the letter naming each gap, with the form to fill in again (issue 5).
+            out = queue_letter(ctx, req, "incomplete", {**letter_context(ctx, req, password=None),
+                                                        "lampiran": "1 (satu) berkas formulir"},
+                               purpose=f"step.{key}", to=requester_addresses(req), token=token,
+                               extra=form_attachments(ctx))
+            run.mail_message_id = out.message_id
+            return run
         else:
             to = requester_addresses(req)
             template = step.template or "incomplete"
@@ -606,19 +622,42 @@ def letter_context(ctx: Ctx, req: Request, *, password: str | None) -> dict[str,
     return data
 
 
+def queue_letter(ctx: Ctx, req: Request, kind: str, letter_ctx: dict[str, Any], *, purpose: str,
+                 to: list[str], sensitive: bool = False, token: str | None = None,
+                 extra: list[MailAttachment] | None = None) -> Any:
+    """A letter (Tata Naskah Dinas) as the mail itself, text and HTML, with its PDF attached."""
+    from workflows.letters import build_letter
+    from workflows.mailer import Rendered
+
+    letter = build_letter(kind, letter_ctx, agency_id=ctx.agency.id)
+    slug = req.ticket.replace("/", "-")
+    attachments = [MailAttachment(f"surat-{kind}-{slug}.pdf", "application/pdf", letter.to_pdf()), *(extra or [])]
+    return ctx.mailer.queue_rendered(
+        ctx.session,
+        rendered=Rendered(subject=letter.subject, text=letter.to_text(), html=letter.to_html()),
+        to=to, purpose=purpose, request_id=req.id, ticket=req.ticket, token=token,
+        in_reply_to=req.source_message_id, attachments=attachments, sensitive=sensitive,
+    )
+
+
+def form_attachments(ctx: Ctx) -> list[MailAttachment]:
+    """The agency's fillable request form, PDF and DOCX, for a unit that must (re)fill it."""
+    from workflows.forms import form_docx, form_pdf
+
+    ag = ctx.agency
+    return [
+        MailAttachment("formulir-pengajuan-sub-domain.pdf", "application/pdf",
+                       form_pdf(ag.name, ag.zone, ag.letter)),
+        MailAttachment("formulir-pengajuan-sub-domain.docx",
+                       "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+                       form_docx(ag.name, ag.zone, ag.letter)),
+    ]
+
+
 def _send_letter(ctx: Ctx, req: Request, run: StepRun) -> str:
     secret = ctx.session.get(PendingSecret, req.id)
-    ctx.mailer.queue(
-        ctx.session,
-        to=requester_addresses(req),
-        template="final",
-        context=letter_context(ctx, req, password=secret.value if secret else None),
-        purpose="final",
-        request_id=req.id,
-        ticket=req.ticket,
-        in_reply_to=req.source_message_id,
-        sensitive=True,
-    )
+    queue_letter(ctx, req, "final", letter_context(ctx, req, password=secret.value if secret else None),
+                 purpose="final", to=requester_addresses(req), sensitive=True)
     audit(ctx, req, "letter.sent", number=req.letter_number)
     return "ok"
 
@@ -639,17 +678,10 @@ def _send_rejection(ctx: Ctx, req: Request, run: StepRun) -> str:
         secret = ctx.session.get(PendingSecret, req.id)
         if secret is not None:
             ctx.session.delete(secret)
-    ctx.mailer.queue(
-        ctx.session,
-        to=requester_addresses(req),
-        template="rejection",
-        context={**summary(ctx, req), "by": ctx.role_title(ctx.sop.steps[_step_key(ctx, last)].actor)
-                 if last else None, "note": last.note if last else None},
-        purpose="rejection",
-        request_id=req.id,
-        ticket=req.ticket,
-        in_reply_to=req.source_message_id,
-    )
+    by = ctx.role_title(ctx.sop.steps[_step_key(ctx, last)].actor) if last else None
+    queue_letter(ctx, req, "rejection", {**letter_context(ctx, req, password=None), "by": by,
+                                         "note": last.note if last else None},
+                 purpose="rejection", to=requester_addresses(req))
     audit(ctx, req, "rejection.sent")
     return "ok"
 

@@ -153,9 +153,31 @@ class Mailer:
         sensitive: bool = False,
         cc: Sequence[str] = (),
     ) -> Outbox:
-        rendered = self.render(template, context)
+        return self.queue_rendered(
+            session, rendered=self.render(template, context), to=to, purpose=purpose, request_id=request_id,
+            ticket=ticket, token=token, in_reply_to=in_reply_to, references=references, attachments=attachments,
+            sensitive=sensitive, cc=cc,
+        )
+
+    def queue_rendered(
+        self,
+        session: Session,
+        *,
+        rendered: Rendered,
+        to: Sequence[str],
+        purpose: str,
+        request_id: int | None = None,
+        ticket: str | None = None,
+        token: str | None = None,
+        in_reply_to: str | None = None,
+        references: Iterable[str] = (),
+        attachments: Sequence[MailAttachment] = (),
+        sensitive: bool = False,
+        cc: Sequence[str] = (),
+    ) -> Outbox:
+        """Queue a mail whose subject, text and HTML were made elsewhere (a letter)."""
         now = self.clock()
-        subject = rendered.subject
+        subject = one_line(rendered.subject, 300)
         if ticket and f"[{ticket}]" not in subject:
             subject = f"[{ticket}] {subject}"
         msg = EmailMessage(policy=MAIL_POLICY)

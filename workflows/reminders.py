@@ -77,8 +77,15 @@ def due_reminders(ctx: Ctx, calendar: WorkCalendar, now: datetime | None = None)
             continue
         req = run.request
         role = ctx.sop.roles[step.actor]
+        remind = not _same_local_day(calendar, run.reminded_at, now)
+        escalate_at = None if role.requester or role.superior is None else calendar.deadline(
+            run.opened_at, step.time, factor=2)
+        escalate = (escalate_at is not None and now > escalate_at
+                    and not _same_local_day(calendar, run.escalated_at, now))
+        if not (remind or escalate):
+            continue  # the common case on every pass: nothing new today
         data = _context(ctx, calendar, req, run, due, now)
-        if not _same_local_day(calendar, run.reminded_at, now):
+        if remind:
             to = requester_addresses(req) if role.requester else ctx.addresses(step.actor)
             if to:
                 ctx.mailer.queue(
@@ -99,10 +106,7 @@ def due_reminders(ctx: Ctx, calendar: WorkCalendar, now: datetime | None = None)
             else:
                 run.reminded_at = now  # audited once a day, not on every pass
                 audit(ctx, req, "step.reminder_unaddressed", step=run.key, role=step.actor)
-        if role.requester or role.superior is None:
-            continue
-        escalate_at = calendar.deadline(run.opened_at, step.time, factor=2)
-        if now <= escalate_at or _same_local_day(calendar, run.escalated_at, now):
+        if not escalate or escalate_at is None or role.superior is None:
             continue
         superior = ctx.sop.roles[role.superior]
         to = ctx.addresses(superior.key)
