@@ -57,6 +57,7 @@ def setup_logging(level: str, fmt: str) -> None:
     else:
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler], force=True)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -213,6 +214,80 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_digest(args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
+    from workflows.digest import build_digest, render_digest, send_digest
+    from workflows.store import utcnow
+
+    d = _daemon(args)
+    now = utcnow()
+    since = now - timedelta(hours=args.hours)
+    for rt in d.runtimes.values():
+        if args.agency and rt.agency.id != args.agency:
+            continue
+        with d.sessions.begin() as s:
+            ctx = d.ctx(s, rt.agency)
+            if args.send:
+                n = send_digest(ctx, rt.calendar, now, since)
+                print(f"{rt.agency.id}: {n} digest mail(s) queued")
+            else:
+                data = build_digest(s, d.config, rt.agency, ctx.sop, rt.calendar, now, since, role=args.role)
+                subject, text, html = render_digest(data, rt.agency)
+                print(html if args.html else f"Subjek: {subject}\n\n{text}")
+    if args.send:
+        d.shutdown(flush_seconds=30)
+    return 0
+
+
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    """Staff's view of mail the daemon kept aside: list, show, retry (at most N times), drop (kept, marked)."""
+    from workflows.inbound import retry_inbound
+    from workflows.store import Inbound
+
+    if args.action == "list":
+        cfg = _load(args)
+        with _sessions(cfg)() as s:
+            rows = s.execute(select(Inbound).where(Inbound.status.in_(("quarantined", "unmatched")))
+                             .order_by(Inbound.id)).scalars().all()
+            print(f"{'ID':>6} {'STATUS':<12} {'DITERIMA':<17} {'PENGIRIM':<32} ALASAN")
+            for r in rows:
+                reason = (r.error or "").splitlines()[0][:70] if r.error else "-"
+                print(f"{r.id:>6} {r.status:<12} {r.received_at:%Y-%m-%d %H:%M}  {(r.sender or '?')[:32]:<32} {reason}")
+        return 0
+    if args.id is None:
+        print("sebutkan ID pesan", file=sys.stderr)
+        return 2
+    d = _daemon(args)
+    with d.sessions.begin() as s:
+        row = s.get(Inbound, args.id)
+        if row is None:
+            print(f"pesan {args.id} tidak ditemukan", file=sys.stderr)
+            return 1
+        if args.action == "show":
+            print(f"ID {row.id}  status {row.status}  jenis {row.kind}  penangan {row.handler}")
+            print(f"Message-ID {row.message_id}\nPengirim {row.sender}\nSubjek {row.subject}")
+            print(f"Alasan:\n{row.error or '-'}\n--- pesan asli ({len(row.raw)} bita) ---")
+            print(row.raw[:4000].decode("utf-8", "replace"))
+            return 0
+        if args.action == "drop":
+            row.status = "dropped"
+            print(f"pesan {row.id} ditandai 'dropped' (isi asli tetap tersimpan)")
+            return 0
+        if row.status not in ("quarantined", "unmatched"):
+            print(f"pesan {row.id} berstatus {row.status}; hanya pesan karantina yang dapat diulang", file=sys.stderr)
+            return 1
+        if row.attempts >= d.config.workflow.quarantine_max_retries:
+            print(f"pesan {row.id} sudah dicoba {row.attempts} kali; periksa isinya (show) lalu drop",
+                  file=sys.stderr)
+            return 1
+        rt = d.runtimes[row.agency]
+        status = retry_inbound(d.ctx(s, rt.agency), row)
+        print(f"pesan {row.id}: {status}")
+    d.shutdown(flush_seconds=10)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="subdomaind", description="Layanan sub domain Diskominfo melalui surel")
     p.add_argument("--config", "-c", help=f"configuration file (default $SUBDOMAIND_CONFIG or {DEFAULT_CONFIG})")
@@ -233,6 +308,19 @@ def build_parser() -> argparse.ArgumentParser:
     sh = sub.add_parser("show", help="the audit timeline of one request")
     sh.add_argument("ticket")
     sh.set_defaults(func=cmd_show)
+    dg = sub.add_parser("digest", help="the daily digest: --preview prints it, --send sends it now")
+    mode = dg.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--preview", action="store_true")
+    mode.add_argument("--send", action="store_true")
+    dg.add_argument("--html", action="store_true", help="with --preview: print the HTML part")
+    dg.add_argument("--agency")
+    dg.add_argument("--role", help="with --preview: the 'menunggu Anda' digest of one role")
+    dg.add_argument("--hours", type=float, default=24.0, help="cover this many hours back (default 24)")
+    dg.set_defaults(func=cmd_digest)
+    qa = sub.add_parser("quarantine", help="mail kept aside: list | show ID | retry ID | drop ID")
+    qa.add_argument("action", choices=("list", "show", "retry", "drop"))
+    qa.add_argument("id", nargs="?", type=int)
+    qa.set_defaults(func=cmd_quarantine)
     cc = sub.add_parser("check-config", help="check a configuration file; non-zero exit on problems")
     cc.add_argument("file")
     cc.set_defaults(func=cmd_check_config)

@@ -137,6 +137,13 @@ class AgencyConfig(_Strict):
     letter: LetterConfig = LetterConfig()
     username_pattern: str = "{subdomain}"
     auth: AuthConfig = AuthConfig()
+    # Working time for Mutu Baku clocks (workflows/worktime.py): office hours, working weekdays (0 = Monday),
+    # and a local override file of extra holidays / working days (TOML: libur = [...], masuk = [...]).
+    office_start: str = Field("07:30", pattern=r"^\d{2}:\d{2}$")
+    office_end: str = Field("16:00", pattern=r"^\d{2}:\d{2}$")
+    office_weekdays: list[int] = [0, 1, 2, 3, 4]
+    holiday_overrides: Path | None = None
+    digest_time: str = Field("07:00", pattern=r"^\d{2}:\d{2}$")
 
     @field_validator("zone")
     @classmethod
@@ -311,7 +318,7 @@ def load_config(path: str | Path) -> Config:
     return parse_config(data, path.parent)
 
 
-_PATH_KEYS = {"password_file", "tsig_secret_file", "ca_file", "state_dir"}
+_PATH_KEYS = {"password_file", "tsig_secret_file", "ca_file", "state_dir", "holiday_overrides"}
 
 
 def _resolve_paths(node: object, base: Path) -> None:

@@ -27,11 +27,14 @@ from daemon.config import AgencyConfig, Config
 from daemon.mailbox import ImapSource, MailSource, MailSourceError
 from daemon.outbox import SmtpTransport, Transport, drain
 from parsers.model import ParseOptions
+from workflows.digest import digest_due, send_digest
 from workflows.engine import Ctx, Services, due_actions, run_action
+from workflows.reminders import due_reminders
 from workflows.mailer import Mailer
 from workflows.provision import CommandHosting, HostingBackend, NoHosting, Rfc2136Dns
 from workflows.sop import load_sop
 from workflows.store import Inbound, MailboxState, StepRun, utcnow
+from workflows.worktime import WorkCalendar, calendar_for
 
 log = logging.getLogger("subdomaind.service")
 
@@ -79,6 +82,7 @@ class AgencyRuntime:
     agency: AgencyConfig
     source: MailSource
     services: Services
+    calendar: WorkCalendar
     connected: bool = False
     backoff_until: float = 0.0
     failures: int = 0
@@ -118,7 +122,7 @@ class Daemon:
         for ag in config.agencies:
             src = self._given_sources.get(ag.id) or ImapSource(ag.imap, ag.imap.read_secret() or "")
             svc = self._given_services.get(ag.id) or build_services(config, ag)
-            runtimes[ag.id] = AgencyRuntime(agency=ag, source=src, services=svc)
+            runtimes[ag.id] = AgencyRuntime(agency=ag, source=src, services=svc, calendar=calendar_for(ag))
         return transport, runtimes
 
     def reload(self) -> bool:
@@ -168,6 +172,7 @@ class Daemon:
                 break
             totals["messages"] += self.intake(rt)
             totals["actions"] += self.run_due(rt)
+            self.housekeeping(rt)
         totals["sent"] += drain(self.sessions, self.transport, self.clock)["sent"]
         return totals
 
@@ -317,6 +322,22 @@ class Daemon:
                         run.last_error = f"{type(exc).__name__}: {exc}"[:2000]
                         run.due_at = self.clock() + timedelta(minutes=min(60, 2 ** run.attempts))
         return done
+
+    def housekeeping(self, rt: AgencyRuntime) -> None:
+        """Reminders and escalations past the Mutu Baku, and the daily digest when its time has come."""
+        from datetime import time as dtime
+
+        try:
+            with self.sessions.begin() as s:
+                ctx = self.ctx(s, rt.agency)
+                now = self.clock()
+                due_reminders(ctx, rt.calendar, now)
+                hh, mm = (int(x) for x in rt.agency.digest_time.split(":"))
+                since = digest_due(s, rt.agency.id, rt.calendar, now, dtime(hh, mm))
+                if since is not None:
+                    send_digest(ctx, rt.calendar, now, since)
+        except Exception:  # the housekeeping boundary: a bad digest must not stop intake
+            log.exception("reminders/digest for %s failed", rt.agency.id)
 
     # --- the loop ---------------------------------------------------------------------------------
 

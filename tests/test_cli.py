@@ -74,3 +74,45 @@ def test_db_upgrade_status_and_show_on_a_fresh_database(tmp_path: Path) -> None:
     assert b"TIKET" in run("--config", str(cfg), "status").stdout
     missing = run("--config", str(cfg), "show", "SD/2026/9999")
     assert missing.returncode == 1 and b"tidak ditemukan" in missing.stderr
+
+
+def test_quarantine_list_show_retry_drop(tmp_path: Path) -> None:
+    from sqlalchemy import select
+
+    from daemon.config import load_config
+    from workflows.db import upgrade
+    from workflows.store import Inbound, make_engine, make_sessionmaker, utcnow
+
+    cfg_path = write_config(tmp_path / "c.toml", config_data(tmp_path))
+    cfg = load_config(cfg_path)
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(cfg.db_url)
+    upgrade(engine)
+    with make_sessionmaker(engine).begin() as s:
+        for uid, raw in ((1, b"\x00 rusak"), (2, b"From: x@example.org\nSubject: halo\n\nhalo")):
+            s.add(Inbound(agency="trenggalek", mailbox="INBOX", uidvalidity=1, uid=uid, message_id=f"<m{uid}@t>",
+                          sha256="0", raw=raw, sender="x@example.org", status="quarantined", error="uji",
+                          received_at=utcnow(), attempts=1))
+    listed = run("--config", str(cfg_path), "quarantine", "list")
+    assert listed.returncode == 0 and listed.stdout.count(b"quarantined") == 2
+    assert b"rusak" in run("--config", str(cfg_path), "quarantine", "show", "1").stdout
+    retried = run("--config", str(cfg_path), "quarantine", "retry", "2")
+    assert retried.returncode == 0, retried.stderr
+    assert run("--config", str(cfg_path), "quarantine", "drop", "1").returncode == 0
+    with make_sessionmaker(engine)() as s:
+        rows = {r.id: r for r in s.execute(select(Inbound)).scalars()}
+        assert rows[1].status == "dropped" and rows[1].raw.startswith(b"\x00")  # the raw message is kept
+        assert rows[2].status == "unmatched" and rows[2].attempts == 2
+    # Retries are capped (quarantine_max_retries = 3 by default).
+    assert run("--config", str(cfg_path), "quarantine", "retry", "2").returncode == 0
+    capped = run("--config", str(cfg_path), "quarantine", "retry", "2")
+    assert capped.returncode == 1 and b"sudah dicoba" in capped.stderr
+
+
+def test_digest_preview_prints_the_queue(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "c.toml", config_data(tmp_path))
+    proc = run("--config", str(cfg), "digest", "--preview")
+    assert proc.returncode == 0, proc.stderr
+    assert b"Ringkasan harian" in proc.stdout and b"ANTREAN PERMOHONAN TERBUKA" in proc.stdout
+    html = run("--config", str(cfg), "digest", "--preview", "--html")
+    assert b"<table" in html.stdout and b"<script" not in html.stdout

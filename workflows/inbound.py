@@ -146,3 +146,18 @@ def record_refusal(ctx: Ctx, parsed: ParseResult, row: Inbound, refusal: Refusal
         in_reply_to=row.message_id,
     )
     return "answered"
+
+
+def retry_inbound(ctx: Ctx, row: Inbound) -> str:
+    """Run a kept message through parsing and its handler again (after a fix or a config change)."""
+    row.attempts += 1
+    row.error = None
+    parsed = parse(row.raw, ctx.parse_options)
+    row.kind = parsed.kind
+    if parsed.kind == "unreadable":
+        row.status = "quarantined"
+        row.error = parsed.reason
+    else:
+        run_handler(ctx, parsed, row)
+    audit(ctx, None, "mail.retried", message_id=row.message_id, status=row.status, attempt=row.attempts)
+    return row.status

@@ -33,6 +33,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -205,9 +206,9 @@ def _address(raw: Any, field: str) -> tuple[str, str]:
         raise PlanError(field, f"Alamat IP '{raw}' tidak sah (contoh: 203.0.113.10)") from exc
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         raise PlanError(field, f"Alamat IP {addr} adalah alamat IPv4 dalam bentuk IPv6; tulis alamat IPv4-nya")
-    _, problem = normalize_ip(str(addr))
+    _, problem = normalize_ip(str(addr))  # the parser's rule: no private, loopback, multicast, ... addresses
     if problem is not None:
-        raise PlanError(field, problem.reason if hasattr(problem, "reason") else str(problem))
+        raise PlanError(field, problem.reason)
     return ("AAAA" if addr.version == 6 else "A"), str(addr)
 
 
@@ -372,7 +373,8 @@ def _check_owner(owner: dns.name.Name, origin: dns.name.Name, reserved: frozense
         if not _LABEL_RE.match(label):
             raise GuardRefused(f"pengaman DNS menolak: label '{label}' pada {owner} bukan label nama host "
                                f"yang sah (huruf a-z, angka, tanda hubung; tanpa wildcard)")
-    if owner.relativize(origin).to_text().endswith(origin.to_text(omit_final_dot=True)):
+    zone_labels = [label.lower() for label in origin.labels[:-1]]
+    if len(labels) > len(zone_labels) and labels[-len(zone_labels):] == [z.decode("ascii") for z in zone_labels]:
         raise GuardRefused(f"pengaman DNS menolak: {owner} memuat nama zona dua kali; nama harus relatif "
                            f"terhadap zona (misalnya 'dinsos')")
     top = labels[-1]
@@ -559,14 +561,16 @@ class Endpoint:
 
 def _split_hostport(spec: str, default_port: int) -> tuple[str, int]:
     """"host", "host:port", "1.2.3.4:53", "[2001:db8::1]:53" or a bare IPv6 literal."""
-    spec = spec.strip()
-    if spec.startswith("["):
-        host, _, rest = spec[1:].partition("]")
-        return host, int(rest[1:]) if rest.startswith(":") else default_port
-    if spec.count(":") == 1:
-        host, port = spec.split(":")
-        return host, int(port)
-    return spec, default_port
+    text = spec.strip()
+    host, port = text, str(default_port)
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else port
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise DnsError(f"alamat server DNS '{spec}' tidak sah (contoh: ns2.trenggalekkab.go.id atau 192.0.2.2:53)")
+    return host, int(port)
 
 
 def _is_ip(text: str) -> bool:
@@ -658,7 +662,10 @@ class Rfc2136Dns:
         if _is_ip(host):
             return [Endpoint(label, host, port)]
         addrs: list[str] = []
-        name = dns.name.from_text(host)
+        try:
+            name = dns.name.from_text(host)
+        except dns.exception.DNSException as exc:
+            raise DnsError(f"nama server DNS '{host}' tidak sah") from exc
         if via and name.is_subdomain(self.origin):
             for ep in via:
                 for rdtype in ("A", "AAAA"):
@@ -789,7 +796,12 @@ class Rfc2136Dns:
 
     def inspect(self, name: str) -> NameState:
         """What the primary holds at ``name`` (relative to the zone, or absolute with the trailing dot)."""
-        owner = dns.name.from_text(name, self.origin) if name not in ("", "@") else self.origin
+        try:
+            owner = dns.name.from_text(name, self.origin) if name not in ("", "@") else self.origin
+        except dns.exception.DNSException as exc:
+            raise DnsError(f"nama '{name}' tidak sah: {exc}") from exc
+        if not owner.is_subdomain(self.origin):
+            raise GuardRefused(f"pengaman DNS menolak: {owner} berada di luar zona {self.zone}")
         ep = self.primary_endpoint()
         resp = self._query(ep, owner, dns.rdatatype.ANY, tcp=True)
         rcode = resp.rcode()
@@ -1032,10 +1044,18 @@ class Rfc2136Dns:
         except DnsError:
             return False
 
+    def _serve_pass(self, endpoints: Sequence[Endpoint], groups: Groups, timeout: float) -> dict[Endpoint, bool]:
+        """Ask all servers at once, so a dead server costs one query timeout, not one per server."""
+        if len(endpoints) == 1:
+            return {endpoints[0]: self._serves(endpoints[0], groups, timeout)}
+        with ThreadPoolExecutor(max_workers=min(len(endpoints), 16), thread_name_prefix="dns-verify") as pool:
+            futures = {ep: pool.submit(self._serves, ep, groups, timeout) for ep in endpoints}
+            return {ep: future.result() for ep, future in futures.items()}
+
     def serving(self, records: PlannedRecord | Sequence[PlannedRecord]) -> dict[str, bool]:
         """One pass over every authoritative server: does it serve every record?"""
         groups = self._groups(_as_list(records))
-        return {ep.label: self._serves(ep, groups, self.timeout) for ep in self.verify_endpoints()}
+        return {ep.label: ok for ep, ok in self._serve_pass(self.verify_endpoints(), groups, self.timeout).items()}
 
     def wait_served(self, records: PlannedRecord | Sequence[PlannedRecord], timeout: float) -> dict[str, bool]:
         """Ask every authoritative server (UDP without RD, TCP on truncation) until each serves every record,
@@ -1050,9 +1070,9 @@ class Rfc2136Dns:
         state = {ep.label: False for ep in endpoints}
         pending = list(endpoints)
         while True:
-            for ep in list(pending):
-                left = deadline - time.monotonic()
-                if self._serves(ep, groups, min(self.timeout, max(left, 0.5))):
+            left = deadline - time.monotonic()
+            for ep, ok in self._serve_pass(pending, groups, min(self.timeout, max(left, 0.2))).items():
+                if ok:
                     state[ep.label] = True
                     pending.remove(ep)
             left = deadline - time.monotonic()

@@ -100,11 +100,21 @@ class Sop:
             if s.actor and not self.roles[s.actor].requester
         } | {r.superior for r in self.roles.values() if r.superior}
 
+    def main_path(self) -> list[Step]:
+        """The steps a request meets when everything goes well: from the start, following the first of
+        approve / complete / ok / confirm at each step, until an end step (loops and branches left out)."""
+        path: list[Step] = []
+        key: str | None = self.start
+        while key is not None and key not in {s.key for s in path}:
+            step = self.steps[key]
+            path.append(step)
+            key = next((step.on[o] for o in ("approve", "complete", "ok", "confirm") if o in step.on), None)
+        return path
+
     def total(self) -> tuple[float, float]:
         """The SOP's total Mutu Baku as (working days, working minutes) over its main path."""
-        days = sum(s.time.days for s in self.steps.values() if s.time)
-        minutes = sum(s.time.minutes for s in self.steps.values() if s.time)
-        return days, minutes
+        path = self.main_path()
+        return sum(s.time.days for s in path if s.time), sum(s.time.minutes for s in path if s.time)
 
 
 def _line_of(text: str, pattern: str) -> int:
