@@ -52,8 +52,8 @@ def install() -> None:
 
     def sendto(self: socket.socket, data: Any, *args: Any) -> int:
         _check(args[-1])
-        return real_sendto(self, data, *args)  # type: ignore[arg-type]
+        return real_sendto(self, data, *args)
 
-    socket.socket.connect = connect  # type: ignore[method-assign]
-    socket.socket.connect_ex = connect_ex  # type: ignore[method-assign]
-    socket.socket.sendto = sendto  # type: ignore[method-assign]
+    socket.socket.connect = connect  # type: ignore[method-assign,assignment]
+    socket.socket.connect_ex = connect_ex  # type: ignore[method-assign,assignment]
+    socket.socket.sendto = sendto  # type: ignore[method-assign,assignment]

@@ -29,9 +29,9 @@ from daemon.outbox import SmtpTransport, Transport, drain
 from parsers.model import ParseOptions
 from workflows.digest import digest_due, send_digest
 from workflows.engine import Ctx, Services, due_actions, run_action
-from workflows.reminders import due_reminders
 from workflows.mailer import Mailer
 from workflows.provision import CommandHosting, HostingBackend, NoHosting, Rfc2136Dns
+from workflows.reminders import due_reminders
 from workflows.sop import load_sop
 from workflows.store import Inbound, MailboxState, StepRun, utcnow
 from workflows.worktime import WorkCalendar, calendar_for
