@@ -196,6 +196,20 @@ class WorkflowConfig(_Strict):
     quarantine_max_retries: int = Field(3, ge=1)
 
 
+class LimitsConfig(_Strict):
+    """What one message may cost to read (parsers.model.Limits); over a bound the sender is told, in Indonesian."""
+
+    max_message_bytes: int = Field(40 * 1024 * 1024, ge=1024)
+    max_attachment_bytes: int = Field(25 * 1024 * 1024, ge=1024)
+    max_parts: int = Field(200, ge=2)
+    max_pdf_pages: int = Field(10, ge=1)
+    max_ocr_pages: int = Field(3, ge=0)
+    max_decompressed_bytes: int = Field(50 * 1024 * 1024, ge=1024)
+    max_depth: int = Field(20, ge=2)
+    max_headers: int = Field(1000, ge=10)
+    ocr: bool = True
+
+
 class Config(_Strict):
     state_dir: Path = Path("/var/lib/subdomaind")
     database_url: str | None = None
@@ -203,6 +217,7 @@ class Config(_Strict):
     agencies: list[AgencyConfig] = Field(alias="agency", min_length=1)
     hosting: HostingConfig = HostingConfig()
     workflow: WorkflowConfig = WorkflowConfig()
+    limits: LimitsConfig = LimitsConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

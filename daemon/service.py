@@ -23,10 +23,10 @@ from types import FrameType
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from daemon.config import AgencyConfig, Config
+from daemon.config import AgencyConfig, Config, LimitsConfig
 from daemon.mailbox import ImapSource, MailSource, MailSourceError
 from daemon.outbox import SmtpTransport, Transport, drain
-from parsers.model import ParseOptions
+from parsers.model import Limits, ParseOptions
 from workflows.digest import digest_due, send_digest
 from workflows.engine import Ctx, Services, due_actions, run_action
 from workflows.mailer import Mailer
@@ -56,11 +56,12 @@ def sd_notify(message: str) -> None:
         log.debug("sd_notify failed", exc_info=True)
 
 
-def parse_options_for(agency: AgencyConfig) -> ParseOptions:
+def parse_options_for(agency: AgencyConfig, limits: LimitsConfig | None = None) -> ParseOptions:
     base = ParseOptions()
     reserved = frozenset(base.reserved_names | {n.lower() for n in agency.reserved_names})
     return ParseOptions(zone=agency.zone, reserved_names=reserved, mailbox_address=agency.address,
-                        ticket_prefix=agency.ticket_prefix)
+                        ticket_prefix=agency.ticket_prefix,
+                        limits=Limits(**limits.model_dump()) if limits is not None else base.limits)
 
 
 def build_services(config: Config, agency: AgencyConfig) -> Services:
@@ -162,7 +163,7 @@ class Daemon:
                           daily_cap=self.config.workflow.daily_cap_per_address),
             services=rt.services,
             clock=self.clock,
-            parse_options=parse_options_for(agency),
+            parse_options=parse_options_for(agency, self.config.limits),
         )
 
     def run_once(self) -> dict[str, int]:

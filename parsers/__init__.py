@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from parsers.autoreply import detect_auto_reply, detect_bounce
-from parsers.mime import UnreadableMessage, parse_mime
+from parsers.mime import OverLimit, UnreadableMessage, parse_mime
 from parsers.model import ParseOptions, ParseResult
 from parsers.reply import extract_reply
 from parsers.request import extract_request
@@ -33,7 +33,7 @@ def parse(raw: bytes, options: ParseOptions | None = None) -> ParseResult:
     try:
         msg = parse_mime(raw, opts.limits)
     except UnreadableMessage as exc:
-        return ParseResult(kind="unreadable", message=None, reason=str(exc))
+        return ParseResult(kind="unreadable", message=None, reason=str(exc), over_limit=isinstance(exc, OverLimit))
     except (RecursionError, MemoryError, ValueError, LookupError, TypeError) as exc:
         return ParseResult(kind="unreadable", message=None, reason=f"pesan tidak dapat dibaca: {exc}")
 

@@ -169,7 +169,13 @@ _LABELS: tuple[tuple[tuple[str, ...], str, int, str | None, bool], ...] = (
         "admin",
         False,
     ),
-    (("Nama", "Nama Lengkap", "Nama Lengkap dan Gelar", "Nama / Gelar"), "pic_name", 2, None, True),
+    (
+        ("Nama", "Nama Lengkap", "Nama Lengkap dan Gelar", "Nama / Gelar", "Nama / NIP", "Nama / NIP / Jabatan"),
+        "pic_name",
+        2,
+        None,
+        True,
+    ),
     (
         (
             "NIP",
@@ -298,11 +304,9 @@ _LABELS: tuple[tuple[tuple[str, ...], str, int, str | None, bool], ...] = (
         (
             "Jenis Layanan",
             "Layanan",
-            "Jenis Permohonan",
             "Layanan yang diajukan",
             "Layanan yang dimohon",
             "Jenis Layanan yang diajukan",
-            "Jenis Pengajuan",
         ),
         "service",
         1,
@@ -335,6 +339,13 @@ _LABELS: tuple[tuple[tuple[str, ...], str, int, str | None, bool], ...] = (
     (("No",), "letter_number", 2, None, False),
     (("Tanggal", "Tanggal Surat", "Tgl", "Tgl. Surat"), "letter_date", 1, None, False),
     (("Hal", "Perihal", "Hal / Perihal"), "letter_subject", 1, None, False),
+    (
+        ("Penandatangan (Jabatan)", "Jabatan Penandatangan", "Jabatan Kepala OPD", "Jabatan Pimpinan"),
+        "unit_head",
+        1,
+        None,
+        False,
+    ),
     # Known labels that carry nothing we extract; listing them keeps them from matching a field by typo.
     (
         (
@@ -417,6 +428,16 @@ _LABELS: tuple[tuple[tuple[str, ...], str, int, str | None, bool], ...] = (
             "No. Agenda",
             "Diterima Tanggal",
             "Agenda",
+            # "Permohonan baru / perubahan" is the kind of request, not the service asked for.
+            "Jenis Permohonan",
+            "Jenis Pengajuan",
+            "Email Instansi",
+            "Email Dinas",
+            "Email OPD",
+            "Email Kantor",
+            "Telepon Kantor",
+            "No. Telp Kantor",
+            "Telepon Instansi",
         ),
         "",
         1,
@@ -595,7 +616,7 @@ def _clean_cells(cells: Sequence[str | None]) -> list[str]:
 
 
 def _looks_like_value_start(text: str) -> bool:
-    # Keep "-" in "-" placeholders and digits in IPs / phone numbers that start a record.
+    # A record that starts with an IP or a phone number keeps its digits; they are not list numbering.
     return bool(re.match(r"^(?:\+?\d[\d\s\-.]{6,}|\d{1,3}\.\d{1,3}\.)", text))
 
 

@@ -33,9 +33,18 @@ from parsers.model import Attachment, Limits, ParsedMessage
 __all__ = ["UnreadableMessage", "parse_mime", "html_to_text", "decode_header_value", "decode_bytes"]
 
 
+class OverLimit(Exception):
+    """Marker mixed into `UnreadableMessage` when a configured bound (size, parts, depth) was passed."""
+
+
 class UnreadableMessage(Exception):
     """The bytes are not a message we can read; `str(exc)` is the reason (Indonesian, for the digest)."""
 
+
+
+
+class MessageOverLimit(UnreadableMessage, OverLimit):
+    """Unreadable because it is over a configured limit: the sender can be told to send it smaller."""
 
 _MSGID_RE = re.compile(r"<[^<>\s]+>")
 _ADDR_RE = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
@@ -60,9 +69,9 @@ def _prescan(raw: bytes, limits: Limits) -> None:
     boundaries = {(m.group(1) or m.group(2)).strip() for m in _BOUNDARY_RE.finditer(raw)}
     boundaries.discard(b"")
     if len(boundaries) > limits.max_parts:
-        raise UnreadableMessage(f"terlalu banyak bagian MIME (lebih dari {limits.max_parts})")
+        raise MessageOverLimit(f"terlalu banyak bagian MIME (lebih dari {limits.max_parts})")
     if len(_MESSAGE_CT_RE.findall(raw)) > limits.max_parts:
-        raise UnreadableMessage(f"terlalu banyak pesan terlampir (lebih dari {limits.max_parts})")
+        raise MessageOverLimit(f"terlalu banyak pesan terlampir (lebih dari {limits.max_parts})")
     if not boundaries:
         return
     delimiters = 0
@@ -78,7 +87,7 @@ def _prescan(raw: bytes, limits: Limits) -> None:
             continue
         delimiters += 1
         if delimiters > 2 * limits.max_parts + 2:
-            raise UnreadableMessage(f"terlalu banyak bagian MIME (lebih dari {limits.max_parts})")
+            raise MessageOverLimit(f"terlalu banyak bagian MIME (lebih dari {limits.max_parts})")
         if token in stack:
             # A delimiter of an outer boundary implicitly closes every inner multipart (RFC 2046 5.1.2).
             while stack and stack[-1] != token:
@@ -88,7 +97,7 @@ def _prescan(raw: bytes, limits: Limits) -> None:
         elif not closing:
             stack.append(token)
             if len(stack) > limits.max_depth:
-                raise UnreadableMessage(f"struktur MIME terlalu dalam (lebih dari {limits.max_depth} tingkat)")
+                raise MessageOverLimit(f"struktur MIME terlalu dalam (lebih dari {limits.max_depth} tingkat)")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -440,9 +449,9 @@ def _walk(root: Message, limits: Limits) -> list[_Walked]:
         item = stack.pop()
         out.append(item)
         if len(out) > limits.max_parts:
-            raise UnreadableMessage(f"terlalu banyak bagian MIME (lebih dari {limits.max_parts})")
+            raise MessageOverLimit(f"terlalu banyak bagian MIME (lebih dari {limits.max_parts})")
         if item.depth > limits.max_depth:
-            raise UnreadableMessage(f"struktur MIME terlalu dalam (lebih dari {limits.max_depth} tingkat)")
+            raise MessageOverLimit(f"struktur MIME terlalu dalam (lebih dari {limits.max_depth} tingkat)")
         part = item.part
         ctype = _content_type(part)
         if not part.is_multipart() or ctype in ("message/delivery-status", "message/global-delivery-status"):
@@ -733,9 +742,9 @@ def parse_mime(raw: bytes, limits: Limits | None = None) -> ParsedMessage:
     except UnreadableMessage:
         raise
     except RecursionError as exc:
-        raise UnreadableMessage("struktur MIME terlalu dalam") from exc
+        raise MessageOverLimit("struktur MIME terlalu dalam") from exc
     except MemoryError as exc:
-        raise UnreadableMessage("pesan terlalu besar untuk dibaca") from exc
+        raise MessageOverLimit("pesan terlalu besar untuk dibaca") from exc
     except Exception as exc:  # a library failing on hostile input is an unreadable message, not a crash
         raise UnreadableMessage(f"pesan tidak dapat dibaca ({type(exc).__name__})") from exc
 
@@ -747,12 +756,12 @@ def _parse_mime(raw: bytes, limits: Limits, nested: bool) -> ParsedMessage:
     if not raw.strip():
         raise UnreadableMessage("pesan kosong")
     if len(raw) > limits.max_message_bytes:
-        raise UnreadableMessage(f"pesan terlalu besar ({len(raw)} bita, batas {limits.max_message_bytes})")
+        raise MessageOverLimit(f"pesan terlalu besar ({len(raw)} bita, batas {limits.max_message_bytes})")
     _prescan(raw, limits)
     try:
         msg = email.message_from_bytes(raw, policy=email.policy.compat32)
     except RecursionError as exc:
-        raise UnreadableMessage("struktur MIME terlalu dalam") from exc
+        raise MessageOverLimit("struktur MIME terlalu dalam") from exc
     except Exception as exc:  # the compat32 parser is lenient; this is a last resort
         raise UnreadableMessage(f"struktur MIME tidak dapat dibaca: {type(exc).__name__}") from exc
 
@@ -764,7 +773,7 @@ def _parse_mime(raw: bytes, limits: Limits, nested: bool) -> ParsedMessage:
 
     raw_headers = list(msg.raw_items())
     if len(raw_headers) > limits.max_headers:
-        raise UnreadableMessage(f"terlalu banyak header (lebih dari {limits.max_headers})")
+        raise MessageOverLimit(f"terlalu banyak header (lebih dari {limits.max_headers})")
     headers = tuple((str(k), decode_header_value(str(v))) for k, v in raw_headers)
     names = {k.lower() for k, _ in headers}
     if not names.intersection(_ESSENTIAL_HEADERS):
@@ -797,7 +806,7 @@ def _parse_mime(raw: bytes, limits: Limits, nested: bool) -> ParsedMessage:
             if not data:
                 continue
             if len(data) > limits.max_attachment_bytes:
-                raise UnreadableMessage(f"lampiran pesan terlalu besar ({len(data)} bita)")
+                raise MessageOverLimit(f"lampiran pesan terlalu besar ({len(data)} bita)")
             attachments.append(Attachment(filename=_filename(part), content_type=ctype, data=data))
             if not w.in_attached_message and not nested and ctype in ("message/rfc822", "message/global"):
                 inner = _read_attached(data, limits)
@@ -826,10 +835,10 @@ def _parse_mime(raw: bytes, limits: Limits, nested: bool) -> ParsedMessage:
         if not data and not filename:
             continue
         if len(data) > limits.max_attachment_bytes:
-            raise UnreadableMessage(f"lampiran {filename or ctype} terlalu besar ({len(data)} bita)")
+            raise MessageOverLimit(f"lampiran {filename or ctype} terlalu besar ({len(data)} bita)")
         total_attachment_bytes += len(data)
         if total_attachment_bytes > limits.max_decompressed_bytes:
-            raise UnreadableMessage("total lampiran terlalu besar")
+            raise MessageOverLimit("total lampiran terlalu besar")
         attachments.append(Attachment(filename=filename, content_type=ctype, data=data))
 
     if html is not None and (text is None or not text.strip()):

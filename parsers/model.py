@@ -254,6 +254,7 @@ class ParseResult:
     auto_reply: AutoReplyInfo | None = None
     bounce: BounceInfo | None = None
     reason: str | None = None
+    over_limit: bool = False  # unreadable because a configured limit was passed (size, parts, depth)
 
     def to_json(self) -> dict[str, Any]:
         msg = self.message
@@ -269,6 +270,7 @@ class ParseResult:
             "request": self.request.to_json() if self.request else None,
             "reply": reply,
             "reason": self.reason,
+            "over_limit": self.over_limit,
             "ticket": self.ticket,
             "token": self.token,
             "auto_reply": {"reason": self.auto_reply.reason} if self.auto_reply else None,

@@ -11,6 +11,7 @@ import io
 import os
 import shutil
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from parsers.model import Limits, Problem
@@ -64,9 +65,9 @@ def _fail(filename: str | None, why: str) -> Problem:
     return Problem("lampiran", f"Lampiran '{filename or 'gambar'}' {why}")
 
 
-def ocr_pdf(data: bytes, limits: Limits, max_pages: int, filename: str | None = None) -> OcrText:
-    """Text of the first `max_pages` pages of a scanned PDF, rendered with pypdfium2 at about 200 dpi."""
-    if max_pages <= 0 or not available(limits):
+def ocr_pdf(data: bytes, limits: Limits, pages: Sequence[int], max_pages: int, filename: str | None = None) -> OcrText:
+    """Text of the scanned `pages` (0-based, at most `max_pages`) of a PDF, rendered with pypdfium2 at 200 dpi."""
+    if max_pages <= 0 or not pages or not available(limits):
         return OcrText()
     import pypdfium2 as pdfium  # comes with pdfplumber; imported here so text-only parsing never loads it
 
@@ -77,7 +78,8 @@ def ocr_pdf(data: bytes, limits: Limits, max_pages: int, filename: str | None = 
     except Exception:  # pdfium on a broken file
         return OcrText(problems=(_fail(filename, "tidak dapat dibaca sebagai PDF hasil pindai"),))
     try:
-        for index in range(min(len(document), max_pages, limits.max_pdf_pages)):
+        wanted = [i for i in pages if 0 <= i < min(len(document), limits.max_pdf_pages)][:max_pages]
+        for index in wanted:
             page = document[index]
             width, height = page.get_size()
             scale = _DPI / 72

@@ -33,6 +33,7 @@ _MAX_FIELD_DEPTH = 12
 # pdfminer reads content streams at roughly 1 MB/s: these keep one attachment to seconds, not minutes.
 _MAX_PAGE_CONTENT_BYTES = 2 * 1024 * 1024
 _MAX_TOTAL_CONTENT_BYTES = 6 * 1024 * 1024
+_SCAN_PAGE_CHARS = 20  # a page with an image and fewer characters than this is a scan
 _MAX_TABLE_EDGES = 2000  # rects + lines on a page beyond which table detection is skipped
 _INFLATE_STEP = 4 * 1024 * 1024
 _STREAM_RE = re.compile(rb"stream\r?\n")
@@ -51,7 +52,8 @@ class FormField:
 class PdfContent:
     records: tuple[tuple[str, ...], ...] = ()
     form_fields: tuple[FormField, ...] = ()  # filled fields only
-    text_chars: int = 0  # characters in the text layer of the pages read; 0 means a scan (OCR candidate)
+    text_chars: int = 0  # characters in the text layer of the pages read
+    scan_pages: tuple[int, ...] = ()  # 0-based pages with an image and (almost) no text: OCR candidates
     pages: int = 0  # pages in the file
     problems: tuple[Problem, ...] = field(default_factory=tuple)
 
@@ -121,6 +123,7 @@ def _read(data: bytes, limits: Limits, filename: str | None) -> PdfContent:
     problems: list[Problem] = []
     records: list[tuple[float, int, tuple[str, ...]]] = []
     chars = 0
+    scans: list[int] = []
     with pdfplumber.open(io.BytesIO(data), pages=list(range(1, limits.max_pdf_pages + 1))) as pdf:
         total = _page_count(pdf)
         if total > limits.max_pdf_pages:
@@ -146,6 +149,8 @@ def _read(data: bytes, limits: Limits, filename: str | None) -> PdfContent:
                 )
                 continue
             chars += len(page.chars)
+            if len(page.chars) < _SCAN_PAGE_CHARS and page.images:
+                scans.append(page.page_number - 1)
             records.extend(_page_records(page, offset))
             offset += float(page.height) + 1.0
     records.sort(key=lambda r: (r[0], r[1]))
@@ -153,6 +158,7 @@ def _read(data: bytes, limits: Limits, filename: str | None) -> PdfContent:
         records=tuple(r[2] for r in records),
         form_fields=tuple(form),
         text_chars=chars,
+        scan_pages=tuple(scans),
         pages=total,
         problems=tuple(problems),
     )

@@ -50,7 +50,6 @@ _LEGACY_TYPES = frozenset(
     {"application/msword", "application/vnd.oasis.opendocument.text", "application/rtf", "text/rtf"}
 )
 _MIN_IMAGE_BYTES = 8 * 1024  # smaller images are logos and signature icons, not scans
-_SCAN_TEXT_CHARS = 20  # a PDF with less text than this is a scan
 
 Record = Sequence[str | None]
 
@@ -122,7 +121,7 @@ def extract_request(msg: ParsedMessage, opts: ParseOptions) -> RequestFields | N
                 forwarded_from = forwarded_from or fwd[0]
                 subjects.append(fwd[1] or "")
 
-    scans: list[tuple[Attachment, bool]] = []  # (attachment, is_pdf) that only OCR can read
+    scans: list[tuple[Attachment, tuple[int, ...] | None]] = []  # (attachment, scanned PDF pages / None: image)
     form_present = False
     documents = 0
     seen: set[bytes] = set()
@@ -147,14 +146,14 @@ def extract_request(msg: ParsedMessage, opts: ParseOptions) -> RequestFields | N
             pdf_hits = _text_hits(list(content.records), opts)
             pdf_hits.extend(extract_records([[name, value] for name, value in other]))
             hits["pdf"].extend(_renumber(pdf_hits, len(hits["pdf"])))
-            if content.text_chars < _SCAN_TEXT_CHARS and not content.form_fields and content.readable:
-                scans.append((att, True))
+            if content.scan_pages and not content.form_fields:
+                scans.append((att, content.scan_pages))
         elif kind == "docx":
             doc = read_docx(att.data, opts.limits, att.filename)
             problems.extend(doc.problems)
             hits["docx"].extend(_renumber(_text_hits(list(doc.records), opts), len(hits["docx"])))
         elif kind == "image" and len(att.data) >= _MIN_IMAGE_BYTES:
-            scans.append((att, False))
+            scans.append((att, None))
         elif kind == "legacy":
             legacy.append(att)
 
@@ -173,7 +172,8 @@ def extract_request(msg: ParsedMessage, opts: ParseOptions) -> RequestFields | N
 
     if legacy and any(f not in chosen for f in MANDATORY_FIELDS):
         for att in legacy:
-            kind_name = (att.filename or "").rsplit(".", 1)[-1] if "." in (att.filename or "") else att.content_type
+            name = att.filename or ""
+            kind_name = "." + name.rsplit(".", 1)[-1] if "." in name else att.content_type
             problems.append(
                 Problem(
                     "lampiran",
@@ -270,6 +270,7 @@ def _unforward(records: list[list[str]]) -> tuple[list[list[str]], Forward | Non
         j = i + 1
         while j < len(records) and not any(c.strip() for c in records[j] if c):
             j += 1
+        first_header = j
         while j < len(records):
             header = _FWD_HEADER_RE.match(" ".join(c for c in records[j] if c).strip())
             if not header:
@@ -281,20 +282,24 @@ def _unforward(records: list[list[str]]) -> tuple[list[list[str]], Forward | Non
             elif name in ("subject", "subjek"):
                 subject = value
             j += 1
+        if j == first_header and line.startswith("_"):
+            continue  # a line of underscores without a header block under it is a signature divider
         return records[j:] + [[]] + records[:i], (sender, subject)
     return records, None
 
 
-def _run_ocr(scans: list[tuple[Attachment, bool]], opts: ParseOptions) -> tuple[list[Problem], list[Hit]]:
+def _run_ocr(
+    scans: list[tuple[Attachment, tuple[int, ...] | None]], opts: ParseOptions
+) -> tuple[list[Problem], list[Hit]]:
     budget = opts.limits.max_ocr_pages
     problems: list[Problem] = []
     hits: list[Hit] = []
-    for att, is_pdf in scans:
+    for att, pages in scans:
         if budget <= 0:
             break
         result = (
-            ocr_pdf(att.data, opts.limits, budget, att.filename)
-            if is_pdf
+            ocr_pdf(att.data, opts.limits, pages, budget, att.filename)
+            if pages is not None
             else ocr_image(att.data, opts.limits, att.filename)
         )
         budget -= max(result.pages, 1)

@@ -128,3 +128,35 @@ def test_mark_lost_after_commit_is_finished_on_the_next_pass(daemon_on, dovecot:
         assert s.execute(select(Inbound)).scalar_one().server_done is True
         assert len(s.execute(select(Request)).scalars().all()) == 1
     assert calls["n"] == 1
+
+
+def test_over_limit_mail_is_answered_in_indonesian_and_kept(dovecot: Dovecot, smtp_relay: SmtpRelay, bind: Bind) -> None:
+    mailbox = dovecot.new_user("layanan")
+    unit = dovecot.new_user("dinkes")
+    base = Path(tempfile.mkdtemp(prefix="limit-"))
+    from daemon.config import parse_config
+    from daemon.localoffice import config_data
+
+    data = config_data(base, imap_port=dovecot.imap_port, imap_user=mailbox.name, imap_password=mailbox.password,
+                       mailbox=mailbox.address, smtp_port=smtp_relay.port, dns_port=bind.port,
+                       tsig_secret=bind.secret)
+    data["limits"] = {"max_attachment_bytes": 50_000}
+    cfg = parse_config(data)
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(cfg.db_url)
+    upgrade(engine)
+    sessions = make_sessionmaker(engine)
+    big = EmailMessage()
+    big["From"], big["To"], big["Subject"] = unit.address, mailbox.address, "Permohonan sub domain dinkes"
+    big.set_content("Terlampir surat permohonan hasil pindai.")
+    big.add_attachment(b"%PDF-1.4 " + b"x" * 200_000, maintype="application", subtype="pdf", filename="surat.pdf")
+    dovecot.append(mailbox.name, big.as_bytes())
+    d = Daemon(cfg, sessions)
+    d.run_once()
+    d.shutdown(flush_seconds=2)
+    with sessions() as s:
+        row = s.execute(select(Inbound)).scalar_one()
+        assert row.status == "answered" and "terlalu besar" in (row.error or "") and len(row.raw) > 200_000
+        assert s.execute(select(Request)).first() is None
+    answers = unit.messages()
+    assert len(answers) == 1 and b"melebihi batas" in answers[0].replace(b"=\r\n", b"").replace(b"=\n", b"")

@@ -75,6 +75,8 @@ def ingest(ctx: Ctx, *, mailbox: str, uidvalidity: int, uid: int, raw: bytes) ->
         row.error = parsed.reason
         row.handled_at = now
         audit(ctx, None, "mail.quarantined", message_id=message_id, reason=parsed.reason)
+        if parsed.over_limit:
+            _answer_over_limit(ctx, raw, row, parsed.reason or "")
         return row
     run_handler(ctx, parsed, row)
     return row
@@ -125,7 +127,8 @@ def record_refusal(ctx: Ctx, parsed: ParseResult, row: Inbound, refusal: Refusal
         return "ignored"
     # Never an unknown outsider: only officials, delegates and the request's own requester hear why.
     is_requester = req is not None and sender in (req.requester, (req.fields or {}).get("pic_email"))
-    if not (known_address(ctx, sender) or is_requester or refusal.code == "duplicate"):
+    # A unit's own letter (duplicate, too large) is answered: units write to us by right.
+    if not (known_address(ctx, sender) or is_requester or refusal.code in ("duplicate", "too_large")):
         return "ignored"
     day = ctx.now().astimezone().date().isoformat() if ctx.now().tzinfo else date.today().isoformat()
     already = ctx.session.execute(
@@ -161,3 +164,26 @@ def retry_inbound(ctx: Ctx, row: Inbound) -> str:
         run_handler(ctx, parsed, row)
     audit(ctx, None, "mail.retried", message_id=row.message_id, status=row.status, attempt=row.attempts)
     return row.status
+
+
+def _answer_over_limit(ctx: Ctx, raw: bytes, row: Inbound, reason: str) -> None:
+    """Over a size/part limit: tell the sender plainly (from the headers alone), keep the message."""
+    import email.parser
+    import email.utils
+
+    from workflows.errors import TooLarge
+
+    try:
+        headers = email.parser.BytesHeaderParser().parsebytes(raw[:65536])
+    except Exception:  # noqa: BLE001 - no readable headers: nobody to answer
+        return
+    if str(headers.get("Auto-Submitted", "no")).lower() != "no" or headers.get("X-Subdomaind-Loop"):
+        return  # never answer machines or ourselves (RFC 3834)
+    sender = email.utils.parseaddr(str(headers.get("From", "")))[1].lower()
+    if "@" not in sender or sender.split("@")[0].lower() in ("mailer-daemon", "postmaster"):
+        return
+    row.sender = sender
+    refusal = TooLarge(reason)
+    row.status = record_refusal(ctx, ParseResult(kind="unreadable", message=None, reason=reason), row, refusal)
+    if row.status == "answered":
+        row.error = reason
