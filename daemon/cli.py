@@ -288,6 +288,19 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_form(args: argparse.Namespace) -> int:
+    """The agency's fillable request form ("Formulir Pengajuan Layanan Sub-Domain"), PDF or DOCX."""
+    from workflows.forms import form_docx, form_pdf
+
+    cfg = _load(args)
+    ag = cfg.agency(args.agency) if args.agency else cfg.agencies[0]
+    data = form_docx(ag.name, ag.zone, ag.letter) if args.docx else form_pdf(ag.name, ag.zone, ag.letter)
+    out = args.output or f"formulir-sub-domain-{ag.id}.{'docx' if args.docx else 'pdf'}"
+    Path(out).write_bytes(data)
+    print(out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="subdomaind", description="Layanan sub domain Diskominfo melalui surel")
     p.add_argument("--config", "-c", help=f"configuration file (default $SUBDOMAIND_CONFIG or {DEFAULT_CONFIG})")
@@ -317,6 +330,13 @@ def build_parser() -> argparse.ArgumentParser:
     dg.add_argument("--role", help="with --preview: the 'menunggu Anda' digest of one role")
     dg.add_argument("--hours", type=float, default=24.0, help="cover this many hours back (default 24)")
     dg.set_defaults(func=cmd_digest)
+    fm = sub.add_parser("form", help="write the agency's fillable request form")
+    kind = fm.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--pdf", action="store_true")
+    kind.add_argument("--docx", action="store_true")
+    fm.add_argument("--agency")
+    fm.add_argument("-o", "--output")
+    fm.set_defaults(func=cmd_form)
     qa = sub.add_parser("quarantine", help="mail kept aside: list | show ID | retry ID | drop ID")
     qa.add_argument("action", choices=("list", "show", "retry", "drop"))
     qa.add_argument("id", nargs="?", type=int)

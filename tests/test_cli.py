@@ -116,3 +116,14 @@ def test_digest_preview_prints_the_queue(tmp_path: Path) -> None:
     assert b"Ringkasan harian" in proc.stdout and b"ANTREAN PERMOHONAN TERBUKA" in proc.stdout
     html = run("--config", str(cfg), "digest", "--preview", "--html")
     assert b"<table" in html.stdout and b"<script" not in html.stdout
+
+
+def test_form_pdf_and_docx(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "c.toml", config_data(tmp_path))
+    pdf, docx = tmp_path / "f.pdf", tmp_path / "f.docx"
+    assert run("--config", str(cfg), "form", "--pdf", "-o", str(pdf)).returncode == 0
+    assert run("--config", str(cfg), "form", "--docx", "-o", str(docx)).returncode == 0
+    from pypdf import PdfReader
+
+    assert {"subdomain", "unit", "pic_name", "pic_email"} <= set(PdfReader(str(pdf)).get_fields() or {})
+    assert docx.read_bytes()[:2] == b"PK"

@@ -185,3 +185,17 @@ def test_batal_inside_the_undo_window_cancels_before_dns(world) -> None:  # type
     with sessions() as s:
         assert s.execute(select(Request)).scalar_one().step == "periksa"
         assert s.execute(select(Audit).where(Audit.event == "decision.cancelled")).scalar_one()
+
+
+def test_minta_formulir_is_answered_with_the_form_once_a_day(world) -> None:  # type: ignore[no-untyped-def]
+    d, src, tr, dns_, sessions = world
+    for _ in range(2):
+        src.add(request_mail("dinkes@example.org", body="Dengan hormat, kami mohon dikirimkan formulir "
+                             "pengajuan sub domain.\n\nTerima kasih."))
+    d.run_once()
+    answers = tr.to("dinkes@example.org")
+    assert len(answers) == 1
+    names = {p.get_filename() for p in answers[0].iter_attachments()}
+    assert {"formulir-pengajuan-sub-domain.pdf", "formulir-pengajuan-sub-domain.docx"} <= names
+    with sessions() as s:
+        assert s.execute(select(Request)).first() is None

@@ -392,6 +392,7 @@ LABELS = [
     ("Tanggal", "letter_date"),
     ("Hal", "letter_subject"),
     ("Perihal", "letter_subject"),
+    ("Penandatangan (Jabatan)", "unit_head"),
     ("*Nama Sub Domain*", "subdomain"),
     ("Alamat IP **)", "target_ip"),
 ]
@@ -478,6 +479,15 @@ def test_split_person_keeps_degrees_with_the_name() -> None:
     name, nip, position, email, phone = split_person("Agus selaku Admin IT, 0857-3344-5566, agus@gmail.com")
     assert (name, position, email, phone) == ("Agus", "Admin IT", "agus@gmail.com", "0857-3344-5566")
     assert nip is None
+
+
+def test_unit_contacts_and_request_kind_are_not_pic_or_service() -> None:
+    found = _fields(
+        "Jenis Permohonan : Permohonan Baru\nEmail Instansi : dinsos@trenggalekkab.go.id\nTelepon Kantor : (0355) 791234\n"
+        "Nama / NIP : Lukman Hakim / 19870412 201001 1 003\n"
+    )
+    assert "service" not in found and "pic_email" not in found and "pic_phone" not in found
+    assert found["pic_name"] == "Lukman Hakim" and found["pic_nip"] == "19870412 201001 1 003"
 
 
 def test_embedded_pairs_on_one_line() -> None:
@@ -687,6 +697,12 @@ def test_forward_block_form_email_wins_over_the_forwarders_signature() -> None:
     assert fields is not None and fields.pic_email == "lukman.dinsos@gmail.com"
 
 
+def test_underscore_signature_divider_is_not_a_forward() -> None:
+    text = FORM + "\n______________________\nLukman\nEmail: humas.dinsos@trenggalekkab.go.id\n"
+    fields = extract_request(msg(text), OPTS)
+    assert fields is not None and fields.pic_email == "lukman.dinsos@gmail.com"
+
+
 def test_forward_without_email_falls_back_to_original_sender() -> None:
     form = FORM.replace("Email : lukman.dinsos@gmail.com\n", "")
     fields = extract_request(
@@ -726,6 +742,27 @@ def test_ocr_of_an_image_and_a_scanned_pdf() -> None:
     pdf = _pdf_att(gen.pdf_from_image(page))
     fields = extract_request(msg("Scan terlampir.", attachments=(pdf,)), OPTS)
     assert fields is not None and fields.source == "ocr" and fields.subdomain == u.sub
+
+
+@pytest.mark.skipif(not TESSERACT, reason="tesseract is not installed")
+def test_ocr_reads_only_the_scanned_page_of_a_mixed_pdf() -> None:
+    from pypdf import PdfReader, PdfWriter
+
+    u = gen.DINKES
+    typed = gen.pdf_letter(u, [("Keperluan", u.purpose)])  # typed cover letter, no sub-domain on it
+    scan = gen.pdf_from_image(gen.scan_image([f"Nama Sub Domain : {u.sub}", f"Perangkat Daerah : {u.unit}"]))
+    writer = PdfWriter()
+    for part in (typed, scan):
+        for page in PdfReader(io.BytesIO(part)).pages:
+            writer.add_page(page)
+    buf = io.BytesIO()
+    writer.write(buf)
+    content = read_pdf(buf.getvalue(), Limits(), "campur.pdf")
+    assert content.scan_pages == (1,)
+    fields = extract_request(msg("Terlampir.", attachments=(_pdf_att(buf.getvalue()),)), OPTS)
+    assert fields is not None
+    origins = {o.field: o.source for o in fields.origins}
+    assert (fields.subdomain, origins["subdomain"], origins["purpose"]) == (u.sub, "ocr", "pdf")
 
 
 def test_ocr_switched_off_reads_nothing_and_does_not_fail() -> None:

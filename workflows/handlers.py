@@ -416,6 +416,41 @@ def _sender(parsed: ParseResult) -> str:
     return (msg.from_addr or "").lower()
 
 
+_FORM_ASK = re.compile(r"\b(minta|mohon|meminta|permintaan|butuh|perlu)\b[^\n]{0,40}\bformulir\b", re.IGNORECASE)
+
+
+class FormRequestHandler:
+    """"Minta formulir": someone asks for the request form; answered with the PDF and DOCX form."""
+
+    name = "form_request"
+
+    def can_handle(self, ctx: Ctx, parsed: ParseResult) -> bool:
+        msg = parsed.message
+        if msg is None or parsed.kind not in ("request", "unrelated"):
+            return False
+        if parsed.request is not None and parsed.request.subdomain:
+            return False  # a filled-in request that mentions the form is a request
+        return bool(_FORM_ASK.search(f"{msg.subject or ''}\n{(msg.text or '')[:1000]}"))
+
+    def execute(self, ctx: Ctx, parsed: ParseResult, inbound: Inbound) -> str:
+        from datetime import date
+
+        from workflows.engine import form_attachments
+        from workflows.store import NoticeLog
+
+        sender = _sender(parsed)
+        day = ctx.now().date().isoformat() if ctx.now() else date.today().isoformat()
+        already = ctx.session.execute(select(NoticeLog.id).where(
+            NoticeLog.address == sender, NoticeLog.reason == "form", NoticeLog.day == day)).first()
+        audit(ctx, None, "form.requested", actor=sender, message_id=inbound.message_id, answered=already is None)
+        if already is not None:
+            return "handled"  # once a day is enough; never a loop
+        ctx.session.add(NoticeLog(address=sender, reason="form", day=day))
+        ctx.mailer.queue(ctx.session, to=[sender], template="form", context={"sender": sender, "zone": ctx.agency.zone},
+                         purpose="form", in_reply_to=inbound.message_id, attachments=form_attachments(ctx))
+        return "answered"
+
+
 class NewRequestHandler:
     """A new request letter: a ticket, an acknowledgement, and the SOP's first step."""
 
@@ -480,6 +515,7 @@ HANDLERS: tuple[Handler, ...] = (
     DecisionReplyHandler(),
     RequesterReplyHandler(),
     DelegationHandler(),
+    FormRequestHandler(),
     NewRequestHandler(),
     UnmatchedHandler(),
 )
