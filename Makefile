@@ -5,7 +5,8 @@ VENV        := .venv
 PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.installed-stamp
 APT_PACKAGES := dovecot-imapd dovecot-lmtpd bind9 bind9-utils bind9-dnsutils postgresql \
-                tesseract-ocr tesseract-ocr-ind poppler-utils python3-venv ca-certificates
+                tesseract-ocr tesseract-ocr-ind poppler-utils python3-venv ca-certificates \
+                chromium libpython3.11-testsuite systemd
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
@@ -33,7 +34,7 @@ venv: $(STAMP)
 
 deps: apt venv
 
-test: deps
+test: deps corpora
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory lint
 

@@ -127,3 +127,25 @@ def test_form_pdf_and_docx(tmp_path: Path) -> None:
 
     assert {"subdomain", "unit", "pic_name", "pic_email"} <= set(PdfReader(str(pdf)).get_fields() or {})
     assert docx.read_bytes()[:2] == b"PK"
+
+
+def test_logs_redact_addresses_in_errors_and_json_carries_ticket() -> None:
+    import io
+    import logging
+
+    from daemon.cli import JsonLines, RedactErrors
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RedactErrors())
+    handler.setFormatter(JsonLines())
+    logger = logging.getLogger("subdomaind.test")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.warning("gagal mengirim ke %s", "kadis.diskominfo@trenggalekkab.go.id")
+    logger.info("decision.accepted SD/2026/0001 <m@x>", extra={"ticket": "SD/2026/0001", "event": "decision.accepted",
+                                                              "message_id": "<m@x>"})
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert "k***@trenggalekkab.go.id" in lines[0]["msg"] and "kadis.diskominfo" not in lines[0]["msg"]
+    assert lines[1]["ticket"] == "SD/2026/0001" and lines[1]["message_id"] == "<m@x>"
+    logger.removeHandler(handler)

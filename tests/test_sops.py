@@ -218,3 +218,38 @@ def test_two_agencies_in_one_daemon(dovecot: Dovecot, smtp_relay: SmtpRelay, bin
         assert agencies == ["kalbar", "trenggalek"]
         assert s.execute(select(Audit)).first() is not None
     d.shutdown(flush_seconds=1)
+
+
+def test_batal_inside_the_window_cancels_before_dns(dovecot: Dovecot, smtp_relay: SmtpRelay, bind: Bind) -> None:
+    o = make_office("trenggalek", dovecot, smtp_relay, bind, workflow={"undo_window_minutes": 10})
+    d = pumped(o)
+    label = f"w{secrets.token_hex(3)}"
+    o.send_request(label)
+    for role in ("kadis", "kabid", "kasi"):
+        o.decide(role, "SETUJU")
+    kasi = o.officials["kasi"]
+    echo = o.wait_mail(kasi, lambda m: "Dicatat: SETUJU" in str(m["Subject"]) and "Mengecek" in str(m["Subject"]))
+    o.wait_until(lambda: requests_of(d)[0].step == "buat")
+    o.send(reply_to(echo, kasi.address, "BATAL"), kasi.address)
+    o.wait_mail(kasi, lambda m: "Dibatalkan" in str(m["Subject"]))
+    o.wait_until(lambda: requests_of(d)[0].step == "periksa")
+    assert o.bind.addresses(label) == []  # the DNS change never happened
+    d.shutdown(flush_seconds=1)
+
+
+def test_expired_token_is_refused(dovecot: Dovecot, smtp_relay: SmtpRelay, bind: Bind) -> None:
+    import time as _time
+
+    o = make_office("trenggalek", dovecot, smtp_relay, bind, workflow={"token_days": 1 / 86400})  # one second
+    d = pumped(o)
+    o.send_request(f"x{secrets.token_hex(3)}")
+    kadis = o.officials["kadis"]
+    step_mail = o.wait_mail(kadis, lambda m: "Mohon keputusan" in str(m["Subject"]))
+    _time.sleep(1.5)
+    o.send(reply_to(step_mail, kadis.address, "SETUJU"), kadis.address)
+    o.wait_mail(kadis, lambda m: "kedaluwarsa" in str(m["Subject"]))
+    assert requests_of(d)[0].step == "disposisi"
+    with d.sessions() as s:
+        refused = s.execute(select(Decision).where(Decision.accepted.is_(False))).scalar_one()
+        assert refused.reason and refused.reason.startswith("token_expired")
+    d.shutdown(flush_seconds=1)

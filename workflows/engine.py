@@ -106,8 +106,9 @@ def audit(
             message_id=message_id,
         )
     )
+    # One line per event, with its ticket and Message-ID (journald / --log-format json).
     log.info("%s %s %s", event, req.ticket if req is not None else "-", message_id or "-",
-             extra={"ticket": req.ticket if req is not None else None, "event": event})
+             extra={"ticket": req.ticket if req is not None else None, "event": event, "message_id": message_id})
 
 
 def next_number(ctx: Ctx, name: str) -> tuple[int, int]:
