@@ -15,10 +15,12 @@ import signal
 import socket
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import FrameType
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -108,6 +110,7 @@ class Daemon:
         self.clock = clock
         self._reload = threading.Event()
         self._wake = threading.Event()
+        self._locks: dict[str, Any] = {}
         self._given_transport = transport
         self._given_sources = sources or {}
         self._given_services = services or {}
@@ -171,6 +174,10 @@ class Daemon:
         for rt in self.runtimes.values():
             if self.stopping.is_set():
                 break
+            # One process per agency does its work (intake, automatic steps, reminders, digest); the
+            # outbox is shared, each row claimed with FOR UPDATE SKIP LOCKED.
+            if not self.owns(rt):
+                continue
             totals["messages"] += self.intake(rt)
             totals["actions"] += self.run_due(rt)
             self.housekeeping(rt)
@@ -227,6 +234,32 @@ class Daemon:
             s.flush()
         return st
 
+    def owns(self, rt: AgencyRuntime) -> bool:
+        """On PostgreSQL, whether this process works this mailbox: a session advisory lock per mailbox,
+        held on its own connection. Another process's lock means it is theirs; when that process dies its
+        connection closes, the lock goes with it, and the next pass here takes over. SQLite: always."""
+        engine = self.sessions.kw["bind"]
+        if engine.dialect.name != "postgresql":
+            return True
+        conn = self._locks.get(rt.agency.id)
+        if conn is not None:
+            try:
+                conn.exec_driver_sql("SELECT 1")
+                return True
+            except Exception:  # noqa: BLE001 - the lock's connection died: the lock is gone with it
+                log.warning("lock connection for %s lost; trying to take the mailbox again", rt.agency.id)
+                self._locks.pop(rt.agency.id, None)
+        key = zlib.crc32(f"subdomaind:{rt.agency.id}:{rt.source.folder}".encode()) - 2**31
+        conn = engine.connect()
+        got = bool(conn.exec_driver_sql(f"SELECT pg_try_advisory_lock({int(key)})").scalar())
+        conn.commit()
+        if not got:
+            conn.close()
+            return False
+        log.info("this process now works the mailbox of %s", rt.agency.id)
+        self._locks[rt.agency.id] = conn
+        return True
+
     def intake(self, rt: AgencyRuntime) -> int:
         if not self._connect(rt):
             return 0
@@ -273,13 +306,23 @@ class Daemon:
 
     def _take(self, rt: AgencyRuntime, uv: int, uid: int, raw: bytes) -> bool:
         """Ingest one message with its checkpoint in one transaction; True when it goes to quarantine."""
+        from sqlalchemy.exc import IntegrityError
+
         from workflows.inbound import ingest
 
-        with self.sessions.begin() as s:
-            row = ingest(self.ctx(s, rt.agency), mailbox=rt.source.folder, uidvalidity=uv, uid=uid, raw=raw)
-            st = self._state(s, rt)
-            st.last_uid = max(st.last_uid, uid)
-            return row is not None and row.status in ("quarantined", "unmatched")
+        try:
+            with self.sessions.begin() as s:
+                row = ingest(self.ctx(s, rt.agency), mailbox=rt.source.folder, uidvalidity=uv, uid=uid, raw=raw)
+                st = self._state(s, rt)
+                st.last_uid = max(st.last_uid, uid)
+                return row is not None and row.status in ("quarantined", "unmatched")
+        except IntegrityError:
+            # The same Message-ID was just taken in by another process or mailbox: handled once, there.
+            log.info("message uid %s of %s already taken in elsewhere", uid, rt.agency.id)
+            with self.sessions.begin() as s:
+                st = self._state(s, rt)
+                st.last_uid = max(st.last_uid, uid)
+            return False
 
     def _finish_pending_marks(self, rt: AgencyRuntime) -> None:
         """Flag on the server what was committed before a crash or a lost connection but not yet flagged."""
@@ -421,3 +464,9 @@ class Daemon:
                 log.debug("close failed", exc_info=True)
         for t in self._watchers:
             t.join(timeout=3)
+        for conn in self._locks.values():
+            try:
+                conn.close()  # closing the session releases its advisory locks
+            except Exception:  # noqa: BLE001
+                log.debug("lock close failed", exc_info=True)
+        self._locks.clear()

@@ -22,5 +22,8 @@ def upgrade(engine: Engine) -> None:
     """Apply every migration not yet applied; safe to run again."""
     cfg = alembic_config(engine)
     with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            # Several daemons starting at once: one migrates, the others wait, then find nothing to do.
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(4242001)")
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
