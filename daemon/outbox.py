@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.config import SmtpConfig
 from daemon.mailbox import tls_context
-from workflows.store import Outbox, PendingSecret
+from workflows.store import Outbox, PendingSecret, purge_freed_secrets
 
 log = logging.getLogger("subdomaind.outbox")
 
@@ -89,6 +89,7 @@ def drain(
     import time
 
     counts = {"sent": 0, "retry": 0, "failed": 0}
+    scrubbed = False
     with sessions() as s:
         now = clock()
         stmt = (
@@ -132,7 +133,10 @@ def drain(
             if row.sensitive:
                 # The password lived only for this one mail: scrub it now (issue 5).
                 row.raw = None
+                scrubbed = True
                 if row.request_id is not None:
                     s.execute(delete(PendingSecret).where(PendingSecret.request_id == row.request_id))
             log.info("sent %s (%s) to %d recipient(s)", row.message_id, row.purpose, len(row.rcpts))
+    if scrubbed:
+        purge_freed_secrets(sessions.kw["bind"])
     return counts

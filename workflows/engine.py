@@ -8,6 +8,7 @@ writes its mail to the outbox, so a crash anywhere loses nothing and does nothin
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -573,7 +574,8 @@ def _provision(ctx: Ctx, req: Request, run: StepRun) -> str:
         raise
     now = ctx.now()
     ctx.session.add(Account(agency=ctx.agency.id, request_id=req.id, username=username,
-                            backend=ctx.services.hosting.name, created_at=now))
+                            backend=ctx.services.hosting.name, created_at=now,
+                            secret_hash=hashlib.sha256(password.encode()).hexdigest()))
     existing_secret = ctx.session.get(PendingSecret, req.id)
     if existing_secret is not None:
         ctx.session.delete(existing_secret)

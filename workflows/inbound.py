@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import traceback
 from datetime import date
 
@@ -21,7 +22,8 @@ from parsers.model import ParseResult
 from workflows.engine import Ctx, audit
 from workflows.errors import Refusal
 from workflows.handlers import handler_for, known_address
-from workflows.store import Decision, Inbound, NoticeLog, Request, StepRun
+from workflows.provision import PASSWORD_ALPHABET, PASSWORD_LENGTH
+from workflows.store import Account, Decision, Inbound, NoticeLog, Request, StepRun
 
 log = logging.getLogger("subdomaind.inbound")
 
@@ -29,6 +31,26 @@ log = logging.getLogger("subdomaind.inbound")
 def synthetic_message_id(raw: bytes) -> str:
     """A stable id for a message that has none, so the same bytes are still recognised twice."""
     return f"<sha256.{hashlib.sha256(raw).hexdigest()[:40]}@subdomaind.invalid>"
+
+
+# A password as workflows/provision.py makes them, standing alone (not inside a longer token).
+_PASSWORD_RE = re.compile(
+    rb"(?<![A-Za-z0-9])[" + re.escape(PASSWORD_ALPHABET.encode()) + rb"]{%d}(?![A-Za-z0-9])" % PASSWORD_LENGTH)
+
+
+def redact_issued_passwords(ctx: Ctx, raw: bytes) -> bytes:
+    """Blank out any password we issued that comes back quoted in a reply (the PIC answering BERHASIL
+    under the letter): the password must not reach the database after delivery (issue 5). Only its
+    SHA-256 is kept to recognise it; text encoded as base64 is not looked into."""
+    candidates = {c: hashlib.sha256(c).hexdigest() for c in set(_PASSWORD_RE.findall(raw))}
+    if not candidates:
+        return raw
+    issued = set(ctx.session.execute(
+        select(Account.secret_hash).where(Account.secret_hash.in_(list(candidates.values())))).scalars())
+    for token, digest in candidates.items():
+        if digest in issued:
+            raw = raw.replace(token, b"*" * len(token))
+    return raw
 
 
 def ingest(ctx: Ctx, *, mailbox: str, uidvalidity: int, uid: int, raw: bytes) -> Inbound | None:
@@ -40,6 +62,7 @@ def ingest(ctx: Ctx, *, mailbox: str, uidvalidity: int, uid: int, raw: bytes) ->
     ).scalar_one_or_none()
     if seen is not None:
         return None
+    raw = redact_issued_passwords(ctx, raw)
     parsed = parse(raw, ctx.parse_options)
     msg = parsed.message
     message_id = (msg.message_id if msg is not None and msg.message_id else None) or synthetic_message_id(raw)

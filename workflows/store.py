@@ -6,6 +6,7 @@ models and migrations serve both. Schema changes go through Alembic (`workflows/
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,6 +27,8 @@ from sqlalchemy import (
     event,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
+
+log = logging.getLogger("subdomaind.store")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -223,6 +226,9 @@ class Account(Base):
     username: Mapped[str] = mapped_column(String(64))
     backend: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime]
+    # SHA-256 of the password (~115 bits of entropy, so unsalted is safe): lets intake blank it out of a
+    # reply that quotes the letter, without keeping the password itself.
+    secret_hash: Mapped[str | None] = mapped_column(String(64), index=True)
     __table_args__ = (UniqueConstraint("agency", "username"),)
 
 
@@ -286,6 +292,8 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=10000")
+    # Deleted and overwritten content is zeroed, so a scrubbed password leaves no copy in free pages.
+    cur.execute("PRAGMA secure_delete=ON")
     cur.close()
 
 
@@ -304,3 +312,26 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Any]:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def purge_freed_secrets(engine: Engine) -> None:
+    """After a password was scrubbed: push old page images out of the database's side files.
+
+    SQLite keeps pre-update pages in the WAL until a checkpoint; TRUNCATE copies the (securely deleted)
+    pages home and empties the WAL. PostgreSQL keeps dead tuples until VACUUM reuses their space; we
+    vacuum the two tables that held it (their bytes stay on disk until overwritten - see docs/SECURITY.md).
+    """
+    if engine.dialect.name == "sqlite":
+        # On the raw connection (autocommit): inside a transaction the checkpoint could not truncate.
+        raw = engine.raw_connection()
+        try:
+            cur = raw.cursor()
+            busy = cur.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            cur.close()
+            if busy and busy[0]:
+                log.warning("WAL checkpoint busy; the scrubbed page images leave the WAL at the next one")
+        finally:
+            raw.close()
+    elif engine.dialect.name == "postgresql":
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql("VACUUM outbox, pending_secrets")
