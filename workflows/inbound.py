@@ -207,6 +207,7 @@ def _answer_over_limit(ctx: Ctx, raw: bytes, row: Inbound, reason: str) -> None:
         return
     row.sender = sender
     refusal = TooLarge(reason)
-    row.status = record_refusal(ctx, ParseResult(kind="unreadable", message=None, reason=reason), row, refusal)
-    if row.status == "answered":
+    # Told already today: the message stays in quarantine with its reason (never dropped silently).
+    if record_refusal(ctx, ParseResult(kind="unreadable", message=None, reason=reason), row, refusal) == "answered":
+        row.status = "answered"
         row.error = reason
