@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -160,3 +161,37 @@ def test_over_limit_mail_is_answered_in_indonesian_and_kept(dovecot: Dovecot, sm
         assert s.execute(select(Request)).first() is None
     answers = unit.messages()
     assert len(answers) == 1 and b"melebihi batas" in answers[0].replace(b"=\r\n", b"").replace(b"=\n", b"")
+
+
+def test_intake_failing_alerts_staff_once_and_status_shows_it(dovecot: Dovecot, smtp_relay: SmtpRelay,
+                                                              bind: Bind) -> None:
+    from datetime import timedelta
+
+    from daemon.cli import status_data
+    from daemon.devservers import free_port
+
+    staff = dovecot.new_user("staf")
+    base = Path(tempfile.mkdtemp(prefix="down-"))
+    from daemon.config import parse_config
+    from daemon.localoffice import config_data
+
+    data = config_data(base, imap_port=free_port(), smtp_port=smtp_relay.port, dns_port=bind.port,
+                       tsig_secret=bind.secret, staff=[staff.address], workflow={"intake_alert_minutes": 1})
+    data["agency"][0]["imap"]["idle"] = False
+    cfg = parse_config(data)
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(cfg.db_url)
+    upgrade(engine)
+    sessions = make_sessionmaker(engine)
+    now = [datetime.now(UTC)]
+    d = Daemon(cfg, sessions, clock=lambda: now[0])
+    rt = d.runtimes["trenggalek"]
+    for minutes in (0, 2, 5):  # nothing listens on that port: intake fails for five minutes
+        now[0] = now[0] + timedelta(minutes=minutes)
+        rt.backoff_until = 0
+        d.run_once()
+    d.shutdown(flush_seconds=2)
+    alerts = [m for m in staff.messages() if b"tidak dapat dibaca sejak" in m.replace(b"=\r\n", b"")]
+    assert len(alerts) == 1
+    intake = status_data(cfg, sessions)["intake"][0]
+    assert intake["failing_since"] and intake["last_error"]
