@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from daemon.devservers import Bind, Dovecot, SmtpRelay
-from daemon.localoffice import Office, parse_mail, reply_to
+from daemon.localoffice import Office, parse_mail, reply_to, vouch
 
 pytestmark = pytest.mark.servers
 
@@ -35,13 +35,6 @@ def office(dovecot: Dovecot, smtp_relay: SmtpRelay, bind: Bind) -> Iterator[Offi
 
 def db(office: Office) -> sqlite3.Connection:
     return sqlite3.connect(Path(office.data["state_dir"]) / "subdomaind.db")
-
-
-def vouch(raw: bytes, sender: str, authserv: str = "mx.trenggalekkab.go.id") -> bytes:
-    """What our MTA would prepend for a genuine official's mail."""
-    domain = sender.rpartition("@")[2]
-    return (f"Authentication-Results: {authserv}; dkim=pass header.d={domain}; "
-            f"spf=pass smtp.mailfrom={sender}\r\n").encode() + raw
 
 
 def wait_handled(office: Office, message_id: str, timeout: float = 20.0) -> str:

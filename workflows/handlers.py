@@ -232,19 +232,26 @@ class DecisionReplyHandler:
         step = ctx.sop.step(run.key)
         ctx_info = {"ticket": req.ticket, "step_title": step.title, "role_title": ctx.role_title(run.role)}
         assert run.role is not None
-        if sender in ctx.agency.actors.get(run.role, []):
-            on_behalf_of = None
-        elif sender in delegates_of(ctx, run.role):
-            on_behalf_of = run.role
-        elif sender in requester_addresses(req):
-            raise RequesterCannotApprove(f"pemohon {sender} tidak dapat memutuskan langkah {run.key}", **ctx_info)
-        else:
-            raise NotStepActor(f"{sender} bukan pejabat langkah {run.key} ({run.role})", **ctx_info)
         auth = ctx.agency.auth
+        # Vouching first: a forged sender must not even make us write to the official it impersonates.
         ok, how = vouched(parsed.message, inbound.raw, AuthPolicy(auth.require, auth.authserv_id),
                           ctx.services.dkim_txt)
         if not ok:
             raise NotVouched(how, **ctx_info)
+        if m.via == "subject" and auth.require == "none":
+            # The ticket number alone is guessable (SD/2026/0042): without a server vouching for From, a
+            # tag-only reply would be From-only authorisation, the hole peers were reported for.
+            raise NotStepActor("balasan tanpa token dan tanpa rujukan surel langkah, pengirim tidak terverifikasi",
+                               **ctx_info)
+        if sender in requester_addresses(req):
+            # Checked before the official's own address: nobody decides on their own request.
+            raise RequesterCannotApprove(f"pemohon {sender} tidak dapat memutuskan langkah {run.key}", **ctx_info)
+        if sender in ctx.agency.actors.get(run.role, []):
+            on_behalf_of = None
+        elif sender in delegates_of(ctx, run.role):
+            on_behalf_of = run.role
+        else:
+            raise NotStepActor(f"{sender} bukan pejabat langkah {run.key} ({run.role})", **ctx_info)
         decision = parsed.reply.decision
         if decision == "cancel":
             # BATAL answers the decided step (usually through our echo mail): it undoes that decision
@@ -254,7 +261,8 @@ class DecisionReplyHandler:
             return "handled"
         if run.status != "open":
             raise StepNotOpen(f"langkah {run.key} sudah {run.status} ({run.outcome})", **ctx_info)
-        if m.via == "token" and run.token_expires_at is not None and run.token_expires_at < ctx.now():
+        # The step mail is the capability, whether the reply names it by token or by Message-ID: both expire.
+        if m.via in ("token", "message-id") and run.token_expires_at is not None and run.token_expires_at < ctx.now():
             raise TokenExpired(f"token langkah {run.key} kedaluwarsa", **ctx_info)
         if decision == "unclear":
             raise DecisionUnclear("balasan tidak memuat keputusan yang jelas",
@@ -354,6 +362,10 @@ class DelegationHandler:
         sender = parsed.message.from_addr or ""
         ctx_info = {"ticket": None, "step_title": "pendaftaran Plt/Plh", "role_title": "Kepala Dinas"}
         auth = ctx.agency.auth
+        if auth.require == "none":
+            # A mail naming an acting official carries no token: only a server-vouched sender may do it.
+            raise NotVouched("pendaftaran Plt/Plh melalui surel memerlukan verifikasi pengirim (auth.require)",
+                             **ctx_info)
         ok, how = vouched(parsed.message, inbound.raw, AuthPolicy(auth.require, auth.authserv_id),
                           ctx.services.dkim_txt)
         if not ok:

@@ -115,7 +115,9 @@ def run_handler(ctx: Ctx, parsed: ParseResult, row: Inbound) -> None:
         savepoint.commit()
         row.status = status
     except Refusal as refusal:
+        request_id = row.request_id  # the handler tied it to a request; the rollback must not lose that
         savepoint.rollback()
+        row.request_id = request_id
         row.status = record_refusal(ctx, parsed, row, refusal)
         row.error = refusal.reason
     except Exception as exc:  # the per-message boundary: only here is a bare Exception caught
