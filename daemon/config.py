@@ -72,14 +72,14 @@ class SmtpConfig(SecretSource):
 
 
 class DnsConfig(_Strict):
-    primary: str  # host name or address of the zone's primary (the SOA MNAME when unset elsewhere)
+    primary: str | None = None  # where updates go; None = the zone's SOA MNAME (RFC 2136 section 4)
     port: int = Field(53, ge=1, le=65535)
     tsig_key_name: str
     tsig_algorithm: Literal["hmac-sha256", "hmac-sha512", "hmac-sha384", "hmac-sha224"] = "hmac-sha256"
     tsig_secret_file: Path
     hosting_ip: str
     ttl: int = Field(3600, ge=60, le=604800)
-    # Authoritative servers to verify against, "host" or "host:port"; empty = the primary only.
+    # Authoritative servers to verify against, "host" or "host:port"; empty = every NS of the zone.
     verify_servers: list[str] = []
     verify_timeout_seconds: float = Field(30.0, gt=0)
     name_servers: list[str] = []  # NS names told to the requester; empty = read from the zone

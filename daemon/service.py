@@ -70,7 +70,8 @@ def build_services(config: Config, agency: AgencyConfig) -> Services:
     d = agency.dns
     dns_backend = Rfc2136Dns(zone=agency.zone, primary=d.primary, port=d.port, key_name=d.tsig_key_name,
                              secret=d.read_secret(), algorithm=d.tsig_algorithm,
-                             verify_servers=d.verify_servers or None)
+                             verify_servers=d.verify_servers or None,
+                             reserved=parse_options_for(agency).reserved_names)
     hosting: HostingBackend
     if config.hosting.backend == "command":
         hosting = CommandHosting(config.hosting.argv, secret_via=config.hosting.secret_via,

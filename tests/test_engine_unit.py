@@ -15,7 +15,7 @@ from daemon.localoffice import ACTORS, MAILBOX, make_config, reply_to, request_m
 from daemon.service import Daemon
 from workflows.db import upgrade
 from workflows.engine import Services
-from workflows.provision import NoHosting, PlannedRecord
+from workflows.provision import NameInUse, NoHosting, PlannedRecord, format_diff
 from workflows.store import Audit, Outbox, PendingSecret, Request, make_engine, make_sessionmaker
 
 
@@ -58,26 +58,49 @@ class ListTransport:
 
 
 class DictDns:
+    """In-memory GuardedDnsBackend: owner name -> records; apply is all-or-nothing like RFC 2136."""
+
     zone = "trenggalekkab.go.id"
 
     def __init__(self) -> None:
-        self.records: dict[str, PlannedRecord] = {}
+        self.records: dict[str, list[PlannedRecord]] = {}
+        self.lagging: set[str] = set()  # server labels that "do not serve yet"
 
     def existing(self, name: str) -> list[str]:
-        r = self.records.get(name)
-        return [r.line(self.zone)] if r else []
+        return [r.line(self.zone) for r in self.records.get(name, [])]
+
+    def diff_text(self, records: Sequence[PlannedRecord]) -> str:
+        return format_diff(records, self.zone, {})
+
+    def apply(self, records: Sequence[PlannedRecord]) -> None:
+        busy = {r.fqdn(self.zone): self.existing(r.name) for r in records if r.name in self.records}
+        if busy:
+            raise NameInUse("nama sudah dipakai", busy)
+        for r in records:
+            self.records.setdefault(r.name, []).append(r)
 
     def add(self, record: PlannedRecord) -> None:
-        from workflows.provision import NameInUse
-        if record.name in self.records:
-            raise NameInUse(record.name)
-        self.records[record.name] = record
+        self.apply([record])
 
-    def remove(self, record: PlannedRecord) -> None:
-        self.records.pop(record.name, None)
+    def holds(self, records: Sequence[PlannedRecord]) -> bool:
+        return all(r in self.records.get(r.name, []) for r in records)
 
-    def serving(self, record: PlannedRecord) -> dict[str, bool]:
-        return {"fake": record.name in self.records}
+    def remove(self, records: PlannedRecord | Sequence[PlannedRecord]) -> list[PlannedRecord]:
+        recs = [records] if isinstance(records, PlannedRecord) else list(records)
+        gone = [r for r in recs if r in self.records.get(r.name, [])]
+        for r in gone:
+            self.records[r.name].remove(r)
+            if not self.records[r.name]:
+                del self.records[r.name]
+        return gone
+
+    def serving(self, records: PlannedRecord | Sequence[PlannedRecord]) -> dict[str, bool]:
+        recs = [records] if isinstance(records, PlannedRecord) else list(records)
+        ok = self.holds(recs)
+        return {"ns1": ok and "ns1" not in self.lagging, "ns2": ok and "ns2" not in self.lagging}
+
+    def wait_served(self, records: PlannedRecord | Sequence[PlannedRecord], timeout: float) -> dict[str, bool]:
+        return self.serving(records)
 
     def name_servers(self) -> list[str]:
         return ["ns1.trenggalekkab.go.id", "ns2.trenggalekkab.go.id"]
@@ -199,3 +222,44 @@ def test_minta_formulir_is_answered_with_the_form_once_a_day(world) -> None:  # 
     assert {"formulir-pengajuan-sub-domain.pdf", "formulir-pengajuan-sub-domain.docx"} <= names
     with sessions() as s:
         assert s.execute(select(Request)).first() is None
+
+
+def test_lagging_server_keeps_the_record_waits_and_tolak_removes_it(world) -> None:  # type: ignore[no-untyped-def]
+    d, src, tr, dns_, sessions = world
+    dns_.lagging = {"ns2"}
+    src.add(request_mail("dinsos@example.org"))
+    d.run_once()
+    for role in ("kadis", "kabid", "kasi"):
+        approve(d, src, tr, role)
+    assert "dinsos" in dns_.records  # kept: the primary serves it
+    with sessions() as s:
+        req = s.execute(select(Request)).scalar_one()
+        assert req.step == "cek_teknis" and req.provisioned is None
+        assert req.fields["dns"] == [{"name": "dinsos", "rdtype": "A", "value": "203.0.113.10", "ttl": 300}]
+        assert s.execute(select(Audit).where(Audit.event == "dns.lagging")).scalar_one().detail["servers"] == ["ns2"]
+    # SETUJU retries: the record is found in place (holds), verified again; still lagging -> back to the check.
+    approve(d, src, tr, "kasi")
+    with sessions() as s:
+        assert s.execute(select(Request)).scalar_one().step == "cek_teknis"
+        assert s.execute(select(Audit).where(Audit.event == "dns.already_present")).scalar_one()
+    approve(d, src, tr, "kasi", "TOLAK\nServer sekunder rusak")
+    assert dns_.records == {}
+    with sessions() as s:
+        req = s.execute(select(Request)).scalar_one()
+        assert req.status == "rejected" and "dns" not in req.fields
+        assert s.execute(select(Audit).where(Audit.event == "dns.removed")).scalar_one()
+
+
+def test_lagging_then_caught_up_completes(world) -> None:  # type: ignore[no-untyped-def]
+    d, src, tr, dns_, sessions = world
+    dns_.lagging = {"ns2"}
+    src.add(request_mail("dinsos@example.org"))
+    d.run_once()
+    for role in ("kadis", "kabid", "kasi"):
+        approve(d, src, tr, role)
+    dns_.lagging = set()
+    approve(d, src, tr, "kasi")
+    with sessions() as s:
+        req = s.execute(select(Request)).scalar_one()
+        assert req.provisioned and req.provisioned["records"][0]["value"] == "203.0.113.10"
+        assert req.step == "paraf_kasi", req.step

@@ -30,10 +30,11 @@ pytestmark = pytest.mark.servers
 SCRIPT = """#!/usr/bin/env python3
 import json, os, sys
 password = sys.stdin.readline().rstrip("\\n")
-out = {"argv": sys.argv[1:], "password": password, "env_has_password": "SUBDOMAIND_PASSWORD" in os.environ}
-with open(os.environ["ACCOUNTS_FILE"], "a") as f:
+out = {"argv": sys.argv[2:], "password": password, "env_has_password": "SUBDOMAIND_PASSWORD" in os.environ,
+       "env_has_credentials": "CREDENTIALS_DIRECTORY" in os.environ}
+with open(sys.argv[1], "a") as f:
     f.write(json.dumps(out) + "\\n")
-print("akun dibuat untuk", sys.argv[1])
+print("akun dibuat untuk", sys.argv[2])
 """
 
 
@@ -42,11 +43,9 @@ def _office(base: Path, dovecot: Dovecot, relay: SmtpRelay, bind: Bind, accounts
     base.mkdir(parents=True, exist_ok=True)
     script.write_text(SCRIPT)
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
-    import os
-
-    os.environ["ACCOUNTS_FILE"] = str(accounts)
     o = Office.create(base, dovecot, relay, bind,
-                      hosting={"backend": "command", "argv": [str(script), "{username}", "{fqdn}", "{ip}"],
+                      hosting={"backend": "command",
+                               "argv": [str(script), str(accounts), "{username}", "{fqdn}", "{ip}"],
                                "secret_via": "stdin", "timeout_seconds": 20},
                       agency_extra={"username_pattern": "{pic}_{subdomain}"})
     cfg = load_config(o.config_path)
@@ -59,10 +58,13 @@ def _office(base: Path, dovecot: Dovecot, relay: SmtpRelay, bind: Bind, accounts
 
 
 def test_command_backend_and_the_password_lives_only_in_the_pic_letter(dovecot: Dovecot, smtp_relay: SmtpRelay,
-                                                                       bind: Bind) -> None:
+                                                                       bind: Bind,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     base = Path(tempfile.mkdtemp(prefix="prov-"))
     accounts = base / "accounts.jsonl"
     o, d = _office(base / "office", dovecot, smtp_relay, bind, accounts)
+    # As under systemd, after the config is read: the secrets directory must not reach the command.
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(base))
     label = f"k{secrets.token_hex(3)}"
     body = REQUEST_BODY.format(label=label, pic=o.requester.address).replace(
         "Nama Penanggung Jawab : Lukman Hakim", "Nama Penanggung Jawab : Lukman $(touch /tmp/pwned-subdomaind) Hakim")
@@ -79,6 +81,7 @@ def test_command_backend_and_the_password_lives_only_in_the_pic_letter(dovecot: 
     assert made[0]["argv"][1:] == [f"{label}.trenggalekkab.go.id", "203.0.113.10"]
     assert made[0]["argv"][0].startswith("lukman") and "$" not in made[0]["argv"][0]
     assert made[0]["password"] == password and not made[0]["env_has_password"]
+    assert not made[0]["env_has_credentials"]
     assert not Path("/tmp/pwned-subdomaind").exists()
     d.shutdown(flush_seconds=2)
     # The password is nowhere else: not in the database files, not in any other mail.

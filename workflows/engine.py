@@ -22,14 +22,20 @@ from daemon.config import AgencyConfig, Config
 from parsers.model import ParseOptions
 from workflows.mailer import MailAttachment, Mailer, format_tanggal, new_token, token_hash
 from workflows.provision import (
-    DnsBackend,
     DnsError,
+    DnsStateUnknown,
+    GuardedDnsBackend,
     HostingBackend,
     HostingError,
     NameInUse,
+    PlanError,
     PlannedRecord,
+    RolledBack,
     generate_password,
     make_username,
+    plan_records,
+    records_from_json,
+    records_to_json,
 )
 from workflows.sop import Sop, Step
 from workflows.store import Account, Audit, Counter, Decision, Inbound, PendingSecret, Request, StepRun
@@ -58,7 +64,7 @@ class ActionFailed(Exception):
 class Services:
     """The outside world the engine acts on, passed in (never globals)."""
 
-    dns: DnsBackend
+    dns: GuardedDnsBackend
     hosting: HostingBackend
     # How DKIM public keys are looked up (dkimpy's dnsfunc); None = the system resolver.
     dkim_txt: Callable[..., bytes | None] | None = None
@@ -232,6 +238,8 @@ def step_context(ctx: Ctx, req: Request, step: Step, run: StepRun) -> dict[str, 
         answers=answers,
         expires=format_tanggal(run.token_expires_at.astimezone(_tz(ctx))) if run.token_expires_at else None,
         note=run.note,
+        # Until the records exist, every approver sees the planned change as a diff (issue 5).
+        dns_diff=None if req.provisioned else (req.fields or {}).get("dns_diff"),
     )
     return data
 
@@ -506,6 +514,13 @@ def _check_completeness(ctx: Ctx, req: Request, run: StepRun) -> str:
             if existing:
                 problems.append({"field": "subdomain",
                                  "reason": f"Nama sub domain '{label}.{ctx.agency.zone}' sudah terdaftar di DNS."})
+        try:
+            plan = planned_records(ctx, req)
+        except PlanError as exc:
+            problems.append({"field": exc.field, "reason": str(exc)})
+        else:
+            # The dry run for the approval mails (never raises); the real check is repeated when applying.
+            f = {**f, "dns_plan": records_to_json(plan), "dns_diff": ctx.services.dns.diff_text(plan)}
     f = {**f, "check": {"missing": missing, "problems": problems}}
     req.fields = f
     if missing or problems:
@@ -514,12 +529,29 @@ def _check_completeness(ctx: Ctx, req: Request, run: StepRun) -> str:
     return "complete"
 
 
-def planned_record(ctx: Ctx, req: Request) -> PlannedRecord:
-    f = req.fields or {}
-    ip = f.get("target_ip") or ctx.agency.dns.hosting_ip
-    rdtype = "AAAA" if ":" in ip else "A"
-    assert req.subdomain
-    return PlannedRecord(name=req.subdomain, rdtype=rdtype, value=ip, ttl=ctx.agency.dns.ttl)
+def planned_records(ctx: Ctx, req: Request) -> list[PlannedRecord]:
+    """The request's DNS records (A/AAAA, CNAME or NS delegation + glue); raises PlanError in Indonesian."""
+    return plan_records(label=req.subdomain or "", zone=ctx.agency.zone, fields=req.fields or {},
+                        hosting_ip=ctx.agency.dns.hosting_ip, ttl=ctx.agency.dns.ttl,
+                        reserved=ctx.parse_options.reserved_names)
+
+
+def dns_records_of(req: Request) -> list[PlannedRecord]:
+    """The records this request put into the zone: provisioned, or applied but not (yet) verified."""
+    return records_from_json(req.provisioned or (req.fields or {}).get("dns") or [])
+
+
+def _remove_dns(ctx: Ctx, req: Request, records: list[PlannedRecord], event: str) -> None:
+    """Remove exactly the request's records; a failure alerts staff instead of raising."""
+    lines = [r.line(ctx.agency.zone) for r in records]
+    try:
+        removed = ctx.services.dns.remove(records)
+    except DnsError as exc:
+        audit(ctx, req, "dns.remove_failed", records=lines, error=str(exc))
+        alert_staff(ctx, req, f"Rekaman DNS {'; '.join(lines)} gagal dihapus: {exc}")
+        return
+    req.fields = {k: v for k, v in (req.fields or {}).items() if k != "dns"}
+    audit(ctx, req, event, records=[r.line(ctx.agency.zone) for r in removed])
 
 
 def _provision(ctx: Ctx, req: Request, run: StepRun) -> str:
@@ -527,51 +559,54 @@ def _provision(ctx: Ctx, req: Request, run: StepRun) -> str:
         return "ok"  # done before a crash; never twice
     if not req.subdomain:
         raise ActionFailed("permohonan tidak memuat nama sub domain")
-    record = planned_record(ctx, req)
-    added = False
+    try:
+        records = planned_records(ctx, req)
+    except PlanError as exc:
+        raise ActionFailed(str(exc)) from exc
+    zone = ctx.agency.zone
+    lines = [r.line(zone) for r in records]
+    dns_ = ctx.services.dns
     try:
         try:
-            ctx.services.dns.add(record)
-            added = True
-        except NameInUse:
-            # Either we added it before a crash (same value: ours), or someone else holds the name.
-            existing = ctx.services.dns.existing(record.name)
-            ours = any(line.split()[-1].rstrip(".") == record.value and f" {record.rdtype} " in line
-                       for line in existing)
-            if not ours or len(existing) != 1:
-                raise ActionFailed(
-                    f"nama {record.name}.{ctx.agency.zone} sudah dipakai di DNS: {'; '.join(existing)}"
-                ) from None
+            dns_.apply(records)  # one atomic update; nothing existing is ever replaced
+            audit(ctx, req, "dns.applied", records=lines)
+        except NameInUse as exc:
+            # Ours from an earlier attempt (a lagging server, a crash after the update) or someone else's.
+            if not dns_.holds(records):
+                found = "; ".join(line for found in exc.existing.values() for line in found)
+                raise ActionFailed(f"nama {req.subdomain}.{zone} sudah dipakai di DNS: {found or exc}") from None
+            audit(ctx, req, "dns.already_present", records=lines)
+        # The records are in the zone from here on: a later rejection must find them.
+        req.fields = {**(req.fields or {}), "dns": records_to_json(records)}
         wait = ctx.agency.dns.verify_timeout_seconds
-        served = getattr(ctx.services.dns, "wait_served", None)
-        state = served(record, wait) if served else ctx.services.dns.serving(record)
-        if not all(state.values()):
-            lagging = ", ".join(k for k, ok in state.items() if not ok)
-            raise ActionFailed(f"rekaman DNS belum dilayani oleh {lagging} setelah {wait:.0f} detik")
-        taken = set(ctx.session.execute(select(Account.username).where(Account.agency == ctx.agency.id)).scalars())
-        username = make_username(ctx.agency.username_pattern, req.subdomain, (req.fields or {}).get("pic_name"),
-                                 taken)
-        password = generate_password()
-        result = ctx.services.hosting.create(
-            username=username, password=password, fqdn=f"{req.subdomain}.{ctx.agency.zone}",
-            ip=record.value, subdomain=req.subdomain,
-        )
-    except (DnsError, HostingError) as exc:
-        if added:
-            try:
-                ctx.services.dns.remove(record)
-                audit(ctx, req, "dns.rolled_back", record=record.line(ctx.agency.zone))
-            except DnsError as rb_exc:
-                audit(ctx, req, "dns.rollback_failed", record=record.line(ctx.agency.zone), error=str(rb_exc))
+        state = dns_.wait_served(records, wait)
+        lagging = [server for server, ok in state.items() if not ok]
+        if lagging:
+            # Keep the records (the primary serves them); staff check the server, SETUJU re-checks, TOLAK removes.
+            audit(ctx, req, "dns.lagging", records=lines, servers=lagging)
+            raise ActionFailed(f"rekaman DNS sudah dibuat tetapi belum dilayani oleh {', '.join(lagging)} setelah "
+                               f"{wait:.0f} detik; rekaman dibiarkan. Periksa server tersebut, lalu SETUJU untuk "
+                               f"memeriksa ulang atau TOLAK untuk membatalkan (rekaman akan dihapus).")
+    except RolledBack as exc:
+        audit(ctx, req, "dns.rolled_back", records=lines, error=str(exc))
         raise ActionFailed(str(exc)) from exc
-    except ActionFailed:
-        if added:
-            try:
-                ctx.services.dns.remove(record)
-                audit(ctx, req, "dns.rolled_back", record=record.line(ctx.agency.zone))
-            except DnsError as rb_exc:
-                audit(ctx, req, "dns.rollback_failed", record=record.line(ctx.agency.zone), error=str(rb_exc))
-        raise
+    except DnsStateUnknown as exc:
+        req.fields = {**(req.fields or {}), "dns": records_to_json(records)}  # maybe there: TOLAK removes them
+        audit(ctx, req, "dns.state_unknown", records=lines, error=str(exc))
+        raise ActionFailed(str(exc)) from exc
+    except DnsError as exc:  # guard, TSIG, REFUSED, unreachable: nothing was applied
+        raise ActionFailed(str(exc)) from exc
+    taken = set(ctx.session.execute(select(Account.username).where(Account.agency == ctx.agency.id)).scalars())
+    username = make_username(ctx.agency.username_pattern, req.subdomain, (req.fields or {}).get("pic_name"), taken)
+    password = generate_password()
+    address = next((r.value for r in records if r.rdtype in ("A", "AAAA") and r.name == req.subdomain),
+                   ctx.agency.dns.hosting_ip)
+    try:
+        result = ctx.services.hosting.create(username=username, password=password, fqdn=f"{req.subdomain}.{zone}",
+                                             ip=address, subdomain=req.subdomain)
+    except HostingError as exc:
+        _remove_dns(ctx, req, records, "dns.rolled_back")  # the request cannot complete: leave nothing behind
+        raise ActionFailed(str(exc)) from exc
     now = ctx.now()
     ctx.session.add(Account(agency=ctx.agency.id, request_id=req.id, username=username,
                             backend=ctx.services.hosting.name, created_at=now,
@@ -585,18 +620,20 @@ def _provision(ctx: Ctx, req: Request, run: StepRun) -> str:
         ns = list(ctx.agency.dns.name_servers) or ctx.services.dns.name_servers()
     except (DnsError, OSError, Exception):  # noqa: BLE001 - name servers are informative only
         ns = list(ctx.agency.dns.name_servers)
+    first = records[0]
     req.provisioned = {
-        "record": record.line(ctx.agency.zone),
-        "name": record.name,
-        "rdtype": record.rdtype,
-        "value": record.value,
-        "ttl": record.ttl,
+        "records": records_to_json(records),
+        "record": "\n".join(lines),
+        "name": first.name,
+        "rdtype": first.rdtype,
+        "value": first.value,
+        "ttl": first.ttl,
         "name_servers": ns,
         "username": username,
         "served": state,
         "hosting": result,
     }
-    audit(ctx, req, "provisioned", record=record.line(ctx.agency.zone), username=username, served=state)
+    audit(ctx, req, "provisioned", records=lines, username=username, served=state)
     return "ok"
 
 
@@ -670,14 +707,10 @@ def _send_rejection(ctx: Ctx, req: Request, run: StepRun) -> str:
         select(Decision).where(Decision.request_id == req.id, Decision.accepted.is_(True))
         .order_by(Decision.id.desc())
     ).scalars().first()
+    records = dns_records_of(req)
+    if records:
+        _remove_dns(ctx, req, records, "dns.removed")
     if req.provisioned:
-        record = PlannedRecord(name=req.provisioned["name"], rdtype=req.provisioned["rdtype"],
-                               value=req.provisioned["value"], ttl=req.provisioned["ttl"])
-        try:
-            ctx.services.dns.remove(record)
-            audit(ctx, req, "dns.removed", record=record.line(ctx.agency.zone))
-        except DnsError as exc:
-            alert_staff(ctx, req, f"Rekaman DNS {record.line(ctx.agency.zone)} gagal dihapus: {exc}")
         secret = ctx.session.get(PendingSecret, req.id)
         if secret is not None:
             ctx.session.delete(secret)
@@ -705,9 +738,10 @@ def _recheck_dns(ctx: Ctx, req: Request, run: StepRun) -> str:
     if not p:
         run.note = "Sub domain belum pernah dibuat oleh sistem; tidak ada rekaman untuk diperiksa."
         return "error"
-    record = PlannedRecord(name=p["name"], rdtype=p["rdtype"], value=p["value"], ttl=p["ttl"])
-    state = ctx.services.dns.serving(record)
-    lines = [f"Rekaman {record.line(ctx.agency.zone)}:"]
+    records = records_from_json(p)
+    record = records[0]
+    state = ctx.services.dns.serving(records)
+    lines = [f"Rekaman {'; '.join(r.line(ctx.agency.zone) for r in records)}:"]
     lines += [f"- {server}: {'dilayani' if ok else 'TIDAK dilayani'}" for server, ok in state.items()]
     complaint = run.note or ""
     for token in re.findall(r"[0-9a-fA-F:.]{7,45}", complaint):

@@ -1115,7 +1115,9 @@ class CommandHosting:
         values = {"username": username, "fqdn": fqdn, "ip": ip, "subdomain": subdomain}
         # Substitution per argument: a value can never split into more arguments or reach a shell.
         argv = [arg.format(**values) for arg in self.argv]
-        env = dict(os.environ)
+        # A minimal environment: the daemon's own (CREDENTIALS_DIRECTORY with the IMAP, SMTP and TSIG
+        # secrets among it) is none of the panel command's business.
+        env = {k: os.environ[k] for k in ("PATH", "LANG", "LC_ALL", "TZ", "HOME") if k in os.environ}
         stdin = None
         if self.secret_via == "env":
             env["SUBDOMAIND_PASSWORD"] = password
