@@ -190,7 +190,6 @@ class WorkflowConfig(_Strict):
     undo_window_minutes: float = Field(10.0, ge=0)
     token_days: float = Field(7.0, gt=0)
     daily_cap_per_address: int = Field(50, ge=1)
-    refusal_notice_per_day: int = Field(1, ge=1)
     # Staff get one alert mail when intake has failed for this long (status shows it at once).
     intake_alert_minutes: float = Field(30.0, gt=0)
     quarantine_max_retries: int = Field(3, ge=1)
@@ -281,6 +280,8 @@ def _semantic_problems(cfg: Config, base_dir: Path | None) -> list[str]:
         for role in ag.delegates:
             if sop is not None and role not in sop.roles:
                 problems.append(f"{key}.delegates.{role}: no such role in SOP {ag.sop!r}")
+        if ag.imap.tls == "none" and not _loopback(ag.imap.host):
+            problems.append(f"{key}.imap.tls: 'none' is only allowed to a loopback host, not {ag.imap.host!r}")
         if ag.imap.password_file is None and ag.imap.password_env is None:
             problems.append(f"{key}.imap: set password_file or password_env (never inline)")
         elif ag.imap.password_file is not None and not _readable(ag.imap.password_file):
@@ -304,9 +305,24 @@ def _semantic_problems(cfg: Config, base_dir: Path | None) -> list[str]:
         problems.append(f"smtp.ca_file: cannot read {cfg.smtp.ca_file}")
     if cfg.smtp.user and cfg.smtp.password_file is None and cfg.smtp.password_env is None:
         problems.append("smtp: a user is set; set password_file or password_env too")
+    if cfg.smtp.password_file is not None and not _readable(cfg.smtp.password_file):
+        problems.append(f"smtp.password_file: cannot read {cfg.smtp.password_file}")
+    if cfg.smtp.tls == "none" and not _loopback(cfg.smtp.host):
+        problems.append(f"smtp.tls: 'none' is only allowed to a loopback host, not {cfg.smtp.host!r}")
     if cfg.hosting.backend == "command" and not cfg.hosting.argv:
         problems.append("hosting.argv: the command backend needs an argv template")
     return problems
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _readable(path: Path) -> bool:
@@ -340,7 +356,8 @@ def _resolve_paths(node: object, base: Path) -> None:
     if isinstance(node, dict):
         for key, value in list(node.items()):
             if key in _PATH_KEYS and isinstance(value, str) and not os.path.isabs(value):
-                if key != "state_dir" and os.environ.get("CREDENTIALS_DIRECTORY") and "/" not in value:
+                if key not in ("state_dir", "holiday_overrides") and os.environ.get("CREDENTIALS_DIRECTORY") \
+                        and "/" not in value:
                     continue  # a bare credential name: looked up in $CREDENTIALS_DIRECTORY
                 node[key] = str((base / value).resolve())
             else:

@@ -54,6 +54,15 @@ def install() -> None:
         _check(args[-1])
         return real_sendto(self, data, *args)
 
+    real_getaddrinfo = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        # Name lookups go through the C resolver, past the socket methods: only loopback names here.
+        if host not in (None, "localhost", b"localhost"):
+            _check((host.decode() if isinstance(host, bytes) else host, 0))
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    socket.getaddrinfo = getaddrinfo
     socket.socket.connect = connect  # type: ignore[method-assign,assignment]
     socket.socket.connect_ex = connect_ex  # type: ignore[method-assign,assignment]
     socket.socket.sendto = sendto  # type: ignore[method-assign,assignment]

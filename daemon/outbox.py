@@ -120,6 +120,12 @@ def drain(
                     row.status = "failed"
                     counts["failed"] += 1
                     log.warning("outbox %s failed permanently: %s", row.message_id, exc)
+                    if row.sensitive:
+                        # An undeliverable letter must not keep the password: staff issue a new one.
+                        row.raw = None
+                        scrubbed = True
+                        if row.request_id is not None:
+                            s.execute(delete(PendingSecret).where(PendingSecret.request_id == row.request_id))
                 else:
                     row.next_attempt_at = clock() + backoff(row.attempts)
                     counts["retry"] += 1

@@ -137,6 +137,9 @@ class Daemon:
         if not self.config_path:
             log.warning("reload asked, but the daemon was not started from a configuration file")
             return False
+        from workflows.sop import load_sop
+
+        load_sop.cache_clear()  # SOP files are read again too
         try:
             new = load_config(self.config_path)
             transport, runtimes = self._build(new)
@@ -282,6 +285,7 @@ class Daemon:
                 if not batch:
                     break
                 for uid, raw in batch:
+                    sd_notify("WATCHDOG=1")  # a long backlog is progress, not a hang
                     quarantine = self._take(rt, uv, uid, raw)
                     last_uid = uid
                     handled += 1

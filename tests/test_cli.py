@@ -149,3 +149,23 @@ def test_logs_redact_addresses_in_errors_and_json_carries_ticket() -> None:
     assert "k***@trenggalekkab.go.id" in lines[0]["msg"] and "kadis.diskominfo" not in lines[0]["msg"]
     assert lines[1]["ticket"] == "SD/2026/0001" and lines[1]["message_id"] == "<m@x>"
     logger.removeHandler(handler)
+
+
+def test_plain_text_mail_transport_only_to_loopback(tmp_path: Path) -> None:
+    data = config_data(tmp_path)
+    data["smtp"]["host"] = "mail.trenggalekkab.go.id"
+    data["agency"][0]["imap"]["host"] = "mail.trenggalekkab.go.id"
+    proc = run("check-config", str(write_config(tmp_path / "c.toml", data)))
+    assert proc.returncode != 0
+    assert b"smtp.tls: 'none' is only allowed to a loopback host" in proc.stdout
+    assert b"agency[0].imap.tls: 'none' is only allowed to a loopback host" in proc.stdout
+
+
+def test_loopback_guard_blocks_name_lookups_and_remote_addresses() -> None:
+    import socket
+
+    with pytest.raises(OSError, match="loopback-only guard"):
+        socket.getaddrinfo("example.net", 53)
+    with pytest.raises(OSError, match="loopback-only guard"):
+        socket.create_connection(("192.0.2.1", 53), timeout=0.1)
+    assert socket.getaddrinfo("127.0.0.1", 53)

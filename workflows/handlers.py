@@ -39,6 +39,7 @@ from workflows.mailer import LOOP_HEADER, token_hash
 from workflows.store import Delegation, Inbound, Outbox, Request, StepRun
 from workflows.vouch import AuthPolicy, vouched
 
+_PLAIN_ADDRESS = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
 _REQUEST_WORDS = re.compile(r"\b(sub[\s-]?domain|subdomain|hosting)\b", re.IGNORECASE)
 
 
@@ -484,6 +485,12 @@ class NewRequestHandler:
         msg = parsed.message
         assert msg is not None
         requester = (msg.forwarded_from or msg.from_addr or "").lower()
+        if not _PLAIN_ADDRESS.match(requester):
+            # One plain address or nothing: an encoded From that decodes to a list must not become our
+            # recipient list (security review, gap 10).
+            inbound.error = f"alamat pengirim tidak sah: {requester[:100]!r}"
+            audit(ctx, None, "mail.bad_sender", message_id=inbound.message_id, sender=requester[:200])
+            return "unmatched"
         if parsed.request is not None:
             fields = parsed.request.to_json()
         else:

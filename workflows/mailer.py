@@ -30,6 +30,8 @@ LOOP_HEADER = "X-Subdomaind-Loop"
 # CRLF line ends, and headers folded only past RFC 5322's 998: a long msg-id in In-Reply-To or References
 # must stay a msg-id, not become an RFC 2047 encoded word that no client can thread on.
 MAIL_POLICY = email.policy.SMTP.clone(max_line_length=998)
+# Mail sent in reaction to an inbound message: what a mail loop would multiply.
+CAPPED_PURPOSES = frozenset({"ack", "refusal", "echo", "form", "delegation", "cancelled"})
 
 
 def one_line(value: object, limit: int = 200) -> str:
@@ -217,7 +219,10 @@ class Mailer:
                 msg.add_attachment(att.data, maintype=maintype, subtype=subtype or "octet-stream",
                                    filename=att.filename)
         status, note = "queued", None
-        capped = self._over_cap(session, [*to, *cc], now)
+        # The cap fences mail we send *in answer to* mail (a loop feeds on those); mail the SOP itself sends
+        # (step mails, letters, alerts, digests) is bounded by the requests and must not be stalled by a
+        # flood of strangers' letters filling an official's quota.
+        capped = self._over_cap(session, [*to, *cc], now) if purpose.split(".")[0] in CAPPED_PURPOSES else []
         if capped:
             # The last fence against a mail loop (issue 4): the mail is kept, not sent, and staff see it.
             status, note = "held", f"batas harian {self.daily_cap} surel per alamat tercapai: {', '.join(capped)}"
