@@ -119,6 +119,24 @@ class AuthConfig(_Strict):
         return self
 
 
+class VocabularyConfig(_Strict):
+    """Per-agency reply keywords (parsers.model.Vocabulary); a list given here replaces that default list."""
+
+    approve: list[str] | None = None
+    reject: list[str] | None = None
+    revise: list[str] | None = None
+    problem: list[str] | None = None
+    cancel: list[str] | None = None
+    confirm: list[str] | None = None
+
+    @field_validator("*")
+    @classmethod
+    def _words(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and (not v or any(not w.strip() for w in v)):
+            raise ValueError("a keyword list must name at least one non-empty word")
+        return [w.strip().lower() for w in v] if v is not None else None
+
+
 class AgencyConfig(_Strict):
     id: str = Field(pattern=r"^[a-z][a-z0-9_-]{1,31}$")
     name: str
@@ -144,6 +162,7 @@ class AgencyConfig(_Strict):
     office_weekdays: list[int] = [0, 1, 2, 3, 4]
     holiday_overrides: Path | None = None
     digest_time: str = Field("07:00", pattern=r"^\d{2}:\d{2}$")
+    vocabulary: VocabularyConfig = VocabularyConfig()
 
     @field_validator("zone")
     @classmethod

@@ -17,7 +17,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from types import FrameType
 from typing import Any
@@ -61,8 +61,9 @@ def sd_notify(message: str) -> None:
 def parse_options_for(agency: AgencyConfig, limits: LimitsConfig | None = None) -> ParseOptions:
     base = ParseOptions()
     reserved = frozenset(base.reserved_names | {n.lower() for n in agency.reserved_names})
+    words = {k: tuple(v) for k, v in agency.vocabulary.model_dump().items() if v is not None}
     return ParseOptions(zone=agency.zone, reserved_names=reserved, mailbox_address=agency.address,
-                        ticket_prefix=agency.ticket_prefix,
+                        ticket_prefix=agency.ticket_prefix, vocabulary=replace(base.vocabulary, **words),
                         limits=Limits(**limits.model_dump()) if limits is not None else base.limits)
 
 

@@ -263,3 +263,15 @@ def test_lagging_then_caught_up_completes(world) -> None:  # type: ignore[no-unt
         req = s.execute(select(Request)).scalar_one()
         assert req.provisioned and req.provisioned["records"][0]["value"] == "203.0.113.10"
         assert req.step == "paraf_kasi", req.step
+
+
+def test_agency_vocabulary_replaces_the_keywords(tmp_path: Path) -> None:
+    from daemon.service import parse_options_for
+    from parsers import parse
+
+    cfg = make_config(tmp_path, agency_extra={"vocabulary": {"approve": ["laksanakan", "siap laksanakan"]}})
+    opts = parse_options_for(cfg.agencies[0])
+    raw = (b"From: kadis@trenggalekkab.go.id\nSubject: Re: [SD/2026/0001] x\nIn-Reply-To: <a@b>\n\n"
+           b"Laksanakan.\n")
+    assert parse(raw, opts).reply.decision == "approve"  # type: ignore[union-attr]
+    assert "tolak" in opts.vocabulary.reject  # lists not given keep their defaults
