@@ -9,6 +9,11 @@ else escapes. The stdlib parser (compat32 policy, the most lenient one) builds t
 (`mailparser`) then reads the same tree for its defect diagnostics and its tolerant Date parsing; decoding
 of bodies, headers and the HTML-to-text step are ours because they must never raise and must keep quoted
 HTML recognisable as a quote.
+
+Memory: the stdlib parser holds several copies of a message as str (about 10 bytes a byte of base64), so
+in a message of 1 MB or more each long run of encoded body lines is cut out before the parse and read from
+the raw bytes where it is used (`_find_holes`, `_Holes`): the tree and every result are the same, and a
+20 MB attachment costs its decoded bytes, not 200 MB.
 """
 
 from __future__ import annotations
@@ -19,10 +24,12 @@ import codecs
 import email
 import email.policy
 import email.utils
+import io
 import logging
 import quopri
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import Message
@@ -98,6 +105,244 @@ def _prescan(raw: bytes, limits: Limits) -> None:
             stack.append(token)
             if len(stack) > limits.max_depth:
                 raise MessageOverLimit(f"struktur MIME terlalu dalam (lebih dari {limits.max_depth} tingkat)")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Large bodies: kept out of the stdlib parser, read from the raw bytes where they are needed.
+# ---------------------------------------------------------------------------------------------------------
+
+# The stdlib parser decodes the whole message to a str, copies that into a StringIO (up to 4 bytes a
+# character) and splits it into one str per line: a 20 MB base64 attachment costs about 200 MB there. So a
+# long run of body lines is replaced by a one-line placeholder before parsing (`_find_holes` says why the
+# parser cannot tell the two apart), and the run is read from `raw` when its payload is used.
+_SKELETON_MIN_BYTES = 1 << 20  # a smaller message is parsed whole: there is little to save
+_HOLE_MIN_BYTES = 64 << 10  # a shorter run stays in the message
+_HOLE_MAX_HEADERISH_LINES = 64  # lines skipped at the start of a run before the run is given up
+_LF_SLICE_BYTES = 1 << 20
+_HOLE_TOKEN = "SubdomaindHole"
+_HOLE_RE = re.compile(_HOLE_TOKEN + r"(\d{1,6})Z")
+_HOLE_RE_B = re.compile(_HOLE_TOKEN.encode("ascii") + rb"(\d{1,6})Z")
+_HEAD_END_RE = re.compile(rb"\r?\n\r?\n")
+# The line after this newline ends a run: it is blank, or starts with "-" as every MIME delimiter does.
+_BREAK_RE = re.compile(rb"\n(?=-|\r?\n)")
+# What a run is made of: printable ASCII, tab and CRLF / LF line ends. The feedparser also ends a line at a
+# lone CR (checked apart, as `_LONE_CR_RE`), and 8-bit octets would become surrogates in its str.
+_RUN_CHARS_RE = re.compile(rb"[\t\n\r\x20-\x7e]*")
+_LONE_CR_RE = re.compile(rb"\r(?!\n)")
+
+
+def _find_holes(raw: bytes) -> list[tuple[int, int]]:
+    """Byte spans of the long runs of body lines in `raw` that can be cut out before the stdlib parse.
+
+    A run is a sequence of non-blank lines of printable ASCII (tab allowed, CRLF or LF line ends), none
+    starting with "-", whose first line cannot be read as a header line (no ":", no leading white space, not
+    "From "). Whatever the feedparser is doing when it reaches such a run (reading headers: the first line
+    ends them; a leaf body, a preamble, an epilogue, a delivery-status block), it appends every line of the
+    run to one text, and leaves that state only on a blank line or a line starting with "--", which the run
+    does not hold. A placeholder line with the same properties therefore gives the same tree, the same
+    defects, and texts equal to the original ones with the run replaced. A span ends before the line end of
+    the run's last line (the parser strips that one from a payload followed by a boundary).
+    """
+    head = _HEAD_END_RE.search(raw)
+    if head is None:
+        return []
+    spans: list[tuple[int, int]] = []
+    start = head.end()
+    for m in _BREAK_RE.finditer(raw, start - 1):
+        if m.start() + 1 - start >= _HOLE_MIN_BYTES:
+            _find_runs(raw, start, m.start() + 1, spans)
+        nl = raw.find(b"\n", m.start() + 1)
+        start = len(raw) if nl < 0 else nl + 1
+    end = raw.rfind(b"\n", start) + 1
+    if end - start >= _HOLE_MIN_BYTES:
+        _find_runs(raw, start, end, spans)
+    return spans
+
+
+def _find_runs(raw: bytes, a: int, b: int, spans: list[tuple[int, int]]) -> None:
+    """The runs in raw[a:b], whole non-blank lines none of which starts with "-" (see `_find_holes`)."""
+    while b - a >= _HOLE_MIN_BYTES:
+        clean = _RUN_CHARS_RE.match(raw, a, b)
+        bad: int | None = clean.end() if clean is not None and clean.end() < b else None
+        if raw.count(b"\r", a, b) != raw.count(b"\r\n", a, b):
+            lone = _LONE_CR_RE.search(raw, a, b)
+            if lone is not None and (bad is None or lone.start() < bad):
+                bad = lone.start()
+        stop = b if bad is None else max(a, raw.rfind(b"\n", a, bad) + 1)
+        first = a
+        for _ in range(_HOLE_MAX_HEADERISH_LINES):
+            if first >= stop:
+                break
+            eol = raw.find(b"\n", first, stop)
+            if raw[first] not in b" \t" and raw.find(b":", first, eol) < 0 and not raw.startswith(b"From ", first):
+                break
+            first = eol + 1
+        else:
+            first = stop
+        end = stop - 1  # the last line's LF (or CRLF) stays in the message
+        if end > first and raw[end - 1] == 0x0D:
+            end -= 1
+        if end - first >= _HOLE_MIN_BYTES:
+            spans.append((first, end))
+        if bad is None:
+            return
+        a = raw.find(b"\n", bad, b) + 1
+
+
+class _Holes:
+    """The runs cut out of a message before parsing, and the parts whose payload holds their placeholders.
+
+    Only a leaf part's `_payload` keeps placeholders; one in a preamble or epilogue is filled in at once.
+    """
+
+    def __init__(self, raw: bytes, spans: list[tuple[int, int]]) -> None:
+        self.raw = raw
+        self.spans = spans
+        self.parts: dict[int, Message] = {}
+
+    def skeleton(self) -> bytes:
+        view = memoryview(self.raw)
+        pieces: list[bytes | memoryview] = []
+        prev = 0
+        for i, (start, end) in enumerate(self.spans):
+            pieces.append(view[prev:start])
+            pieces.append(f"{_HOLE_TOKEN}{i}Z".encode("ascii"))
+            prev = end
+        pieces.append(view[prev:])
+        return b"".join(pieces)
+
+    def locate(self, root: Message) -> bool:
+        """Find every placeholder in the parsed tree; False unless each is in exactly one payload, once."""
+        seen = [0] * len(self.spans)
+
+        def count(text: str) -> bool:
+            for m in _HOLE_RE.finditer(text):
+                i = int(m.group(1))
+                if i >= len(seen):
+                    return False
+                seen[i] += 1
+            return True
+
+        stack = [root]
+        while stack:
+            part = stack.pop()
+            payload = getattr(part, "_payload", None)
+            if isinstance(payload, list):
+                stack.extend(c for c in payload if isinstance(c, Message))
+            elif isinstance(payload, str) and _HOLE_TOKEN in payload:
+                if not count(payload):
+                    return False
+                self.parts[id(part)] = part
+            for attr in ("preamble", "epilogue"):
+                value = getattr(part, attr, None)
+                if isinstance(value, str) and _HOLE_TOKEN in value:
+                    if not count(value):
+                        return False
+                    setattr(part, attr, self.fill(value))
+        return all(n == 1 for n in seen)
+
+    def region(self, i: int) -> memoryview:
+        start, end = self.spans[i]
+        return memoryview(self.raw)[start:end]
+
+    def fill(self, text: str) -> str:
+        """`text` with its placeholders replaced by the runs (ASCII, so exactly what the parser had made)."""
+        return _HOLE_RE.sub(lambda m: bytes(self.region(int(m.group(1)))).decode("ascii"), text)
+
+    def has(self, part: Message) -> bool:
+        return id(part) in self.parts
+
+    def payload_pieces(self, part: Message) -> list[bytes | memoryview] | None:
+        """A holed part's payload bytes, as parsed from the whole message, in pieces: views of `raw` for
+        the runs, bytes for the text around them. None for a part without placeholders."""
+        payload = getattr(part, "_payload", None)
+        if id(part) not in self.parts or not isinstance(payload, str):
+            return None
+        pieces: list[bytes | memoryview] = []
+        prev = 0
+        for m in _HOLE_RE.finditer(payload):
+            pieces.append(payload[prev : m.start()].encode("ascii", "surrogateescape"))
+            pieces.append(self.region(int(m.group(1))))
+            prev = m.end()
+        pieces.append(payload[prev:].encode("ascii", "surrogateescape"))
+        return [p for p in pieces if len(p)]
+
+    def within(self, root: Message) -> list[Message]:
+        """The holed parts in the tree under `root` (itself included)."""
+        out: list[Message] = []
+        stack = [root]
+        while stack:
+            part = stack.pop()
+            if id(part) in self.parts:
+                out.append(part)
+            payload = getattr(part, "_payload", None)
+            if isinstance(payload, list):
+                stack.extend(c for c in payload if isinstance(c, Message))
+        return out
+
+    @contextmanager
+    def filled(self, parts: Iterable[Message]) -> Iterator[None]:
+        """The parts' payloads as parsed from the whole message, for as long as the block runs."""
+        saved: list[tuple[Message, str]] = []
+        try:
+            for part in parts:
+                payload = getattr(part, "_payload", None)
+                if isinstance(payload, str):
+                    saved.append((part, payload))
+                    part._payload = self.fill(payload)  # type: ignore[attr-defined]
+            yield
+        finally:
+            for part, payload in saved:
+                part._payload = payload  # type: ignore[attr-defined]
+
+    def substitute(self, out: bytes, parts: list[Message]) -> bytes | None:
+        """Serialised bytes of a tree holding `parts` with the runs put back, line ends written as LF.
+
+        The BytesGenerator writes a leaf payload line by line with its own line end, so a run comes out
+        with CRLF turned into LF. Multipart and message parts are written otherwise: None for those.
+        """
+        expected: set[int] = set()
+        for part in parts:
+            if part.get_content_maintype() in ("multipart", "message"):
+                return None
+            expected.update(int(m.group(1)) for m in _HOLE_RE.finditer(str(getattr(part, "_payload", ""))))
+        found = [int(m.group(1)) for m in _HOLE_RE_B.finditer(out)]
+        if sorted(found) != sorted(expected):
+            return None
+        buf = io.BytesIO()
+        prev = 0
+        for m in _HOLE_RE_B.finditer(out):
+            buf.write(memoryview(out)[prev : m.start()])
+            start, end = self.spans[int(m.group(1))]
+            if self.raw.find(b"\r", start, end) < 0:
+                buf.write(self.region(int(m.group(1))))
+            else:
+                # CRLF to LF a slice at a time; a slice ends after an LF, so no CRLF is cut in two (a run
+                # holds no lone CR, and ends on a character of its last line).
+                while start < end:
+                    cut = min(end, start + _LF_SLICE_BYTES)
+                    nl = self.raw.find(b"\n", cut, end)
+                    cut = end if cut == end or nl < 0 else nl + 1
+                    buf.write(self.raw[start:cut].replace(b"\r\n", b"\n"))
+                    start = cut
+            prev = m.end()
+        buf.write(memoryview(out)[prev:])
+        return buf.getvalue()
+
+
+def _read_tree(raw: bytes) -> tuple[Message, _Holes | None]:
+    """The stdlib (compat32) tree of `raw`; a large message is parsed with its long runs cut out."""
+    if len(raw) >= _SKELETON_MIN_BYTES and _HOLE_TOKEN.encode("ascii") not in raw:
+        spans = _find_holes(raw)
+        if spans:
+            holes = _Holes(raw, spans)
+            skeleton = holes.skeleton()
+            msg = email.message_from_bytes(skeleton, policy=email.policy.compat32)
+            del skeleton
+            if holes.locate(msg):
+                return msg, holes
+            _log.debug("placeholders not where expected, parsing the whole message")
+    return email.message_from_bytes(raw, policy=email.policy.compat32), None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -497,13 +742,24 @@ def _filename(part: Message) -> str | None:
     return name or None
 
 
-def _payload_bytes(part: Message, defects: list[str]) -> bytes:
+def _payload_bytes(part: Message, defects: list[str], holes: _Holes | None = None) -> bytes:
     """The decoded payload of a leaf part (base64 / quoted-printable / 7bit / 8bit / binary)."""
     cte = str(part.get("Content-Transfer-Encoding", "") or "").strip().lower()
     # The stored payload, not get_payload(): compat32 turns 8-bit octets into U+FFFD on that path, and the
     # charset decision belongs to `decode_bytes`, which knows more fallbacks.
     raw = getattr(part, "_payload", None)
-    if isinstance(raw, bytes):
+    raw_bytes: bytes | memoryview
+    held = holes.payload_pieces(part) if holes is not None else None
+    if held is not None:
+        # Straight from the message bytes, without a str or a copy of the run where that can be helped.
+        core = _base64_core(held) if cte == "base64" else None
+        if core is not None:
+            try:
+                return binascii.a2b_base64(core)
+            except (binascii.Error, ValueError):
+                pass  # the same error on the whole payload, whose repair follows
+        raw_bytes = held[0] if len(held) == 1 else b"".join(held)
+    elif isinstance(raw, bytes):
         raw_bytes = raw
     elif isinstance(raw, str):
         if _has_surrogates(raw):
@@ -519,7 +775,7 @@ def _payload_bytes(part: Message, defects: list[str]) -> bytes:
             pass
         # RFC 2045 section 6.8: the encoded text is a multiple of 4 characters; a truncated transfer leaves
         # a tail we cannot decode. Keep what decodes and say what was lost.
-        cleaned = re.sub(rb"[^A-Za-z0-9+/]", b"", raw_bytes)
+        cleaned = re.sub(rb"[^A-Za-z0-9+/]", b"", bytes(raw_bytes))
         rem = len(cleaned) % 4
         # 2 or 3 leftover characters still carry 1 or 2 whole octets; 1 leftover carries none.
         cleaned = cleaned[:-1] if rem == 1 else cleaned + b"=" * ((4 - rem) % 4)
@@ -534,16 +790,29 @@ def _payload_bytes(part: Message, defects: list[str]) -> bytes:
             return quopri.decodestring(raw_bytes)
         except (ValueError, binascii.Error):
             defects.append("quoted-printable rusak")
-            return raw_bytes
+            return bytes(raw_bytes)
     if cte and cte not in ("7bit", "8bit", "binary"):
         try:
-            data = part.get_payload(decode=True)
+            if held is not None and holes is not None:
+                with holes.filled([part]):
+                    data = part.get_payload(decode=True)
+            else:
+                data = part.get_payload(decode=True)
         except Exception:
             data = None
         if isinstance(data, bytes):
             return data
         defects.append(f"Content-Transfer-Encoding tidak dikenal: {cte[:40]}")
-    return raw_bytes
+    return bytes(raw_bytes)
+
+
+def _base64_core(pieces: list[bytes | memoryview]) -> memoryview | None:
+    """The one run of a payload whose other pieces are only white space, which `a2b_base64` skips (its
+    non-strict mode discards every byte outside the alphabet and the pad without a change of state)."""
+    views = [p for p in pieces if isinstance(p, memoryview)]
+    if len(views) != 1 or any(not isinstance(p, memoryview) and p.strip(b" \t\r\n") for p in pieces):
+        return None
+    return views[0]
 
 
 def _part_text(part: Message, data: bytes, ctype: str, defects: list[str]) -> str:
@@ -562,12 +831,29 @@ def _part_text(part: Message, data: bytes, ctype: str, defects: list[str]) -> st
     return text.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "")
 
 
-def _serialise_message(part: Message) -> bytes:
+def _serialise_message(part: Message, holes: _Holes | None = None) -> bytes:
     """The bytes of an attached message/rfc822 (for the forward and bounce readers, and for storage)."""
     payload = part.get_payload()
     inner = payload[0] if isinstance(payload, list) and payload and isinstance(payload[0], Message) else None
     if inner is None:
         return b""
+    held = holes.within(inner) if holes is not None else []
+    if holes is not None and held:
+        # Serialise the tree as parsed, then put the runs in place of their placeholders; a part the
+        # generator writes otherwise than line by line gets its payload filled in for the call instead.
+        try:
+            out: bytes | None = inner.as_bytes(policy=email.policy.compat32.clone(linesep="\n"))
+        except Exception:
+            out = None
+        done = holes.substitute(out, held) if out is not None else None
+        if done is not None:
+            return done
+        with holes.filled(held):
+            return _serialise_inner(inner)
+    return _serialise_inner(inner)
+
+
+def _serialise_inner(inner: Message) -> bytes:
     try:
         return inner.as_bytes(policy=email.policy.compat32.clone(linesep="\n"))
     except Exception:
@@ -577,9 +863,11 @@ def _serialise_message(part: Message) -> bytes:
             return b""
 
 
-def _serialise_status(part: Message) -> bytes:
+def _serialise_status(part: Message, holes: _Holes | None = None) -> bytes:
     """message/delivery-status (RFC 3464 section 2.1): header blocks, one per-message then per-recipient."""
     payload = part.get_payload()
+    if holes is not None and isinstance(payload, str) and holes.has(part):
+        payload = holes.fill(payload)
     blocks: list[str] = []
     if isinstance(payload, list):
         for block in payload:
@@ -660,12 +948,15 @@ _log = logging.getLogger(__name__)
 logging.getLogger("mailparser").addHandler(logging.NullHandler())
 
 
-def _mailparser_view(msg: Message) -> tuple[list[str], datetime | None]:
+def _mailparser_view(msg: Message, holes: _Holes | None = None) -> tuple[list[str], datetime | None]:
     """Defect categories and the Date as mail-parser reads them; its failure is a defect, never a crash."""
     try:
         import mailparser
 
-        mp = mailparser.MailParser(msg)
+        if holes is None or not holes.parts:
+            mp = mailparser.MailParser(msg)
+        else:
+            mp = _holed_mailparser(mailparser.MailParser, holes)(msg)
         categories = sorted(str(c) for c in mp.defects_categories)
         date = mp.date if isinstance(mp.date, datetime) else None
         if date is not None and date.tzinfo is None:
@@ -674,6 +965,23 @@ def _mailparser_view(msg: Message) -> tuple[list[str], datetime | None]:
     except Exception as exc:  # any library failure degrades to our own reading of the message
         _log.debug("mail-parser failed: %r", exc)
         return [f"mail-parser gagal: {type(exc).__name__}"], None
+
+
+def _holed_mailparser(base: type, holes: _Holes) -> type:
+    """mail-parser reading a tree with placeholders as it would read the whole message.
+
+    Of what it reports, only its charset check of a body part (`CharsetDecodeDefect`) looks at a payload's
+    content; that check gets the whole payload. Everything else it derives from headers and the tree.
+    """
+
+    class _HoledMailParser(base):
+        def _decode_body_payload(self, part: Message, charset: str, part_index: int) -> str:
+            if holes.has(part):
+                with holes.filled([part]):
+                    return super()._decode_body_payload(part, charset, part_index)
+            return super()._decode_body_payload(part, charset, part_index)
+
+    return _HoledMailParser
 
 
 def _parse_date(value: str | None) -> datetime | None:
@@ -690,7 +998,7 @@ _BODY_DELIMITER_RE = re.compile(rb"^--([^\s]{1,200}?)(--)?[ \t]*\r?$", re.MULTIL
 _HEADER_BOUNDARY_RE = re.compile(rb'boundary\s*=\s*(?:"[^"\r\n]*"|[^\s;]*)', re.IGNORECASE)
 
 
-def _repair_boundary(raw: bytes, msg: Message, limits: Limits) -> Message | None:
+def _repair_boundary(raw: bytes, msg: Message, limits: Limits) -> tuple[Message, _Holes | None] | None:
     """Re-read a multipart whose declared boundary never occurs, with the delimiter the body actually uses.
 
     Senders (and hand-edited mail) get this wrong; the stdlib then sees one text blob full of MIME headers.
@@ -720,18 +1028,19 @@ def _repair_boundary(raw: bytes, msg: Message, limits: Limits) -> Message | None
     fixed = head + body
     try:
         _prescan(fixed, limits)
-        again = email.message_from_bytes(fixed, policy=email.policy.compat32)
+        again, holes = _read_tree(fixed)
     except (UnreadableMessage, RecursionError):
         return None
     except Exception:  # the repair is a best effort; the unrepaired message is still readable
         return None
-    return again if isinstance(again.get_payload(), list) else None
+    return (again, holes) if isinstance(again.get_payload(), list) else None
 
 
 # ---------------------------------------------------------------------------------------------------------
 # The entry point.
 # ---------------------------------------------------------------------------------------------------------
 
+_NOT_WHITESPACE_RE = re.compile(rb"[^ \t\n\r\x0b\x0c]")
 _ESSENTIAL_HEADERS = ("from", "subject", "message-id", "date", "to", "sender", "return-path")
 
 
@@ -753,13 +1062,13 @@ def _parse_mime(raw: bytes, limits: Limits, nested: bool) -> ParsedMessage:
     if not isinstance(raw, bytes | bytearray | memoryview):
         raise UnreadableMessage("masukan bukan bita")
     raw = bytes(raw)
-    if not raw.strip():
+    if _NOT_WHITESPACE_RE.search(raw) is None:  # `not raw.strip()`, without copying the message
         raise UnreadableMessage("pesan kosong")
     if len(raw) > limits.max_message_bytes:
         raise MessageOverLimit(f"pesan terlalu besar ({len(raw)} bita, batas {limits.max_message_bytes})")
     _prescan(raw, limits)
     try:
-        msg = email.message_from_bytes(raw, policy=email.policy.compat32)
+        msg, holes = _read_tree(raw)
     except RecursionError as exc:
         raise MessageOverLimit("struktur MIME terlalu dalam") from exc
     except Exception as exc:  # the compat32 parser is lenient; this is a last resort
@@ -768,7 +1077,7 @@ def _parse_mime(raw: bytes, limits: Limits, nested: bool) -> ParsedMessage:
     repaired = _repair_boundary(raw, msg, limits)
     recovery: list[str] = []
     if repaired is not None:
-        msg = repaired
+        msg, holes = repaired
         recovery.append("boundary MIME tidak cocok, diperbaiki dari isi pesan")
 
     raw_headers = list(msg.raw_items())
@@ -800,9 +1109,9 @@ def _parse_mime(raw: bytes, limits: Limits, nested: bool) -> ParsedMessage:
             "message/global-delivery-status",
         ):
             if ctype in ("message/rfc822", "message/global") or part.is_multipart():
-                data = _serialise_message(part)
+                data = _serialise_message(part, holes)
             else:
-                data = _payload_bytes(part, defects)
+                data = _payload_bytes(part, defects, holes)
             if not data:
                 continue
             if len(data) > limits.max_attachment_bytes:
@@ -818,9 +1127,9 @@ def _parse_mime(raw: bytes, limits: Limits, nested: bool) -> ParsedMessage:
         if part.is_multipart() and ctype not in ("message/delivery-status", "message/global-delivery-status"):
             continue
         if ctype in ("message/delivery-status", "message/global-delivery-status"):
-            data = _serialise_status(part)
+            data = _serialise_status(part, holes)
         else:
-            data = _payload_bytes(part, defects)
+            data = _payload_bytes(part, defects, holes)
         filename = _filename(part)
         text_part = ctype in ("text/plain", "text/html") and disposition != "attachment" and not filename
         if text_part and w.in_attached_message:
@@ -844,7 +1153,7 @@ def _parse_mime(raw: bytes, limits: Limits, nested: bool) -> ParsedMessage:
     if html is not None and (text is None or not text.strip()):
         text = html_to_text(html)
 
-    mp_defects, mp_date = _mailparser_view(msg)
+    mp_defects, mp_date = _mailparser_view(msg, holes)
     defects.extend(d for d in mp_defects if d not in defects)
 
     def first(name: str) -> str | None:
