@@ -328,6 +328,26 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_resend(args: argparse.Namespace) -> int:
+    """Send the open step's mail again with a fresh reply token (the old one stops working)."""
+    from workflows.engine import reissue_step
+    from workflows.store import Request
+
+    d = _daemon(args)
+    with d.sessions.begin() as s:
+        req = s.execute(select(Request).where(Request.ticket == args.ticket.upper())).scalars().first()
+        if req is None:
+            print(f"tiket {args.ticket} tidak ditemukan", file=sys.stderr)
+            return 1
+        run = reissue_step(d.ctx(s, d.runtimes[req.agency].agency), req, by=f"staf ({os.environ.get('USER', '?')})")
+        if run is None:
+            print(f"{req.ticket} tidak sedang menunggu keputusan", file=sys.stderr)
+            return 1
+        print(f"{req.ticket}: surel langkah {run.key} dikirim ulang")
+    d.shutdown(flush_seconds=10)
+    return 0
+
+
 def cmd_form(args: argparse.Namespace) -> int:
     """The agency's fillable request form ("Formulir Pengajuan Layanan Sub-Domain"), PDF or DOCX."""
     from workflows.forms import form_docx, form_pdf
@@ -370,6 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
     dg.add_argument("--role", help="with --preview: the 'menunggu Anda' digest of one role")
     dg.add_argument("--hours", type=float, default=24.0, help="cover this many hours back (default 24)")
     dg.set_defaults(func=cmd_digest)
+    rs = sub.add_parser("resend", help="send the open step's mail again with a fresh token")
+    rs.add_argument("ticket")
+    rs.set_defaults(func=cmd_resend)
     fm = sub.add_parser("form", help="write the agency's fillable request form")
     kind = fm.add_mutually_exclusive_group(required=True)
     kind.add_argument("--pdf", action="store_true")

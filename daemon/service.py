@@ -34,7 +34,7 @@ from workflows.engine import Ctx, Services, due_actions, run_action
 from workflows.mailer import Mailer
 from workflows.provision import CommandHosting, HostingBackend, NoHosting, Rfc2136Dns
 from workflows.reminders import due_reminders
-from workflows.sop import load_sop
+from workflows.sop import Sop, load_sop
 from workflows.store import Inbound, MailboxState, StepRun, utcnow
 from workflows.worktime import WorkCalendar, calendar_for
 
@@ -88,6 +88,7 @@ class AgencyRuntime:
     source: MailSource
     services: Services
     calendar: WorkCalendar
+    sop: Sop  # loaded once per configuration: a broken file on disk cannot stall the running daemon
     connected: bool = False
     backoff_until: float = 0.0
     failures: int = 0
@@ -128,7 +129,8 @@ class Daemon:
         for ag in config.agencies:
             src = self._given_sources.get(ag.id) or ImapSource(ag.imap, ag.imap.read_secret() or "")
             svc = self._given_services.get(ag.id) or build_services(config, ag)
-            runtimes[ag.id] = AgencyRuntime(agency=ag, source=src, services=svc, calendar=calendar_for(ag))
+            runtimes[ag.id] = AgencyRuntime(agency=ag, source=src, services=svc, calendar=calendar_for(ag),
+                                            sop=load_sop(ag.sop))
         return transport, runtimes
 
     def reload(self) -> bool:
@@ -138,14 +140,12 @@ class Daemon:
         if not self.config_path:
             log.warning("reload asked, but the daemon was not started from a configuration file")
             return False
-        from workflows.sop import load_sop
-
         load_sop.cache_clear()  # SOP files are read again too
         try:
             new = load_config(self.config_path)
             transport, runtimes = self._build(new)
-        except (ConfigError, OSError) as exc:
-            problems = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
+        except Exception as exc:  # noqa: BLE001 - any bad new config (holiday file, SOP, secrets) is refused
+            problems = exc.problems if isinstance(exc, ConfigError) else [f"{type(exc).__name__}: {exc}"]
             log.error("configuration reload refused, keeping the running one: %s", "; ".join(problems))
             return False
         for rt in self.runtimes.values():
@@ -165,7 +165,7 @@ class Daemon:
             session=session,
             config=self.config,
             agency=agency,
-            sop=load_sop(agency.sop),
+            sop=rt.sop,
             mailer=Mailer(agency_id=agency.id, agency_name=agency.name, address=agency.address,
                           zone=agency.zone, clock=self.clock,
                           daily_cap=self.config.workflow.daily_cap_per_address),
@@ -321,7 +321,9 @@ class Daemon:
                 row = ingest(self.ctx(s, rt.agency), mailbox=rt.source.folder, uidvalidity=uv, uid=uid, raw=raw)
                 st = self._state(s, rt)
                 st.last_uid = max(st.last_uid, uid)
-                return row is not None and row.status in ("quarantined", "unmatched")
+                quarantined = row is not None and row.status in ("quarantined", "unmatched")
+            self._purge_if_needed(s)
+            return quarantined
         except IntegrityError:
             # The same Message-ID was just taken in by another process or mailbox: handled once, there.
             log.info("message uid %s of %s already taken in elsewhere", uid, rt.agency.id)
@@ -344,6 +346,13 @@ class Daemon:
                 s.query(Inbound).filter(Inbound.agency == rt.agency.id, Inbound.uid == uid,
                                         Inbound.mailbox == rt.source.folder).update({Inbound.server_done: True})
 
+    def _purge_if_needed(self, s: Session) -> None:
+        """After a transaction that scrubbed a password (a rejection), push it out of the WAL too."""
+        if s.info.pop("purge_secrets", False):
+            from workflows.store import purge_freed_secrets
+
+            purge_freed_secrets(self.sessions.kw["bind"])
+
     def run_due(self, rt: AgencyRuntime) -> int:
         with self.sessions() as s:
             ids = due_actions(s, rt.agency.id, self.clock())
@@ -361,6 +370,8 @@ class Daemon:
                         continue
                     run_action(self.ctx(s, rt.agency), run)
                     done += 1
+                self._purge_if_needed(s)
+                sd_notify("WATCHDOG=1")
             except Exception as exc:  # the per-action boundary: record, back off, keep the loop alive
                 log.exception("action step %s failed", step_id)
                 from datetime import timedelta

@@ -73,7 +73,11 @@ def test_command_backend_and_the_password_lives_only_in_the_pic_letter(dovecot: 
         o.decide(role, "SETUJU")
     final = o.wait_mail(o.requester, lambda m: "telah aktif" in str(m["Subject"]))
     password = re.search(r"Kata sandi\s+:\s+(\S+)", body_text(final)).group(1)  # type: ignore[union-attr]
-    o.send(reply_to(final, o.requester.address, "BERHASIL"), o.requester.address)
+    # The PIC answers under the letter, quoting it, as a client that sends text as base64 would.
+    answer = parse_mail(reply_to(final, o.requester.address, "BERHASIL"))
+    answer.set_content(answer.get_content(), cte="base64")
+    assert password.encode() not in answer.as_bytes()  # hidden from a byte scan
+    o.send(answer.as_bytes(), o.requester.address)
     o.wait_until(lambda: _requests(d)[0].status == "done")
     # The script ran once, without a shell, with the password on stdin only.
     made = [json.loads(line) for line in accounts.read_text().splitlines()]
@@ -83,6 +87,14 @@ def test_command_backend_and_the_password_lives_only_in_the_pic_letter(dovecot: 
     assert made[0]["password"] == password and not made[0]["env_has_password"]
     assert not made[0]["env_has_credentials"]
     assert not Path("/tmp/pwned-subdomaind").exists()
+    # Decoded, not only as bytes: the stored reply quotes the letter with the password blanked out.
+    from workflows.store import Inbound
+
+    with d.sessions() as s:
+        for row in s.execute(select(Inbound)).scalars():
+            for part in parse_mail(row.raw).walk():
+                if part.get_content_maintype() == "text":
+                    assert password not in part.get_content(), row.subject
     d.shutdown(flush_seconds=2)
     # The password is nowhere else: not in the database files, not in any other mail.
     state = Path(o.data["state_dir"])

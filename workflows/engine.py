@@ -92,6 +92,24 @@ class Ctx:
     def addresses(self, role: str) -> list[str]:
         return list(self.agency.actors.get(role, []))
 
+    def step_recipients(self, role: str) -> list[str]:
+        """The official and any acting official (Plt/Plh): the delegate must see what they may decide."""
+        return self.addresses(role) + sorted(delegates_of(self, role) - set(self.addresses(role)))
+
+
+def delegates_of(ctx: Ctx, role: str) -> set[str]:
+    """Acting officials for a role: from config, and those the Kepala Dinas registered by mail."""
+    from sqlalchemy import or_
+
+    from workflows.store import Delegation
+
+    registered = ctx.session.execute(
+        select(Delegation.address).where(
+            Delegation.agency == ctx.agency.id, Delegation.role == role, Delegation.revoked_at.is_(None),
+            or_(Delegation.until.is_(None), Delegation.until >= ctx.now()))
+    ).scalars()
+    return set(ctx.agency.delegates.get(role, [])) | set(registered)
+
 
 def audit(
     ctx: Ctx,
@@ -239,9 +257,19 @@ def step_context(ctx: Ctx, req: Request, step: Step, run: StepRun) -> dict[str, 
         expires=format_tanggal(run.token_expires_at.astimezone(_tz(ctx))) if run.token_expires_at else None,
         note=run.note,
         # Until the records exist, every approver sees the planned change as a diff (issue 5).
-        dns_diff=None if req.provisioned else (req.fields or {}).get("dns_diff"),
+        dns_diff=None if req.provisioned else _fresh_diff(ctx, req),
     )
     return data
+
+
+def _fresh_diff(ctx: Ctx, req: Request) -> str | None:
+    """The DNS change as it would be made now (the request may have been corrected since it was checked)."""
+    if not req.subdomain:
+        return None
+    try:
+        return ctx.services.dns.diff_text(planned_records(ctx, req))
+    except Exception:  # noqa: BLE001 - the diff is information for the official; the apply re-checks all
+        return (req.fields or {}).get("dns_diff")
 
 
 def enter_step(ctx: Ctx, req: Request, key: str, *, note: str | None = None) -> StepRun:
@@ -291,7 +319,7 @@ def enter_step(ctx: Ctx, req: Request, key: str, *, note: str | None = None) -> 
         run.token_expires_at = now + timedelta(days=ctx.config.workflow.token_days)
         if step.kind == "approval":
             assert step.actor is not None
-            to = ctx.addresses(step.actor)
+            to = ctx.step_recipients(step.actor)
             template = step.template or "approval"
             attachments = _original_attachment(ctx, req)
             if req.letter_number and req.provisioned:
@@ -375,6 +403,20 @@ def alert_staff(ctx: Ctx, req: Request | None, problem: str) -> None:
         ticket=req.ticket if req else None,
     )
     audit(ctx, req, "staff.alerted", problem=problem)
+
+
+def reissue_step(ctx: Ctx, req: Request, *, by: str) -> StepRun | None:
+    """Staff send the open step's mail again with a fresh token (after it expired or went astray)."""
+    run = ctx.session.execute(
+        select(StepRun).where(StepRun.request_id == req.id, StepRun.status == "open",
+                              StepRun.kind.in_(("approval", "wait_requester"))).order_by(StepRun.id.desc())
+    ).scalars().first()
+    if run is None:
+        return None
+    run.status = "cancelled"
+    run.closed_at = ctx.now()
+    audit(ctx, req, "step.reissued", actor=by, step=run.key)
+    return enter_step(ctx, req, run.key, note=run.note or "Surel permintaan keputusan dikirim ulang oleh staf.")
 
 
 # --- decisions ------------------------------------------------------------------------------------
@@ -714,6 +756,7 @@ def _send_rejection(ctx: Ctx, req: Request, run: StepRun) -> str:
         secret = ctx.session.get(PendingSecret, req.id)
         if secret is not None:
             ctx.session.delete(secret)
+            ctx.session.info["purge_secrets"] = True  # the caller purges the WAL after commit
     by = ctx.role_title(ctx.sop.steps[_step_key(ctx, last)].actor) if last else None
     queue_letter(ctx, req, "rejection", {**letter_context(ctx, req, password=None), "by": by,
                                          "note": last.note if last else None},

@@ -20,6 +20,7 @@ from workflows.engine import (
     apply_decision,
     audit,
     cancel_decision,
+    delegates_of,
     finish_step,
     open_request,
     requester_addresses,
@@ -126,18 +127,6 @@ def match_request(ctx: Ctx, parsed: ParseResult) -> Request | None:
 
 def _allowed(ctx: Ctx, role: str) -> set[str]:
     return set(ctx.agency.actors.get(role, [])) | delegates_of(ctx, role)
-
-
-def delegates_of(ctx: Ctx, role: str) -> set[str]:
-    """Acting officials for a role: from config, and those the Kepala Dinas registered by mail."""
-    from sqlalchemy import or_
-
-    registered = ctx.session.execute(
-        select(Delegation.address).where(
-            Delegation.agency == ctx.agency.id, Delegation.role == role, Delegation.revoked_at.is_(None),
-            or_(Delegation.until.is_(None), Delegation.until >= ctx.now()))
-    ).scalars()
-    return set(ctx.agency.delegates.get(role, [])) | set(registered)
 
 
 def known_address(ctx: Ctx, address: str | None) -> bool:
@@ -419,7 +408,8 @@ def merge_fields(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     origins = dict(old.get("origins", {}) or {})
     origins.update(new.get("origins", {}) or {})
     merged["origins"] = origins
-    merged.pop("check", None)
+    for stale in ("check", "dns_plan", "dns_diff"):  # computed again from the corrected values
+        merged.pop(stale, None)
     return merged
 
 
@@ -452,6 +442,9 @@ class FormRequestHandler:
         from workflows.store import NoticeLog
 
         sender = _sender(parsed)
+        if not _PLAIN_ADDRESS.match(sender):
+            inbound.error = f"alamat pengirim tidak sah: {sender[:100]!r}"
+            return "unmatched"
         day = ctx.now().date().isoformat() if ctx.now() else date.today().isoformat()
         already = ctx.session.execute(select(NoticeLog.id).where(
             NoticeLog.address == sender, NoticeLog.reason == "form", NoticeLog.day == day)).first()

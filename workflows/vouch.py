@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import authres
 import dkim
+from publicsuffixlist import PublicSuffixList
 
 from parsers.model import ParsedMessage
 
@@ -30,10 +31,17 @@ class AuthPolicy:
     authserv_id: str | None = None
 
 
+_PSL = PublicSuffixList()
+
+
 def aligned(domain: str, from_domain: str) -> bool:
-    """Relaxed alignment (RFC 7489 3.1): the same organisational domain, approximated by suffix match."""
+    """Relaxed alignment (RFC 7489 3.1): the same organisational domain, by the Public Suffix List.
+
+    A signature by a public suffix (d=go.id) aligns with nothing: go.id is not an organisation.
+    """
     d, f = domain.lower().strip("."), from_domain.lower().strip(".")
-    return bool(d) and (f == d or f.endswith("." + d) or d.endswith("." + f))
+    org = _PSL.privatesuffix(d) if d else None
+    return org is not None and org == _PSL.privatesuffix(f)
 
 
 def _authres_vouches(msg: ParsedMessage, authserv_id: str, from_domain: str) -> str | None:
