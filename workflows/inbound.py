@@ -80,7 +80,8 @@ def _issued(ctx: Ctx, digests: object) -> set[str]:
     wanted = list(digests)  # type: ignore[call-overload]
     if not wanted:
         return set()
-    return set(ctx.session.execute(select(Account.secret_hash).where(Account.secret_hash.in_(wanted))).scalars())
+    found = ctx.session.execute(select(Account.secret_hash).where(Account.secret_hash.in_(wanted))).scalars()
+    return {h for h in found if h}
 
 
 def ingest(ctx: Ctx, *, mailbox: str, uidvalidity: int, uid: int, raw: bytes) -> Inbound | None:
