@@ -69,6 +69,9 @@ class SmtpConfig(SecretSource):
     tls: TlsMode = "starttls"
     ca_file: Path | None = None
     timeout_seconds: float = Field(30.0, gt=0)
+    # Outbox retries: base * 2^(attempt-1), jittered, capped (a recovering server is not stampeded).
+    retry_base_seconds: float = Field(30.0, gt=0)
+    retry_max_seconds: float = Field(3600.0, gt=0)
 
 
 class DnsConfig(_Strict):

@@ -86,7 +86,9 @@ def config_data(
     }
     data: dict[str, Any] = {
         "state_dir": str(base / "state"),
-        "smtp": {"host": "127.0.0.1", "port": smtp_port, "tls": "none"},
+        # Local servers restart in milliseconds: retry after a second, not half a minute.
+        "smtp": {"host": "127.0.0.1", "port": smtp_port, "tls": "none", "retry_base_seconds": 1,
+                 "retry_max_seconds": 10},
         "agency": [agency],
         "workflow": {"undo_window_minutes": 0, **(workflow or {})},
     }

@@ -91,6 +91,9 @@ class ImapSource:
     def fetch_new(self, last_uid: int, limit: int) -> list[tuple[int, bytes]]:
         c = self._c()
         try:
+            # NOOP first: it makes the server sync the selected mailbox, so mail that arrived since this
+            # connection's last command is in the search below (RFC 3501 6.1.2).
+            c.noop()
             # "last+1:*" always matches the highest message even when it is older (RFC 3501 6.4.8),
             # so the result is filtered; the server never walks the whole mailbox for us.
             uids = sorted(u for u in c.search([b"UID", f"{last_uid + 1}:*"]) if u > last_uid)[:limit]
@@ -129,10 +132,14 @@ class ImapSource:
             return False
         try:
             c.idle()
+            responses: list[object] = []
             try:
-                responses = c.idle_check(timeout=timeout)
+                responses = list(c.idle_check(timeout=timeout))
             finally:
-                c.idle_done()
+                # Dovecot often reports EXISTS just as IDLE ends: those responses come back from
+                # idle_done() and must count too (RFC 2177), or the mail waits for the next poll.
+                _text, tail = c.idle_done()
+                responses.extend(tail)
         except (TimeoutError, OSError, IMAPClientError) as exc:
             raise MailSourceError(f"IMAP IDLE: {exc}") from exc
         return any(r[1] in (b"EXISTS", b"RECENT") for r in responses if isinstance(r, tuple) and len(r) > 1)

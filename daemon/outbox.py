@@ -30,9 +30,10 @@ MAX_BACKOFF = timedelta(hours=1)
 
 
 class SendError(Exception):
-    def __init__(self, message: str, *, permanent: bool) -> None:
+    def __init__(self, message: str, *, permanent: bool, unreachable: bool = False) -> None:
         super().__init__(message)
         self.permanent = permanent
+        self.unreachable = unreachable  # the server did not answer at all (not a refusal of this mail)
 
 
 class Transport(Protocol):
@@ -64,17 +65,19 @@ class SmtpTransport:
         try:
             asyncio.run(self._send(mail_from, rcpts, raw))
         except aiosmtplib.SMTPRecipientsRefused as exc:
-            raise SendError(f"penerima ditolak: {exc}", permanent=True) from exc
+            # 4xx (greylisting, a relay's temporary check) is tried again; only all-5xx is final.
+            codes = [getattr(r, "code", 550) for r in exc.recipients]
+            raise SendError(f"penerima ditolak: {exc}", permanent=all(500 <= c < 600 for c in codes)) from exc
         except aiosmtplib.SMTPResponseException as exc:
             raise SendError(f"SMTP {exc.code}: {exc.message}", permanent=500 <= exc.code < 600) from exc
         except (TimeoutError, aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
-            raise SendError(f"SMTP tidak dapat dihubungi: {exc}", permanent=False) from exc
+            raise SendError(f"SMTP tidak dapat dihubungi: {exc}", permanent=False, unreachable=True) from exc
 
 
-def backoff(attempts: int) -> timedelta:
+def backoff(attempts: int, base: float = 30.0, cap: float = MAX_BACKOFF.total_seconds()) -> timedelta:
     """30 s, 1 min, 2 min ... capped at an hour, with jitter so a recovering server is not stampeded."""
-    base = min(MAX_BACKOFF.total_seconds(), 30 * 2 ** max(0, attempts - 1))
-    return timedelta(seconds=base * random.uniform(0.8, 1.2))
+    delay = min(cap, base * 2 ** max(0, attempts - 1))
+    return timedelta(seconds=delay * random.uniform(0.8, 1.2))
 
 
 def drain(
@@ -84,8 +87,16 @@ def drain(
     *,
     limit: int = 100,
     deadline: float | None = None,
+    stopping: Any = None,
+    retry_base: float = 30.0,
+    retry_max: float = MAX_BACKOFF.total_seconds(),
 ) -> dict[str, int]:
-    """Send due outbox rows; returns counts {"sent", "retry", "failed"}."""
+    """Send due outbox rows; returns counts {"sent", "retry", "failed"}.
+
+    Each attempt is recorded (with its next retry time) before the send, so a database that cannot record
+    "sent" afterwards delays the re-send instead of repeating it every pass. A transient SMTP failure stops
+    the batch (the server is down: the other rows would wait out the same timeout).
+    """
     import time
 
     counts = {"sent": 0, "retry": 0, "failed": 0}
@@ -104,6 +115,11 @@ def drain(
     for row_id in ids:
         if deadline is not None and time.monotonic() > deadline:
             break
+        if stopping is not None and stopping.is_set():
+            break
+        # 1. Claim the row and record the attempt (its next retry time pushed ahead), committed before
+        #    the send: no other process sees it due meanwhile, and a database that cannot record the
+        #    outcome afterwards delays the re-send instead of repeating it every pass.
         with sessions.begin() as s:
             q = select(Outbox).where(Outbox.id == row_id, Outbox.status == "queued")
             if s.get_bind().dialect.name == "postgresql":
@@ -111,38 +127,49 @@ def drain(
             row = s.execute(q).scalar_one_or_none()
             if row is None or row.raw is None:
                 continue
-            try:
-                transport.send(row.mail_from, list(row.rcpts), row.raw)
-            except SendError as exc:
-                row.attempts += 1
-                row.last_error = str(exc)[:2000]
-                if exc.permanent:
-                    row.status = "failed"
-                    counts["failed"] += 1
-                    log.warning("outbox %s failed permanently: %s", row.message_id, exc)
-                    if row.sensitive:
-                        # An undeliverable letter must not keep the password: staff issue a new one.
-                        row.raw = None
-                        scrubbed = True
-                        if row.request_id is not None:
-                            s.execute(delete(PendingSecret).where(PendingSecret.request_id == row.request_id))
-                else:
-                    row.next_attempt_at = clock() + backoff(row.attempts)
-                    counts["retry"] += 1
-                    log.info("outbox %s retry %d: %s", row.message_id, row.attempts, exc)
-                continue
-            row.status = "sent"
-            row.sent_at = clock()
             row.attempts += 1
-            row.last_error = None
-            counts["sent"] += 1
-            if row.sensitive:
-                # The password lived only for this one mail: scrub it now (issue 5).
-                row.raw = None
-                scrubbed = True
-                if row.request_id is not None:
-                    s.execute(delete(PendingSecret).where(PendingSecret.request_id == row.request_id))
-            log.info("sent %s (%s) to %d recipient(s)", row.message_id, row.purpose, len(row.rcpts))
+            row.next_attempt_at = clock() + backoff(row.attempts, retry_base, retry_max)
+            mail_from, rcpts, raw, message_id = row.mail_from, list(row.rcpts), row.raw, row.message_id
+        # 2. Send, outside any transaction.
+        error: SendError | None = None
+        try:
+            transport.send(mail_from, rcpts, raw)
+        except SendError as exc:
+            error = exc
+        # 3. Record the outcome.
+        with sessions.begin() as s:
+            row = s.get(Outbox, row_id)
+            if row is None:
+                continue
+            if error is None:
+                row.status = "sent"
+                row.sent_at = clock()
+                row.last_error = None
+                counts["sent"] += 1
+                if row.sensitive:
+                    # The password lived only for this one mail: scrub it now (issue 5).
+                    row.raw = None
+                    scrubbed = True
+                    if row.request_id is not None:
+                        s.execute(delete(PendingSecret).where(PendingSecret.request_id == row.request_id))
+                log.info("sent %s (%s) to %d recipient(s)", message_id, row.purpose, len(rcpts))
+                continue
+            row.last_error = str(error)[:2000]
+            if error.permanent:
+                row.status = "failed"
+                counts["failed"] += 1
+                log.warning("outbox %s failed permanently: %s", message_id, error)
+                if row.sensitive:
+                    # An undeliverable letter must not keep the password: staff issue a new one.
+                    row.raw = None
+                    scrubbed = True
+                    if row.request_id is not None:
+                        s.execute(delete(PendingSecret).where(PendingSecret.request_id == row.request_id))
+                continue
+            counts["retry"] += 1
+            log.info("outbox %s retry %d: %s", message_id, row.attempts, error)
+        if error is not None and not error.permanent and error.unreachable:
+            break  # the server itself is unreachable: the rest of the batch waits for the next pass
     if scrubbed:
         purge_freed_secrets(sessions.kw["bind"])
     return counts

@@ -41,6 +41,7 @@ from workflows.worktime import WorkCalendar, calendar_for
 log = logging.getLogger("subdomaind.service")
 
 FETCH_BATCH = 25
+DRAIN_BUDGET_SECONDS = 20.0
 
 
 def sd_notify(message: str) -> None:
@@ -186,7 +187,11 @@ class Daemon:
             totals["messages"] += self.intake(rt)
             totals["actions"] += self.run_due(rt)
             self.housekeeping(rt)
-        totals["sent"] += drain(self.sessions, self.transport, self.clock)["sent"]
+        # A time budget, and the stop flag: a hanging SMTP server must hold up neither intake nor SIGTERM.
+        smtp = self.config.smtp
+        totals["sent"] += drain(self.sessions, self.transport, self.clock,
+                                deadline=time.monotonic() + DRAIN_BUDGET_SECONDS, stopping=self.stopping,
+                                retry_base=smtp.retry_base_seconds, retry_max=smtp.retry_max_seconds)["sent"]
         return totals
 
     def _connect(self, rt: AgencyRuntime) -> bool:
@@ -413,6 +418,9 @@ class Daemon:
                 src.connect()
                 if src.mode != "idle":
                     return
+                # Mail may have arrived while we were away: let the main loop look at once.
+                rt.wake.set()
+                self._wake.set()
                 failures = 0
                 refresh_at = time.monotonic() + rt.agency.imap.idle_refresh_seconds
                 while not self.stopping.is_set() and time.monotonic() < refresh_at:
@@ -448,7 +456,9 @@ class Daemon:
             passes += 1
             if max_passes is not None and passes >= max_passes:
                 break
-            self._wake.wait(timeout=poll)
+            # A mailbox that failed is retried when its backoff ends, not a whole poll interval later.
+            retry_in = [rt.backoff_until - time.monotonic() for rt in self.runtimes.values() if not rt.connected]
+            self._wake.wait(timeout=max(0.05, min([poll, *retry_in])))
         self.shutdown()
 
     def _install_signals(self) -> None:
@@ -471,7 +481,8 @@ class Daemon:
     def shutdown(self, flush_seconds: float = 10.0) -> None:
         sd_notify("STOPPING=1")
         try:
-            drain(self.sessions, self.transport, self.clock, deadline=time.monotonic() + flush_seconds)
+            drain(self.sessions, self.transport, self.clock, deadline=time.monotonic() + flush_seconds,
+                  retry_base=self.config.smtp.retry_base_seconds, retry_max=self.config.smtp.retry_max_seconds)
         except Exception:  # noqa: BLE001 - what could not be sent stays queued for the next start
             log.exception("final outbox flush failed")
         for rt in self.runtimes.values():
