@@ -61,7 +61,7 @@ class ImapSource:
     def connect(self) -> None:
         self.close()
         cfg = self.cfg
-        ctx = tls_context(str(cfg.ca_file) if cfg.ca_file else None)
+        ctx = tls_context(str(cfg.ca_file) if cfg.ca_file else None) if cfg.tls != "none" else None
         try:
             client = imapclient.IMAPClient(
                 cfg.host, port=cfg.port, ssl=cfg.tls == "implicit",

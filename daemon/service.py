@@ -490,6 +490,12 @@ class Daemon:
                 rt.source.close()
             except Exception:  # noqa: BLE001
                 log.debug("close failed", exc_info=True)
+        closer = getattr(self.transport, "close", None)
+        if closer is not None:
+            try:
+                closer()
+            except Exception:  # noqa: BLE001 - the SMTP connection is dropped either way
+                log.debug("SMTP close failed", exc_info=True)
         for t in self._watchers:
             t.join(timeout=3)
         for conn in self._locks.values():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import email.policy
+import functools
 import hashlib
 import re
 import secrets
@@ -57,6 +58,7 @@ class MailAttachment:
     data: bytes
 
 
+@functools.cache
 def template_env(agency_id: str | None = None) -> jinja2.Environment:
     """Templates of the agency's own folder first (`templates/<agency>/`), then the shared ones."""
     loaders: list[jinja2.BaseLoader] = []
