@@ -114,6 +114,8 @@ class Daemon:
         self.clock = clock
         self._reload = threading.Event()
         self._wake = threading.Event()
+        self._outbox_wake = threading.Event()
+        self._sender_stop = threading.Event()
         self._locks: dict[str, Any] = {}
         self._given_transport = transport
         self._given_sources = sources or {}
@@ -175,7 +177,7 @@ class Daemon:
             parse_options=parse_options_for(agency, self.config.limits),
         )
 
-    def run_once(self) -> dict[str, int]:
+    def run_once(self, *, drain_inline: bool = True) -> dict[str, int]:
         totals = {"messages": 0, "actions": 0, "sent": 0}
         for rt in self.runtimes.values():
             if self.stopping.is_set():
@@ -187,12 +189,32 @@ class Daemon:
             totals["messages"] += self.intake(rt)
             totals["actions"] += self.run_due(rt)
             self.housekeeping(rt)
-        # A time budget, and the stop flag: a hanging SMTP server must hold up neither intake nor SIGTERM.
-        smtp = self.config.smtp
-        totals["sent"] += drain(self.sessions, self.transport, self.clock,
-                                deadline=time.monotonic() + DRAIN_BUDGET_SECONDS, stopping=self.stopping,
-                                retry_base=smtp.retry_base_seconds, retry_max=smtp.retry_max_seconds)["sent"]
+        if drain_inline:
+            totals["sent"] += self.drain_outbox()
+        else:
+            self._outbox_wake.set()  # the sender thread of `run` takes it from here
         return totals
+
+    def drain_outbox(self) -> int:
+        """Send what is due, within a time budget and the stop flag: a hanging SMTP server must hold up
+        neither intake nor SIGTERM."""
+        smtp = self.config.smtp
+        return drain(self.sessions, self.transport, self.clock, deadline=time.monotonic() + DRAIN_BUDGET_SECONDS,
+                     stopping=self.stopping, retry_base=smtp.retry_base_seconds,
+                     retry_max=smtp.retry_max_seconds)["sent"]
+
+    def _send_loop(self) -> None:
+        """`run`'s outbox sender: on its own thread, so intake never waits behind SMTP and sending overlaps
+        parsing; woken after each pass, and every second for retries that come due."""
+        while not (self.stopping.is_set() or self._sender_stop.is_set()):
+            self._outbox_wake.wait(timeout=1.0)
+            self._outbox_wake.clear()
+            if self.stopping.is_set() or self._sender_stop.is_set():
+                break
+            try:
+                self.drain_outbox()
+            except Exception:  # the sender's boundary: a bad row or a database hiccup must not stop it
+                log.exception("outbox pass failed")
 
     def _connect(self, rt: AgencyRuntime) -> bool:
         if rt.connected:
@@ -441,6 +463,9 @@ class Daemon:
                 t = threading.Thread(target=self._watch, args=(rt,), name=f"idle-{rt.agency.id}", daemon=True)
                 t.start()
                 self._watchers.append(t)
+        sender = threading.Thread(target=self._send_loop, name="outbox", daemon=True)
+        sender.start()
+        self._watchers.append(sender)
         passes = 0
         poll = min(rt.agency.imap.poll_seconds for rt in self.runtimes.values())
         while not self.stopping.is_set():
@@ -449,7 +474,7 @@ class Daemon:
                 self._reload.clear()
                 self.reload()
             try:
-                self.run_once()
+                self.run_once(drain_inline=False)
             except Exception:  # the loop boundary: a bug in one pass must not stop the daemon
                 log.exception("pass failed")
             sd_notify("WATCHDOG=1")
@@ -480,6 +505,11 @@ class Daemon:
 
     def shutdown(self, flush_seconds: float = 10.0) -> None:
         sd_notify("STOPPING=1")
+        self._sender_stop.set()
+        self._outbox_wake.set()
+        for t in self._watchers:
+            if t.name == "outbox":
+                t.join(timeout=DRAIN_BUDGET_SECONDS + 5)  # the transport is not shared between threads
         try:
             drain(self.sessions, self.transport, self.clock, deadline=time.monotonic() + flush_seconds,
                   retry_base=self.config.smtp.retry_base_seconds, retry_max=self.config.smtp.retry_max_seconds)
