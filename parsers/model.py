@@ -184,6 +184,8 @@ class RequestFields:
     service: Literal["subdomain", "hosting"] | None = None
     target_ip: str | None = None
     letter_number: str | None = None
+    target_cname: str | None = None  # a CNAME target instead of an address
+    nameservers: str | None = None  # the unit's own name servers for an NS delegation: "name=ip,name"
     letter_date: str | None = None  # as written ("12 November 2026")
     letter_subject: str | None = None  # the letter's "Hal"
     unit_head: str | None = None  # jabatan of the signatory ("Kepala Dinas Sosial")
@@ -194,6 +196,11 @@ class RequestFields:
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {name: getattr(self, name) for name in REQUEST_FIELDS}
+        out["target_cname"] = self.target_cname
+        out["nameservers"] = [
+            {"name": n.partition("=")[0], "ip": n.partition("=")[2] or None}
+            for n in (self.nameservers.split(",") if self.nameservers else [])
+        ]
         out["letter_date"] = self.letter_date
         out["letter_subject"] = self.letter_subject
         out["unit_head"] = self.unit_head

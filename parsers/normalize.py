@@ -418,3 +418,53 @@ def normalize_letter_number(raw: str) -> Normalized:
         f"Nomor surat '{written}' tidak sesuai format penomoran naskah dinas (kode klasifikasi/nomor "
         f"urut/kode unit/tahun, misalnya 555/123/406.020/2026 atau 000.8.3.3/15/OR)",
     )
+
+
+_HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+def _host(raw: str) -> str | None:
+    name = raw.strip().strip(".").lower()
+    name = re.sub(r"^https?://", "", name).split("/")[0]
+    labels = name.split(".")
+    if len(labels) < 2 or len(name) > 253 or not all(_HOST_LABEL.match(label) for label in labels):
+        return None
+    return name
+
+
+def normalize_cname(raw: str) -> Normalized:
+    """The host name a CNAME should point to (the unit's hosting provider, e.g. web.penyedia.co.id)."""
+    name = _host(raw)
+    if name is None:
+        return None, Problem("target_cname", f"Nama tujuan CNAME '{raw.strip()[:80]}' bukan nama host yang sah "
+                                             "(contoh: web.penyedia.co.id)")
+    return name, None
+
+
+def normalize_nameservers(raw: str) -> Normalized:
+    """The unit's own name servers for an NS delegation: "ns1.x.go.id (203.0.113.20), ns2.x.go.id ...".
+
+    Returned as "name=ip,name" (the IP is the glue, given for names inside the delegated zone).
+    """
+    pairs: list[str] = []
+    for chunk in re.split(r"[,;]|\s+dan\s+", raw):
+        tokens = [t for t in re.split(r"[\s()\[\]]+", chunk) if t]
+        if not tokens:
+            continue
+        name = _host(tokens[0])
+        if name is None:
+            return None, Problem("nameservers", f"Name server '{tokens[0][:80]}' bukan nama host yang sah "
+                                                "(contoh: ns1.dinsos.trenggalekkab.go.id)")
+        ip = next((t for t in tokens[1:] if re.fullmatch(r"[0-9a-fA-F:.]{7,45}", t)), None)
+        if ip is not None:
+            addr, problem = normalize_ip(ip)
+            if problem is not None:
+                return None, Problem("nameservers", f"Alamat IP name server {name}: {problem.reason}")
+            pairs.append(f"{name}={addr}")
+        else:
+            pairs.append(name)
+    if not pairs:
+        return None, Problem("nameservers", "Name server tidak disebutkan")
+    if len(pairs) < 2:
+        return None, Problem("nameservers", "Delegasi memerlukan sedikitnya dua name server (RFC 1034)")
+    return ",".join(pairs), None

@@ -43,7 +43,7 @@ from parsers.ocr import ocr_image, ocr_pdf
 from parsers.pdf import FormField, read_pdf
 
 _TRUST: tuple[Source, ...] = ("form", "body", "html", "pdf", "docx", "ocr")
-_EXTRA_FIELDS = ("letter_date", "letter_subject", "unit_head")
+_EXTRA_FIELDS = ("letter_date", "letter_subject", "unit_head", "target_cname", "nameservers")
 _MAX_DOCUMENTS = 10  # PDF/DOCX attachments read per message
 _MAX_ATTACHED_MESSAGES = 3
 _LEGACY_TYPES = frozenset(
@@ -84,6 +84,8 @@ _NORMALIZERS: dict[str, Callable[[str, ParseOptions], normalize.Normalized]] = {
     "service": lambda raw, _o: normalize.normalize_service(raw),
     "target_ip": lambda raw, _o: normalize.normalize_ip(raw),
     "letter_number": lambda raw, _o: normalize.normalize_letter_number(raw),
+    "target_cname": lambda raw, _o: normalize.normalize_cname(raw),
+    "nameservers": lambda raw, _o: normalize.normalize_nameservers(raw),
 }
 _DIGIT_FIELDS = frozenset({"letter_number", "pic_nip", "pic_phone", "target_ip"})
 _GROUP_RANK = {"tech": 0, "pic": 1, None: 1, "admin": 2, "kop": 3}
@@ -469,6 +471,8 @@ def _build(
         service=_service(values.get("service")),
         target_ip=values.get("target_ip"),
         letter_number=values.get("letter_number"),
+        target_cname=values.get("target_cname"),
+        nameservers=values.get("nameservers"),
         letter_date=values.get("letter_date"),
         letter_subject=values.get("letter_subject"),
         unit_head=values.get("unit_head"),

@@ -274,3 +274,27 @@ def test_expired_token_is_refused(dovecot: Dovecot, smtp_relay: SmtpRelay, bind:
     o.send(reply_to(fresh, kadis.address, "SETUJU"), kadis.address)
     o.wait_until(lambda: requests_of(d)[0].step == "disposisi_kabid")
     d.shutdown(flush_seconds=1)
+
+
+def test_unit_with_its_own_name_servers_gets_a_delegation(dovecot: Dovecot, smtp_relay: SmtpRelay,
+                                                          bind: Bind) -> None:
+    from daemon.localoffice import REQUEST_BODY
+
+    o = make_office("trenggalek", dovecot, smtp_relay, bind)
+    d = pumped(o)
+    label = f"ns{secrets.token_hex(3)}"
+    body = REQUEST_BODY.format(label=label, pic=o.requester.address).replace(
+        "Nomor Surat :", f"Name Server : ns1.{label}.trenggalekkab.go.id (203.0.113.20), "
+                         f"ns2.{label}.trenggalekkab.go.id (203.0.113.21)\nNomor Surat :")
+    o.send_request(label, body=body)
+    step_mail = o.decide("kadis", "SETUJU")
+    assert f"IN NS ns1.{label}.trenggalekkab.go.id." in body_text(step_mail)  # the planned change, shown
+    o.decide("kabid", "SETUJU")
+    o.decide("kasi", "SETUJU")
+    o.wait_until(lambda: requests_of(d)[0].provisioned is not None)
+    referral = o.bind.query(label, "NS")
+    ns = sorted(rd.to_text() for rrset in referral.authority for rd in rrset if rrset.rdtype == 2)
+    assert ns == [f"ns1.{label}.trenggalekkab.go.id.", f"ns2.{label}.trenggalekkab.go.id."]
+    glue = sorted(rd.to_text() for rrset in referral.additional for rd in rrset if rrset.rdtype == 1)
+    assert glue == ["203.0.113.20", "203.0.113.21"]  # below the cut, the addresses come as glue
+    d.shutdown(flush_seconds=1)

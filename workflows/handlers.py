@@ -389,7 +389,8 @@ class DelegationHandler:
 
 MERGE_KEYS = (
     "subdomain", "unit", "pic_name", "pic_nip", "pic_position", "pic_email", "pic_phone", "purpose",
-    "service", "target_ip", "letter_number", "letter_date", "letter_subject", "unit_head",
+    "service", "target_ip", "target_cname", "nameservers", "letter_number", "letter_date", "letter_subject",
+    "unit_head",
 )
 
 
