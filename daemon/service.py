@@ -463,9 +463,14 @@ class Daemon:
                 t = threading.Thread(target=self._watch, args=(rt,), name=f"idle-{rt.agency.id}", daemon=True)
                 t.start()
                 self._watchers.append(t)
-        sender = threading.Thread(target=self._send_loop, name="outbox", daemon=True)
-        sender.start()
-        self._watchers.append(sender)
+        # SQLite has one writer: a sender thread beside intake would make read-then-write transactions fail
+        # on a stale snapshot (SQLITE_BUSY_SNAPSHOT cannot be waited out), so there the outbox is drained
+        # between passes. PostgreSQL takes both at once.
+        threaded = self.sessions.kw["bind"].dialect.name != "sqlite"
+        if threaded:
+            sender = threading.Thread(target=self._send_loop, name="outbox", daemon=True)
+            sender.start()
+            self._watchers.append(sender)
         passes = 0
         poll = min(rt.agency.imap.poll_seconds for rt in self.runtimes.values())
         while not self.stopping.is_set():
@@ -474,7 +479,7 @@ class Daemon:
                 self._reload.clear()
                 self.reload()
             try:
-                self.run_once(drain_inline=False)
+                self.run_once(drain_inline=not threaded)
             except Exception:  # the loop boundary: a bug in one pass must not stop the daemon
                 log.exception("pass failed")
             sd_notify("WATCHDOG=1")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from daemon.config import AgencyConfig, Config
@@ -229,8 +229,19 @@ def open_request(
     return req
 
 
+ORIGINAL_ATTACH_LIMIT = 5 * 1024 * 1024
+
+
 def _original_attachment(ctx: Ctx, req: Request) -> list[MailAttachment]:
+    """The letter as it came, for the official; a very large one (a high-resolution scan) is not copied
+    into every step mail (it would multiply the daemon's memory and the officials' mailboxes): the mail
+    says where it is instead."""
     if not req.source_message_id:
+        return []
+    size = ctx.session.execute(
+        select(func.length(Inbound.raw)).where(Inbound.message_id == req.source_message_id)
+    ).scalar_one_or_none()
+    if not size or size > ORIGINAL_ATTACH_LIMIT:
         return []
     raw = ctx.session.execute(
         select(Inbound.raw).where(Inbound.message_id == req.source_message_id)
@@ -348,7 +359,8 @@ def enter_step(ctx: Ctx, req: Request, key: str, *, note: str | None = None) -> 
             ctx.session,
             to=to,
             template=template,
-            context=step_context(ctx, req, step, run),
+            context={**step_context(ctx, req, step, run),
+                     "original_attached": any(a.filename == "surat-permohonan.eml" for a in attachments)},
             purpose=f"step.{key}",
             request_id=req.id,
             ticket=req.ticket,
