@@ -919,3 +919,22 @@ def test_fixture_reasons(name: str, field: str, substring: str) -> None:
 def test_at_least_35_request_fixtures_with_expectations() -> None:
     cases = [p for p in FIXTURES.glob("request_*.eml") if p.with_suffix(".expected.json").exists()]
     assert len(cases) >= 35
+
+
+def test_inflate_check_ends_on_a_stream_with_trailing_bytes() -> None:
+    """A Flate stream that inflates past one step and has bytes after its end (ordinary scans) once made
+    the size check loop for ever, stopping intake at that message."""
+    import threading
+    import zlib
+
+    from parsers.pdf import inflated_size_exceeds
+
+    body = zlib.compress(b"\0" * (8 << 20)) + b"\r\n\r\ntrailing bytes after the deflate end"
+    pdf = b"%%PDF-1.4\n1 0 obj\n<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(body) + body + \
+        b"\nendstream\nendobj\n%%EOF\n"
+    result: list[bool] = []
+    t = threading.Thread(target=lambda: result.append(inflated_size_exceeds(pdf, 50 << 20)), daemon=True)
+    t.start()
+    t.join(timeout=20)
+    assert result == [False], "inflated_size_exceeds did not return"
+    assert inflated_size_exceeds(pdf, 1 << 20) is True
