@@ -69,6 +69,8 @@ class SmtpConfig(SecretSource):
     tls: TlsMode = "starttls"
     ca_file: Path | None = None
     timeout_seconds: float = Field(30.0, gt=0)
+    # The name we give in EHLO; unset, the address domain of the first agency (never a lookup of our host).
+    helo_name: str | None = None
     # Outbox retries: base * 2^(attempt-1), jittered, capped (a recovering server is not stampeded).
     retry_base_seconds: float = Field(30.0, gt=0)
     retry_max_seconds: float = Field(3600.0, gt=0)

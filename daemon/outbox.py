@@ -50,9 +50,10 @@ class SmtpTransport:
 
     IDLE_CLOSE_SECONDS = 60.0
 
-    def __init__(self, cfg: SmtpConfig, password: str | None) -> None:
+    def __init__(self, cfg: SmtpConfig, password: str | None, helo_name: str | None = None) -> None:
         self.cfg = cfg
         self.password = password
+        self.helo_name = cfg.helo_name or helo_name or "localhost"
         self._tls = tls_context(str(cfg.ca_file) if cfg.ca_file else None) if cfg.tls != "none" else None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: aiosmtplib.SMTP | None = None
@@ -60,9 +61,10 @@ class SmtpTransport:
 
     async def _connect(self) -> aiosmtplib.SMTP:
         cfg = self.cfg
+        # local_hostname given: aiosmtplib would otherwise resolve our own host name on every connection.
         client = aiosmtplib.SMTP(hostname=cfg.host, port=cfg.port, timeout=cfg.timeout_seconds,
                                  use_tls=cfg.tls == "implicit", start_tls=cfg.tls == "starttls",
-                                 tls_context=self._tls)
+                                 tls_context=self._tls, local_hostname=self.helo_name)
         await client.connect()
         if cfg.user:
             await client.login(cfg.user, self.password or "")

@@ -127,7 +127,8 @@ class Daemon:
 
     def _build(self, config: Config) -> tuple[Transport, dict[str, AgencyRuntime]]:
         smtp_password = config.smtp.read_secret() if config.smtp.user else None
-        transport = self._given_transport or SmtpTransport(config.smtp, smtp_password)
+        transport = self._given_transport or SmtpTransport(
+            config.smtp, smtp_password, helo_name=config.agencies[0].address.rpartition("@")[2])
         runtimes: dict[str, AgencyRuntime] = {}
         for ag in config.agencies:
             src = self._given_sources.get(ag.id) or ImapSource(ag.imap, ag.imap.read_secret() or "")

@@ -56,7 +56,8 @@ class Base(DeclarativeBase):
 
 class Request(Base):
     __tablename__ = "requests"
-    __table_args__ = (UniqueConstraint("agency", "ticket"), Index("ix_requests_open", "agency", "status"))
+    __table_args__ = (UniqueConstraint("agency", "ticket"), Index("ix_requests_open", "agency", "status"),
+                      Index("ix_requests_subdomain", "agency", "subdomain"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     agency: Mapped[str] = mapped_column(String(32))
@@ -82,7 +83,7 @@ class StepRun(Base):
     """One visit of a request to one SOP step (a step can be visited again after PERBAIKI)."""
 
     __tablename__ = "steps"
-    __table_args__ = (Index("ix_steps_open", "status", "due_at"),)
+    __table_args__ = (Index("ix_steps_open", "status", "due_at"), Index("ix_steps_request", "request_id", "status"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     request_id: Mapped[int] = mapped_column(ForeignKey("requests.id"))
@@ -108,6 +109,7 @@ class StepRun(Base):
 
 class Decision(Base):
     __tablename__ = "decisions"
+    __table_args__ = (Index("ix_decisions_request", "request_id", "id"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     request_id: Mapped[int | None] = mapped_column(ForeignKey("requests.id"))
