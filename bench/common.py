@@ -219,22 +219,10 @@ def _rows(i: int, sender: str, label: str) -> list[tuple[str, str]]:
 
 def body_request(i: int, sender: str, label: str) -> bytes:
     """A request whose form is in the plain-text body, in one of three layouts (as bench/parse.py)."""
+    from bench.parse import form_letter
+
     unit = UNITS[i % len(UNITS)][0]
-    rows = _rows(i, sender, label)
-    style = i % 3
-    if style == 0:
-        form = "".join(f"{n}. {k:<24}: {v}\n" for n, (k, v) in enumerate(rows, 1))
-    elif style == 1:
-        form = "".join(f"- {k} \u2013 {v}\n" for k, v in rows)
-    else:
-        form = "".join(f"{k}:\n{v}\n" for k, v in rows)
-    text = (
-        f"Nomor    : 460/{100 + i}/406.011/2026          Trenggalek, 10 November 2026\n"
-        "Hal      : Permohonan Pembuatan Sub Domain\n\nYth. Kepala Dinas Komunikasi dan Informatika\n\n"
-        "Dengan hormat,\nbersama ini kami mengajukan permohonan sub domain sebagai berikut:\n\n"
-        f"{form}\nDemikian permohonan ini kami sampaikan.\n\nKEPALA {unit.upper()}\n\nDrs. NAMA KEPALA\n"
-        "NIP. 19680411 199303 1 009\n"
-    )
+    text = form_letter(i, _rows(i, sender, label), unit)
     head = _headers(sender, unit, "Permohonan Sub Domain", _message_id("body", i),
                     'Content-Type: text/plain; charset="utf-8"\nContent-Transfer-Encoding: 8bit\n')
     return (head + "\n" + text).encode("utf-8")

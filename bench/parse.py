@@ -61,11 +61,29 @@ def _headers(i: int, subject: str, extra: str = "") -> str:
     )
 
 
+def form_letter(i: int, rows: list[tuple[str, str]], unit: str) -> str:
+    """A request letter with the form in its body, in one of three layouts by `i` (numbered, dashed,
+    label-over-value); shared with bench/common.py so the backlog parses the same letters."""
+    style = i % 3
+    if style == 0:
+        form = "".join(f"{n}. {label:<24}: {value}\n" for n, (label, value) in enumerate(rows, 1))
+    elif style == 1:
+        form = "".join(f"- {label} \u2013 {value}\n" for label, value in rows)
+    else:
+        form = "".join(f"{label}:\n{value}\n" for label, value in rows)
+    return (
+        f"Nomor    : 460/{100 + i}/406.011/2026          Trenggalek, 10 November 2026\n"
+        "Hal      : Permohonan Pembuatan Sub Domain\n\nYth. Kepala Dinas Komunikasi dan Informatika\n\n"
+        "Dengan hormat,\nbersama ini kami mengajukan permohonan sub domain sebagai berikut:\n\n"
+        f"{form}\nDemikian permohonan ini kami sampaikan.\n\nKEPALA {unit.upper()}\n\nDrs. NAMA KEPALA\n"
+        "NIP. 19680411 199303 1 009\n"
+    )
+
+
 def body_message(i: int) -> bytes:
     """A request whose form is in the plain-text body, in one of three layouts."""
     sub, unit, name, nip, phone = UNITS[i % len(UNITS)]
     ip = f"203.0.113.{i % 250 + 1}"
-    style = i % 3
     rows = [
         ("Nama Sub Domain", f"{sub}{i}.trenggalekkab.go.id"),
         ("Perangkat Daerah", unit),
@@ -78,19 +96,7 @@ def body_message(i: int) -> bytes:
         ("Jenis Layanan", "Sub Domain"),
         ("Alamat IP", ip),
     ]
-    if style == 0:
-        form = "".join(f"{n}. {label:<24}: {value}\n" for n, (label, value) in enumerate(rows, 1))
-    elif style == 1:
-        form = "".join(f"- {label} \u2013 {value}\n" for label, value in rows)
-    else:
-        form = "".join(f"{label}:\n{value}\n" for label, value in rows)
-    text = (
-        f"Nomor    : 460/{100 + i}/406.011/2026          Trenggalek, 10 November 2026\n"
-        "Hal      : Permohonan Pembuatan Sub Domain\n\nYth. Kepala Dinas Komunikasi dan Informatika\n\n"
-        "Dengan hormat,\nbersama ini kami mengajukan permohonan sub domain sebagai berikut:\n\n"
-        f"{form}\nDemikian permohonan ini kami sampaikan.\n\nKEPALA {unit.upper()}\n\nDrs. NAMA KEPALA\n"
-        "NIP. 19680411 199303 1 009\n"
-    )
+    text = form_letter(i, rows, unit)
     head = _headers(
         i, "Permohonan Sub Domain", 'Content-Type: text/plain; charset="utf-8"\nContent-Transfer-Encoding: 8bit\n'
     )

@@ -129,6 +129,14 @@ def backoff(attempts: int, base: float = 30.0, cap: float = MAX_BACKOFF.total_se
     return timedelta(seconds=delay * random.uniform(0.8, 1.2))
 
 
+def _scrub(s: Session, row: Outbox) -> bool:
+    """Drop a sensitive mail's bytes and the request's pending password; the caller purges the WAL."""
+    row.raw = None
+    if row.request_id is not None:
+        s.execute(delete(PendingSecret).where(PendingSecret.request_id == row.request_id))
+    return True
+
+
 def drain(
     sessions: sessionmaker[Session],
     transport: Transport,
@@ -196,11 +204,7 @@ def drain(
                 row.last_error = None
                 counts["sent"] += 1
                 if row.sensitive:
-                    # The password lived only for this one mail: scrub it now (issue 5).
-                    row.raw = None
-                    scrubbed = True
-                    if row.request_id is not None:
-                        s.execute(delete(PendingSecret).where(PendingSecret.request_id == row.request_id))
+                    scrubbed = _scrub(s, row)  # the password lived only for this one mail (issue 5)
                 log.info("sent %s (%s) to %d recipient(s)", message_id, row.purpose, len(rcpts))
                 continue
             row.last_error = str(error)[:2000]
@@ -209,11 +213,7 @@ def drain(
                 counts["failed"] += 1
                 log.warning("outbox %s failed permanently: %s", message_id, error)
                 if row.sensitive:
-                    # An undeliverable letter must not keep the password: staff issue a new one.
-                    row.raw = None
-                    scrubbed = True
-                    if row.request_id is not None:
-                        s.execute(delete(PendingSecret).where(PendingSecret.request_id == row.request_id))
+                    scrubbed = _scrub(s, row)  # an undeliverable letter keeps no password: staff issue anew
                 continue
             counts["retry"] += 1
             log.info("outbox %s retry %d: %s", message_id, row.attempts, error)

@@ -319,11 +319,7 @@ class Daemon:
                     last_uid = uid
                     handled += 1
                     rt.source.mark_handled(uid, quarantine=quarantine)
-                    with self.sessions.begin() as s:
-                        s.query(Inbound).filter(
-                            Inbound.agency == rt.agency.id, Inbound.mailbox == rt.source.folder,
-                            Inbound.uidvalidity == uv, Inbound.uid == uid,
-                        ).update({Inbound.server_done: True})
+                    self._server_done(rt, uv, uid)
                     if self.stopping.is_set():
                         break
             with self.sessions.begin() as s:
@@ -368,11 +364,18 @@ class Daemon:
                     Inbound.agency == rt.agency.id, Inbound.mailbox == rt.source.folder,
                     Inbound.uidvalidity == rt.source.uidvalidity(), Inbound.server_done.is_(False))
             ).all()
+        uv = rt.source.uidvalidity()
         for uid, status in rows:
             rt.source.mark_handled(uid, quarantine=status in ("quarantined", "unmatched"))
-            with self.sessions.begin() as s:
-                s.query(Inbound).filter(Inbound.agency == rt.agency.id, Inbound.uid == uid,
-                                        Inbound.mailbox == rt.source.folder).update({Inbound.server_done: True})
+            self._server_done(rt, uv, uid)
+
+    def _server_done(self, rt: AgencyRuntime, uv: int, uid: int) -> None:
+        """Record that the message is flagged/moved on the IMAP server (after its own commit)."""
+        with self.sessions.begin() as s:
+            s.query(Inbound).filter(
+                Inbound.agency == rt.agency.id, Inbound.mailbox == rt.source.folder,
+                Inbound.uidvalidity == uv, Inbound.uid == uid,
+            ).update({Inbound.server_done: True})
 
     def _purge_if_needed(self, s: Session) -> None:
         """After a transaction that scrubbed a password (a rejection), push it out of the WAL too."""

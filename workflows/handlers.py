@@ -437,22 +437,17 @@ class FormRequestHandler:
         return bool(_FORM_ASK.search(f"{msg.subject or ''}\n{(msg.text or '')[:1000]}"))
 
     def execute(self, ctx: Ctx, parsed: ParseResult, inbound: Inbound) -> str:
-        from datetime import date
-
         from workflows.engine import form_attachments
-        from workflows.store import NoticeLog
+        from workflows.inbound import first_notice_today
 
         sender = _sender(parsed)
         if not _PLAIN_ADDRESS.match(sender):
             inbound.error = f"alamat pengirim tidak sah: {sender[:100]!r}"
             return "unmatched"
-        day = ctx.now().date().isoformat() if ctx.now() else date.today().isoformat()
-        already = ctx.session.execute(select(NoticeLog.id).where(
-            NoticeLog.address == sender, NoticeLog.reason == "form", NoticeLog.day == day)).first()
-        audit(ctx, None, "form.requested", actor=sender, message_id=inbound.message_id, answered=already is None)
-        if already is not None:
+        first = first_notice_today(ctx, sender, "form")
+        audit(ctx, None, "form.requested", actor=sender, message_id=inbound.message_id, answered=first)
+        if not first:
             return "handled"  # once a day is enough; never a loop
-        ctx.session.add(NoticeLog(address=sender, reason="form", day=day))
         ctx.mailer.queue(ctx.session, to=[sender], template="form", context={"sender": sender, "zone": ctx.agency.zone},
                          purpose="form", in_reply_to=inbound.message_id, attachments=form_attachments(ctx))
         return "answered"

@@ -12,7 +12,6 @@ import hashlib
 import logging
 import re
 import traceback
-from datetime import date
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -161,6 +160,18 @@ def run_handler(ctx: Ctx, parsed: ParseResult, row: Inbound) -> None:
     row.handled_at = ctx.now()
 
 
+def first_notice_today(ctx: Ctx, address: str, reason: str) -> bool:
+    """Whether `address` has not yet been told `reason` today; records that it now is (Discourse's rule:
+    one notice per sender and reason per day, so a loop or a flood gets one answer, not many)."""
+    day = ctx.now().date().isoformat()
+    seen = ctx.session.execute(select(NoticeLog.id).where(
+        NoticeLog.address == address, NoticeLog.reason == reason, NoticeLog.day == day)).first()
+    if seen is not None:
+        return False
+    ctx.session.add(NoticeLog(address=address, reason=reason, day=day))
+    return True
+
+
 def record_refusal(ctx: Ctx, parsed: ParseResult, row: Inbound, refusal: Refusal) -> str:
     """Audit a refusal (and the refused decision), then tell the sender why, at most once a day."""
     sender = row.sender or ""
@@ -186,14 +197,8 @@ def record_refusal(ctx: Ctx, parsed: ParseResult, row: Inbound, refusal: Refusal
     # A unit's own letter (duplicate, too large) is answered: units write to us by right.
     if not (known_address(ctx, sender) or is_requester or refusal.code in ("duplicate", "too_large")):
         return "ignored"
-    day = ctx.now().astimezone().date().isoformat() if ctx.now().tzinfo else date.today().isoformat()
-    already = ctx.session.execute(
-        select(NoticeLog.id).where(NoticeLog.address == sender, NoticeLog.reason == refusal.code,
-                                   NoticeLog.day == day)
-    ).first()
-    if already is not None:
+    if not first_notice_today(ctx, sender, refusal.code):
         return "ignored"
-    ctx.session.add(NoticeLog(address=sender, reason=refusal.code, day=day))
     ctx.mailer.queue(
         ctx.session,
         to=[sender],
