@@ -331,6 +331,28 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 
 
+def _worker_pids(daemon: Any) -> list[int]:
+    pool = getattr(daemon.parser, "_pool", None)  # daemon.parsing.ProcessParser; none when parsing inline
+    return [p.pid for p in getattr(pool, "_pool", [])] if pool is not None else []
+
+
+def worker_cpu(daemon: Any) -> float:
+    """CPU seconds (user + system) of the daemon's parser worker processes so far."""
+    total = 0
+    for pid in _worker_pids(daemon):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def worker_hwm_mb(daemon: Any) -> float:
+    """The largest peak RSS among the daemon's parser workers (0 when it parses inline)."""
+    return max((vm_hwm_mb(pid) for pid in _worker_pids(daemon)), default=0.0)
+
+
 def vm_hwm_mb(pid: int) -> float:
     """Peak resident set size of a live process, from /proc/PID/status (VmHWM)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

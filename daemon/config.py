@@ -74,6 +74,8 @@ class SmtpConfig(SecretSource):
     # Outbox retries: base * 2^(attempt-1), jittered, capped (a recovering server is not stampeded).
     retry_base_seconds: float = Field(30.0, gt=0)
     retry_max_seconds: float = Field(3600.0, gt=0)
+    # Mails in flight at once, each on its own connection; 1 for a server that allows one per client.
+    connections: int = Field(3, ge=1, le=16)
 
 
 class DnsConfig(_Strict):
@@ -231,6 +233,10 @@ class LimitsConfig(_Strict):
     max_depth: int = Field(20, ge=2)
     max_headers: int = Field(1000, ge=10)
     ocr: bool = True
+    # Parser processes beside the main loop (0: parse in the daemon's own process), and how long one
+    # message may take to parse before its worker is replaced and the message quarantined.
+    parse_workers: int = Field(1, ge=0, le=16)
+    parse_timeout_seconds: float = Field(120.0, gt=0)
 
 
 class Config(_Strict):

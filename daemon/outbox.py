@@ -37,15 +37,21 @@ class SendError(Exception):
         self.unreachable = unreachable  # the server did not answer at all (not a refusal of this mail)
 
 
+class NotTried(SendError):
+    """A mail of a batch not begun because the server had just proved unreachable."""
+
+
 class Transport(Protocol):
     def send(self, mail_from: str, rcpts: Sequence[str], raw: bytes) -> None: ...
 
 
 class SmtpTransport:
-    """One SMTP connection kept open across mails (and passes), on its own event loop; reconnected on error.
+    """Up to `connections` SMTP connections kept open across mails (and passes), on one private event loop;
+    each reconnected on error.
 
     A new connection, TLS context and event loop per mail cost ~35 ms each (the CA store alone ~22 ms);
-    a morning's backlog sends hundreds of mails.
+    a morning's backlog sends hundreds of mails. `send_many` keeps several mails in flight at once: the
+    server's answer to one mail (its own delivery, about 5 ms on loopback) no longer holds up the next.
     """
 
     IDLE_CLOSE_SECONDS = 60.0
@@ -56,8 +62,8 @@ class SmtpTransport:
         self.helo_name = cfg.helo_name or helo_name or "localhost"
         self._tls = tls_context(str(cfg.ca_file) if cfg.ca_file else None) if cfg.tls != "none" else None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._client: aiosmtplib.SMTP | None = None
-        self._last_used = 0.0
+        self._clients: list[aiosmtplib.SMTP | None] = [None] * cfg.connections
+        self._last_used = [0.0] * cfg.connections
 
     async def _connect(self) -> aiosmtplib.SMTP:
         cfg = self.cfg
@@ -70,57 +76,106 @@ class SmtpTransport:
             await client.login(cfg.user, self.password or "")
         return client
 
-    async def _send(self, mail_from: str, rcpts: Sequence[str], raw: bytes) -> None:
-        if self._client is not None and (not self._client.is_connected
-                                         or time.monotonic() - self._last_used > self.IDLE_CLOSE_SECONDS):
-            await self._drop()
-        if self._client is None:
-            self._client = await self._connect()
+    async def _send(self, slot: int, mail_from: str, rcpts: Sequence[str], raw: bytes) -> None:
+        client = self._clients[slot]
+        if client is not None and (not client.is_connected
+                                   or time.monotonic() - self._last_used[slot] > self.IDLE_CLOSE_SECONDS):
+            await self._drop(slot)
+            client = None
+        if client is None:
+            client = self._clients[slot] = await self._connect()
         try:
-            await self._client.sendmail(mail_from, list(rcpts), raw)
+            await client.sendmail(mail_from, list(rcpts), raw)
         except (aiosmtplib.SMTPServerDisconnected, ConnectionError):
             # The server closed our idle connection: once more on a fresh one.
-            await self._drop()
-            self._client = await self._connect()
-            await self._client.sendmail(mail_from, list(rcpts), raw)
-        self._last_used = time.monotonic()
+            await self._drop(slot)
+            client = self._clients[slot] = await self._connect()
+            await client.sendmail(mail_from, list(rcpts), raw)
+        self._last_used[slot] = time.monotonic()
 
-    async def _drop(self) -> None:
-        client, self._client = self._client, None
+    async def _drop(self, slot: int) -> None:
+        client, self._clients[slot] = self._clients[slot], None
         if client is not None:
             try:
                 await client.quit()
             except Exception:  # noqa: BLE001 - a dead connection is dropped either way
                 client.close()
 
-    def send(self, mail_from: str, rcpts: Sequence[str], raw: bytes) -> None:
-        if self._loop is None or self._loop.is_closed():
-            self._loop = asyncio.new_event_loop()
-        try:
-            self._loop.run_until_complete(self._send(mail_from, rcpts, raw))
-        except aiosmtplib.SMTPRecipientsRefused as exc:
+    def _error(self, slot: int, exc: BaseException) -> SendError:
+        """Our verdict on a failed mail: permanent (5xx), to retry (4xx), or the server unreachable."""
+        if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
             # 4xx (greylisting, a relay's temporary check) is tried again; only all-5xx is final.
             codes = [getattr(r, "code", 550) for r in exc.recipients]
-            raise SendError(f"penerima ditolak: {exc}", permanent=all(500 <= c < 600 for c in codes)) from exc
-        except aiosmtplib.SMTPResponseException as exc:
-            self._reset()
-            raise SendError(f"SMTP {exc.code}: {exc.message}", permanent=500 <= exc.code < 600) from exc
-        except (TimeoutError, aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
-            self._reset()
-            raise SendError(f"SMTP tidak dapat dihubungi: {exc}", permanent=False, unreachable=True) from exc
+            return SendError(f"penerima ditolak: {exc}", permanent=all(500 <= c < 600 for c in codes))
+        # After any other error the connection's state is unknown: the next mail starts on a new one.
+        client, self._clients[slot] = self._clients[slot], None
+        if client is not None:
+            client.close()
+        if isinstance(exc, aiosmtplib.SMTPResponseException):
+            return SendError(f"SMTP {exc.code}: {exc.message}", permanent=500 <= exc.code < 600)
+        return SendError(f"SMTP tidak dapat dihubungi: {exc}", permanent=False, unreachable=True)
 
-    def _reset(self) -> None:
-        """After an error the connection's state is unknown: start the next mail on a new one."""
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+    def _run(self, coro: Any) -> Any:
+        if self._loop is None or self._loop.is_closed():
+            self._loop = asyncio.new_event_loop()
+        return self._loop.run_until_complete(coro)
+
+    def send(self, mail_from: str, rcpts: Sequence[str], raw: bytes) -> None:
+        error = self.send_many([(mail_from, rcpts, raw)])[0]
+        if error is not None:
+            raise error
+
+    def send_many(self, mails: Sequence[tuple[str, Sequence[str], bytes]]) -> list[SendError | None]:
+        """Send each mail; its error or None, in order. After the server proved unreachable the mails not
+        yet begun are not tried (their result is that same error): they would wait out the same timeout."""
+        results: list[SendError | None] = [None] * len(mails)
+        todo = list(range(len(mails)))[::-1]
+        down: list[SendError] = []
+
+        async def worker(slot: int) -> None:
+            while todo and not down:
+                i = todo.pop()
+                mail_from, rcpts, raw = mails[i]
+                try:
+                    await self._send(slot, mail_from, rcpts, raw)
+                except (TimeoutError, aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
+                    error = results[i] = self._error(slot, exc)
+                    if error.unreachable:
+                        down.append(error)
+
+        async def run_all() -> None:
+            await asyncio.gather(*(worker(slot) for slot in range(min(len(self._clients), len(mails)))))
+
+        self._run(run_all())
+        for i in todo:
+            results[i] = NotTried(str(down[0]), permanent=False, unreachable=True)
+        return results
 
     def close(self) -> None:
         if self._loop is not None and not self._loop.is_closed():
             try:
-                self._loop.run_until_complete(self._drop())
+                self._loop.run_until_complete(
+                    asyncio.gather(*(self._drop(slot) for slot in range(len(self._clients)))))
             finally:
                 self._loop.close()
+
+
+def send_all(transport: Transport, mails: Sequence[tuple[str, Sequence[str], bytes]]) -> list[SendError | None]:
+    """Several mails through any transport: at once where it can (`send_many`), else one by one."""
+    many = getattr(transport, "send_many", None)
+    if many is not None:
+        return list(many(mails))
+    results: list[SendError | None] = []
+    for i, (mail_from, rcpts, raw) in enumerate(mails):
+        try:
+            transport.send(mail_from, rcpts, raw)
+            results.append(None)
+        except SendError as exc:
+            results.append(exc)
+            if exc.unreachable and not exc.permanent:
+                results += [NotTried(str(exc), permanent=False, unreachable=True)] * (len(mails) - i - 1)
+                break
+    return results
 
 
 def backoff(attempts: int, base: float = 30.0, cap: float = MAX_BACKOFF.total_seconds()) -> timedelta:
@@ -142,83 +197,78 @@ def drain(
     transport: Transport,
     clock: Callable[[], datetime],
     *,
-    limit: int = 100,
+    limit: int = 200,
+    chunk: int = 20,
     deadline: float | None = None,
     stopping: Any = None,
     retry_base: float = 30.0,
     retry_max: float = MAX_BACKOFF.total_seconds(),
 ) -> dict[str, int]:
-    """Send due outbox rows; returns counts {"sent", "retry", "failed"}.
+    """Send due outbox rows, `chunk` at a time; returns counts {"sent", "retry", "failed"}.
 
-    Each attempt is recorded (with its next retry time) before the send, so a database that cannot record
-    "sent" afterwards delays the re-send instead of repeating it every pass. A transient SMTP failure stops
-    the batch (the server is down: the other rows would wait out the same timeout).
+    Each chunk is claimed in one transaction that records the attempt (and the next retry time) before
+    anything is sent, so no other process sees those rows due meanwhile, and a database that cannot record
+    the outcome afterwards delays the re-send instead of repeating it every pass. The chunk is sent outside
+    any transaction, then every outcome recorded in one more. A crash in between re-sends at most one chunk,
+    each mail with its own Message-ID again. A server that proved unreachable ends the pass.
     """
     import time
 
     counts = {"sent": 0, "retry": 0, "failed": 0}
     scrubbed = False
-    with sessions() as s:
-        now = clock()
-        stmt = (
-            select(Outbox.id)
-            .where(Outbox.status == "queued", Outbox.next_attempt_at <= now)
-            .order_by(Outbox.id)
-            .limit(limit)
-        )
-        if s.get_bind().dialect.name == "postgresql":
-            stmt = stmt.with_for_update(skip_locked=True)
-        ids = list(s.execute(stmt).scalars())
-    for row_id in ids:
-        if deadline is not None and time.monotonic() > deadline:
+    pg = sessions.kw["bind"].dialect.name == "postgresql"
+    while counts["sent"] + counts["retry"] + counts["failed"] < limit:
+        if (deadline is not None and time.monotonic() > deadline) or (stopping is not None and stopping.is_set()):
             break
-        if stopping is not None and stopping.is_set():
-            break
-        # 1. Claim the row and record the attempt (its next retry time pushed ahead), committed before
-        #    the send: no other process sees it due meanwhile, and a database that cannot record the
-        #    outcome afterwards delays the re-send instead of repeating it every pass.
+        # 1. Claim a chunk and record the attempt, committed before the send.
         with sessions.begin() as s:
-            q = select(Outbox).where(Outbox.id == row_id, Outbox.status == "queued")
-            if s.get_bind().dialect.name == "postgresql":
+            q = (select(Outbox).where(Outbox.status == "queued", Outbox.next_attempt_at <= clock())
+                 .order_by(Outbox.id).limit(chunk))
+            if pg:
                 q = q.with_for_update(skip_locked=True)
-            row = s.execute(q).scalar_one_or_none()
-            if row is None or row.raw is None:
-                continue
-            row.attempts += 1
-            row.next_attempt_at = clock() + backoff(row.attempts, retry_base, retry_max)
-            mail_from, rcpts, raw, message_id = row.mail_from, list(row.rcpts), row.raw, row.message_id
+            claimed: list[tuple[int, str, list[str], bytes, str]] = []
+            for due in s.execute(q).scalars():
+                if due.raw is None:
+                    continue
+                due.attempts += 1
+                due.next_attempt_at = clock() + backoff(due.attempts, retry_base, retry_max)
+                claimed.append((due.id, due.mail_from, list(due.rcpts), due.raw, due.message_id))
+        if not claimed:
+            break
         # 2. Send, outside any transaction.
-        error: SendError | None = None
-        try:
-            transport.send(mail_from, rcpts, raw)
-        except SendError as exc:
-            error = exc
-        # 3. Record the outcome.
+        results = send_all(transport, [(frm, rcpts, raw) for _id, frm, rcpts, raw, _mid in claimed])
+        # 3. Record the outcomes.
+        down = False
         with sessions.begin() as s:
-            row = s.get(Outbox, row_id)
-            if row is None:
-                continue
-            if error is None:
-                row.status = "sent"
-                row.sent_at = clock()
-                row.last_error = None
-                counts["sent"] += 1
-                if row.sensitive:
-                    scrubbed = _scrub(s, row)  # the password lived only for this one mail (issue 5)
-                log.info("sent %s (%s) to %d recipient(s)", message_id, row.purpose, len(rcpts))
-                continue
-            row.last_error = str(error)[:2000]
-            if error.permanent:
-                row.status = "failed"
-                counts["failed"] += 1
-                log.warning("outbox %s failed permanently: %s", message_id, error)
-                if row.sensitive:
-                    scrubbed = _scrub(s, row)  # an undeliverable letter keeps no password: staff issue anew
-                continue
-            counts["retry"] += 1
-            log.info("outbox %s retry %d: %s", message_id, row.attempts, error)
-        if error is not None and not error.permanent and error.unreachable:
-            break  # the server itself is unreachable: the rest of the batch waits for the next pass
+            for (row_id, _frm, rcpts, _raw, message_id), error in zip(claimed, results, strict=True):
+                row = s.get(Outbox, row_id)
+                if row is None:
+                    continue
+                if isinstance(error, NotTried):
+                    row.attempts -= 1  # never begun: waits for the server without counting as a try
+                    continue
+                if error is None:
+                    row.status = "sent"
+                    row.sent_at = clock()
+                    row.last_error = None
+                    counts["sent"] += 1
+                    if row.sensitive:
+                        scrubbed = _scrub(s, row)  # the password lived only for this one mail (issue 5)
+                    log.info("sent %s (%s) to %d recipient(s)", message_id, row.purpose, len(rcpts))
+                    continue
+                row.last_error = str(error)[:2000]
+                if error.permanent:
+                    row.status = "failed"
+                    counts["failed"] += 1
+                    log.warning("outbox %s failed permanently: %s", message_id, error)
+                    if row.sensitive:
+                        scrubbed = _scrub(s, row)  # an undeliverable letter keeps no password: staff issue anew
+                    continue
+                counts["retry"] += 1
+                down = down or error.unreachable
+                log.info("outbox %s retry %d: %s", message_id, row.attempts, error)
+        if down:
+            break  # the server itself is unreachable: the rest waits for the next pass
     if scrubbed:
         purge_freed_secrets(sessions.kw["bind"])
     return counts

@@ -28,7 +28,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from daemon.config import AgencyConfig, Config, LimitsConfig
 from daemon.mailbox import ImapSource, MailSource, MailSourceError
 from daemon.outbox import SmtpTransport, Transport, drain
-from parsers.model import Limits, ParseOptions
+from daemon.parsing import Job, Parser, make_parser
+from parsers.model import Limits, ParseOptions, ParseResult
 from workflows.digest import digest_due, send_digest
 from workflows.engine import Ctx, Services, due_actions, run_action
 from workflows.mailer import Mailer
@@ -41,6 +42,7 @@ from workflows.worktime import WorkCalendar, calendar_for
 log = logging.getLogger("subdomaind.service")
 
 FETCH_BATCH = 25
+_DAEMON_LIMITS = {"parse_workers", "parse_timeout_seconds"}  # the daemon's, not the parser's (parsers.model.Limits)
 DRAIN_BUDGET_SECONDS = 20.0
 
 
@@ -65,7 +67,8 @@ def parse_options_for(agency: AgencyConfig, limits: LimitsConfig | None = None) 
     words = {k: tuple(v) for k, v in agency.vocabulary.model_dump().items() if v is not None}
     return ParseOptions(zone=agency.zone, reserved_names=reserved, mailbox_address=agency.address,
                         ticket_prefix=agency.ticket_prefix, vocabulary=replace(base.vocabulary, **words),
-                        limits=Limits(**limits.model_dump()) if limits is not None else base.limits)
+                        limits=Limits(**limits.model_dump(exclude=_DAEMON_LIMITS)) if limits is not None
+                        else base.limits)
 
 
 def build_services(config: Config, agency: AgencyConfig) -> Services:
@@ -107,6 +110,7 @@ class Daemon:
         sources: dict[str, MailSource] | None = None,
         services: dict[str, Services] | None = None,
         clock: Callable[[], datetime] = utcnow,
+        parser: Parser | None = None,
     ) -> None:
         self.config = config
         self.config_path = config_path
@@ -121,6 +125,8 @@ class Daemon:
         self._given_sources = sources or {}
         self._given_services = services or {}
         self.transport, self.runtimes = self._build(config)
+        self.parser: Parser = parser or make_parser(config.limits.parse_workers, config.limits.parse_timeout_seconds)
+        self._drain_inline = True
         self.stopping = threading.Event()
         self.ready = False
         self._watchers: list[threading.Thread] = []
@@ -180,6 +186,7 @@ class Daemon:
 
     def run_once(self, *, drain_inline: bool = True) -> dict[str, int]:
         totals = {"messages": 0, "actions": 0, "sent": 0}
+        self._drain_inline = drain_inline
         for rt in self.runtimes.values():
             if self.stopping.is_set():
                 break
@@ -204,18 +211,30 @@ class Daemon:
                      stopping=self.stopping, retry_base=smtp.retry_base_seconds,
                      retry_max=smtp.retry_max_seconds)["sent"]
 
+    def start_sender(self) -> None:
+        """The outbox on its own thread: mail goes out while intake goes on (on SQLite too: every
+        transaction takes the write lock at BEGIN, see workflows/store.py, so the two wait for each other
+        for a few milliseconds instead of failing)."""
+        sender = threading.Thread(target=self._send_loop, name="outbox", daemon=True)
+        sender.start()
+        self._watchers.append(sender)
+
     def _send_loop(self) -> None:
         """`run`'s outbox sender: on its own thread, so intake never waits behind SMTP and sending overlaps
-        parsing; woken after each pass, and every second for retries that come due."""
+        parsing; woken after each batch of intake, and every second for retries that come due. After a
+        pass that sent something it looks again at once (a pass stops at its row limit)."""
+        sent = 0
         while not (self.stopping.is_set() or self._sender_stop.is_set()):
-            self._outbox_wake.wait(timeout=1.0)
+            if not sent:
+                self._outbox_wake.wait(timeout=1.0)
             self._outbox_wake.clear()
             if self.stopping.is_set() or self._sender_stop.is_set():
                 break
             try:
-                self.drain_outbox()
+                sent = self.drain_outbox()
             except Exception:  # the sender's boundary: a bad row or a database hiccup must not stop it
                 log.exception("outbox pass failed")
+                sent = 0
 
     def _connect(self, rt: AgencyRuntime) -> bool:
         if rt.connected:
@@ -309,19 +328,29 @@ class Daemon:
                     st.last_uid = 0
                 last_uid = st.last_uid
             self._finish_pending_marks(rt)
-            while not self.stopping.is_set():
-                batch = rt.source.fetch_new(last_uid, FETCH_BATCH)
-                if not batch:
-                    break
-                for uid, raw in batch:
+            options = parse_options_for(rt.agency, self.config.limits)
+            # The next batch is fetched and handed to the parser workers before this one's mail is sent:
+            # parsing overlaps the database and SMTP work of the main loop.
+            pending = self._fetch(rt, last_uid, options)
+            while pending and not self.stopping.is_set():
+                done: list[tuple[int, bool]] = []
+                for uid, raw, job in pending:
                     sd_notify("WATCHDOG=1")  # a long backlog is progress, not a hang
-                    quarantine = self._take(rt, uv, uid, raw)
+                    done.append((uid, self._take(rt, uv, uid, raw, job.result())))
                     last_uid = uid
                     handled += 1
-                    rt.source.mark_handled(uid, quarantine=quarantine)
-                    self._server_done(rt, uv, uid)
                     if self.stopping.is_set():
                         break
+                pending = []
+                self._mark(rt, uv, done)
+                if self.stopping.is_set():
+                    break
+                pending = self._fetch(rt, last_uid, options)
+                # What this batch queued goes out while the next one is parsed and handled.
+                if self._drain_inline:
+                    self.drain_outbox()
+                else:
+                    self._outbox_wake.set()
             with self.sessions.begin() as s:
                 st = self._state(s, rt)
                 st.last_ok_at = self.clock()
@@ -334,7 +363,10 @@ class Daemon:
             self._intake_failed(rt, exc)
         return handled
 
-    def _take(self, rt: AgencyRuntime, uv: int, uid: int, raw: bytes) -> bool:
+    def _fetch(self, rt: AgencyRuntime, last_uid: int, options: ParseOptions) -> list[tuple[int, bytes, Job]]:
+        return [(uid, raw, self.parser.submit(raw, options)) for uid, raw in rt.source.fetch_new(last_uid, FETCH_BATCH)]
+
+    def _take(self, rt: AgencyRuntime, uv: int, uid: int, raw: bytes, parsed: ParseResult) -> bool:
         """Ingest one message with its checkpoint in one transaction; True when it goes to quarantine."""
         from sqlalchemy.exc import IntegrityError
 
@@ -342,7 +374,8 @@ class Daemon:
 
         try:
             with self.sessions.begin() as s:
-                row = ingest(self.ctx(s, rt.agency), mailbox=rt.source.folder, uidvalidity=uv, uid=uid, raw=raw)
+                row = ingest(self.ctx(s, rt.agency), mailbox=rt.source.folder, uidvalidity=uv, uid=uid, raw=raw,
+                             parsed=parsed)
                 st = self._state(s, rt)
                 st.last_uid = max(st.last_uid, uid)
                 quarantined = row is not None and row.status in ("quarantined", "unmatched")
@@ -364,18 +397,21 @@ class Daemon:
                     Inbound.agency == rt.agency.id, Inbound.mailbox == rt.source.folder,
                     Inbound.uidvalidity == rt.source.uidvalidity(), Inbound.server_done.is_(False))
             ).all()
-        uv = rt.source.uidvalidity()
-        for uid, status in rows:
-            rt.source.mark_handled(uid, quarantine=status in ("quarantined", "unmatched"))
-            self._server_done(rt, uv, uid)
+        self._mark(rt, rt.source.uidvalidity(), [(uid, status in ("quarantined", "unmatched")) for uid, status in rows])
 
-    def _server_done(self, rt: AgencyRuntime, uv: int, uid: int) -> None:
-        """Record that the message is flagged/moved on the IMAP server (after its own commit)."""
+    def _mark(self, rt: AgencyRuntime, uv: int, done: list[tuple[int, bool]]) -> None:
+        """Flag (or move to quarantine) on the IMAP server what was committed, then record that it was."""
+        if not done:
+            return
+        for quarantined in (False, True):
+            uids = [uid for uid, q in done if q is quarantined]
+            if uids:
+                rt.source.mark_handled(uids, quarantine=quarantined)
         with self.sessions.begin() as s:
             s.query(Inbound).filter(
                 Inbound.agency == rt.agency.id, Inbound.mailbox == rt.source.folder,
-                Inbound.uidvalidity == uv, Inbound.uid == uid,
-            ).update({Inbound.server_done: True})
+                Inbound.uidvalidity == uv, Inbound.uid.in_([uid for uid, _q in done]),
+            ).update({Inbound.server_done: True}, synchronize_session=False)
 
     def _purge_if_needed(self, s: Session) -> None:
         """After a transaction that scrubbed a password (a rejection), push it out of the WAL too."""
@@ -467,14 +503,8 @@ class Daemon:
                 t = threading.Thread(target=self._watch, args=(rt,), name=f"idle-{rt.agency.id}", daemon=True)
                 t.start()
                 self._watchers.append(t)
-        # SQLite has one writer: a sender thread beside intake would make read-then-write transactions fail
-        # on a stale snapshot (SQLITE_BUSY_SNAPSHOT cannot be waited out), so there the outbox is drained
-        # between passes. PostgreSQL takes both at once.
-        threaded = self.sessions.kw["bind"].dialect.name != "sqlite"
-        if threaded:
-            sender = threading.Thread(target=self._send_loop, name="outbox", daemon=True)
-            sender.start()
-            self._watchers.append(sender)
+        self.start_sender()
+        self.parser.warm()
         passes = 0
         poll = min(rt.agency.imap.poll_seconds for rt in self.runtimes.values())
         while not self.stopping.is_set():
@@ -483,7 +513,7 @@ class Daemon:
                 self._reload.clear()
                 self.reload()
             try:
-                self.run_once(drain_inline=not threaded)
+                self.run_once(drain_inline=False)
             except Exception:  # the loop boundary: a bug in one pass must not stop the daemon
                 log.exception("pass failed")
             sd_notify("WATCHDOG=1")
@@ -529,6 +559,7 @@ class Daemon:
                 rt.source.close()
             except Exception:  # noqa: BLE001
                 log.debug("close failed", exc_info=True)
+        self.parser.close()
         closer = getattr(self.transport, "close", None)
         if closer is not None:
             try:

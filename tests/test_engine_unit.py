@@ -35,11 +35,12 @@ class ListSource:
     def uidvalidity(self) -> int:
         return 1
 
-    def fetch_new(self, last_uid: int, limit: int) -> list[tuple[int, bytes]]:
+    def fetch_new(self, last_uid: int, limit: int, max_bytes: int = 0) -> list[tuple[int, bytes]]:
         return [(i + 1, m) for i, m in enumerate(self.messages) if i + 1 > last_uid][:limit]
 
-    def mark_handled(self, uid: int, *, quarantine: bool) -> None:
-        self.marked[uid] = quarantine
+    def mark_handled(self, uids: Sequence[int], *, quarantine: bool) -> None:
+        for uid in uids:
+            self.marked[uid] = quarantine
 
     def wait(self, timeout: float) -> bool:
         return False

@@ -745,7 +745,8 @@ def ingest(ctx, **kw):
 inbound.ingest = ingest
 from daemon.cli import main  # noqa: E402
 
-sys.exit(main(sys.argv[1:]))
+if __name__ == "__main__":  # the parser workers' forkserver imports this file again
+    sys.exit(main(sys.argv[1:]))
 '''
 
 

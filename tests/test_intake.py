@@ -113,7 +113,7 @@ def test_mark_lost_after_commit_is_finished_on_the_next_pass(daemon_on, dovecot:
     real_mark = rt.source.mark_handled
     calls = {"n": 0}
 
-    def failing_mark(uid: int, *, quarantine: bool) -> None:
+    def failing_mark(uids: list[int], *, quarantine: bool) -> None:
         calls["n"] += 1
         raise MailSourceError("koneksi terputus")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -235,17 +235,21 @@ ORIGINAL_ATTACH_LIMIT = 5 * 1024 * 1024
 def _original_attachment(ctx: Ctx, req: Request) -> list[MailAttachment]:
     """The letter as it came, for the official; a very large one (a high-resolution scan) is not copied
     into every step mail (it would multiply the daemon's memory and the officials' mailboxes): the mail
-    says where it is instead."""
+    says where it is instead. Read once per transaction (a new request sends it in two mails)."""
     if not req.source_message_id:
         return []
-    size = ctx.session.execute(
-        select(func.length(Inbound.raw)).where(Inbound.message_id == req.source_message_id)
-    ).scalar_one_or_none()
-    if not size or size > ORIGINAL_ATTACH_LIMIT:
-        return []
-    raw = ctx.session.execute(
-        select(Inbound.raw).where(Inbound.message_id == req.source_message_id)
-    ).scalar_one_or_none()
+    cache = ctx.session.info.setdefault("original_attachment", {})
+    if req.source_message_id not in cache:
+        size = ctx.session.execute(
+            select(func.length(Inbound.raw)).where(Inbound.message_id == req.source_message_id)
+        ).scalar_one_or_none()
+        raw = None
+        if size and size <= ORIGINAL_ATTACH_LIMIT:
+            raw = ctx.session.execute(
+                select(Inbound.raw).where(Inbound.message_id == req.source_message_id)
+            ).scalar_one_or_none()
+        cache[req.source_message_id] = raw
+    raw = cache[req.source_message_id]
     if not raw:
         return []
     return [MailAttachment(filename="surat-permohonan.eml", content_type="message/rfc822", data=raw)]
@@ -278,9 +282,19 @@ def _fresh_diff(ctx: Ctx, req: Request) -> str | None:
     if not req.subdomain:
         return None
     try:
-        return ctx.services.dns.diff_text(planned_records(ctx, req))
+        return _dns_diff(ctx, planned_records(ctx, req))
     except Exception:  # noqa: BLE001 - the diff is information for the official; the apply re-checks all
         return (req.fields or {}).get("dns_diff")
+
+
+def _dns_diff(ctx: Ctx, records: Sequence[PlannedRecord]) -> str:
+    """The DNS server's dry run, asked once per transaction: the notification, the completeness check and
+    the approval mail of one new request show the same answer (three TCP queries became one)."""
+    key = tuple(records)
+    cache = ctx.session.info.setdefault("dns_diff", {})
+    if key not in cache:
+        cache[key] = ctx.services.dns.diff_text(key)
+    return str(cache[key])
 
 
 def enter_step(ctx: Ctx, req: Request, key: str, *, note: str | None = None) -> StepRun:
@@ -574,7 +588,7 @@ def _check_completeness(ctx: Ctx, req: Request, run: StepRun) -> str:
             problems.append({"field": exc.field, "reason": str(exc)})
         else:
             # The dry run for the approval mails (never raises); the real check is repeated when applying.
-            f = {**f, "dns_plan": records_to_json(plan), "dns_diff": ctx.services.dns.diff_text(plan)}
+            f = {**f, "dns_plan": records_to_json(plan), "dns_diff": _dns_diff(ctx, plan)}
     f = {**f, "check": {"missing": missing, "problems": problems}}
     req.fields = f
     if missing or problems:

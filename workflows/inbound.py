@@ -83,8 +83,10 @@ def _issued(ctx: Ctx, digests: object) -> set[str]:
     return {h for h in found if h}
 
 
-def ingest(ctx: Ctx, *, mailbox: str, uidvalidity: int, uid: int, raw: bytes) -> Inbound | None:
-    """Handle one message. Returns its row, or None when the same message was already taken in."""
+def ingest(ctx: Ctx, *, mailbox: str, uidvalidity: int, uid: int, raw: bytes,
+           parsed: ParseResult | None = None) -> Inbound | None:
+    """Handle one message (`parsed`: the parse of `raw` made ahead, in a worker). Returns its row, or None
+    when the same message was already taken in."""
     s = ctx.session
     seen = s.execute(
         select(Inbound).where(Inbound.agency == ctx.agency.id, Inbound.mailbox == mailbox,
@@ -92,8 +94,10 @@ def ingest(ctx: Ctx, *, mailbox: str, uidvalidity: int, uid: int, raw: bytes) ->
     ).scalar_one_or_none()
     if seen is not None:
         return None
-    raw = redact_issued_passwords(ctx, raw)
-    parsed = parse(raw, ctx.parse_options)
+    redacted = redact_issued_passwords(ctx, raw)
+    if parsed is None or redacted is not raw:
+        parsed = parse(redacted, ctx.parse_options)  # what is stored and handled is the redacted text
+    raw = redacted
     msg = parsed.message
     message_id = (msg.message_id if msg is not None and msg.message_id else None) or synthetic_message_id(raw)
     message_id = message_id[:990]

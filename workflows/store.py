@@ -304,7 +304,10 @@ def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 10}, hide_parameters=True)
         event.listen(engine, "connect", _sqlite_pragmas)
-        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN"))
+        # IMMEDIATE: the write lock is taken (and waited for, busy_timeout) at BEGIN. A deferred transaction
+        # that read first and writes second fails at once with SQLITE_BUSY_SNAPSHOT when another connection
+        # (the outbox sender thread) committed in between, and no waiting can fix that.
+        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
         return engine
     return create_engine(url, pool_pre_ping=True, hide_parameters=True)
 
