@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import multiprocessing.pool
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -77,13 +78,16 @@ def parse_for_transport(raw: bytes, options: ParseOptions) -> ParseResult:
     return replace(result, message=_slim_message(result.message))
 
 
+Task = Callable[[bytes, ParseOptions], ParseResult]
+
+
 class _PoolJob:
     def __init__(self, owner: ProcessParser, raw: bytes, options: ParseOptions) -> None:
         self.owner = owner
         self.raw = raw
         self.options = options
         self.generation = owner.generation
-        self.pending: Any = owner.pool().apply_async(parse_for_transport, (raw, options))
+        self.pending: Any = owner.pool().apply_async(owner.task, (raw, options))
 
     def result(self) -> ParseResult:
         return self.owner.wait(self)
@@ -92,9 +96,10 @@ class _PoolJob:
 class ProcessParser:
     """A small pool of parser processes (forkserver: never a fork of a process that runs threads)."""
 
-    def __init__(self, workers: int, timeout: float) -> None:
+    def __init__(self, workers: int, timeout: float, task: Task = parse_for_transport) -> None:
         self.workers = workers
         self.timeout = timeout
+        self.task = task  # a module-level function (the workers import it by name)
         self.generation = 0
         self._pool: multiprocessing.pool.Pool | None = None
 
@@ -118,7 +123,7 @@ class ProcessParser:
             if job.generation != self.generation:
                 # The pool was replaced after this job was given to it (another message timed out).
                 job.generation, job.pending = self.generation, self.pool().apply_async(
-                    parse_for_transport, (job.raw, job.options))
+                    self.task, (job.raw, job.options))
             try:
                 result: ParseResult = job.pending.get(timeout=self.timeout)
                 return result

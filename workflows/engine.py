@@ -103,12 +103,15 @@ def delegates_of(ctx: Ctx, role: str) -> set[str]:
 
     from workflows.store import Delegation
 
-    registered = ctx.session.execute(
-        select(Delegation.address).where(
-            Delegation.agency == ctx.agency.id, Delegation.role == role, Delegation.revoked_at.is_(None),
-            or_(Delegation.until.is_(None), Delegation.until >= ctx.now()))
-    ).scalars()
-    return set(ctx.agency.delegates.get(role, [])) | set(registered)
+    # Asked once per transaction and role (every step mail asks); the delegation handler forgets it.
+    cache = ctx.session.info.setdefault("delegates", {})
+    if role not in cache:
+        cache[role] = frozenset(ctx.session.execute(
+            select(Delegation.address).where(
+                Delegation.agency == ctx.agency.id, Delegation.role == role, Delegation.revoked_at.is_(None),
+                or_(Delegation.until.is_(None), Delegation.until >= ctx.now()))
+        ).scalars())
+    return set(ctx.agency.delegates.get(role, [])) | cache[role]
 
 
 def audit(
@@ -158,7 +161,9 @@ def _tz(ctx: Ctx) -> Any:
 def summary(ctx: Ctx, req: Request) -> dict[str, Any]:
     """What every mail about a request shows: the request as a clerk would read it."""
     f = req.fields or {}
-    history = [
+    # A request opened in this transaction has no decisions yet: no query (and no flush) for its mails.
+    opened_now = req.id in ctx.session.info.get("opened", ())
+    history = [] if opened_now else [
         {
             "at": format_tanggal(d.at.astimezone(_tz(ctx)), with_time=True),
             "actor": d.actor,
@@ -211,6 +216,7 @@ def open_request(
     )
     ctx.session.add(req)
     ctx.session.flush()
+    ctx.session.info.setdefault("opened", set()).add(req.id)
     if inbound is not None:
         inbound.request_id = req.id
     audit(ctx, req, "request.received", actor=requester, message_id=source_message_id,

@@ -363,6 +363,7 @@ class DelegationHandler:
         role, addr, cmd = m.group("role").lower(), m.group("addr").lower(), m.group("cmd").upper()
         if role not in ctx.sop.roles or ctx.sop.roles[role].requester:
             raise DecisionNotOffered(f"peran {role!r} tidak ada dalam SOP", decision=cmd, **ctx_info)
+        ctx.session.info.pop("delegates", None)  # engine.delegates_of asks again after this change
         if cmd == "CABUT":
             rows = ctx.session.execute(select(Delegation).where(
                 Delegation.agency == ctx.agency.id, Delegation.role == role, Delegation.address == addr,

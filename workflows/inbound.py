@@ -15,6 +15,7 @@ import traceback
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from parsers import parse
 from parsers.model import ParseResult
@@ -151,17 +152,26 @@ def run_handler(ctx: Ctx, parsed: ParseResult, row: Inbound) -> None:
     except Refusal as refusal:
         request_id = row.request_id  # the handler tied it to a request; the rollback must not lose that
         savepoint.rollback()
+        forget_cached(s)
         row.request_id = request_id
         row.status = record_refusal(ctx, parsed, row, refusal)
         row.error = refusal.reason
     except Exception as exc:  # the per-message boundary: only here is a bare Exception caught
         savepoint.rollback()
+        forget_cached(s)
         row.status = "quarantined"
         row.error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"
         log.exception("message %s quarantined", row.message_id)
         audit(ctx, None, "mail.quarantined", message_id=row.message_id, reason=f"{type(exc).__name__}: {exc}",
               handler=handler.name)
     row.handled_at = ctx.now()
+
+
+def forget_cached(s: Session) -> None:
+    """What the engine remembered for this transaction (delegates, new requests, DNS answers) may come
+    from what a rollback just undid."""
+    for key in ("delegates", "opened", "dns_diff", "original_attachment"):
+        s.info.pop(key, None)
 
 
 def first_notice_today(ctx: Ctx, address: str, reason: str) -> bool:

@@ -645,6 +645,7 @@ class Rfc2136Dns:
         self.max_records = max_records
         self.discovery_ttl = discovery_ttl
         self._cache: dict[str, tuple[float, Any]] = {}
+        self._seen: dict[str, tuple[float, NameState]] = {}
 
     # -- discovery ----------------------------------------------------------------------------------------
 
@@ -835,9 +836,29 @@ class Rfc2136Dns:
             return True
         return False
 
+    # What `existing` and `diff_text` (information for people: the completeness check and the approval
+    # mail, which ask about the same name within milliseconds) may reuse; never the apply path, whose
+    # safety is the update's own prerequisites (RFC 2136 section 2.4).
+    SEEN_SECONDS = 2.0
+
+    def _inspect_recent(self, name: str) -> NameState:
+        try:  # "dinsos" and "dinsos.trenggalekkab.go.id." are the same name
+            key = (dns.name.from_text(name, self.origin) if name not in ("", "@") else self.origin).to_text().lower()
+        except dns.exception.DNSException:
+            return self.inspect(name)  # which says why the name is bad
+        now = time.monotonic()
+        hit = self._seen.get(key)
+        if hit is not None and now - hit[0] < self.SEEN_SECONDS:
+            return hit[1]
+        state = self.inspect(name)
+        if len(self._seen) > 256:
+            self._seen.clear()
+        self._seen[key] = (now, state)
+        return state
+
     def existing(self, name: str) -> list[str]:
         """Everything at ``name`` on the primary as zone lines; empty when the name is free."""
-        state = self.inspect(name)
+        state = self._inspect_recent(name)
         if state.free:
             return []
         return list(state.lines) or [f"{state.name} (ada rekaman pada nama di bawahnya)"]
@@ -854,7 +875,7 @@ class Rfc2136Dns:
             fqdn = r.fqdn(self.zone).lower()
             if fqdn not in states:
                 try:
-                    states[fqdn] = self.inspect(fqdn)
+                    states[fqdn] = self._inspect_recent(fqdn)
                 except DnsError as exc:
                     states[fqdn] = f"keadaan nama tidak dapat diperiksa: {exc}"
         return format_diff(recs, self.zone, states)
@@ -872,6 +893,7 @@ class Rfc2136Dns:
         answer).
         """
         guard_update(update, zone=self.zone, reserved=self.reserved, ours=ours, max_records=self.max_records)
+        self._seen.clear()  # what we change is seen afresh
         ep = self.primary_endpoint()
         key = self.key_name.to_text(omit_final_dot=True)
         try:

@@ -299,15 +299,28 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def _sqlite_begin(conn: Any) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("sqlite_immediate") else "BEGIN")
+
+
+def writer_sessions(sessions: sessionmaker[Any]) -> sessionmaker[Any]:
+    """The daemon's sessions. On SQLite each transaction takes the write lock at BEGIN (IMMEDIATE) and
+    waits for it (busy_timeout): a deferred transaction that reads first and writes second fails at once
+    with SQLITE_BUSY_SNAPSHOT when another of our connections (the outbox sender thread) committed in
+    between, and no waiting can fix that. Readers elsewhere (`status`, `show`) keep plain BEGIN and, with
+    WAL, never wait for the daemon."""
+    bind = sessions.kw["bind"]
+    if bind.dialect.name != "sqlite":
+        return sessions
+    return sessionmaker(bind.execution_options(sqlite_immediate=True), expire_on_commit=False)
+
+
 def make_engine(url: str) -> Engine:
     # hide_parameters: a database error must not write a row's values (a password) into the log.
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 10}, hide_parameters=True)
         event.listen(engine, "connect", _sqlite_pragmas)
-        # IMMEDIATE: the write lock is taken (and waited for, busy_timeout) at BEGIN. A deferred transaction
-        # that read first and writes second fails at once with SQLITE_BUSY_SNAPSHOT when another connection
-        # (the outbox sender thread) committed in between, and no waiting can fix that.
-        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        event.listen(engine, "begin", _sqlite_begin)
         return engine
     return create_engine(url, pool_pre_ping=True, hide_parameters=True)
 

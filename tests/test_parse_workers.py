@@ -1,0 +1,107 @@
+"""Parsing in worker processes (daemon/parsing.py): the same answers as parsing in the daemon, and a
+runaway or crashing parser costs one quarantined message, never the daemon (issue 7)."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import os
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from daemon.localoffice import request_mail
+from daemon.parsing import RETURN_ATTACHMENT_MAX, TIMEOUT_REASON, InlineParser, ProcessParser, parse_for_transport
+from parsers import parse
+from parsers.model import ParseOptions, ParseResult
+from tests.test_engine_unit import world  # noqa: F401  (fixture)
+from workflows.store import Inbound, Request
+
+FIXTURES = Path(__file__).parent / "fixtures" / "emails"
+
+
+def hostile_task(raw: bytes, options: ParseOptions) -> ParseResult:
+    """A parser with the two failures a worker must fence: it never returns, or its process dies."""
+    if b"X-Test-Hang: yes" in raw:
+        time.sleep(3600)
+    if b"X-Test-Crash: yes" in raw:
+        os._exit(3)  # as a segfault in a C extension would end it
+    return parse_for_transport(raw, options)
+
+
+def with_header(raw: bytes, header: bytes) -> bytes:
+    return header + b"\r\n" + raw
+
+
+@pytest.fixture
+def pool():  # type: ignore[no-untyped-def]
+    p = ProcessParser(1, timeout=3.0, task=hostile_task)
+    yield p
+    p.close()
+
+
+def test_worker_gives_the_same_answer_as_parsing_in_process() -> None:
+    p = ProcessParser(2, timeout=30.0)
+    try:
+        names = sorted(FIXTURES.glob("*.eml"))[:40]
+        jobs = [(n, p.submit(n.read_bytes(), ParseOptions())) for n in names]
+        for name, job in jobs:
+            got, want = job.result(), parse(name.read_bytes(), ParseOptions())
+            assert (got.kind, got.reason, got.request, got.reply, got.ticket, got.token) == (
+                want.kind, want.reason, want.request, want.reply, want.ticket, want.token), name.name
+    finally:
+        p.close()
+
+
+def test_large_attachment_bytes_stay_in_the_worker() -> None:
+    msg = email.message_from_bytes(request_mail("dinsos@trenggalekkab.go.id", "dinsosbig"),
+                                   policy=email.policy.default)
+    msg.add_attachment(os.urandom(RETURN_ATTACHMENT_MAX + 1), maintype="application", subtype="octet-stream",
+                       filename="scan.bin")
+    big = msg.as_bytes()
+    got = parse_for_transport(big, ParseOptions())
+    assert got.message is not None and got.request is not None
+    assert [len(a.data) for a in got.message.attachments] == [0]
+    assert got.request == parse(big, ParseOptions()).request
+
+
+def test_runaway_parser_is_cut_off_and_the_next_message_parses(pool: ProcessParser) -> None:
+    hang = pool.submit(with_header(request_mail("a@example.org", "satu"), b"X-Test-Hang: yes"), ParseOptions())
+    after = pool.submit(request_mail("b@example.org", "dua"), ParseOptions())
+    started = time.monotonic()
+    got = hang.result()
+    assert got.kind == "unreadable" and got.reason == TIMEOUT_REASON.format(seconds=3.0)
+    assert time.monotonic() - started < 3 * 3.0 + 5  # one timeout, a retry on a fresh worker, no more
+    nxt = after.result()  # submitted to the pool that was replaced: parsed again on the new one
+    assert nxt.kind == "request" and nxt.request is not None and nxt.request.subdomain == "dua"
+
+
+def test_crashing_parser_quarantines_only_its_message(pool: ProcessParser) -> None:
+    crash = pool.submit(with_header(request_mail("a@example.org", "tiga"), b"X-Test-Crash: yes"), ParseOptions())
+    assert crash.result().kind == "unreadable"
+    assert pool.submit(request_mail("b@example.org", "empat"), ParseOptions()).result().kind == "request"
+
+
+def test_daemon_quarantines_the_message_its_worker_lost_and_goes_on(world) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    d, src, tr, _dns, sessions = world
+    d.parser.close()
+    d.parser = ProcessParser(1, timeout=2.0, task=hostile_task)
+    try:
+        src.add(with_header(request_mail("dinsos@trenggalekkab.go.id", "dinsoshang"), b"X-Test-Hang: yes"))
+        src.add(request_mail("dinkes@trenggalekkab.go.id", "dinkes"))
+        d.run_once()
+    finally:
+        d.parser.close()
+    with sessions() as s:
+        rows = s.execute(select(Inbound).order_by(Inbound.uid)).scalars().all()
+        assert [(r.uid, r.status) for r in rows] == [(1, "quarantined"), (2, "handled")]
+        assert rows[0].error == TIMEOUT_REASON.format(seconds=2.0)
+        assert [r.subdomain for r in s.execute(select(Request)).scalars()] == ["dinkes"]
+    assert src.marked == {1: True, 2: False}
+
+
+def test_inline_parser_is_parse() -> None:
+    raw = request_mail("dinsos@trenggalekkab.go.id", "dinsos")
+    assert InlineParser().submit(raw, ParseOptions()).result() == parse(raw, ParseOptions())
