@@ -153,9 +153,11 @@ class SmtpTransport:
 
     def close(self) -> None:
         if self._loop is not None and not self._loop.is_closed():
+            async def drop_all() -> None:  # gather() wants a running loop: inside a coroutine
+                await asyncio.gather(*(self._drop(slot) for slot in range(len(self._clients))))
+
             try:
-                self._loop.run_until_complete(
-                    asyncio.gather(*(self._drop(slot) for slot in range(len(self._clients)))))
+                self._loop.run_until_complete(drop_all())
             finally:
                 self._loop.close()
 
