@@ -24,9 +24,9 @@ from parsers.model import Attachment, ParsedMessage, ParseOptions, ParseResult
 
 log = logging.getLogger("subdomaind.parsing")
 
-# Attachment bytes larger than this are not sent back from a worker: the workflows read the fields the
-# parser extracted, never the attachment bytes (the stored raw message keeps them), and a 20 MB scan
-# copied back would double the main process's memory for nothing.
+# Attachment bytes larger than this are not sent back from a worker (text ones excepted): the workflows
+# read the fields the parser extracted, never the attachment bytes (the stored raw message keeps them),
+# and a 20 MB scan copied back would double the main process's memory for nothing.
 RETURN_ATTACHMENT_MAX = 256 * 1024
 
 TIMEOUT_REASON = ("pesan tidak dapat dibaca dalam {seconds:.0f} detik (kemungkinan berkas lampiran rusak atau "
@@ -65,8 +65,9 @@ class InlineParser:
 
 
 def _slim_message(msg: ParsedMessage) -> ParsedMessage:
-    atts = tuple(a if len(a.data) <= RETURN_ATTACHMENT_MAX else Attachment(a.filename, a.content_type, b"")
-                 for a in msg.attachments)
+    # Text attachments come back whole: the daemon looks into them for a quoted password (inbound.py).
+    atts = tuple(a if len(a.data) <= RETURN_ATTACHMENT_MAX or a.content_type.startswith("text/")
+                 else Attachment(a.filename, a.content_type, b"") for a in msg.attachments)
     return replace(msg, attachments=atts, attached_messages=tuple(_slim_message(m) for m in msg.attached_messages))
 
 

@@ -219,6 +219,10 @@ def open_request(
     ctx.session.info.setdefault("opened", set()).add(req.id)
     if inbound is not None:
         inbound.request_id = req.id
+        # The letter is at hand: the step mails attach it without reading it back (_original_attachment).
+        if source_message_id and inbound.raw is not None:
+            ctx.session.info.setdefault("original_attachment", {})[source_message_id] = (
+                inbound.raw if len(inbound.raw) <= ORIGINAL_ATTACH_LIMIT else None)
     audit(ctx, req, "request.received", actor=requester, message_id=source_message_id,
           subdomain=req.subdomain, unit=req.unit, source=fields.get("source"))
     ctx.mailer.queue(
@@ -319,7 +323,7 @@ def enter_step(ctx: Ctx, req: Request, key: str, *, note: str | None = None) -> 
     ctx.session.add(run)
     req.step = key
     req.updated_at = now
-    ctx.session.flush()
+    # No flush here: the next query flushes, and fewer, larger flushes let the ORM batch the inserts.
     audit(ctx, req, "step.entered", step=key, kind=step.kind, role=step.actor)
 
     if step.kind == "end":

@@ -12,13 +12,14 @@ import hashlib
 import logging
 import re
 import traceback
+from collections.abc import Iterator
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from parsers import parse
-from parsers.model import ParseResult
+from parsers.model import ParsedMessage, ParseResult
 from workflows.engine import Ctx, audit
 from workflows.errors import Refusal
 from workflows.handlers import handler_for, known_address
@@ -41,10 +42,17 @@ _PASSWORD_RE = re.compile(
 _PASSWORD_TEXT_RE = re.compile(_PASSWORD_RE.pattern.decode())
 
 
-def redact_issued_passwords(ctx: Ctx, raw: bytes) -> bytes:
+def _decoded_texts(msg: ParsedMessage) -> Iterator[str]:
+    for m in (msg, *msg.attached_messages):
+        yield from (t for t in (m.text, m.html) if t)
+        yield from (a.data.decode("utf-8", "replace") for a in m.attachments if a.content_type.startswith("text/"))
+
+
+def redact_issued_passwords(ctx: Ctx, raw: bytes, parsed: ParseResult | None = None) -> bytes:
     """Blank out any password we issued that comes back quoted in a reply (the PIC answering BERHASIL
     under the letter): the password must not reach the database after delivery (issue 5). Only its
-    SHA-256 is kept to recognise it; text encoded as base64 is not looked into."""
+    SHA-256 is kept to recognise it. `parsed` (the parse of `raw`) says whether a text part encoded as
+    base64 or quoted-printable holds one, so the message is only re-read when it does."""
     candidates = {c: hashlib.sha256(c).hexdigest() for c in set(_PASSWORD_RE.findall(raw))}
     issued = _issued(ctx, candidates.values())
     for token, digest in candidates.items():
@@ -54,6 +62,11 @@ def redact_issued_passwords(ctx: Ctx, raw: bytes) -> bytes:
     # (text mail only; a message that large is not a reply quoting a letter).
     if len(raw) > 2_000_000 or b"base64" not in raw.lower():
         return raw
+    if parsed is not None and parsed.message is not None:
+        quoted = {hashlib.sha256(t.encode()).hexdigest()
+                  for text in _decoded_texts(parsed.message) for t in _PASSWORD_TEXT_RE.findall(text)}
+        if not _issued(ctx, quoted):
+            return raw  # the decoded text holds none of our passwords: nothing to rewrite
     import email
     import email.policy
 
@@ -95,7 +108,7 @@ def ingest(ctx: Ctx, *, mailbox: str, uidvalidity: int, uid: int, raw: bytes,
     ).scalar_one_or_none()
     if seen is not None:
         return None
-    redacted = redact_issued_passwords(ctx, raw)
+    redacted = redact_issued_passwords(ctx, raw, parsed)
     if parsed is None or redacted is not raw:
         parsed = parse(redacted, ctx.parse_options)  # what is stored and handled is the redacted text
     raw = redacted
