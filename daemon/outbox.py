@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import aiosmtplib
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.config import SmtpConfig
@@ -228,21 +228,31 @@ def drain(
                  .order_by(Outbox.id).limit(chunk))
             if pg:
                 q = q.with_for_update(skip_locked=True)
-            claimed: list[tuple[int, str, list[str], bytes, str]] = []
+            claimed: list[tuple[int, str, list[str], bytes, str, bool]] = []
             for due in s.execute(q).scalars():
                 if due.raw is None:
                     continue
                 due.attempts += 1
                 due.next_attempt_at = clock() + backoff(due.attempts, retry_base, retry_max)
-                claimed.append((due.id, due.mail_from, list(due.rcpts), due.raw, due.message_id))
+                claimed.append((due.id, due.mail_from, list(due.rcpts), due.raw, due.message_id, due.sensitive))
         if not claimed:
             break
         # 2. Send, outside any transaction.
-        results = send_all(transport, [(frm, rcpts, raw) for _id, frm, rcpts, raw, _mid in claimed])
+        results = send_all(transport, [(frm, rcpts, raw) for _id, frm, rcpts, raw, _mid, _sens in claimed])
         # 3. Record the outcomes.
         down = False
         with sessions.begin() as s:
-            for (row_id, _frm, rcpts, _raw, message_id), error in zip(claimed, results, strict=True):
+            # The mails that went out, in one statement (loading each row back would read its bytes too).
+            plain = [c[0] for c, error in zip(claimed, results, strict=True) if error is None and not c[5]]
+            if plain:
+                s.execute(update(Outbox).where(Outbox.id.in_(plain))
+                          .values(status="sent", sent_at=clock(), last_error=None))
+            for (row_id, _frm, rcpts, _raw, message_id, sensitive), error in zip(claimed, results, strict=True):
+                if error is None:
+                    counts["sent"] += 1
+                    log.info("sent %s to %d recipient(s)", message_id, len(rcpts))
+                    if not sensitive:
+                        continue
                 row = s.get(Outbox, row_id)
                 if row is None:
                     continue
@@ -253,10 +263,7 @@ def drain(
                     row.status = "sent"
                     row.sent_at = clock()
                     row.last_error = None
-                    counts["sent"] += 1
-                    if row.sensitive:
-                        scrubbed = _scrub(s, row)  # the password lived only for this one mail (issue 5)
-                    log.info("sent %s (%s) to %d recipient(s)", message_id, row.purpose, len(rcpts))
+                    scrubbed = _scrub(s, row)  # the password lived only for this one mail (issue 5)
                     continue
                 row.last_error = str(error)[:2000]
                 if error.permanent:

@@ -35,6 +35,7 @@ TIMEOUT_REASON = ("pesan tidak dapat dibaca dalam {seconds:.0f} detik (kemungkin
 
 class Job(Protocol):
     def result(self) -> ParseResult: ...
+    def ready(self) -> bool: ...
 
 
 class Parser(Protocol):
@@ -49,6 +50,9 @@ class _Done:
 
     def result(self) -> ParseResult:
         return self.value
+
+    def ready(self) -> bool:
+        return True
 
 
 class InlineParser:
@@ -92,6 +96,9 @@ class _PoolJob:
 
     def result(self) -> ParseResult:
         return self.owner.wait(self)
+
+    def ready(self) -> bool:
+        return self.generation == self.owner.generation and bool(self.pending.ready())
 
 
 class ProcessParser:

@@ -334,16 +334,13 @@ class Daemon:
             # parsing overlaps the database and SMTP work of the main loop.
             pending = self._fetch(rt, last_uid, options)
             while pending and not self.stopping.is_set():
+                # The next batch goes to the parser workers before this one is handled.
+                following = self._fetch(rt, pending[-1][0], options)
                 done = self._take_many(rt, uv, pending)
-                if done:
-                    last_uid = done[-1][0]
                 handled += len(done)
-                pending = []
                 self._mark(rt, uv, done)
-                if self.stopping.is_set():
-                    break
-                pending = self._fetch(rt, last_uid, options)
-                # What this batch queued goes out while the next one is parsed and handled.
+                pending = following if len(done) == len(pending) else []
+                # What this batch queued goes out while the next one is handled.
                 if self._drain_inline:
                     self.drain_outbox()
                 else:
@@ -381,6 +378,7 @@ class Daemon:
             group: list[tuple[int, bool]] = []
             j = i
             try:
+                items[i][2].result()  # waited for here, not inside the transaction (the sender waits on it)
                 with self.sessions.begin() as s:
                     ctx = self.ctx(s, rt.agency)
                     st = self._state(s, rt)
@@ -393,8 +391,10 @@ class Daemon:
                         st.last_uid = max(st.last_uid, uid)
                         group.append((uid, row is not None and row.status in ("quarantined", "unmatched")))
                         j += 1
-                        # A scrubbed password is purged from the WAL right after its own commit.
-                        if self.stopping.is_set() or time.monotonic() > until or s.info.get("purge_secrets"):
+                        # A scrubbed password is purged from the WAL right after its own commit; a message
+                        # still being parsed is waited for after this commit.
+                        if (self.stopping.is_set() or time.monotonic() > until or s.info.get("purge_secrets")
+                                or (j < len(items) and not items[j][2].ready())):
                             break
                 self._purge_if_needed(s)
                 done += group
