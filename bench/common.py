@@ -348,9 +348,21 @@ def worker_cpu(daemon: Any) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def worker_hwm_mb(daemon: Any) -> float:
-    """The largest peak RSS among the daemon's parser workers (0 when it parses inline)."""
-    return max((vm_hwm_mb(pid) for pid in _worker_pids(daemon)), default=0.0)
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (the parser workers' forkserver and the workers)."""
+    parent: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (FileNotFoundError, ProcessLookupError, IndexError):
+                continue
+    found, frontier = [], [pid]
+    while frontier:
+        kids = [p for p, pp in parent.items() if pp in frontier]
+        found += kids
+        frontier = kids
+    return found
 
 
 def vm_hwm_mb(pid: int) -> float:

@@ -227,7 +227,7 @@ def drain(
             q = (select(Outbox).where(Outbox.status == "queued", Outbox.next_attempt_at <= clock())
                  .order_by(Outbox.id).limit(chunk))
             if pg:
-                q = q.with_for_update(skip_locked=True)
+                q = q.with_for_update(skip_locked=True, of=Outbox)  # not the joined bytes (outer join)
             claimed: list[tuple[int, str, list[str], bytes, str, bool]] = []
             for due in s.execute(q).scalars():
                 if due.raw is None:

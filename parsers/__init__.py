@@ -1,27 +1,17 @@
 """Pure parsing of inbound mail: `parse(raw, options)` classifies one message and extracts what it carries.
 
 Bytes in, frozen records (`parsers.model`) out; no database, network or clock anywhere in this package.
+
+The readers (PDF, DOCX, OCR, phone numbers...) are imported on the first `parse`, not with the package: the
+daemon's main process uses the records of `parsers.model` and leaves the reading to its parser workers
+(daemon/parsing.py), and those libraries are a quarter of its memory (25 MB).
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
-
-from parsers.autoreply import detect_auto_reply, detect_bounce
-from parsers.mime import OverLimit, UnreadableMessage, parse_mime
 from parsers.model import ParseOptions, ParseResult
-from parsers.reply import extract_reply
-from parsers.request import extract_request
-from parsers.tags import find_ticket, find_token
 
 __all__ = ["parse", "ParseOptions", "ParseResult"]
-
-_REPLY_SUBJECT_PREFIXES = ("re:", "balas:", "bls:", "aw:", "sv:", "vs:", "r:")
-
-
-def _looks_like_reply(subject: str | None) -> bool:
-    s = (subject or "").strip().lower()
-    return s.startswith(_REPLY_SUBJECT_PREFIXES)
 
 
 def parse(raw: bytes, options: ParseOptions | None = None) -> ParseResult:
@@ -29,31 +19,6 @@ def parse(raw: bytes, options: ParseOptions | None = None) -> ParseResult:
 
     Never raises for bad input: an unreadable message is a result with kind "unreadable" and the reason.
     """
-    opts = options or ParseOptions()
-    try:
-        msg = parse_mime(raw, opts.limits)
-    except UnreadableMessage as exc:
-        return ParseResult(kind="unreadable", message=None, reason=str(exc), over_limit=isinstance(exc, OverLimit))
-    except (RecursionError, MemoryError, ValueError, LookupError, TypeError) as exc:
-        return ParseResult(kind="unreadable", message=None, reason=f"pesan tidak dapat dibaca: {exc}")
+    from parsers.classify import parse as classify
 
-    # A bounce is checked before an auto-reply: a DSN often carries Auto-Submitted too.
-    bounce = detect_bounce(msg)
-    if bounce is not None:
-        return ParseResult(kind="bounce", message=msg, bounce=bounce, reason=bounce.reason)
-    auto = detect_auto_reply(msg)
-    if auto is not None:
-        return ParseResult(kind="auto_reply", message=msg, auto_reply=auto, reason=auto.reason)
-
-    ticket = find_ticket(msg, opts.ticket_prefix)
-    token = find_token(msg)
-    if token or ticket or (msg.in_reply_to and _looks_like_reply(msg.subject)):
-        reply = extract_reply(msg, opts.vocabulary)
-        # A corrected form in a reply counts only from what the sender just wrote (and attached): the
-        # quoted mail of ours holds example values ("Nama Sub Domain : (contoh: dinsos)").
-        request = extract_request(replace(msg, text=reply.text, html=None), opts)
-        return ParseResult(kind="reply", message=msg, reply=reply, request=request, ticket=ticket, token=token)
-    request = extract_request(msg, opts)
-    if request is not None:
-        return ParseResult(kind="request", message=msg, request=request)
-    return ParseResult(kind="unrelated", message=msg, reason="bukan permohonan sub domain dan bukan balasan")
+    return classify(raw, options)

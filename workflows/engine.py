@@ -38,7 +38,17 @@ from workflows.provision import (
     records_to_json,
 )
 from workflows.sop import Sop, Step
-from workflows.store import Account, Audit, Counter, Decision, Inbound, PendingSecret, Request, StepRun
+from workflows.store import (
+    Account,
+    Audit,
+    Counter,
+    Decision,
+    Inbound,
+    InboundRaw,
+    PendingSecret,
+    Request,
+    StepRun,
+)
 
 log = logging.getLogger("subdomaind.engine")
 
@@ -250,14 +260,12 @@ def _original_attachment(ctx: Ctx, req: Request) -> list[MailAttachment]:
         return []
     cache = ctx.session.info.setdefault("original_attachment", {})
     if req.source_message_id not in cache:
-        size = ctx.session.execute(
-            select(func.length(Inbound.raw)).where(Inbound.message_id == req.source_message_id)
-        ).scalar_one_or_none()
+        of_letter = InboundRaw.inbound_id == select(Inbound.id).where(
+            Inbound.message_id == req.source_message_id).scalar_subquery()
+        size = ctx.session.execute(select(func.length(InboundRaw.raw)).where(of_letter)).scalar_one_or_none()
         raw = None
         if size and size <= ORIGINAL_ATTACH_LIMIT:
-            raw = ctx.session.execute(
-                select(Inbound.raw).where(Inbound.message_id == req.source_message_id)
-            ).scalar_one_or_none()
+            raw = ctx.session.execute(select(InboundRaw.raw).where(of_letter)).scalar_one_or_none()
         cache[req.source_message_id] = raw
     raw = cache[req.source_message_id]
     if not raw:

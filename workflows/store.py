@@ -153,7 +153,7 @@ class Inbound(Base):
     uid: Mapped[int] = mapped_column(Integer)
     message_id: Mapped[str] = mapped_column(String(998), unique=True)
     sha256: Mapped[str] = mapped_column(String(64))
-    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    blob: Mapped[InboundRaw | None] = relationship(cascade="all, delete-orphan", lazy="joined")
     sender: Mapped[str | None] = mapped_column(String(320))
     subject: Mapped[str | None] = mapped_column(Text)
     kind: Mapped[str | None] = mapped_column(String(16))
@@ -166,6 +166,29 @@ class Inbound(Base):
     handled_at: Mapped[datetime | None]
     attempts: Mapped[int] = mapped_column(Integer, default=1)
     server_done: Mapped[bool] = mapped_column(Boolean, default=False)  # flagged/moved on the IMAP server
+
+    @property
+    def raw(self) -> bytes:
+        """The message as it came (kept in `inbound_raw`)."""
+        return self.blob.raw if self.blob is not None else b""
+
+    @raw.setter
+    def raw(self, value: bytes) -> None:
+        if self.blob is None:
+            self.blob = InboundRaw(raw=value)
+        else:
+            self.blob.raw = value
+
+
+class InboundRaw(Base):
+    """A message's bytes, apart from its row: written once. SQLite rewrites a whole record on any UPDATE,
+    so a 27 MB letter inside `inbound` was copied again (in memory and in the WAL) each time its status
+    changed (issue 7: 371 MB peak for five scanned letters)."""
+
+    __tablename__ = "inbound_raw"
+
+    inbound_id: Mapped[int] = mapped_column(ForeignKey("inbound.id", ondelete="CASCADE"), primary_key=True)
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class Outbox(Base):
@@ -180,7 +203,7 @@ class Outbox(Base):
     mail_from: Mapped[str] = mapped_column(String(320))
     rcpts: Mapped[list[Any]] = mapped_column(default=list)
     subject: Mapped[str] = mapped_column(Text)
-    raw: Mapped[bytes | None] = mapped_column(LargeBinary)
+    blob: Mapped[OutboxRaw | None] = relationship(cascade="all, delete-orphan", lazy="joined")
     sensitive: Mapped[bool] = mapped_column(Boolean, default=False)  # scrubbed once sent
     status: Mapped[str] = mapped_column(String(16), default="queued")  # queued | sent | failed
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -188,6 +211,30 @@ class Outbox(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime]
     sent_at: Mapped[datetime | None]
+
+    @property
+    def raw(self) -> bytes | None:
+        """The mail's bytes (kept in `outbox_raw`); None once scrubbed."""
+        return self.blob.raw if self.blob is not None else None
+
+    @raw.setter
+    def raw(self, value: bytes | None) -> None:
+        if value is None:
+            self.blob = None  # delete-orphan: the row goes, and secure_delete zeroes its pages
+        elif self.blob is None:
+            self.blob = OutboxRaw(raw=value)
+        else:
+            self.blob.raw = value
+
+
+class OutboxRaw(Base):
+    """A queued mail's bytes, apart from its row: the claim and the record of each attempt update the row,
+    and SQLite would copy the bytes (the original letter attached) again with every update."""
+
+    __tablename__ = "outbox_raw"
+
+    outbox_id: Mapped[int] = mapped_column(ForeignKey("outbox.id", ondelete="CASCADE"), primary_key=True)
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class MailboxState(Base):
@@ -353,4 +400,4 @@ def purge_freed_secrets(engine: Engine) -> None:
             raw.close()
     elif engine.dialect.name == "postgresql":
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.exec_driver_sql("VACUUM outbox, pending_secrets")
+            conn.exec_driver_sql("VACUUM outbox, outbox_raw, pending_secrets")
