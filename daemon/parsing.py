@@ -110,6 +110,7 @@ class ProcessParser:
         self.task = task  # a module-level function (the workers import it by name)
         self.generation = 0
         self._pool: multiprocessing.pool.Pool | None = None
+        self._unavailable = False
 
     def pool(self) -> multiprocessing.pool.Pool:
         if self._pool is None:
@@ -120,11 +121,24 @@ class ProcessParser:
         return self._pool
 
     def submit(self, raw: bytes, options: ParseOptions) -> Job:
-        return _PoolJob(self, raw, options)
+        if self._unavailable:
+            return _Done(parse(raw, options))
+        try:
+            return _PoolJob(self, raw, options)
+        except OSError as exc:
+            # No worker can start here (a sandbox without POSIX semaphores in /dev/shm, a process limit):
+            # parse in the daemon itself rather than stop taking mail in.
+            log.error("parser workers cannot start (%s); parsing in the daemon process instead", exc)
+            self._unavailable = True
+            return _Done(parse(raw, options))
 
     def warm(self) -> None:
         """Start the workers now (at daemon start), not when the first letter is waiting."""
-        self.pool()
+        try:
+            self.pool()
+        except OSError as exc:
+            log.error("parser workers cannot start (%s); parsing in the daemon process instead", exc)
+            self._unavailable = True
 
     def wait(self, job: _PoolJob) -> ParseResult:
         for attempt in (0, 1):

@@ -105,3 +105,16 @@ def test_daemon_quarantines_the_message_its_worker_lost_and_goes_on(world) -> No
 def test_inline_parser_is_parse() -> None:
     raw = request_mail("dinsos@trenggalekkab.go.id", "dinsos")
     assert InlineParser().submit(raw, ParseOptions()).result() == parse(raw, ParseOptions())
+
+
+def test_no_workers_possible_means_parsing_in_the_daemon(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sandbox without POSIX semaphores: the daemon goes on parsing in its own process."""
+    p = ProcessParser(1, timeout=3.0)
+
+    def refuse() -> None:
+        raise PermissionError(13, "Permission denied: '/dev/shm/sem.mp-x'")
+
+    monkeypatch.setattr(p, "pool", refuse)
+    p.warm()
+    raw = request_mail("dinsos@trenggalekkab.go.id", "dinsos")
+    assert p.submit(raw, ParseOptions()).result() == parse(raw, ParseOptions())
