@@ -298,6 +298,10 @@ def main() -> int:
         else:
             res = run_daemon(office, srv.relay, expect, profile=args.profile, preload=args.preload)
         counts = db_counts(office)
+        if res["relay_received"] != expect:  # what the daemon said about it (mail sent twice, or missing)
+            said = [ln for ln in office.log().splitlines()
+                    if any(w in ln for w in ("WARNING", "ERROR", "failed", "locked", "Traceback"))]
+            print("daemon log, warnings and errors:\n" + "\n".join(said[-40:]), file=sys.stderr)
 
     n = len(mix)
     # Messages the measured run took in (the open requests of step 1 were handled before it).

@@ -17,11 +17,14 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import delete, select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from daemon.config import SmtpConfig
 from daemon.mailbox import tls_context
@@ -202,6 +205,60 @@ def _scrub(s: Session, row: Outbox) -> bool:
     return True
 
 
+@dataclass
+class _Outcome:
+    counts: dict[str, int]
+    scrubbed: bool = False
+    down: bool = False
+
+
+@retry(retry=retry_if_exception_type(OperationalError), wait=wait_exponential(multiplier=0.5, max=10),
+       stop=stop_after_delay(120), reraise=True,
+       before_sleep=lambda state: log.warning("recording sent mail waits for the database: %s",
+                                              state.outcome.exception() if state.outcome else "?"))
+def _record(sessions: sessionmaker[Session], clock: Callable[[], datetime],
+            claimed: Sequence[tuple[int, str, list[str], bytes, str, bool]],
+            results: Sequence[SendError | None]) -> _Outcome:
+    """What became of each claimed mail, in one transaction (all of it again if it has to be retried)."""
+    out = _Outcome(counts={"sent": 0, "retry": 0, "failed": 0})
+    with sessions.begin() as s:
+        # The mails that went out, in one statement (loading each row back would read its bytes too).
+        plain = [c[0] for c, error in zip(claimed, results, strict=True) if error is None and not c[5]]
+        if plain:
+            s.execute(update(Outbox).where(Outbox.id.in_(plain))
+                      .values(status="sent", sent_at=clock(), last_error=None))
+        for (row_id, _frm, rcpts, _raw, message_id, sensitive), error in zip(claimed, results, strict=True):
+            if error is None:
+                out.counts["sent"] += 1
+                log.info("sent %s to %d recipient(s)", message_id, len(rcpts))
+                if not sensitive:
+                    continue
+            row = s.get(Outbox, row_id)
+            if row is None:
+                continue
+            if isinstance(error, NotTried):
+                row.attempts -= 1  # never begun: waits for the server without counting as a try
+                continue
+            if error is None:
+                row.status = "sent"
+                row.sent_at = clock()
+                row.last_error = None
+                out.scrubbed = _scrub(s, row)  # the password lived only for this one mail (issue 5)
+                continue
+            row.last_error = str(error)[:2000]
+            if error.permanent:
+                row.status = "failed"
+                out.counts["failed"] += 1
+                log.warning("outbox %s failed permanently: %s", message_id, error)
+                if row.sensitive:
+                    out.scrubbed = _scrub(s, row)  # an undeliverable letter keeps no password: staff issue anew
+                continue
+            out.counts["retry"] += 1
+            out.down = out.down or error.unreachable
+            log.info("outbox %s retry %d: %s", message_id, row.attempts, error)
+    return out
+
+
 def drain(
     sessions: sessionmaker[Session],
     transport: Transport,
@@ -247,43 +304,13 @@ def drain(
             break
         # 2. Send, outside any transaction.
         results = send_all(transport, [(frm, rcpts, raw) for _id, frm, rcpts, raw, _mid, _sens in claimed])
-        # 3. Record the outcomes.
-        down = False
-        with sessions.begin() as s:
-            # The mails that went out, in one statement (loading each row back would read its bytes too).
-            plain = [c[0] for c, error in zip(claimed, results, strict=True) if error is None and not c[5]]
-            if plain:
-                s.execute(update(Outbox).where(Outbox.id.in_(plain))
-                          .values(status="sent", sent_at=clock(), last_error=None))
-            for (row_id, _frm, rcpts, _raw, message_id, sensitive), error in zip(claimed, results, strict=True):
-                if error is None:
-                    counts["sent"] += 1
-                    log.info("sent %s to %d recipient(s)", message_id, len(rcpts))
-                    if not sensitive:
-                        continue
-                row = s.get(Outbox, row_id)
-                if row is None:
-                    continue
-                if isinstance(error, NotTried):
-                    row.attempts -= 1  # never begun: waits for the server without counting as a try
-                    continue
-                if error is None:
-                    row.status = "sent"
-                    row.sent_at = clock()
-                    row.last_error = None
-                    scrubbed = _scrub(s, row)  # the password lived only for this one mail (issue 5)
-                    continue
-                row.last_error = str(error)[:2000]
-                if error.permanent:
-                    row.status = "failed"
-                    counts["failed"] += 1
-                    log.warning("outbox %s failed permanently: %s", message_id, error)
-                    if row.sensitive:
-                        scrubbed = _scrub(s, row)  # an undeliverable letter keeps no password: staff issue anew
-                    continue
-                counts["retry"] += 1
-                down = down or error.unreachable
-                log.info("outbox %s retry %d: %s", message_id, row.attempts, error)
+        # 3. Record the outcomes. A mail that went out must be recorded as sent, or it is sent again once its
+        #    retry time comes: a database busy beyond busy_timeout is waited out (tenacity), not given up.
+        outcome = _record(sessions, clock, claimed, results)
+        scrubbed = scrubbed or outcome.scrubbed
+        down = outcome.down
+        for k in counts:
+            counts[k] += outcome.counts[k]
         if down:
             break  # the server itself is unreachable: the rest waits for the next pass
     if scrubbed:

@@ -429,14 +429,19 @@ def test_smtp_relay_down_then_back_every_mail_once_same_message_id(
     h.wait_ready()
     first = label("smtp")
     h.deliver_request(first)  # LMTP straight into Dovecot: SMTP is down
-    h.wait(lambda: len(h.rows(Outbox)) >= 3 and all(r.attempts >= 1 for r in h.rows(Outbox)), 20,
+    # A failed attempt recorded for each (attempts alone is counted when the row is claimed, before the send).
+    h.wait(lambda: len(h.rows(Outbox)) >= 3 and all(r.attempts >= 1 and r.last_error for r in h.rows(Outbox)), 20,
            "a first failed attempt for each queued mail")
     queued = {r.message_id: r for r in h.rows(Outbox)}
     assert {r.purpose for r in queued.values()} >= {"ack", "notify.terima", "step.disposisi"}
     for r in queued.values():
         assert r.status == "queued" and r.sent_at is None, (r.purpose, r.status, r.last_error)
         assert "SMTP tidak dapat dihubungi" in (r.last_error or ""), r.last_error
-        assert r.next_attempt_at > utcnow()  # backed off (smtp.retry_base_seconds), not hammering
+        # Backed off (smtp.retry_base_seconds = 1, jittered 0.8-1.2 s), not hammering: the next try was put
+        # past the last one, and there were no more tries than the time allows. (Not "> now": the row is
+        # due again a second after each try, and may sit due for up to the sender's one-second wake.)
+        assert r.next_attempt_at >= r.created_at + timedelta(seconds=0.8)
+        assert r.attempts <= 2 + (utcnow() - r.created_at).total_seconds() / 0.8
         assert message_ids([r.raw])[0] == r.message_id
     # Intake carries on meanwhile: a second request is taken in and queues its own mail.
     second = label("smtp")

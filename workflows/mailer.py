@@ -297,11 +297,19 @@ class Mailer:
             return []
         day = now.date().isoformat()
         over: list[str] = []
+        # Kept for the transaction (a batch of letters from one unit counts against the same rows), and
+        # read without flushing everything pending first: no other pending change bears on these rows.
+        cache = session.info.setdefault("mail_counts", {})
         for addr in {r.lower() for r in rcpts}:
-            row = session.get(MailCount, (self.agency_id, addr, day))
+            key = (self.agency_id, addr, day)
+            row = cache.get(key)
             if row is None:
-                row = MailCount(agency=self.agency_id, address=addr, day=day, count=0)
-                session.add(row)
+                with session.no_autoflush:
+                    row = session.get(MailCount, key)
+                if row is None:
+                    row = MailCount(agency=self.agency_id, address=addr, day=day, count=0)
+                    session.add(row)
+                cache[key] = row
             if row.count >= self.daily_cap:
                 over.append(addr)
             row.count += 1

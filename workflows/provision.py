@@ -646,6 +646,7 @@ class Rfc2136Dns:
         self.discovery_ttl = discovery_ttl
         self._cache: dict[str, tuple[float, Any]] = {}
         self._seen: dict[str, tuple[float, NameState]] = {}
+        self._tcp: dict[tuple[str, int], socket.socket] = {}  # open query connections (_tcp_query)
 
     # -- discovery ----------------------------------------------------------------------------------------
 
@@ -769,12 +770,34 @@ class Rfc2136Dns:
         q.flags &= ~dns.flags.RD  # authoritative data only, never a cached answer (RFC 1034 section 4.3.1)
         try:
             if tcp:
-                return dns.query.tcp(q, ep.address, timeout=t, port=ep.port)
+                return self._tcp_query(q, ep, t)
             # UDP first; on a truncated answer (TC) ask again over TCP (RFC 7766 section 5).
             response, _ = dns.query.udp_with_fallback(q, ep.address, timeout=t, port=ep.port)
             return response
-        except (OSError, dns.exception.DNSException, ValueError) as exc:
+        except (OSError, EOFError, dns.exception.DNSException, ValueError) as exc:
             raise DnsError(f"server DNS {ep.label} tidak dapat dihubungi: {_why(exc, t)}") from exc
+
+    def _tcp_query(self, q: dns.message.Message, ep: Endpoint, timeout: float) -> dns.message.Message:
+        """A query over a TCP connection kept open to that server (RFC 7766 section 6.2.1: a client may send
+        several queries on one connection). A new connection per query was a tenth of the daemon's work on
+        a backlog. A connection the server has since closed is replaced once."""
+        key = (ep.address, ep.port)
+        for attempt in (0, 1):
+            sock = self._tcp.pop(key, None)
+            fresh = sock is None
+            if sock is None:
+                sock = socket.create_connection(key, timeout=timeout)
+            try:
+                sock.settimeout(timeout)
+                answer = dns.query.tcp(q, ep.address, timeout=timeout, port=ep.port, sock=sock)
+            except (OSError, EOFError, dns.exception.DNSException):
+                sock.close()
+                if fresh or attempt:
+                    raise
+                continue  # the server closed our idle connection (BIND: tcp-idle-timeout): once more, new
+            self._tcp[key] = sock
+            return answer
+        raise AssertionError("unreachable")
 
     def _rrset_at(self, ep: Endpoint, owner: dns.name.Name, rdtype: dns.rdatatype.RdataType, *, tcp: bool = False,
                   timeout: float | None = None) -> set[dns.rdata.Rdata]:
