@@ -8,6 +8,10 @@ crashes in a C extension is cut off after `timeout` seconds, the worker replaced
 quarantined with its reason, while the daemon keeps running.
 
 `InlineParser` parses in the calling process (`[limits] parse_workers = 0`, and unit tests).
+
+The workers come from a forkserver, which imports the main module of the process again (as any
+multiprocessing start method but fork does): a script that builds a `Daemon` must do its work under
+`if __name__ == "__main__":`. The `subdomaind` console script does.
 """
 
 from __future__ import annotations

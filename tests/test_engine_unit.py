@@ -16,7 +16,7 @@ from daemon.service import Daemon
 from workflows.db import upgrade
 from workflows.engine import Services
 from workflows.provision import NameInUse, NoHosting, PlannedRecord, format_diff
-from workflows.store import Audit, Outbox, PendingSecret, Request, make_engine, make_sessionmaker
+from workflows.store import Audit, Inbound, Outbox, PendingSecret, Request, make_engine, make_sessionmaker
 
 
 class ListSource:
@@ -276,3 +276,31 @@ def test_agency_vocabulary_replaces_the_keywords(tmp_path: Path) -> None:
            b"Laksanakan.\n")
     assert parse(raw, opts).reply.decision == "approve"  # type: ignore[union-attr]
     assert "tolak" in opts.vocabulary.reject  # lists not given keep their defaults
+
+
+def test_group_transaction_redone_one_by_one_after_a_race(world, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """Intake commits several messages per transaction; when one of them turns out to have been taken in by
+    another process meanwhile (IntegrityError at the flush), the group is rolled back and done again one at
+    a time: nothing lost, nothing twice."""
+    from sqlalchemy.exc import IntegrityError
+
+    import workflows.inbound as inbound
+
+    d, src, _tr, _dns, sessions = world
+    for label in ("satu", "dua", "tiga"):
+        src.add(request_mail(f"{label}@trenggalekkab.go.id", label))
+    real, raced = inbound.ingest, []
+
+    def racing(ctx, **kw):  # type: ignore[no-untyped-def]
+        if kw["uid"] == 2 and not raced:
+            raced.append(2)
+            raise IntegrityError("INSERT INTO inbound", {}, Exception("UNIQUE constraint failed"))
+        return real(ctx, **kw)
+
+    monkeypatch.setattr(inbound, "ingest", racing)
+    d.run_once()
+    assert raced == [2]
+    with sessions() as s:
+        assert sorted(r.subdomain for r in s.execute(select(Request)).scalars()) == ["dua", "satu", "tiga"]
+        assert sorted(r.uid for r in s.execute(select(Inbound)).scalars()) == [1, 2, 3]
+    assert src.marked == {1: False, 2: False, 3: False}

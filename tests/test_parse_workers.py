@@ -118,3 +118,4 @@ def test_no_workers_possible_means_parsing_in_the_daemon(monkeypatch: pytest.Mon
     p.warm()
     raw = request_mail("dinsos@trenggalekkab.go.id", "dinsos")
     assert p.submit(raw, ParseOptions()).result() == parse(raw, ParseOptions())
+
