@@ -41,7 +41,7 @@ def guard() -> None:
 guard()  # importing this module is enough: each bench script imports it first
 
 from daemon.devservers import Bind, Dovecot, MailUser, Postgres, SmtpRelay  # noqa: E402
-from daemon.localoffice import DOMAIN, SUBDOMAIND, Office, write_config  # noqa: E402, F401
+from daemon.localoffice import DOMAIN, SUBDOMAIND, Office, scanned_pdf, write_config  # noqa: E402, F401
 
 ZONE_RECORDS = """\
 ns1   IN A 192.0.2.1
@@ -280,32 +280,9 @@ def pdf_request(i: int, sender: str, label: str) -> bytes:
 def big_scan_pdf(size: int, seed: int, label: str = "dinsos") -> bytes:
     """A one-page PDF of about `size` bytes: a "scanned" letter stored as a JPEG image (DCTDecode, as
     scanners write it; random bytes, so nothing shrinks it) with a small text layer, written by hand."""
-    rng = random.Random(seed)
-    image = rng.randbytes(size)
-    content = (b"BT /F1 11 Tf 72 760 Td (Surat permohonan sub domain " + label.encode() + b") Tj ET "
-               b"q 400 0 0 400 100 200 cm /Im1 Do Q")
-    objects = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Contents 4 0 R "
-        b"/Resources << /Font << /F1 5 0 R >> /XObject << /Im1 6 0 R >> >> >>",
-        b"<< /Length %d >>\nstream\n" % len(content) + content + b"\nendstream",
-        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
-        b"<< /Type /XObject /Subtype /Image /Width 2480 /Height 3508 /ColorSpace /DeviceRGB /BitsPerComponent 8 "
-        b"/Filter /DCTDecode /Length %d >>\nstream\n" % len(image) + image + b"\nendstream",
-    ]
-    out = io.BytesIO()
-    out.write(b"%PDF-1.4\n")
-    offsets = []
-    for n, body in enumerate(objects, 1):
-        offsets.append(out.tell())
-        out.write(b"%d 0 obj\n" % n + body + b"\nendobj\n")
-    xref = out.tell()
-    out.write(b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1))
-    for off in offsets:
-        out.write(b"%010d 00000 n \n" % off)
-    out.write(b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref))
-    return out.getvalue()
+    image = random.Random(seed).randbytes(size)
+    return scanned_pdf(b"BT /F1 11 Tf 72 760 Td (Surat permohonan sub domain " + label.encode() + b") Tj ET",
+                       image, width=2480, height=3508, image_filter="DCTDecode")
 
 
 def body_request_with_scan(i: int, sender: str, label: str, size: int) -> bytes:

@@ -157,36 +157,14 @@ def with_attachment(i: int, text: str, data: bytes, filename: str, ctype: str) -
 def big_pdf(size: int) -> bytes:
     """A one-page PDF whose scanned image (random, so incompressible) makes it `size` bytes, with a text
     layer holding the form. Written by hand so generating 20 MB takes a moment, not a minute."""
+    # Imported here, not at the top: the RSS children run this file and must carry only the parsers.
+    from daemon.localoffice import scanned_pdf
+
     rng = random.Random(20)
     side = int((size / 3) ** 0.5)
-    pixels = rng.randbytes(side * side * 3)
-    image = zlib.compress(pixels, 1)
-    content = (
-        b"BT /F1 11 Tf 72 760 Td (Nama Sub Domain : dinsos) Tj 0 -16 Td (Perangkat Daerah : Dinas Sosial) Tj "
-        b"ET q 400 0 0 400 100 200 cm /Im1 Do Q"
-    )
-    objects = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Contents 4 0 R "
-        b"/Resources << /Font << /F1 5 0 R >> /XObject << /Im1 6 0 R >> >> >>",
-        b"<< /Length %d >>\nstream\n" % len(content) + content + b"\nendstream",
-        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
-        b"<< /Type /XObject /Subtype /Image /Width %d /Height %d /ColorSpace /DeviceRGB /BitsPerComponent 8 "
-        b"/Filter /FlateDecode /Length %d >>\nstream\n" % (side, side, len(image)) + image + b"\nendstream",
-    ]
-    out = io.BytesIO()
-    out.write(b"%PDF-1.4\n")
-    offsets = []
-    for n, body in enumerate(objects, 1):
-        offsets.append(out.tell())
-        out.write(b"%d 0 obj\n" % n + body + b"\nendobj\n")
-    xref = out.tell()
-    out.write(b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1))
-    for off in offsets:
-        out.write(b"%010d 00000 n \n" % off)
-    out.write(b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref))
-    return out.getvalue()
+    image = zlib.compress(rng.randbytes(side * side * 3), 1)
+    return scanned_pdf(b"BT /F1 11 Tf 72 760 Td (Nama Sub Domain : dinsos) Tj 0 -16 Td (Perangkat Daerah : Dinas "
+                       b"Sosial) Tj ET", image, width=side, height=side, image_filter="FlateDecode")
 
 
 def bench_body(seconds: float) -> float:

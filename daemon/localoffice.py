@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import email
 import email.policy
+import io
 import os
 import secrets
 import signal
@@ -17,7 +18,7 @@ import smtplib
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid, parseaddr
@@ -141,6 +142,41 @@ def request_mail(sender: str, label: str = "dinsos", *, to: str = MAILBOX, pic: 
     msg["Message-ID"] = make_msgid(domain="dinsos.example")
     msg.set_content(body if body is not None else REQUEST_BODY.format(label=label, pic=pic or sender))
     return msg.as_bytes()
+
+
+def hand_pdf(objects: Sequence[bytes]) -> bytes:
+    """A PDF from its numbered objects' bodies (object 1 the catalog), with its cross-reference table:
+    written by hand for the hostile and the very large letters of the tests and benches, which a PDF library
+    would refuse to make or take a minute over."""
+    out = io.BytesIO()
+    out.write(b"%PDF-1.4\n")
+    offsets = []
+    for n, body in enumerate(objects, 1):
+        offsets.append(out.tell())
+        out.write(b"%d 0 obj\n" % n + body + b"\nendobj\n")
+    xref = out.tell()
+    out.write(b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1))
+    for off in offsets:
+        out.write(b"%010d 00000 n \n" % off)
+    out.write(b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref))
+    return out.getvalue()
+
+
+def scanned_pdf(text: bytes, image: bytes, *, width: int, height: int, image_filter: str) -> bytes:
+    """One page: a text layer (`text`, the content stream's text operators) over a "scanned" image stored
+    with `image_filter` (DCTDecode as scanners write it, or FlateDecode)."""
+    content = text + b" q 400 0 0 400 100 200 cm /Im1 Do Q"
+    return hand_pdf([
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Contents 4 0 R "
+        b"/Resources << /Font << /F1 5 0 R >> /XObject << /Im1 6 0 R >> >> >>",
+        b"<< /Length %d >>\nstream\n" % len(content) + content + b"\nendstream",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+        b"<< /Type /XObject /Subtype /Image /Width %d /Height %d /ColorSpace /DeviceRGB /BitsPerComponent 8 "
+        b"/Filter /%s /Length %d >>\nstream\n" % (width, height, image_filter.encode(), len(image))
+        + image + b"\nendstream",
+    ])
 
 
 def parse_mail(raw: bytes) -> EmailMessage:

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import select
 
 from daemon.devservers import Bind, Dovecot, SmtpRelay
-from daemon.localoffice import make_config, request_mail
+from daemon.localoffice import hand_pdf, make_config, request_mail
 from daemon.service import Daemon
 from workflows.db import upgrade
 from workflows.store import Inbound, Request, make_engine, make_sessionmaker
@@ -37,23 +37,12 @@ def pdf_bomb() -> bytes:
     z = zlib.compressobj(9)
     chunk = b"\0" * (1 << 20)
     body = b"".join(z.compress(chunk) for _ in range(1024)) + z.flush()
-    objs = [
+    return hand_pdf([
         b"<< /Type /Catalog /Pages 2 0 R >>",
         b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
         b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Contents 4 0 R >>",
         b"<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(body) + body + b"\nendstream",
-    ]
-    out = io.BytesIO(b"%PDF-1.4\n")
-    offsets = []
-    for i, o in enumerate(objs, start=1):
-        offsets.append(out.tell())
-        out.write(b"%d 0 obj\n" % i + o + b"\nendobj\n")
-    xref = out.tell()
-    out.write(b"xref\n0 %d\n0000000000 65535 f \n" % (len(objs) + 1))
-    for off in offsets:
-        out.write(b"%010d 00000 n \n" % off)
-    out.write(b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objs) + 1, xref))
-    return out.getvalue()
+    ])
 
 
 def docx_bomb() -> bytes:
