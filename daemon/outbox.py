@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import OperationalError
@@ -205,6 +205,17 @@ def _scrub(s: Session, row: Outbox) -> bool:
     return True
 
 
+class _Claim(NamedTuple):
+    """A row claimed for sending: what the send needs, without the ORM object (sent outside any session)."""
+
+    id: int
+    mail_from: str
+    rcpts: list[str]
+    raw: bytes
+    message_id: str
+    sensitive: bool
+
+
 @dataclass
 class _Outcome:
     counts: dict[str, int]
@@ -217,13 +228,13 @@ class _Outcome:
        before_sleep=lambda state: log.warning("recording sent mail waits for the database: %s",
                                               state.outcome.exception() if state.outcome else "?"))
 def _record(sessions: sessionmaker[Session], clock: Callable[[], datetime],
-            claimed: Sequence[tuple[int, str, list[str], bytes, str, bool]],
+            claimed: Sequence[_Claim],
             results: Sequence[SendError | None]) -> _Outcome:
     """What became of each claimed mail, in one transaction (all of it again if it has to be retried)."""
     out = _Outcome(counts={"sent": 0, "retry": 0, "failed": 0})
     with sessions.begin() as s:
         # The mails that went out, in one statement (loading each row back would read its bytes too).
-        plain = [c[0] for c, error in zip(claimed, results, strict=True) if error is None and not c[5]]
+        plain = [c.id for c, error in zip(claimed, results, strict=True) if error is None and not c.sensitive]
         if plain:
             s.execute(update(Outbox).where(Outbox.id.in_(plain))
                       .values(status="sent", sent_at=clock(), last_error=None))
@@ -293,17 +304,17 @@ def drain(
                  .order_by(Outbox.id).limit(chunk))
             if pg:
                 q = q.with_for_update(skip_locked=True, of=Outbox)  # not the joined bytes (outer join)
-            claimed: list[tuple[int, str, list[str], bytes, str, bool]] = []
+            claimed: list[_Claim] = []
             for due in s.execute(q).scalars():
                 if due.raw is None:
                     continue
                 due.attempts += 1
                 due.next_attempt_at = clock() + backoff(due.attempts, retry_base, retry_max)
-                claimed.append((due.id, due.mail_from, list(due.rcpts), due.raw, due.message_id, due.sensitive))
+                claimed.append(_Claim(due.id, due.mail_from, list(due.rcpts), due.raw, due.message_id, due.sensitive))
         if not claimed:
             break
         # 2. Send, outside any transaction.
-        results = send_all(transport, [(frm, rcpts, raw) for _id, frm, rcpts, raw, _mid, _sens in claimed])
+        results = send_all(transport, [(c.mail_from, c.rcpts, c.raw) for c in claimed])
         # 3. Record the outcomes. A mail that went out must be recorded as sent, or it is sent again once its
         #    retry time comes: a database busy beyond busy_timeout is waited out (tenacity), not given up.
         outcome = _record(sessions, clock, claimed, results)

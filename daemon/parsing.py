@@ -166,10 +166,7 @@ class ProcessParser:
         return ParseResult(kind="unreadable", message=None, reason=TIMEOUT_REASON.format(seconds=self.timeout))
 
     def _restart(self) -> None:
-        if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
-            self._pool = None
+        self.close()
         self.generation += 1
 
     def close(self) -> None:

@@ -8,6 +8,7 @@ poll interval, until SIGTERM; it then finishes the message in hand and flushes t
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -47,8 +48,10 @@ _DAEMON_LIMITS = {"parse_workers", "parse_timeout_seconds"}  # the daemon's, not
 DRAIN_BUDGET_SECONDS = 20.0
 
 
+@functools.cache
 def release_large_blocks() -> None:
-    """Have glibc hand large blocks (a 27 MB letter and its copies) back to the system when freed.
+    """Have glibc hand large blocks (a 27 MB letter and its copies) back to the system when freed; once
+    per process.
 
     glibc raises its mmap threshold each time such a block is freed, up to 32 MB, after which letters land
     in the heap and the heap stays at its high-water mark: the daemon's RSS grew by each scanned letter's
@@ -56,11 +59,9 @@ def release_large_blocks() -> None:
     (mallopt(3) M_MMAP_THRESHOLD) turns the adjustment off. Not glibc: nothing to do.
     """
     import ctypes
-    import ctypes.util
 
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(-3, 256 * 1024)  # M_MMAP_THRESHOLD
+        ctypes.CDLL(None).mallopt(-3, 256 * 1024)  # M_MMAP_THRESHOLD; CDLL(None): the process's own libc
     except (OSError, AttributeError):
         log.debug("mallopt not available", exc_info=True)
 

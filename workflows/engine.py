@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -300,19 +300,9 @@ def _fresh_diff(ctx: Ctx, req: Request) -> str | None:
     if not req.subdomain:
         return None
     try:
-        return _dns_diff(ctx, planned_records(ctx, req))
+        return ctx.services.dns.diff_text(planned_records(ctx, req))
     except Exception:  # noqa: BLE001 - the diff is information for the official; the apply re-checks all
         return (req.fields or {}).get("dns_diff")
-
-
-def _dns_diff(ctx: Ctx, records: Sequence[PlannedRecord]) -> str:
-    """The DNS server's dry run, asked once per transaction: the notification, the completeness check and
-    the approval mail of one new request show the same answer (three TCP queries became one)."""
-    key = tuple(records)
-    cache = ctx.session.info.setdefault("dns_diff", {})
-    if key not in cache:
-        cache[key] = ctx.services.dns.diff_text(key)
-    return str(cache[key])
 
 
 def enter_step(ctx: Ctx, req: Request, key: str, *, note: str | None = None) -> StepRun:
@@ -606,7 +596,7 @@ def _check_completeness(ctx: Ctx, req: Request, run: StepRun) -> str:
             problems.append({"field": exc.field, "reason": str(exc)})
         else:
             # The dry run for the approval mails (never raises); the real check is repeated when applying.
-            f = {**f, "dns_plan": records_to_json(plan), "dns_diff": _dns_diff(ctx, plan)}
+            f = {**f, "dns_plan": records_to_json(plan), "dns_diff": ctx.services.dns.diff_text(plan)}
     f = {**f, "check": {"missing": missing, "problems": problems}}
     req.fields = f
     if missing or problems:

@@ -181,9 +181,9 @@ def run_handler(ctx: Ctx, parsed: ParseResult, row: Inbound) -> None:
 
 
 def forget_cached(s: Session) -> None:
-    """What the engine remembered for this transaction (delegates, new requests, DNS answers) may come
+    """What the engine remembered for this transaction (delegates, new requests, mail counts) may come
     from what a rollback just undid."""
-    for key in ("delegates", "opened", "dns_diff", "original_attachment", "mail_counts"):
+    for key in ("delegates", "opened", "original_attachment", "mail_counts"):
         s.info.pop(key, None)
 
 

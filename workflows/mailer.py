@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import email.utils
 import functools
 import hashlib
 import re
@@ -18,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email.header import Header
-from email.utils import format_datetime, formataddr
+from email.utils import encode_rfc2231, format_datetime, formataddr, quote
 from pathlib import Path
 from typing import Any
 
@@ -117,8 +116,8 @@ def _text_part(text: str, subtype: str) -> tuple[list[str], bytes]:
 def _attachment_part(att: MailAttachment) -> tuple[list[str], bytes]:
     # A forwarded letter goes as it came (octet-stream), so the official sees exactly what was sent.
     ctype = "application/octet-stream" if att.content_type == "message/rfc822" else att.content_type
-    name = (f'filename="{email.utils.quote(att.filename)}"' if att.filename.isascii()
-            else f"filename*={email.utils.encode_rfc2231(att.filename, 'utf-8')}")  # RFC 2231
+    name = (f'filename="{quote(att.filename)}"' if att.filename.isascii()
+            else f"filename*={encode_rfc2231(att.filename, 'utf-8')}")  # RFC 2231
     head = [f"Content-Type: {ctype}", "Content-Transfer-Encoding: base64", f"Content-Disposition: attachment; {name}"]
     return head, _lines(base64.encodebytes(att.data))
 

@@ -859,9 +859,9 @@ class Rfc2136Dns:
             return True
         return False
 
-    # What `existing` and `diff_text` (information for people: the completeness check and the approval
-    # mail, which ask about the same name within milliseconds) may reuse; never the apply path, whose
-    # safety is the update's own prerequisites (RFC 2136 section 2.4).
+    # What `existing` and `diff_text` (information for people: the notification, the completeness check
+    # and the approval mail of one new letter ask about the same name within milliseconds) may reuse;
+    # never the apply path, whose safety is the update's own prerequisites (RFC 2136 section 2.4).
     SEEN_SECONDS = 2.0
 
     def _inspect_recent(self, name: str) -> NameState:
