@@ -18,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -309,8 +310,8 @@ def median(values: Sequence[float]) -> float:
 
 
 def _worker_pids(daemon: Any) -> list[int]:
-    pool = getattr(daemon.parser, "_pool", None)  # daemon.parsing.ProcessParser; none when parsing inline
-    return [p.pid for p in getattr(pool, "_pool", [])] if pool is not None else []
+    pids = getattr(daemon.parser, "pids", None)  # daemon.parsing.ProcessParser; none when parsing inline
+    return list(pids()) if pids is not None else []
 
 
 def worker_cpu(daemon: Any) -> float:
@@ -326,7 +327,7 @@ def worker_cpu(daemon: Any) -> float:
 
 
 def descendants(pid: int) -> list[int]:
-    """Every process below `pid` (the parser workers' forkserver and the workers)."""
+    """Every process below `pid` (the parser workers)."""
     parent: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -340,6 +341,44 @@ def descendants(pid: int) -> list[int]:
         found += kids
         frontier = kids
     return found
+
+
+class TreeSampler:
+    """Samples the summed RSS of a process and its descendants every `interval` s, on a thread; `peak`
+    is the largest sum seen: the memory the processes held at one moment, where the sum of each one's
+    VmHWM adds peaks that need not coincide. A spike shorter than the interval can be missed."""
+
+    def __init__(self, pid: int, interval: float = 0.01) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.peak = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> TreeSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        pids, refreshed = [self.pid], 0.0
+        while not self._stop.is_set():
+            if time.monotonic() - refreshed > 0.5:  # a worker may be replaced; /proc walks are not free
+                pids, refreshed = [self.pid, *descendants(self.pid)], time.monotonic()
+            total = 0.0
+            for pid in pids:
+                try:
+                    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                        if line.startswith("VmRSS:"):
+                            total += int(line.split()[1]) / 1024
+                            break
+                except (FileNotFoundError, ProcessLookupError):
+                    continue
+            self.peak = max(self.peak, total)
+            self._stop.wait(self.interval)
 
 
 def vm_hwm_mb(pid: int) -> float:

@@ -128,18 +128,22 @@ class ImapSource:
         return out
 
     def _fetch_in_pieces(self, uid: int, size: int) -> bytes | None:
+        # The pieces are joined once at the end: a growing bytearray and its bytes() copy held the letter
+        # twice, and its over-allocation on top.
         c = self._c()
-        buf = bytearray()
-        while len(buf) < size:
-            item = f"BODY.PEEK[]<{len(buf)}.{PIECE_BYTES}>".encode()
+        pieces: list[bytes] = []
+        got = 0
+        while got < size:
+            item = f"BODY.PEEK[]<{got}.{PIECE_BYTES}>".encode()
             data = c.fetch([uid], [item]).get(uid, {})
             # The server names the answer BODY[]<offset> (RFC 3501 7.4.2).
             piece = next((v for k, v in data.items() if k.startswith(b"BODY[]")), None)
             if not piece:
                 break
-            buf += piece
+            pieces.append(piece)
+            got += len(piece)
             del piece, data
-        return bytes(buf) if buf else None
+        return b"".join(pieces) if pieces else None
 
     def mark_handled(self, uids: Sequence[int], *, quarantine: bool) -> None:
         """Flag what was handled (one STORE for the lot), then move it to its folder where one is set."""

@@ -4,24 +4,42 @@ Parsing is pure CPU (MIME, PDF text, OCR) and `parsers` is pure, so it can run i
 the main thread writes one message's transaction and sends mail, the next messages of the batch are
 parsed on another core (issue 7: a backlog at no less than half the rate of parsing alone). A worker also
 fences hostile input: a parser that runs away (the endless PDF inflate loop of d1c365b stopped intake) or
-crashes in a C extension is cut off after `timeout` seconds, the worker replaced, and the message
-quarantined with its reason, while the daemon keeps running.
+crashes in a C extension is cut off after `timeout` seconds (or seen dead at once), the worker replaced,
+the message tried once more and then quarantined with its reason, while the daemon keeps running.
+
+A worker is a plain child process (`python -c`, see `_BOOT`) that reads requests on its stdin and writes
+answers on its stdout, one pickled frame each, in order. Not `multiprocessing`: its forkserver and
+resource tracker were two more resident interpreters (56 MB of the 426 MB that bench/backlog.py --memory
+measured), it needs POSIX semaphores (which a hardened systemd unit may refuse), and it re-imports the
+daemon's main module in every worker. A letter over `SPOOL_MIN` bytes goes to the worker as a file in the
+spool directory rather than through the pipe: neither side then makes a pickled copy of it, and the main
+loop never waits for a busy worker to drain a 27 MB write.
 
 `InlineParser` parses in the calling process (`[limits] parse_workers = 0`, and unit tests).
-
-The workers come from a forkserver, which imports the main module of the process again (as any
-multiprocessing start method but fork does): a script that builds a `Daemon` must do its work under
-`if __name__ == "__main__":`. The `subdomaind` console script does.
 """
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
+import contextlib
+import functools
+import importlib
+import json
 import logging
-import multiprocessing
-import multiprocessing.pool
+import os
+import pickle
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from pathlib import Path
+from typing import IO, Protocol
 
 from parsers import parse
 from parsers.model import Attachment, ParsedMessage, ParseOptions, ParseResult
@@ -33,8 +51,16 @@ log = logging.getLogger("subdomaind.parsing")
 # and a 20 MB scan copied back would double the main process's memory for nothing.
 RETURN_ATTACHMENT_MAX = 256 * 1024
 
+# A message at least this large reaches the worker as a file (see the module docstring).
+SPOOL_MIN = 256 * 1024
+
 TIMEOUT_REASON = ("pesan tidak dapat dibaca dalam {seconds:.0f} detik (kemungkinan berkas lampiran rusak atau "
                   "dibuat untuk membebani sistem); pesan disimpan di karantina")
+CRASH_REASON = ("pesan tidak dapat dibaca: proses pembacanya berhenti tak terduga dua kali (kemungkinan berkas "
+                "lampiran rusak atau dibuat untuk membebani sistem); pesan disimpan di karantina")
+
+_FRAME = struct.Struct(">Q")
+_F_SETPIPE_SZ = 1031  # fcntl(2), Linux: a larger pipe lets a batch of small letters be queued without waiting
 
 
 class Job(Protocol):
@@ -46,6 +72,24 @@ class Parser(Protocol):
     def submit(self, raw: bytes, options: ParseOptions) -> Job: ...
     def warm(self) -> None: ...
     def close(self) -> None: ...
+
+
+@functools.cache
+def release_large_blocks() -> None:
+    """Have glibc hand large blocks (a 27 MB letter and its copies) back to the system when freed; once
+    per process.
+
+    glibc raises its mmap threshold each time such a block is freed, up to 32 MB, after which letters land
+    in the heap and the heap stays at its high-water mark: the daemon's RSS grew by each scanned letter's
+    size and did not come down (bench/backlog.py --memory: 330 MB, 256 MB with this). A fixed threshold
+    (mallopt(3) M_MMAP_THRESHOLD) turns the adjustment off. Not glibc: nothing to do.
+    """
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).mallopt(-3, 256 * 1024)  # M_MMAP_THRESHOLD; CDLL(None): the process's own libc
+    except (OSError, AttributeError):
+        log.debug("mallopt not available", exc_info=True)
 
 
 @dataclass
@@ -90,48 +134,224 @@ def parse_for_transport(raw: bytes, options: ParseOptions) -> ParseResult:
 Task = Callable[[bytes, ParseOptions], ParseResult]
 
 
-class _PoolJob:
+# --- the worker process ----------------------------------------------------------------------------------
+
+# What a worker runs: the daemon's sys.path (a checkout run without installing), then `serve`.
+_BOOT = "import sys, json; sys.path[:] = json.loads(sys.argv[1]); from daemon.parsing import serve; serve(sys.argv[2])"
+
+
+def _read_frame(stream: IO[bytes]) -> bytes | None:
+    head = stream.read(_FRAME.size)
+    if len(head) < _FRAME.size:
+        return None
+    body = stream.read(_FRAME.unpack(head)[0])
+    return body
+
+
+def _write_frame(stream: IO[bytes], body: bytes) -> None:
+    stream.write(_FRAME.pack(len(body)))
+    stream.write(body)
+    stream.flush()
+
+
+def serve(task_name: str) -> None:
+    """The worker's loop: (raw or spool path, options) in, the task's ParseResult out, until stdin closes."""
+    # The daemon ends its workers by closing their stdin (a terminal's Ctrl-C and systemd's SIGTERM to the
+    # whole unit are the daemon's to handle); a daemon killed with -9 is noticed by the parent changing.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
+    logging.basicConfig(level=logging.ERROR, format="parser worker: %(name)s: %(message)s")
+    release_large_blocks()
+    module, _, name = task_name.partition(":")
+    task: Task = getattr(importlib.import_module(module), name)
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # a stray print() must not corrupt the answers
+    _write_frame(stdout, b"ready")
+    while (frame := _read_frame(stdin)) is not None:
+        # The frames come from the daemon that started this process, over its own pipe: trusted.
+        source, options = pickle.loads(frame)  # noqa: S301
+        del frame
+        try:
+            raw = Path(source).read_bytes() if isinstance(source, str) else source
+            del source
+            answer = task(raw, options)
+        except Exception as exc:  # noqa: BLE001 - parse() never raises; a custom task may
+            answer = ParseResult(kind="unreadable", message=None, reason=f"pesan tidak dapat dibaca: {exc}")
+        raw = b""
+        _write_frame(stdout, pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def _exit_when_orphaned(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(2)
+    os._exit(0)
+
+
+# --- the daemon's side -----------------------------------------------------------------------------------
+
+
+class _Crashed(Exception):
+    """The worker died while parsing this message."""
+
+
+class _Lost(Exception):
+    """The worker died (or was stopped) before it reached this message."""
+
+
+class _Worker:
+    """One worker process, the messages sent to it in order, and a thread reading its answers."""
+
+    def __init__(self, task_name: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _BOOT, json.dumps(sys.path), task_name],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        if _read_frame(self.proc.stdout) != b"ready":  # it imported the parsers (else: parse here, not quarantine)
+            self.proc.kill()
+            raise OSError(f"parser worker did not start (exit status {self.proc.wait()})")
+        with contextlib.suppress(OSError):
+            import fcntl
+
+            fcntl.fcntl(self.proc.stdin.fileno(), _F_SETPIPE_SZ, 1 << 20)
+        self.sent: collections.deque[_ProcJob] = collections.deque()
+        self.lock = threading.Lock()
+        self.alive = True
+        self.reader = threading.Thread(target=self._read, name=f"parser-{self.proc.pid}", daemon=True)
+        self.reader.start()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def send(self, job: _ProcJob) -> None:
+        frame = pickle.dumps((job.source, job.options), protocol=pickle.HIGHEST_PROTOCOL)
+        with self.lock:
+            if not self.alive:
+                raise _Lost()
+            self.sent.append(job)
+        assert self.proc.stdin is not None
+        try:
+            _write_frame(self.proc.stdin, frame)
+        except OSError:
+            self.kill()  # the reader fails what was sent, this one included
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        while True:
+            try:
+                frame = _read_frame(self.proc.stdout)
+            except (OSError, ValueError):
+                frame = None
+            if frame is None:
+                break
+            with self.lock:
+                job = self.sent.popleft() if self.sent else None
+            if job is None:
+                continue
+            try:
+                job.future.set_result(pickle.loads(frame))  # noqa: S301 - our own worker's answer
+            except Exception as exc:  # noqa: BLE001 - an answer that cannot be read is the message's
+                job.future.set_exception(exc)
+        # The process is gone: the message it was on is to blame, the ones behind it are not.
+        with self.lock:
+            self.alive = False
+            first, rest = True, list(self.sent)
+            self.sent.clear()
+        for job in rest:
+            if not job.future.done():
+                job.future.set_exception(_Crashed() if first else _Lost())
+            first = False
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            self.proc.wait(timeout=5)
+
+    def pending(self) -> int:
+        return len(self.sent)
+
+    def kill(self) -> None:
+        with contextlib.suppress(OSError):
+            self.proc.kill()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()  # the worker ends its loop
+        try:
+            self.proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        self.reader.join(timeout=5)
+
+
+class _ProcJob:
     def __init__(self, owner: ProcessParser, raw: bytes, options: ParseOptions) -> None:
         self.owner = owner
         self.raw = raw
         self.options = options
-        self.generation = owner.generation
-        self.pending: Any = owner.pool().apply_async(owner.task, (raw, options))
+        self.spool: Path | None = owner.spool(raw) if len(raw) >= SPOOL_MIN else None
+        self.source: bytes | str = str(self.spool) if self.spool is not None else raw
+        self.tries = 0
+        self.value: ParseResult | None = None
+        self.future: concurrent.futures.Future[ParseResult] = concurrent.futures.Future()
+        owner.send(self)
 
     def result(self) -> ParseResult:
-        return self.owner.wait(self)
+        if self.value is None:
+            try:
+                self.value = self.owner.wait(self)
+            finally:
+                if self.spool is not None:
+                    self.spool.unlink(missing_ok=True)
+        return self.value
 
     def ready(self) -> bool:
-        return self.generation == self.owner.generation and bool(self.pending.ready())
+        return self.value is not None or self.future.done()
+
+    def again(self) -> None:
+        self.future = concurrent.futures.Future()
+        self.owner.send(self)
 
 
 class ProcessParser:
-    """A small pool of parser processes (forkserver: never a fork of a process that runs threads)."""
+    """A few parser processes, each given messages in turn (the one with the fewest waiting)."""
 
-    def __init__(self, workers: int, timeout: float, task: Task = parse_for_transport) -> None:
+    def __init__(self, workers: int, timeout: float, task: Task = parse_for_transport,
+                 spool_dir: Path | None = None) -> None:
         self.workers = workers
         self.timeout = timeout
-        self.task = task  # a module-level function (the workers import it by name)
-        self.generation = 0
-        self._pool: multiprocessing.pool.Pool | None = None
+        self.task_name = f"{task.__module__}:{task.__qualname__}"  # a module-level function, imported by name
+        self.spool_dir = spool_dir
+        self._workers: list[_Worker] = []
         self._unavailable = False
 
-    def pool(self) -> multiprocessing.pool.Pool:
-        if self._pool is None:
-            ctx = multiprocessing.get_context("forkserver")
-            # Workers forked from a server that has imported the parsers start in milliseconds.
-            ctx.set_forkserver_preload(["parsers", "parsers.pdf", "parsers.docx"])
-            self._pool = ctx.Pool(self.workers)
-        return self._pool
+    def pids(self) -> list[int]:
+        return [w.pid for w in self._workers if w.alive]
+
+    def spool(self, raw: bytes) -> Path:
+        if self.spool_dir is not None:
+            self.spool_dir.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix="parse-", suffix=".eml", dir=self.spool_dir)
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+        return Path(name)
+
+    def _worker(self) -> _Worker:
+        self._workers = [w for w in self._workers if w.alive]
+        while len(self._workers) < self.workers:
+            self._workers.append(_Worker(self.task_name))
+        return min(self._workers, key=_Worker.pending)
+
+    def send(self, job: _ProcJob) -> None:
+        self._worker().send(job)
 
     def submit(self, raw: bytes, options: ParseOptions) -> Job:
         if self._unavailable:
             return _Done(parse(raw, options))
         try:
-            return _PoolJob(self, raw, options)
+            return _ProcJob(self, raw, options)
         except OSError as exc:
-            # No worker can start here (a sandbox without POSIX semaphores in /dev/shm, a process limit):
-            # parse in the daemon itself rather than stop taking mail in.
+            # No worker can start here (a process limit, no executable): parse in the daemon itself rather
+            # than stop taking mail in.
             log.error("parser workers cannot start (%s); parsing in the daemon process instead", exc)
             self._unavailable = True
             return _Done(parse(raw, options))
@@ -139,42 +359,46 @@ class ProcessParser:
     def warm(self) -> None:
         """Start the workers now (at daemon start), not when the first letter is waiting."""
         try:
-            self.pool()
+            self._worker()
         except OSError as exc:
             log.error("parser workers cannot start (%s); parsing in the daemon process instead", exc)
             self._unavailable = True
 
-    def wait(self, job: _PoolJob) -> ParseResult:
-        for attempt in (0, 1):
-            if job.generation != self.generation:
-                # The pool was replaced after this job was given to it (another message timed out).
-                job.generation, job.pending = self.generation, self.pool().apply_async(
-                    self.task, (job.raw, job.options))
+    def wait(self, job: _ProcJob) -> ParseResult:
+        while True:
             try:
-                result: ParseResult = job.pending.get(timeout=self.timeout)
-                return result
-            except multiprocessing.TimeoutError:
-                # Runaway or dead worker: replace the pool. Once more on a fresh worker, in case the wait was
-                # another message's fault (a worker that died with it); a second timeout is this message's.
+                return job.future.result(timeout=self.timeout)
+            except concurrent.futures.TimeoutError:
+                # A runaway: stop its worker. Once more on a fresh one, in case the wait was another
+                # message's fault; a second timeout is this message's.
                 log.warning("parser worker gave no answer in %.0f s; replacing it", self.timeout)
-                self._restart()
-                if attempt:
-                    break
-            except Exception as exc:  # noqa: BLE001 - parse() never raises; an unpicklable result would
+                self._kill_worker_of(job)
+                reason = TIMEOUT_REASON.format(seconds=self.timeout)
+            except _Crashed:
+                log.warning("parser worker died on a message; replacing it")
+                reason = CRASH_REASON
+            except _Lost:
+                job.again()  # not this message's fault: no try counted
+                continue
+            except Exception as exc:  # noqa: BLE001 - an unreadable answer
                 log.exception("parser worker failed")
                 return ParseResult(kind="unreadable", message=None, reason=f"pesan tidak dapat dibaca: {exc}")
-        return ParseResult(kind="unreadable", message=None, reason=TIMEOUT_REASON.format(seconds=self.timeout))
+            job.tries += 1
+            if job.tries >= 2:
+                return ParseResult(kind="unreadable", message=None, reason=reason)
+            job.again()
 
-    def _restart(self) -> None:
-        self.close()
-        self.generation += 1
+    def _kill_worker_of(self, job: _ProcJob) -> None:
+        for w in self._workers:
+            if job in w.sent:
+                w.kill()
+                w.reader.join(timeout=5)  # its jobs are failed before it is replaced
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
-            self._pool = None
+        for w in self._workers:
+            w.close()
+        self._workers = []
 
 
-def make_parser(workers: int, timeout: float) -> Parser:
-    return ProcessParser(workers, timeout) if workers > 0 else InlineParser()
+def make_parser(workers: int, timeout: float, spool_dir: Path | None = None) -> Parser:
+    return ProcessParser(workers, timeout, spool_dir=spool_dir) if workers > 0 else InlineParser()

@@ -8,7 +8,6 @@ poll interval, until SIGTERM; it then finishes the message in hand and flushes t
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import random
@@ -29,7 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from daemon.config import AgencyConfig, Config, LimitsConfig
 from daemon.mailbox import FETCH_BYTES, ImapSource, MailSource, MailSourceError
 from daemon.outbox import SmtpTransport, Transport, drain
-from daemon.parsing import Job, Parser, make_parser
+from daemon.parsing import Job, Parser, make_parser, release_large_blocks
 from parsers.model import Limits, ParseOptions, ParseResult
 from workflows.digest import digest_due, send_digest
 from workflows.engine import Ctx, Services, due_actions, run_action
@@ -46,24 +45,6 @@ FETCH_BATCH = 25
 GROUP_SECONDS = 0.25  # one intake transaction gathers messages for at most this long
 _DAEMON_LIMITS = {"parse_workers", "parse_timeout_seconds"}  # the daemon's, not the parser's (parsers.model.Limits)
 DRAIN_BUDGET_SECONDS = 20.0
-
-
-@functools.cache
-def release_large_blocks() -> None:
-    """Have glibc hand large blocks (a 27 MB letter and its copies) back to the system when freed; once
-    per process.
-
-    glibc raises its mmap threshold each time such a block is freed, up to 32 MB, after which letters land
-    in the heap and the heap stays at its high-water mark: the daemon's RSS grew by each scanned letter's
-    size and did not come down (bench/backlog.py --memory: 330 MB, 256 MB with this). A fixed threshold
-    (mallopt(3) M_MMAP_THRESHOLD) turns the adjustment off. Not glibc: nothing to do.
-    """
-    import ctypes
-
-    try:
-        ctypes.CDLL(None).mallopt(-3, 256 * 1024)  # M_MMAP_THRESHOLD; CDLL(None): the process's own libc
-    except (OSError, AttributeError):
-        log.debug("mallopt not available", exc_info=True)
 
 
 def sd_notify(message: str) -> None:
@@ -146,7 +127,8 @@ class Daemon:
         self._given_sources = sources or {}
         self._given_services = services or {}
         self.transport, self.runtimes = self._build(config)
-        self.parser: Parser = parser or make_parser(config.limits.parse_workers, config.limits.parse_timeout_seconds)
+        self.parser: Parser = parser or make_parser(config.limits.parse_workers, config.limits.parse_timeout_seconds,
+                                                    config.state_dir / "spool")
         self._drain_inline = True
         self.stopping = threading.Event()
         self.ready = False

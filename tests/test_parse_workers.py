@@ -13,7 +13,15 @@ import pytest
 from sqlalchemy import select
 
 from daemon.localoffice import request_mail
-from daemon.parsing import RETURN_ATTACHMENT_MAX, TIMEOUT_REASON, InlineParser, ProcessParser, parse_for_transport
+from daemon.parsing import (
+    CRASH_REASON,
+    RETURN_ATTACHMENT_MAX,
+    SPOOL_MIN,
+    TIMEOUT_REASON,
+    InlineParser,
+    ProcessParser,
+    parse_for_transport,
+)
 from parsers import parse
 from parsers.model import ParseOptions, ParseResult
 from tests.test_engine_unit import world  # noqa: F401  (fixture)
@@ -80,7 +88,12 @@ def test_runaway_parser_is_cut_off_and_the_next_message_parses(pool: ProcessPars
 
 def test_crashing_parser_quarantines_only_its_message(pool: ProcessParser) -> None:
     crash = pool.submit(with_header(request_mail("a@example.org", "tiga"), b"X-Test-Crash: yes"), ParseOptions())
-    assert crash.result().kind == "unreadable"
+    after = pool.submit(request_mail("c@example.org", "lima"), ParseOptions())  # queued behind it, not to blame
+    started = time.monotonic()
+    got = crash.result()
+    assert (got.kind, got.reason) == ("unreadable", CRASH_REASON)
+    assert time.monotonic() - started < 3.0  # a death is seen at once, not after the timeout
+    assert after.result().kind == "request"
     assert pool.submit(request_mail("b@example.org", "empat"), ParseOptions()).result().kind == "request"
 
 
@@ -108,14 +121,43 @@ def test_inline_parser_is_parse() -> None:
 
 
 def test_no_workers_possible_means_parsing_in_the_daemon(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A sandbox without POSIX semaphores: the daemon goes on parsing in its own process."""
+    """A worker that cannot start (here: no Python to run it) is no reason to quarantine anything: the
+    daemon goes on parsing in its own process."""
+    monkeypatch.setattr("sys.executable", "/nonexistent/python3")
     p = ProcessParser(1, timeout=3.0)
-
-    def refuse() -> None:
-        raise PermissionError(13, "Permission denied: '/dev/shm/sem.mp-x'")
-
-    monkeypatch.setattr(p, "pool", refuse)
     p.warm()
     raw = request_mail("dinsos@trenggalekkab.go.id", "dinsos")
     assert p.submit(raw, ParseOptions()).result() == parse(raw, ParseOptions())
+    assert p.pids() == []
+
+
+def test_worker_that_dies_while_starting_is_not_a_crash_of_the_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("daemon.parsing._BOOT", "import sys; sys.exit(1)")
+    p = ProcessParser(1, timeout=3.0)
+    raw = request_mail("dinsos@trenggalekkab.go.id", "dinsos")
+    assert p.submit(raw, ParseOptions()).result() == parse(raw, ParseOptions())
+
+
+def test_large_letter_goes_by_spool_file_removed_after(tmp_path: Path) -> None:
+    msg = email.message_from_bytes(request_mail("dinsos@trenggalekkab.go.id", "dinsosbig"),
+                                   policy=email.policy.default)
+    msg.add_attachment(os.urandom(SPOOL_MIN), maintype="application", subtype="octet-stream", filename="scan.bin")
+    big = msg.as_bytes()
+    p = ProcessParser(1, timeout=30.0, spool_dir=tmp_path / "spool")
+    try:
+        job = p.submit(big, ParseOptions())
+        assert len(list((tmp_path / "spool").iterdir())) == 1  # the worker reads the letter from there
+        got = job.result()
+        assert got.request is not None and got.request.subdomain == "dinsosbig"
+        assert list((tmp_path / "spool").iterdir()) == []
+    finally:
+        p.close()
+
+
+def test_worker_ends_with_the_parser_and_when_its_daemon_is_gone() -> None:
+    p = ProcessParser(1, timeout=3.0)
+    p.warm()
+    (pid,) = p.pids()
+    p.close()
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
 

@@ -15,7 +15,6 @@ import traceback
 from collections.abc import Iterator
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from parsers import parse
@@ -24,7 +23,7 @@ from workflows.engine import Ctx, audit
 from workflows.errors import Refusal
 from workflows.handlers import handler_for, known_address
 from workflows.provision import PASSWORD_ALPHABET, PASSWORD_LENGTH
-from workflows.store import Account, Decision, Inbound, NoticeLog, Request, StepRun
+from workflows.store import Account, Decision, Inbound, NoticeLog, Request, StepRun, store_inbound_raw
 
 log = logging.getLogger("subdomaind.inbound")
 
@@ -127,7 +126,6 @@ def ingest(ctx: Ctx, *, mailbox: str, uidvalidity: int, uid: int, raw: bytes,
         uid=uid,
         message_id=message_id,
         sha256=hashlib.sha256(raw).hexdigest(),
-        raw=raw,
         sender=msg.from_addr if msg is not None else None,
         subject=(msg.subject or "")[:500] if msg is not None else None,
         kind=parsed.kind,
@@ -136,11 +134,7 @@ def ingest(ctx: Ctx, *, mailbox: str, uidvalidity: int, uid: int, raw: bytes,
         attempts=1,
     )
     s.add(row)
-    try:
-        s.flush()
-    except IntegrityError:
-        # Another process took the same message between our check and insert (scale-out).
-        raise
+    store_inbound_raw(s, row, raw)  # an IntegrityError: another process took it meanwhile (scale-out)
     if parsed.kind == "unreadable":
         row.status = "quarantined"
         row.error = parsed.reason
