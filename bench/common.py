@@ -20,7 +20,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from pathlib import Path
@@ -316,14 +316,42 @@ def _worker_pids(daemon: Any) -> list[int]:
 
 def worker_cpu(daemon: Any) -> float:
     """CPU seconds (user + system) of the daemon's parser worker processes so far."""
-    total = 0
-    for pid in _worker_pids(daemon):
+    return sum(process_cpu(_worker_pids(daemon)).values())
+
+
+def process_cpu(pids: Sequence[int]) -> dict[int, float]:
+    """CPU seconds (user + system) of each live process in `pids` so far."""
+    out = {}
+    for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):
             continue
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+        out[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+class ServersCpu:
+    """CPU seconds spent, between enter and exit, by this process (the SMTP relay's thread) and by the
+    server processes below it (Dovecot), the daemon process `exclude` and its children left out."""
+
+    def __init__(self, exclude: Callable[[], int | None]) -> None:
+        self.exclude = exclude
+        self.seconds = float("nan")
+
+    def _servers(self) -> dict[int, float]:
+        skip = self.exclude()
+        skipped = {skip, *descendants(skip)} if skip else set()
+        return process_cpu([p for p in descendants(os.getpid()) if p not in skipped])
+
+    def __enter__(self) -> ServersCpu:
+        self._before, self._self = self._servers(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        after = self._servers()
+        self.seconds = (time.process_time() - self._self) + sum(
+            v - self._before.get(pid, 0.0) for pid, v in after.items())
 
 
 def descendants(pid: int) -> list[int]:

@@ -1075,6 +1075,10 @@ class _RelayHandler:
     async def handle_RCPT(  # noqa: N802 - aiosmtpd hook name
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
     ) -> str:
+        if not self.relay.deliver:
+            envelope.rcpt_tos.append(address)
+            return "250 2.1.5 OK"
+
         def rcpt() -> tuple[int, bytes]:
             lmtp = getattr(session, "lmtp", None)
             if lmtp is None:
@@ -1102,6 +1106,9 @@ class _RelayHandler:
         raw: bytes = envelope.original_content or envelope.content
         mail_from: str = envelope.mail_from or ""
         rcpts: list[str] = list(envelope.rcpt_tos)
+        if not self.relay.deliver:
+            self.relay._store(mail_from, rcpts, raw)
+            return "250 2.0.0 Message accepted"
         lmtp = getattr(session, "lmtp", None)
         session.lmtp = None
 
@@ -1152,7 +1159,8 @@ class SmtpRelay:
     RCPT TO is checked against LMTP at once, so an unknown mailbox gets Dovecot's ``550 5.1.1`` as the SMTP
     reply (and LMTP DATA failures come back as the DATA reply). Every accepted message is appended to
     ``received`` as ``(mail_from, rcpts, raw)``. ``stop()``/``start()`` reuse the same port (SMTP down for a
-    while). With ``tls=True`` STARTTLS is offered (not required), with a trustme CA in ``ca_file``.
+    while). With ``deliver`` off it accepts and keeps every message without passing it on (a bench's SMTP
+    server that measures the daemon, not Dovecot's delivery). With ``tls=True`` STARTTLS is offered (not required), with a trustme CA in ``ca_file``.
     """
 
     name = "smtp-relay"
@@ -1166,6 +1174,7 @@ class SmtpRelay:
         self.dir = _make_dir(base, "smtp") if base is not None else Path(tempfile.mkdtemp(prefix="smtp-"))
         self.received: list[tuple[str, list[str], bytes]] = []
         self.pool = LmtpPool(lmtp_host, lmtp_port)
+        self.deliver = True
         self._cond = threading.Condition()
         self._events: list[str] = []
         self._controller: Any = None
