@@ -1160,7 +1160,8 @@ class SmtpRelay:
     reply (and LMTP DATA failures come back as the DATA reply). Every accepted message is appended to
     ``received`` as ``(mail_from, rcpts, raw)``. ``stop()``/``start()`` reuse the same port (SMTP down for a
     while). With ``deliver`` off it accepts and keeps every message without passing it on (a bench's SMTP
-    server that measures the daemon, not Dovecot's delivery). With ``tls=True`` STARTTLS is offered (not required), with a trustme CA in ``ca_file``.
+    server that measures the daemon, not Dovecot's delivery). With ``tls=True`` STARTTLS is offered (not
+    required), with a trustme CA in ``ca_file``.
     """
 
     name = "smtp-relay"
