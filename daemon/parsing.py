@@ -36,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -323,6 +324,8 @@ class ProcessParser:
         self.spool_dir = spool_dir
         self._workers: list[_Worker] = []
         self._unavailable = False
+        # A parser dropped without close() (a Daemon left to the garbage collector) still ends its workers.
+        weakref.finalize(self, _close_all, self._workers)
 
     def pids(self) -> list[int]:
         return [w.pid for w in self._workers if w.alive]
@@ -336,7 +339,7 @@ class ProcessParser:
         return Path(name)
 
     def _worker(self) -> _Worker:
-        self._workers = [w for w in self._workers if w.alive]
+        self._workers[:] = [w for w in self._workers if w.alive]
         while len(self._workers) < self.workers:
             self._workers.append(_Worker(self.task_name))
         return min(self._workers, key=_Worker.pending)
@@ -395,9 +398,13 @@ class ProcessParser:
                 w.reader.join(timeout=5)  # its jobs are failed before it is replaced
 
     def close(self) -> None:
-        for w in self._workers:
-            w.close()
-        self._workers = []
+        _close_all(self._workers)
+
+
+def _close_all(workers: list[_Worker]) -> None:
+    for w in workers:
+        w.close()
+    workers.clear()
 
 
 def make_parser(workers: int, timeout: float, spool_dir: Path | None = None) -> Parser:

@@ -126,9 +126,10 @@ class Daemon:
         self._given_transport = transport
         self._given_sources = sources or {}
         self._given_services = services or {}
+        self.spool_dir = config.state_dir / "spool"  # large letters on their way in (mailbox.py, parsing.py)
         self.transport, self.runtimes = self._build(config)
         self.parser: Parser = parser or make_parser(config.limits.parse_workers, config.limits.parse_timeout_seconds,
-                                                    config.state_dir / "spool")
+                                                    self.spool_dir)
         self._drain_inline = True
         self.stopping = threading.Event()
         self.ready = False
@@ -140,7 +141,7 @@ class Daemon:
             config.smtp, smtp_password, helo_name=config.agencies[0].address.rpartition("@")[2])
         runtimes: dict[str, AgencyRuntime] = {}
         for ag in config.agencies:
-            src = self._given_sources.get(ag.id) or ImapSource(ag.imap, ag.imap.read_secret() or "")
+            src = self._given_sources.get(ag.id) or ImapSource(ag.imap, ag.imap.read_secret() or "", self.spool_dir)
             svc = self._given_services.get(ag.id) or build_services(config, ag)
             runtimes[ag.id] = AgencyRuntime(agency=ag, source=src, services=svc, calendar=calendar_for(ag),
                                             sop=load_sop(ag.sop))
@@ -394,7 +395,6 @@ class Daemon:
                         sd_notify("WATCHDOG=1")  # a long backlog is progress, not a hang
                         row = ingest(ctx, mailbox=rt.source.folder, uidvalidity=uv, uid=uid, raw=raw,
                                      parsed=job.result())
-                        st.last_uid = max(st.last_uid, uid)
                         group.append((uid, row is not None and row.status in ("quarantined", "unmatched")))
                         j += 1
                         # A scrubbed password is purged from the WAL right after its own commit; a message
@@ -402,6 +402,8 @@ class Daemon:
                         if (self.stopping.is_set() or time.monotonic() > until or s.info.get("purge_secrets")
                                 or (j < len(items) and not items[j][2].ready())):
                             break
+                    # The checkpoint once per group (one UPDATE), in the same transaction as the group.
+                    st.last_uid = max(st.last_uid, *(uid for uid, _q in group))
                 self._purge_if_needed(s)
                 done += group
                 i = j
@@ -519,7 +521,7 @@ class Daemon:
         """A second connection per mailbox that only IDLEs and wakes the main loop on new mail."""
         if not rt.agency.imap.idle:
             return
-        src = ImapSource(rt.agency.imap, rt.agency.imap.read_secret() or "")
+        src = ImapSource(rt.agency.imap, rt.agency.imap.read_secret() or "", self.spool_dir)
         failures = 0
         while not self.stopping.is_set():
             try:

@@ -217,6 +217,21 @@ def test_smtp_relay_returns_the_lmtp_error_for_an_unknown_mailbox(smtp_relay: Sm
     assert subjects(unique_user.messages()) == ["campur"]
 
 
+def test_smtp_relay_without_delivery_only_accepts(smtp_relay: SmtpRelay, unique_user: MailUser) -> None:
+    """The benches' mode: each mail accepted and kept, none passed on to Dovecot."""
+    before = len(smtp_relay.received)
+    smtp_relay.deliver = False
+    try:
+        errors, _ = asyncio.run(aiosmtplib.send(email_to([unique_user.address], "hanya diterima"),
+                                                hostname=smtp_relay.host, port=smtp_relay.port, timeout=10))
+    finally:
+        smtp_relay.deliver = True
+    assert errors == {}
+    assert [(rcpts, parse(raw)["Subject"]) for _f, rcpts, raw in smtp_relay.received[before:]] == [
+        ([unique_user.address], "hanya diterima")]
+    assert unique_user.messages() == []
+
+
 def test_smtp_relay_can_be_down_for_a_while(smtp_relay: SmtpRelay, unique_user: MailUser) -> None:
     port = smtp_relay.port
     smtp_relay.stop()

@@ -327,3 +327,45 @@ def test_large_letter_is_stored_whole_through_blob_pieces(world) -> None:  # typ
         assert row.status == "handled" and row.raw == big
         assert row.sha256 == hashlib.sha256(big).hexdigest()
         assert s.execute(select(Request.subdomain)).scalar_one() == "dinsosbesar"
+
+
+def test_audit_of_a_handler_that_failed_is_dropped_with_its_savepoint(world, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """Audit rows are written at commit in one go (workflows/store.py): those of a handler whose savepoint
+    was rolled back go with it; the quarantine's own row stays."""
+    from workflows import inbound
+    from workflows.engine import audit
+
+    class Exploding:
+        name = "exploding"
+
+        def can_handle(self, ctx, parsed) -> bool:  # type: ignore[no-untyped-def]
+            return True
+
+        def execute(self, ctx, parsed, row) -> str:  # type: ignore[no-untyped-def]
+            audit(ctx, None, "test.inside")
+            raise RuntimeError("boom")
+
+    d, src, _tr, _dns, sessions = world
+    monkeypatch.setattr(inbound, "handler_for", lambda ctx, parsed: Exploding())
+    src.add(request_mail("dinsos@trenggalekkab.go.id", "dinsos"))
+    d.run_once()
+    with sessions() as s:
+        events = [a.event for a in s.execute(select(Audit).order_by(Audit.id)).scalars()]
+        assert s.execute(select(Inbound.status)).scalar_one() == "quarantined"
+    assert "test.inside" not in events and "mail.quarantined" in events
+
+
+def test_audit_of_a_rolled_back_transaction_never_reaches_the_next(world) -> None:  # type: ignore[no-untyped-def]
+    from workflows.engine import audit
+
+    d, _src, _tr, _dns, sessions = world
+    s = sessions()
+    ctx = d.ctx(s, d.runtimes["trenggalek"].agency)
+    with pytest.raises(ValueError), s.begin():
+        audit(ctx, None, "test.lost")
+        raise ValueError("rolled back")
+    with s.begin():
+        audit(ctx, None, "test.kept")
+    s.close()
+    with sessions() as s:
+        assert [a.event for a in s.execute(select(Audit)).scalars()] == ["test.kept"]

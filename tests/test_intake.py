@@ -48,6 +48,34 @@ def test_imap_starttls_verifies_the_server(dovecot_tls: Dovecot) -> None:
         unverified.connect()
 
 
+def test_large_message_is_fetched_in_pieces_through_the_spool_whole(dovecot: Dovecot, tmp_path: Path) -> None:
+    """A message over PIECE_BYTES comes in 1 MB partial fetches (RFC 3501 6.4.5) gathered in a file under
+    the spool directory: byte for byte what the server holds, and no file left behind."""
+    import os
+
+    from daemon.mailbox import PIECE_BYTES
+
+    user = dovecot.new_user("besar")
+    m = EmailMessage()
+    m["From"], m["To"], m["Subject"] = "a@example.org", "b@example.org", "lampiran besar"
+    m.set_content("lihat lampiran")
+    m.add_attachment(os.urandom(2 * PIECE_BYTES + 12345), maintype="application", subtype="pdf", filename="x.pdf")
+    small = _note("kecil")
+    dovecot.append(user.name, small)
+    dovecot.append(user.name, m.as_bytes())
+    cfg = ImapConfig(host="127.0.0.1", port=dovecot.imap_port, user=user.name, tls="none", password_env="UNUSED")
+    src = ImapSource(cfg, user.password, tmp_path / "spool")
+    src.connect()
+    try:
+        (uid1, got1), (uid2, got2) = src.fetch_new(0, 10)
+        stored = user.messages()
+    finally:
+        src.close()
+    assert (uid1, uid2) == (1, 2) and len(got2) > 2 * PIECE_BYTES
+    assert [got1, got2] == stored
+    assert list((tmp_path / "spool").iterdir()) == []
+
+
 def test_smtp_starttls_verifies_the_server(smtp_relay_tls: SmtpRelay, unique_user: MailUser) -> None:
     cfg = SmtpConfig(host="127.0.0.1", port=smtp_relay_tls.port, tls="starttls", ca_file=smtp_relay_tls.ca_file)
     SmtpTransport(cfg, None).send("layanan@trenggalekkab.go.id", [unique_user.address], _note("lewat TLS"))

@@ -154,10 +154,40 @@ def test_large_letter_goes_by_spool_file_removed_after(tmp_path: Path) -> None:
         p.close()
 
 
-def test_worker_ends_with_the_parser_and_when_its_daemon_is_gone() -> None:
+def _gone(pid: int, within: float = 0.0) -> bool:
+    deadline = time.monotonic() + within
+    while True:
+        stat = Path(f"/proc/{pid}/stat")
+        if not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+
+
+def test_worker_ends_with_its_parser_closed_or_dropped() -> None:
+    import gc
+
     p = ProcessParser(1, timeout=3.0)
     p.warm()
     (pid,) = p.pids()
     p.close()
-    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    assert _gone(pid, within=5)
+    p = ProcessParser(1, timeout=3.0)
+    p.warm()
+    (pid,) = p.pids()
+    del p
+    gc.collect()
+    assert _gone(pid, within=5)
 
+
+def test_worker_of_a_daemon_killed_with_sigkill_ends_too() -> None:
+    import subprocess
+    import sys
+
+    code = ("import os, sys; from daemon.parsing import ProcessParser; p = ProcessParser(1, 3.0); p.warm(); "
+            "print(p.pids()[0], flush=True); os._exit(0)")  # as kill -9: no cleanup at all
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=Path(__file__).parent.parent, check=True)
+    pid = int(out.stdout.split()[0])
+    assert _gone(pid, within=10)

@@ -40,7 +40,6 @@ from workflows.provision import (
 from workflows.sop import Sop, Step
 from workflows.store import (
     Account,
-    Audit,
     Counter,
     Decision,
     Inbound,
@@ -48,6 +47,7 @@ from workflows.store import (
     PendingSecret,
     Request,
     StepRun,
+    pending_audit,
 )
 
 log = logging.getLogger("subdomaind.engine")
@@ -133,17 +133,15 @@ def audit(
     message_id: str | None = None,
     **detail: Any,
 ) -> None:
-    ctx.session.add(
-        Audit(
-            agency=ctx.agency.id,
-            request_id=req.id if req is not None else None,
-            at=ctx.now(),
-            actor=actor,
-            event=event,
-            detail=detail,
-            message_id=message_id,
-        )
-    )
+    pending_audit(ctx.session).append({
+        "agency": ctx.agency.id,
+        "request_id": req.id if req is not None else None,
+        "at": ctx.now(),
+        "actor": actor,
+        "event": event,
+        "detail": detail,
+        "message_id": message_id,
+    })
     # One line per event, with its ticket and Message-ID (journald / --log-format json).
     log.info("%s %s %s", event, req.ticket if req is not None else "-", message_id or "-",
              extra={"ticket": req.ticket if req is not None else None, "event": event, "message_id": message_id})
@@ -157,8 +155,7 @@ def next_number(ctx: Ctx, name: str) -> tuple[int, int]:
     if row is None:
         row = Counter(agency=ctx.agency.id, name=name, year=year, last=0)
         ctx.session.add(row)
-    row.last += 1
-    ctx.session.flush()
+    row.last += 1  # written with the caller's next flush; the row is locked (or the database, on SQLite)
     return year, row.last
 
 
@@ -570,14 +567,16 @@ def _check_completeness(ctx: Ctx, req: Request, run: StepRun) -> str:
     problems = [dict(p) for p in f.get("problems", [])]
     label = req.subdomain
     if label:
-        dup = ctx.session.execute(
-            select(Request.ticket).where(
-                Request.agency == ctx.agency.id,
-                Request.subdomain == label,
-                Request.status.in_(("open", "done")),
-                Request.id != req.id,
-            )
-        ).scalars().first()
+        # No autoflush: every request but this one's pending rows (steps, mails, audit) is written already.
+        with ctx.session.no_autoflush:
+            dup = ctx.session.execute(
+                select(Request.ticket).where(
+                    Request.agency == ctx.agency.id,
+                    Request.subdomain == label,
+                    Request.status.in_(("open", "done")),
+                    Request.id != req.id,
+                )
+            ).scalars().first()
         if dup:
             problems.append({"field": "subdomain",
                              "reason": f"Nama sub domain '{label}' sudah diajukan dengan tiket {dup}."})

@@ -26,6 +26,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    insert,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
@@ -142,6 +143,34 @@ class Audit(Base):
     event: Mapped[str] = mapped_column(String(64))
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
     message_id: Mapped[str | None] = mapped_column(String(998))
+
+
+_AUDIT_PENDING = "audit_rows"
+
+
+def pending_audit(session: Session) -> list[dict[str, Any]]:
+    """The audit rows of this transaction not yet written (workflows.engine.audit adds to it)."""
+    rows: list[dict[str, Any]] = session.info.setdefault(_AUDIT_PENDING, [])
+    return rows
+
+
+@event.listens_for(Session, "before_commit")
+def _write_audit(session: Session) -> None:
+    """Audit rows go in at commit, in one executemany: as ORM objects each was an INSERT ... RETURNING of
+    its own (SQLite cannot batch RETURNING in order), five per request, a tenth of the intake's cost
+    (bench/backlog.py). Nothing reads them back within the transaction that writes them."""
+    if session.in_nested_transaction():
+        return  # a savepoint: its rows go with the transaction around it
+    rows = session.info.pop(_AUDIT_PENDING, None)
+    if rows:
+        table = Base.metadata.tables["audit"]  # the table: Core's executemany, not the ORM's bulk INSERT
+        session.execute(insert(table), rows)
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _drop_audit(session: Session, transaction: Any) -> None:
+    if transaction.parent is None:  # the whole transaction is over: rows not written were rolled back
+        session.info.pop(_AUDIT_PENDING, None)
 
 
 class Inbound(Base):
