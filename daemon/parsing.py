@@ -54,6 +54,7 @@ RETURN_ATTACHMENT_MAX = 256 * 1024
 
 # A message at least this large reaches the worker as a file (see the module docstring).
 SPOOL_MIN = 256 * 1024
+SPOOL_STALE_SECONDS = 3600.0  # far beyond two parse timeouts: nobody is parsing a file this old
 
 TIMEOUT_REASON = ("pesan tidak dapat dibaca dalam {seconds:.0f} detik (kemungkinan berkas lampiran rusak atau "
                   "dibuat untuk membebani sistem); pesan disimpan di karantina")
@@ -338,6 +339,21 @@ class ProcessParser:
             f.write(raw)
         return Path(name)
 
+    def clean_spool(self, older_than: float = SPOOL_STALE_SECONDS) -> int:
+        """Remove spool files older than `older_than` seconds; a younger one may belong to another daemon
+        process sharing the state directory (scale-out), still being parsed."""
+        if self.spool_dir is None or not self.spool_dir.is_dir():
+            return 0
+        removed = 0
+        for path in self.spool_dir.glob("parse-*.eml"):
+            with contextlib.suppress(FileNotFoundError):
+                if time.time() - path.stat().st_mtime > older_than:
+                    path.unlink()
+                    removed += 1
+        if removed:
+            log.warning("removed %d spool file(s) left by an earlier run", removed)
+        return removed
+
     def _worker(self) -> _Worker:
         self._workers[:] = [w for w in self._workers if w.alive]
         while len(self._workers) < self.workers:
@@ -360,7 +376,9 @@ class ProcessParser:
             return _Done(parse(raw, options))
 
     def warm(self) -> None:
-        """Start the workers now (at daemon start), not when the first letter is waiting."""
+        """Start the workers now (at daemon start), not when the first letter is waiting; remove what a
+        crash left in the spool (a letter as it came, before any password in it was blanked)."""
+        self.clean_spool()
         try:
             self._worker()
         except OSError as exc:

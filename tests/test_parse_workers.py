@@ -154,6 +154,21 @@ def test_large_letter_goes_by_spool_file_removed_after(tmp_path: Path) -> None:
         p.close()
 
 
+def test_spool_left_by_a_crash_is_removed_at_start_a_fresh_one_kept(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    old, fresh, other = spool / "parse-old.eml", spool / "parse-fresh.eml", spool / "catatan.txt"
+    for f in (old, fresh, other):
+        f.write_bytes(b"Subject: x\r\n\r\nsandi: Abc123\r\n")
+    os.utime(old, (time.time() - 2 * 3600, time.time() - 2 * 3600))
+    p = ProcessParser(1, timeout=3.0, spool_dir=spool)
+    try:
+        p.warm()
+    finally:
+        p.close()
+    assert sorted(f.name for f in spool.iterdir()) == ["catatan.txt", "parse-fresh.eml"]
+
+
 def _gone(pid: int, within: float = 0.0) -> bool:
     deadline = time.monotonic() + within
     while True:
