@@ -24,6 +24,7 @@ import collections
 import concurrent.futures
 import contextlib
 import functools
+import gc
 import importlib
 import json
 import logging
@@ -182,6 +183,11 @@ def serve(task_name: str) -> None:
             answer = ParseResult(kind="unreadable", message=None, reason=f"pesan tidak dapat dibaca: {exc}")
         raw = b""
         _write_frame(stdout, pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL))
+        del answer
+        # pdfminer leaves reference cycles behind; collected young (0.6 ms), they do not pile up in the
+        # oldest generation: the worker stays at 56 MB instead of 76 after 200 letters, and a 20 MB scan
+        # peaks 20 MB lower (bench/backlog.py --memory).
+        gc.collect(1)
 
 
 def _exit_when_orphaned(parent: int) -> None:
