@@ -147,8 +147,9 @@ def _read_frame(stream: IO[bytes]) -> bytes | None:
     head = stream.read(_FRAME.size)
     if len(head) < _FRAME.size:
         return None
-    body = stream.read(_FRAME.unpack(head)[0])
-    return body
+    size = _FRAME.unpack(head)[0]
+    body = stream.read(size)
+    return body if len(body) == size else None  # cut off: the writer died mid-frame
 
 
 def _write_frame(stream: IO[bytes], body: bytes) -> None:
@@ -367,7 +368,13 @@ class ProcessParser:
         return min(self._workers, key=_Worker.pending)
 
     def send(self, job: _ProcJob) -> None:
-        self._worker().send(job)
+        for _ in range(3):
+            try:
+                self._worker().send(job)
+                return
+            except _Lost:
+                continue  # it died between being chosen and being written to: a fresh one
+        raise OSError("parser workers die as soon as they start")
 
     def submit(self, raw: bytes, options: ParseOptions) -> Job:
         if self._unavailable:
@@ -405,15 +412,26 @@ class ProcessParser:
                 log.warning("parser worker died on a message; replacing it")
                 reason = CRASH_REASON
             except _Lost:
-                job.again()  # not this message's fault: no try counted
+                if not self._again(job):  # not this message's fault: no try counted
+                    return parse(job.raw, job.options)
                 continue
             except Exception as exc:  # noqa: BLE001 - an unreadable answer
                 log.exception("parser worker failed")
                 return ParseResult(kind="unreadable", message=None, reason=f"pesan tidak dapat dibaca: {exc}")
             job.tries += 1
-            if job.tries >= 2:
+            # Never parsed here after a hang or a crash: it could hang or crash the daemon itself.
+            if job.tries >= 2 or not self._again(job):
                 return ParseResult(kind="unreadable", message=None, reason=reason)
+
+    def _again(self, job: _ProcJob) -> bool:
+        """Send `job` to a (fresh) worker once more; False when none can be had (then it is parsed here)."""
+        try:
             job.again()
+            return True
+        except OSError as exc:
+            log.error("parser workers cannot start (%s); parsing in the daemon process instead", exc)
+            self._unavailable = True
+            return False
 
     def _kill_worker_of(self, job: _ProcJob) -> None:
         for w in self._workers:

@@ -97,6 +97,16 @@ def test_crashing_parser_quarantines_only_its_message(pool: ProcessParser) -> No
     assert pool.submit(request_mail("b@example.org", "empat"), ParseOptions()).result().kind == "request"
 
 
+def test_crash_with_no_worker_to_retry_on_quarantines_never_parses_in_the_daemon(
+        pool: ProcessParser, monkeypatch: pytest.MonkeyPatch) -> None:
+    pool.warm()
+    monkeypatch.setattr("daemon.parsing._BOOT", "import sys; sys.exit(1)")  # no fresh worker can start
+    crash = pool.submit(with_header(request_mail("a@example.org", "enam"), b"X-Test-Crash: yes"), ParseOptions())
+    assert (crash.result().kind, crash.result().reason) == ("unreadable", CRASH_REASON)
+    raw = request_mail("b@example.org", "tujuh")  # the next one is parsed in the daemon instead
+    assert pool.submit(raw, ParseOptions()).result() == parse(raw, ParseOptions())
+
+
 def test_daemon_quarantines_the_message_its_worker_lost_and_goes_on(world) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     d, src, tr, _dns, sessions = world
     d.parser.close()
