@@ -155,7 +155,7 @@ def cmd_once(args: argparse.Namespace) -> int:
 
 def status_data(cfg: Config, sessions: Any) -> dict[str, Any]:
     from workflows.sop import load_sop
-    from workflows.store import Inbound, MailboxState, Outbox, Request, StepRun
+    from workflows.store import QUARANTINE_STATUSES, Inbound, MailboxState, Outbox, Request, StepRun
 
     out: dict[str, Any] = {"intake": [], "outbox": {}, "quarantine": 0, "unmatched": 0, "requests": [],
                            "bounced_7d": 0}
@@ -173,7 +173,7 @@ def status_data(cfg: Config, sessions: Any) -> dict[str, Any]:
             select(func.count()).select_from(Outbox).where(Outbox.status == "queued", Outbox.attempts > 0)
         ).scalar_one()
         for status, n in s.execute(
-            select(Inbound.status, func.count()).where(Inbound.status.in_(("quarantined", "unmatched")))
+            select(Inbound.status, func.count()).where(Inbound.status.in_(QUARANTINE_STATUSES))
             .group_by(Inbound.status)
         ).all():
             out["quarantine" if status == "quarantined" else "unmatched"] = n
@@ -283,12 +283,12 @@ def cmd_digest(args: argparse.Namespace) -> int:
 def cmd_quarantine(args: argparse.Namespace) -> int:
     """Staff's view of mail the daemon kept aside: list, show, retry (at most N times), drop (kept, marked)."""
     from workflows.inbound import retry_inbound
-    from workflows.store import Inbound
+    from workflows.store import QUARANTINE_STATUSES, Inbound
 
     if args.action == "list":
         cfg = _load(args)
         with _sessions(cfg)() as s:
-            rows = s.execute(select(Inbound).where(Inbound.status.in_(("quarantined", "unmatched")))
+            rows = s.execute(select(Inbound).where(Inbound.status.in_(QUARANTINE_STATUSES))
                              .order_by(Inbound.id)).scalars().all()
             print(f"{'ID':>6} {'STATUS':<12} {'DITERIMA':<17} {'PENGIRIM':<32} ALASAN")
             for r in rows:
@@ -314,7 +314,7 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
             row.status = "dropped"
             print(f"pesan {row.id} ditandai 'dropped' (isi asli tetap tersimpan)")
             return 0
-        if row.status not in ("quarantined", "unmatched"):
+        if row.status not in QUARANTINE_STATUSES:
             print(f"pesan {row.id} berstatus {row.status}; hanya pesan karantina yang dapat diulang", file=sys.stderr)
             return 1
         if row.attempts >= d.config.workflow.quarantine_max_retries:

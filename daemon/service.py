@@ -36,7 +36,7 @@ from workflows.mailer import Mailer
 from workflows.provision import CommandHosting, HostingBackend, NoHosting, Rfc2136Dns
 from workflows.reminders import due_reminders
 from workflows.sop import Sop, load_sop
-from workflows.store import Inbound, MailboxState, StepRun, utcnow, writer_sessions
+from workflows.store import QUARANTINE_STATUSES, Inbound, MailboxState, StepRun, utcnow, writer_sessions
 from workflows.worktime import WorkCalendar, calendar_for
 
 log = logging.getLogger("subdomaind.service")
@@ -130,7 +130,6 @@ class Daemon:
         self.transport, self.runtimes = self._build(config)
         self.parser: Parser = parser or make_parser(config.limits.parse_workers, config.limits.parse_timeout_seconds,
                                                     self.spool_dir)
-        self._drain_inline = True
         self.stopping = threading.Event()
         self.ready = False
         self._watchers: list[threading.Thread] = []
@@ -190,7 +189,6 @@ class Daemon:
 
     def run_once(self, *, drain_inline: bool = True) -> dict[str, int]:
         totals = {"messages": 0, "actions": 0, "sent": 0}
-        self._drain_inline = drain_inline
         for rt in self.runtimes.values():
             if self.stopping.is_set():
                 break
@@ -198,7 +196,7 @@ class Daemon:
             # outbox is shared, each row claimed with FOR UPDATE SKIP LOCKED.
             if not self.owns(rt):
                 continue
-            totals["messages"] += self.intake(rt)
+            totals["messages"] += self.intake(rt, drain_inline=drain_inline)
             totals["actions"] += self.run_due(rt)
             self.housekeeping(rt)
         if drain_inline:
@@ -316,7 +314,7 @@ class Daemon:
         self._locks[rt.agency.id] = conn
         return True
 
-    def intake(self, rt: AgencyRuntime) -> int:
+    def intake(self, rt: AgencyRuntime, *, drain_inline: bool = True) -> int:
         if not self._connect(rt):
             return 0
         handled = 0
@@ -348,7 +346,7 @@ class Daemon:
                     following = self._fetch(rt, pending[-1][0], options)
                 pending = following if len(done) == len(pending) else []
                 # What this batch queued goes out while the next one is handled.
-                if self._drain_inline:
+                if drain_inline:
                     self.drain_outbox()
                 else:
                     self._outbox_wake.set()
@@ -395,7 +393,7 @@ class Daemon:
                         sd_notify("WATCHDOG=1")  # a long backlog is progress, not a hang
                         row = ingest(ctx, mailbox=rt.source.folder, uidvalidity=uv, uid=uid, raw=raw,
                                      parsed=job.result())
-                        group.append((uid, row is not None and row.status in ("quarantined", "unmatched")))
+                        group.append((uid, row is not None and row.status in QUARANTINE_STATUSES))
                         j += 1
                         # A scrubbed password is purged from the WAL right after its own commit; a message
                         # still being parsed is waited for after this commit.
@@ -426,7 +424,7 @@ class Daemon:
                              parsed=parsed)
                 st = self._state(s, rt)
                 st.last_uid = max(st.last_uid, uid)
-                quarantined = row is not None and row.status in ("quarantined", "unmatched")
+                quarantined = row is not None and row.status in QUARANTINE_STATUSES
             self._purge_if_needed(s)
             return quarantined
         except IntegrityError:
@@ -445,7 +443,7 @@ class Daemon:
                     Inbound.agency == rt.agency.id, Inbound.mailbox == rt.source.folder,
                     Inbound.uidvalidity == rt.source.uidvalidity(), Inbound.server_done.is_(False))
             ).all()
-        self._mark(rt, rt.source.uidvalidity(), [(uid, status in ("quarantined", "unmatched")) for uid, status in rows])
+        self._mark(rt, rt.source.uidvalidity(), [(uid, status in QUARANTINE_STATUSES) for uid, status in rows])
 
     def _mark(self, rt: AgencyRuntime, uv: int, done: list[tuple[int, bool]]) -> None:
         """Flag (or move to quarantine) on the IMAP server what was committed, then record that it was."""

@@ -173,6 +173,10 @@ def _drop_audit(session: Session, transaction: Any) -> None:
         session.info.pop(_AUDIT_PENDING, None)
 
 
+# The statuses of a message that goes to the IMAP quarantine folder and waits for staff.
+QUARANTINE_STATUSES = ("quarantined", "unmatched")
+
+
 class Inbound(Base):
     __tablename__ = "inbound"
     __table_args__ = (
