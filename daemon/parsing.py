@@ -376,17 +376,19 @@ class ProcessParser:
                 continue  # it died between being chosen and being written to: a fresh one
         raise OSError("parser workers die as soon as they start")
 
+    def _give_up(self, exc: OSError) -> None:
+        # No worker can start here (a process limit, no executable): parse in the daemon itself rather
+        # than stop taking mail in.
+        log.error("parser workers cannot start (%s); parsing in the daemon process instead", exc)
+        self._unavailable = True
+
     def submit(self, raw: bytes, options: ParseOptions) -> Job:
-        if self._unavailable:
-            return _Done(parse(raw, options))
-        try:
-            return _ProcJob(self, raw, options)
-        except OSError as exc:
-            # No worker can start here (a process limit, no executable): parse in the daemon itself rather
-            # than stop taking mail in.
-            log.error("parser workers cannot start (%s); parsing in the daemon process instead", exc)
-            self._unavailable = True
-            return _Done(parse(raw, options))
+        if not self._unavailable:
+            try:
+                return _ProcJob(self, raw, options)
+            except OSError as exc:
+                self._give_up(exc)
+        return _Done(parse(raw, options))
 
     def warm(self) -> None:
         """Start the workers now (at daemon start), not when the first letter is waiting; remove what a
@@ -395,8 +397,7 @@ class ProcessParser:
         try:
             self._worker()
         except OSError as exc:
-            log.error("parser workers cannot start (%s); parsing in the daemon process instead", exc)
-            self._unavailable = True
+            self._give_up(exc)
 
     def wait(self, job: _ProcJob) -> ParseResult:
         while True:
@@ -429,8 +430,7 @@ class ProcessParser:
             job.again()
             return True
         except OSError as exc:
-            log.error("parser workers cannot start (%s); parsing in the daemon process instead", exc)
-            self._unavailable = True
+            self._give_up(exc)
             return False
 
     def _kill_worker_of(self, job: _ProcJob) -> None:
