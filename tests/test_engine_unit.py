@@ -369,3 +369,19 @@ def test_audit_of_a_rolled_back_transaction_never_reaches_the_next(world) -> Non
     s.close()
     with sessions() as s:
         assert [a.event for a in s.execute(select(Audit)).scalars()] == ["test.kept"]
+
+
+@pytest.mark.parametrize("limit, attached", [(5 * 1024 * 1024, True), (100, False)])
+def test_later_step_mails_attach_the_letter_unless_it_is_large(world, monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+                                                               limit: int, attached: bool) -> None:
+    """The step mail after an approval reads the original letter back from the database (engine
+    `_original_attachment`); one over ORIGINAL_ATTACH_LIMIT is not copied into it."""
+    monkeypatch.setattr("workflows.engine.ORIGINAL_ATTACH_LIMIT", limit)
+    d, src, tr, _dns, _sessions = world
+    letter = request_mail("dinsos@trenggalekkab.go.id", "dinsoslampiran")
+    src.add(letter)
+    d.run_once()
+    approve(d, src, tr, "kadis")
+    mail = email.message_from_bytes(last_to(tr, ACTORS["kabid"][0]), policy=email.policy.default)
+    found = [part.get_content() for part in mail.iter_attachments() if part.get_filename() == "surat-permohonan.eml"]
+    assert found == ([letter] if attached else [])

@@ -227,7 +227,7 @@ def open_request(
     if inbound is not None:
         inbound.request_id = req.id
         # The letter is at hand: the step mails attach it without reading it back (_original_attachment).
-        if source_message_id and inbound.raw is not None:
+        if source_message_id:
             ctx.session.info.setdefault("original_attachment", {})[source_message_id] = (
                 inbound.raw if len(inbound.raw) <= ORIGINAL_ATTACH_LIMIT else None)
     audit(ctx, req, "request.received", actor=requester, message_id=source_message_id,
@@ -257,13 +257,13 @@ def _original_attachment(ctx: Ctx, req: Request) -> list[MailAttachment]:
         return []
     cache = ctx.session.info.setdefault("original_attachment", {})
     if req.source_message_id not in cache:
-        of_letter = InboundRaw.inbound_id == select(Inbound.id).where(
-            Inbound.message_id == req.source_message_id).scalar_subquery()
-        size = ctx.session.execute(select(func.length(InboundRaw.raw)).where(of_letter)).scalar_one_or_none()
-        raw = None
-        if size and size <= ORIGINAL_ATTACH_LIMIT:
-            raw = ctx.session.execute(select(InboundRaw.raw).where(of_letter)).scalar_one_or_none()
-        cache[req.source_message_id] = raw
+        # The size is checked in the query: a large letter's bytes are never read.
+        cache[req.source_message_id] = ctx.session.execute(
+            select(InboundRaw.raw).where(
+                InboundRaw.inbound_id == select(Inbound.id).where(
+                    Inbound.message_id == req.source_message_id).scalar_subquery(),
+                func.length(InboundRaw.raw) <= ORIGINAL_ATTACH_LIMIT)
+        ).scalar_one_or_none()
     raw = cache[req.source_message_id]
     if not raw:
         return []
