@@ -326,7 +326,13 @@ def lmtp_transaction(
     if not accepted:
         lmtp.rset()
         return results
-    results[accepted[0]] = lmtp.data(raw)
+    return results | lmtp_data(lmtp, accepted, raw)
+
+
+def lmtp_data(lmtp: smtplib.LMTP, accepted: Sequence[str], raw: bytes) -> dict[str, tuple[int, bytes]]:
+    """DATA for a transaction whose `accepted` recipients were taken: one reply per recipient, in order
+    (RFC 2033 section 4.2)."""
+    results = {accepted[0]: lmtp.data(raw)}
     for rcpt in accepted[1:]:
         results[rcpt] = lmtp.getreply()
     return results
@@ -1112,18 +1118,10 @@ class _RelayHandler:
         lmtp = getattr(session, "lmtp", None)
         session.lmtp = None
 
-        def data() -> dict[str, tuple[int, bytes]]:
-            assert lmtp is not None
-            # RFC 2033 section 4.2: one reply per accepted recipient, in order.
-            results = {rcpts[0]: lmtp.data(raw)}
-            for rcpt in rcpts[1:]:
-                results[rcpt] = lmtp.getreply()
-            return results
-
         if lmtp is None:
             return "503 5.5.1 Error: need RCPT command"
         try:
-            results = await asyncio.to_thread(data)
+            results = await asyncio.to_thread(lmtp_data, lmtp, rcpts, raw)
         except (OSError, smtplib.SMTPException) as exc:
             self.relay.pool.release(lmtp, ok=False)
             self.relay._log(f"DATA from <{mail_from}> to {rcpts}: LMTP failed: {exc!r}")

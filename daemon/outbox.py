@@ -238,13 +238,14 @@ def _record(sessions: sessionmaker[Session], clock: Callable[[], datetime],
         if plain:
             s.execute(update(Outbox).where(Outbox.id.in_(plain))
                       .values(status="sent", sent_at=clock(), last_error=None))
-        for (row_id, _frm, rcpts, _raw, message_id, sensitive), error in zip(claimed, results, strict=True):
+        for c, error in zip(claimed, results, strict=True):
+            message_id = c.message_id
             if error is None:
                 out.counts["sent"] += 1
-                log.info("sent %s to %d recipient(s)", message_id, len(rcpts))
-                if not sensitive:
+                log.info("sent %s to %d recipient(s)", message_id, len(c.rcpts))
+                if not c.sensitive:
                     continue
-            row = s.get(Outbox, row_id)
+            row = s.get(Outbox, c.id)
             if row is None:
                 continue
             if isinstance(error, NotTried):
