@@ -349,7 +349,7 @@ def main() -> int:
     if args.memory:
         main_peak = float(res["peak_rss_mb"])
         children = [float(x) for x in res.get("children_peak_rss_mb", [])]
-        # Summed peaks: an upper bound (the peaks need not coincide, and forked processes share pages).
+        # Summed peaks: an upper bound (the peaks need not coincide, and the processes share library pages).
         peak = main_peak + sum(children)
         ok = peak < RSS_TARGET_MB and complete
         parts = " + ".join(f"{x:.1f}" for x in [main_peak, *children])

@@ -319,12 +319,25 @@ def worker_cpu(daemon: Any) -> float:
     return sum(process_cpu(_worker_pids(daemon)).values())
 
 
+def _stat(pid: int | str) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (so the 1st is the state, the 2nd the parent)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def status_mb(pid: int | str, field: str) -> float:
+    """A size from /proc/PID/status (VmRSS, VmHWM...) in MB; nan when the kernel does not give it."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def process_cpu(pids: Sequence[int]) -> dict[int, float]:
     """CPU seconds (user + system) of each live process in `pids` so far."""
     out = {}
     for pid in pids:
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            fields = _stat(pid)
         except (FileNotFoundError, ProcessLookupError):
             continue
         out[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -360,7 +373,7 @@ def descendants(pid: int) -> list[int]:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                parent[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                parent[int(entry.name)] = int(_stat(entry.name)[1])
             except (FileNotFoundError, ProcessLookupError, IndexError):
                 continue
     found, frontier = [], [pid]
@@ -398,23 +411,16 @@ class TreeSampler:
                 pids, refreshed = [self.pid, *descendants(self.pid)], time.monotonic()
             total = 0.0
             for pid in pids:
-                try:
-                    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                        if line.startswith("VmRSS:"):
-                            total += int(line.split()[1]) / 1024
-                            break
-                except (FileNotFoundError, ProcessLookupError):
-                    continue
+                with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                    rss = status_mb(pid, "VmRSS")
+                    total += 0.0 if math.isnan(rss) else rss  # a zombie (a worker being replaced) has none
             self.peak = max(self.peak, total)
             self._stop.wait(self.interval)
 
 
 def vm_hwm_mb(pid: int) -> float:
-    """Peak resident set size of a live process, from /proc/PID/status (VmHWM)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """Peak resident set size of a live process (VmHWM)."""
+    return status_mb(pid, "VmHWM")
 
 
 def verdict(ok: bool) -> str:
