@@ -3,6 +3,9 @@
 Bounded and total: at most `limits.max_pdf_pages` pages are read, a file whose compressed streams inflate
 beyond `limits.max_decompressed_bytes` is refused before it is parsed, and anything a hostile or broken PDF
 raises becomes a `Problem` on the field "lampiran", never a traceback.
+
+Image data is never loaded: the form is in the text layer and the AcroForm, and a 20 MB scan read by
+pdfminer cost two copies of its image stream (`_ImageBlindFile`).
 """
 
 from __future__ import annotations
@@ -36,7 +39,16 @@ _MAX_TOTAL_CONTENT_BYTES = 6 * 1024 * 1024
 _SCAN_PAGE_CHARS = 20  # a page with an image and fewer characters than this is a scan
 _MAX_TABLE_EDGES = 2000  # rects + lines on a page beyond which table detection is skipped
 _INFLATE_STEP = 4 * 1024 * 1024
-_STREAM_RE = re.compile(rb"stream\r?\n")
+# Input is fed to zlib in pieces of this size: on an error, and whenever output stops at _INFLATE_STEP, zlib
+# keeps a copy of the input it has not consumed (a 20 MB stream that is not Flate at all cost 20 MB more).
+_INFLATE_INPUT = 1024 * 1024
+# Not the "stream" of "endstream": that match made the check jump from one stream's end to the next one's,
+# so every second stream of a file went unchecked (tests/test_pdf_memory.py).
+_STREAM_RE = re.compile(rb"(?<!end)stream\r?\n")
+# A stream at least this long whose dictionary says /Subtype /Image is not read (see _ImageBlindFile).
+_BLIND_MIN = 64 * 1024
+_DICT_LOOKBACK = 4096
+_IMAGE_DICT_RE = re.compile(rb"/Subtype\s*/Image(?![A-Za-z0-9])")
 
 
 @dataclass(frozen=True)
@@ -83,21 +95,55 @@ def inflated_size_exceeds(data: bytes, limit: int) -> bool:
         end = data.find(b"endstream", start)
         if end < 0:
             end = len(data)
-        inflater = zlib.decompressobj()
-        try:
-            total += len(inflater.decompress(view[start:end], _INFLATE_STEP))
+        total += _inflated_size(view, start, end, limit - total)
+        if total > limit:
+            return True
+        pos = max(end, start) + 1
+
+
+def _inflated_size(view: memoryview, start: int, end: int, budget: int) -> int:
+    """What view[start:end] inflates to, counted up to just past `budget`; 0 bytes for what is not Flate
+    (JPEG, raw), whose stored size is what it costs."""
+    inflater = zlib.decompressobj()
+    total = 0
+    try:
+        for at in range(start, end, _INFLATE_INPUT):
+            total += len(inflater.decompress(view[at : min(at + _INFLATE_INPUT, end)], _INFLATE_STEP))
             # At the stream's end, bytes after it stay in unconsumed_tail for ever: stop on eof, and on a
             # step that yields nothing (found by bench/backlog.py --memory: intake hung on a scanned page).
-            while inflater.unconsumed_tail and not inflater.eof and total <= limit:
+            while inflater.unconsumed_tail and not inflater.eof and total <= budget:
                 step = inflater.decompress(inflater.unconsumed_tail, _INFLATE_STEP)
                 if not step:
                     break
                 total += len(step)
-        except zlib.error:
-            pass  # not a Flate stream (JPEG, raw): stored size is what it costs
-        if total > limit:
-            return True
-        pos = max(end, start) + 1
+            if inflater.eof or total > budget:
+                break
+    except zlib.error:
+        pass
+    return total
+
+
+class _ImageBlindFile(io.BytesIO):
+    """The PDF for pdfminer, except the data of large image streams, which reads as empty.
+
+    pdfminer reads a whole stream when it parses its object (`bytearray(fp.read(n))`, then `bytes()` of it:
+    two copies, 42 MB for a 20 MB scan, measured by bench/backlog.py --memory) though text extraction never
+    decodes an image: the page keeps the image's dictionary (size, colour space), which `page.images`
+    reports. The stream's dictionary is found just before the read, after its object's "obj".
+    """
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)  # shares `data` until written, which pdfminer never does
+        self._data = data
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is not None and size >= _BLIND_MIN:
+            at = self.tell()
+            head = self._data.rfind(b"obj", max(0, at - _DICT_LOOKBACK), at)
+            if head >= 0 and _IMAGE_DICT_RE.search(self._data, head, at):
+                self.seek(min(at + size, len(self._data)))
+                return b""
+        return super().read(size)
 
 
 def read_pdf(data: bytes, limits: Limits, filename: str | None = None) -> PdfContent:
@@ -129,7 +175,7 @@ def _read(data: bytes, limits: Limits, filename: str | None) -> PdfContent:
     records: list[tuple[float, int, tuple[str, ...]]] = []
     chars = 0
     scans: list[int] = []
-    with pdfplumber.open(io.BytesIO(data), pages=list(range(1, limits.max_pdf_pages + 1))) as pdf:
+    with pdfplumber.open(_ImageBlindFile(data), pages=list(range(1, limits.max_pdf_pages + 1))) as pdf:
         total = _page_count(pdf)
         if total > limits.max_pdf_pages:
             problems.append(
