@@ -16,7 +16,6 @@ from email.utils import parseaddr
 from typing import Literal
 
 from parsers import normalize
-from parsers.docx import read_docx
 from parsers.fields import (
     Hit,
     extract_records,
@@ -151,6 +150,10 @@ def extract_request(msg: ParsedMessage, opts: ParseOptions) -> RequestFields | N
             if content.scan_pages and not content.form_fields:
                 scans.append((att, content.scan_pages))
         elif kind == "docx":
+            # Imported on the first DOCX: python-docx and lxml are 13 MB of a parser worker's memory, which
+            # an office whose letters come as PDF and in the mail body never needs (bench/backlog.py --memory).
+            from parsers.docx import read_docx
+
             doc = read_docx(att.data, opts.limits, att.filename)
             problems.extend(doc.problems)
             hits["docx"].extend(_renumber(_text_hits(list(doc.records), opts), len(hits["docx"])))

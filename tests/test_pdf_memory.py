@@ -1,4 +1,5 @@
-"""Memory of `read_pdf` on a large scan stays bounded (issue 7: peak RSS with 20 MB letters).
+"""Memory of the attachment readers: `read_pdf` on a large scan stays bounded, and the DOCX reader is not
+loaded until a DOCX comes (issue 7: peak RSS with 20 MB letters).
 
 The text layer and the form are read, the image data is not: pdfminer held two copies of an image stream
 while it parsed the page, and the decompression-bomb check held a third when the stream was not Flate.
@@ -8,14 +9,18 @@ No wall-time assertions: only `tracemalloc` peaks, which do not depend on the ma
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 import tracemalloc
 import zlib
+from pathlib import Path
 
 from daemon.localoffice import hand_pdf, scanned_pdf
 from parsers.model import Limits
 from parsers.pdf import PdfContent, inflated_size_exceeds, read_pdf
 
 MB = 1024 * 1024
+FIXTURES = Path(__file__).parent / "fixtures" / "emails"
 TEXT = b"BT /F1 11 Tf 72 760 Td (Nama Sub Domain : dinsos) Tj ET"
 
 
@@ -96,3 +101,19 @@ def test_bomb_after_another_stream_is_refused() -> None:
     assert [p.reason for p in content.problems] == [
         "Lampiran 'surat.pdf' tidak dapat diperiksa: isinya setelah dibuka melebihi 50 MB"
     ]
+
+
+def test_docx_reader_is_loaded_only_for_a_docx() -> None:
+    # python-docx and lxml are 13 MB of a parser worker: an office sending PDFs and body forms never needs
+    # them. Run in a fresh interpreter, as a worker is.
+    script = (
+        "import sys; from pathlib import Path; from parsers import parse\n"
+        "d = Path(sys.argv[1])\n"
+        "assert parse((d / 'request_pdf_acroform.eml').read_bytes()).kind == 'request'\n"
+        "print('docx' in sys.modules, 'lxml' in sys.modules)\n"
+        "assert parse((d / 'request_docx_table.eml').read_bytes()).kind == 'request'\n"
+        "print('docx' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script, str(FIXTURES)], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.split() == ["False", "False", "True"], out.stderr
