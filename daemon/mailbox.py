@@ -19,6 +19,7 @@ import imapclient
 from imapclient.exceptions import IMAPClientError
 
 from daemon.config import ImapConfig
+from workflows.rawmail import RawMail, Spooled, discard
 
 log = logging.getLogger("subdomaind.imap")
 
@@ -40,7 +41,7 @@ class MailSource(Protocol):
 
     def connect(self) -> None: ...
     def uidvalidity(self) -> int: ...
-    def fetch_new(self, last_uid: int, limit: int, max_bytes: int = ...) -> list[tuple[int, bytes]]: ...
+    def fetch_new(self, last_uid: int, limit: int, max_bytes: int = ...) -> list[tuple[int, RawMail]]: ...
     def mark_handled(self, uids: Sequence[int], *, quarantine: bool) -> None: ...
     def wait(self, timeout: float) -> bool: ...
     def close(self) -> None: ...
@@ -98,9 +99,10 @@ class ImapSource:
     def uidvalidity(self) -> int:
         return self._uidvalidity
 
-    def fetch_new(self, last_uid: int, limit: int, max_bytes: int = FETCH_BYTES) -> list[tuple[int, bytes]]:
+    def fetch_new(self, last_uid: int, limit: int, max_bytes: int = FETCH_BYTES) -> list[tuple[int, RawMail]]:
         """The next messages after `last_uid`, in UID order: at most `limit`, and no more than `max_bytes`
-        of them unless the first alone is larger."""
+        of them unless the first alone is larger. One over PIECE_BYTES comes as a file in the spool
+        directory (`Spooled`), which the caller discards once the message is stored."""
         c = self._c()
         try:
             # NOOP first: it makes the server sync the selected mailbox, so mail that arrived since this
@@ -121,35 +123,50 @@ class ImapSource:
                 total += sizes.get(uid, 0)
             small = [u for u in chosen if sizes.get(u, 0) <= PIECE_BYTES]
             data = c.fetch(small, [b"BODY.PEEK[]"]) if small else {}
-            out: list[tuple[int, bytes]] = []
-            for uid in chosen:
-                raw = data.get(uid, {}).get(b"BODY[]") if uid in small else self._fetch_in_pieces(uid, sizes[uid])
-                if raw is not None:
-                    out.append((uid, bytes(raw)))
+            out: list[tuple[int, RawMail]] = []
+            try:
+                for uid in chosen:
+                    if uid in small:
+                        body = data.get(uid, {}).get(b"BODY[]")
+                        if body is not None:
+                            out.append((uid, bytes(body)))
+                    elif (spooled := self._fetch_in_pieces(uid, sizes[uid])) is not None:
+                        out.append((uid, spooled))
+            except BaseException:
+                discard([raw for _uid, raw in out])  # a fetch cut short leaves no file behind
+                raise
         except (TimeoutError, OSError, IMAPClientError) as exc:
             raise MailSourceError(f"IMAP fetch: {exc}") from exc
         return out
 
-    def _fetch_in_pieces(self, uid: int, size: int) -> bytes | None:
-        # The pieces go to a file and come back as one read of its exact size: joined in memory (or grown
-        # in a bytearray), a 27 MB letter was held twice at the end of its fetch.
+    def _fetch_in_pieces(self, uid: int, size: int) -> Spooled | None:
+        # The pieces go to a file, which the main process never reads whole (workflows/rawmail.py): joined
+        # in memory (or grown in a bytearray), a 27 MB letter was held twice at the end of its fetch.
         c = self._c()
         if self.spool_dir is not None:
             self.spool_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=self.spool_dir) as spool:
-            got = 0
-            while got < size:
-                item = f"BODY.PEEK[]<{got}.{PIECE_BYTES}>".encode()
-                data = c.fetch([uid], [item]).get(uid, {})
-                # The server names the answer BODY[]<offset> (RFC 3501 7.4.2).
-                piece = next((v for k, v in data.items() if k.startswith(b"BODY[]")), None)
-                if not piece:
-                    break
-                spool.write(piece)
-                got += len(piece)
-                del piece, data
-            spool.seek(0)
-            return spool.read() or None
+        # mkstemp: 0600, and a name no other daemon process sharing the state directory can take.
+        fd, name = tempfile.mkstemp(prefix="fetch-", suffix=".eml", dir=self.spool_dir)
+        got = 0
+        try:
+            with open(fd, "wb") as spool:
+                while got < size:
+                    item = f"BODY.PEEK[]<{got}.{PIECE_BYTES}>".encode()
+                    data = c.fetch([uid], [item]).get(uid, {})
+                    # The server names the answer BODY[]<offset> (RFC 3501 7.4.2).
+                    piece = next((v for k, v in data.items() if k.startswith(b"BODY[]")), None)
+                    if not piece:
+                        break
+                    spool.write(piece)
+                    got += len(piece)
+                    del piece, data
+        except BaseException:
+            Path(name).unlink(missing_ok=True)
+            raise
+        if not got:
+            Path(name).unlink(missing_ok=True)
+            return None
+        return Spooled(Path(name), got)
 
     def mark_handled(self, uids: Sequence[int], *, quarantine: bool) -> None:
         """Flag what was handled (one STORE for the lot), then move it to its folder where one is set."""

@@ -45,6 +45,7 @@ from typing import IO, Protocol
 
 from parsers import parse
 from parsers.model import Attachment, ParsedMessage, ParseOptions, ParseResult
+from workflows.rawmail import STALE_SECONDS, RawMail, Spooled, remove_stale, whole
 
 log = logging.getLogger("subdomaind.parsing")
 
@@ -55,7 +56,6 @@ RETURN_ATTACHMENT_MAX = 256 * 1024
 
 # A message at least this large reaches the worker as a file (see the module docstring).
 SPOOL_MIN = 256 * 1024
-SPOOL_STALE_SECONDS = 3600.0  # far beyond two parse timeouts: nobody is parsing a file this old
 
 TIMEOUT_REASON = ("pesan tidak dapat dibaca dalam {seconds:.0f} detik (kemungkinan berkas lampiran rusak atau "
                   "dibuat untuk membebani sistem); pesan disimpan di karantina")
@@ -72,7 +72,7 @@ class Job(Protocol):
 
 
 class Parser(Protocol):
-    def submit(self, raw: bytes, options: ParseOptions) -> Job: ...
+    def submit(self, raw: RawMail, options: ParseOptions) -> Job: ...
     def warm(self) -> None: ...
     def close(self) -> None: ...
 
@@ -109,8 +109,8 @@ class _Done:
 class InlineParser:
     """Parse at once, in this process."""
 
-    def submit(self, raw: bytes, options: ParseOptions) -> Job:
-        return _Done(parse(raw, options))
+    def submit(self, raw: RawMail, options: ParseOptions) -> Job:
+        return _Done(parse(whole(raw), options))
 
     def warm(self) -> None:
         pass
@@ -293,12 +293,18 @@ class _Worker:
 
 
 class _ProcJob:
-    def __init__(self, owner: ProcessParser, raw: bytes, options: ParseOptions) -> None:
+    def __init__(self, owner: ProcessParser, raw: RawMail, options: ParseOptions) -> None:
         self.owner = owner
         self.raw = raw
         self.options = options
-        self.spool: Path | None = owner.spool(raw) if len(raw) >= SPOOL_MIN else None
-        self.source: bytes | str = str(self.spool) if self.spool is not None else raw
+        # A letter fetched into a file goes as that file (the fetcher's to remove); a large one held in
+        # memory is written to a file of the parser's own.
+        self.spool: Path | None = None
+        if isinstance(raw, Spooled):
+            self.source: bytes | str = str(raw.path)
+        else:
+            self.spool = owner.spool(raw) if len(raw) >= SPOOL_MIN else None
+            self.source = str(self.spool) if self.spool is not None else raw
         self.tries = 0
         self.value: ParseResult | None = None
         self.future: concurrent.futures.Future[ParseResult] = concurrent.futures.Future()
@@ -346,20 +352,8 @@ class ProcessParser:
             f.write(raw)
         return Path(name)
 
-    def clean_spool(self, older_than: float = SPOOL_STALE_SECONDS) -> int:
-        """Remove spool files older than `older_than` seconds; a younger one may belong to another daemon
-        process sharing the state directory (scale-out), still being parsed."""
-        if self.spool_dir is None or not self.spool_dir.is_dir():
-            return 0
-        removed = 0
-        for path in self.spool_dir.glob("parse-*.eml"):
-            with contextlib.suppress(FileNotFoundError):
-                if time.time() - path.stat().st_mtime > older_than:
-                    path.unlink()
-                    removed += 1
-        if removed:
-            log.warning("removed %d spool file(s) left by an earlier run", removed)
-        return removed
+    def clean_spool(self, older_than: float = STALE_SECONDS) -> int:
+        return remove_stale(self.spool_dir, older_than) if self.spool_dir is not None else 0
 
     def _worker(self) -> _Worker:
         self._workers[:] = [w for w in self._workers if w.alive]
@@ -382,13 +376,13 @@ class ProcessParser:
         log.error("parser workers cannot start (%s); parsing in the daemon process instead", exc)
         self._unavailable = True
 
-    def submit(self, raw: bytes, options: ParseOptions) -> Job:
+    def submit(self, raw: RawMail, options: ParseOptions) -> Job:
         if not self._unavailable:
             try:
                 return _ProcJob(self, raw, options)
             except OSError as exc:
                 self._give_up(exc)
-        return _Done(parse(raw, options))
+        return _Done(parse(whole(raw), options))
 
     def warm(self) -> None:
         """Start the workers now (at daemon start), not when the first letter is waiting; remove what a
@@ -414,7 +408,7 @@ class ProcessParser:
                 reason = CRASH_REASON
             except _Lost:
                 if not self._again(job):  # not this message's fault: no try counted
-                    return parse(job.raw, job.options)
+                    return parse(whole(job.raw), job.options)
                 continue
             except Exception as exc:  # noqa: BLE001 - an unreadable answer
                 log.exception("parser worker failed")

@@ -34,6 +34,7 @@ from workflows.digest import digest_due, send_digest
 from workflows.engine import Ctx, Services, due_actions, run_action
 from workflows.mailer import Mailer
 from workflows.provision import CommandHosting, HostingBackend, NoHosting, Rfc2136Dns
+from workflows.rawmail import RawMail, discard, remove_stale
 from workflows.reminders import due_reminders
 from workflows.sop import Sop, load_sop
 from workflows.store import QUARANTINE_STATUSES, Inbound, MailboxState, StepRun, utcnow, writer_sessions
@@ -333,23 +334,30 @@ class Daemon:
             options = parse_options_for(rt.agency, self.config.limits)
             # The next batch is fetched and handed to the parser workers before this one's mail is sent:
             # parsing overlaps the database and SMTP work of the main loop.
-            pending = self._fetch(rt, last_uid, options)
-            while pending and not self.stopping.is_set():
-                # The next batch goes to the parser workers before this one is handled, unless this one is
-                # already large (scanned letters: two batches of them would be in memory at once).
-                ahead = sum(len(raw) for _uid, raw, _job in pending) < FETCH_BYTES // 2
-                following = self._fetch(rt, pending[-1][0], options) if ahead else []
-                done = self._take_many(rt, uv, pending)
-                handled += len(done)
-                self._mark(rt, uv, done)
-                if not ahead and len(done) == len(pending) and not self.stopping.is_set():
-                    following = self._fetch(rt, pending[-1][0], options)
-                pending = following if len(done) == len(pending) else []
-                # What this batch queued goes out while the next one is handled.
-                if drain_inline:
-                    self.drain_outbox()
-                else:
-                    self._outbox_wake.set()
+            # Every letter fetched into a file is removed once stored, or, if this intake ends first, when it
+            # ends: its UID is not past the checkpoint, so it is fetched again.
+            fetched: list[RawMail] = []
+            try:
+                pending = self._fetch(rt, last_uid, options, fetched)
+                while pending and not self.stopping.is_set():
+                    # The next batch goes to the parser workers before this one is handled, unless this one
+                    # is already large (scanned letters: two batches of them would be waiting at once).
+                    ahead = sum(len(raw) for _uid, raw, _job in pending) < FETCH_BYTES // 2
+                    following = self._fetch(rt, pending[-1][0], options, fetched) if ahead else []
+                    done = self._take_many(rt, uv, pending)
+                    handled += len(done)
+                    discard([raw for _uid, raw, _job in pending[:len(done)]])
+                    self._mark(rt, uv, done)
+                    if not ahead and len(done) == len(pending) and not self.stopping.is_set():
+                        following = self._fetch(rt, pending[-1][0], options, fetched)
+                    pending = following if len(done) == len(pending) else []
+                    # What this batch queued goes out while the next one is handled.
+                    if drain_inline:
+                        self.drain_outbox()
+                    else:
+                        self._outbox_wake.set()
+            finally:
+                discard(fetched)
             with self.sessions.begin() as s:
                 st = self._state(s, rt)
                 st.last_ok_at = self.clock()
@@ -362,10 +370,13 @@ class Daemon:
             self._intake_failed(rt, exc)
         return handled
 
-    def _fetch(self, rt: AgencyRuntime, last_uid: int, options: ParseOptions) -> list[tuple[int, bytes, Job]]:
-        return [(uid, raw, self.parser.submit(raw, options)) for uid, raw in rt.source.fetch_new(last_uid, FETCH_BATCH)]
+    def _fetch(self, rt: AgencyRuntime, last_uid: int, options: ParseOptions,
+               fetched: list[RawMail]) -> list[tuple[int, RawMail, Job]]:
+        batch = rt.source.fetch_new(last_uid, FETCH_BATCH)
+        fetched.extend(raw for _uid, raw in batch)
+        return [(uid, raw, self.parser.submit(raw, options)) for uid, raw in batch]
 
-    def _take_many(self, rt: AgencyRuntime, uv: int, items: list[tuple[int, bytes, Job]]) -> list[tuple[int, bool]]:
+    def _take_many(self, rt: AgencyRuntime, uv: int, items: list[tuple[int, RawMail, Job]]) -> list[tuple[int, bool]]:
         """Ingest messages in order, several to a transaction (up to GROUP_SECONDS of work), each with the
         checkpoint; (uid, quarantined) for each one taken. The handlers still run one savepoint per message.
 
@@ -412,7 +423,7 @@ class Daemon:
                 i = j + 1
         return done
 
-    def _take(self, rt: AgencyRuntime, uv: int, uid: int, raw: bytes, parsed: ParseResult) -> bool:
+    def _take(self, rt: AgencyRuntime, uv: int, uid: int, raw: RawMail, parsed: ParseResult) -> bool:
         """Ingest one message with its checkpoint in one transaction; True when it goes to quarantine."""
         from sqlalchemy.exc import IntegrityError
 
@@ -550,6 +561,7 @@ class Daemon:
                 t.start()
                 self._watchers.append(t)
         self.start_sender()
+        remove_stale(self.spool_dir)
         self.parser.warm()
         passes = 0
         poll = min(rt.agency.imap.poll_seconds for rt in self.runtimes.values())

@@ -312,12 +312,13 @@ def test_group_transaction_redone_one_by_one_after_a_race(world, monkeypatch: py
 def test_large_letter_is_stored_whole_through_blob_pieces(world) -> None:  # type: ignore[no-untyped-def]
     """A letter over BLOB_STREAM_MIN goes into SQLite in pieces (workflows/store.py): byte for byte the
     message that came, and handled as any other."""
-    from workflows.store import BLOB_PIECE, BLOB_STREAM_MIN
+    from workflows.rawmail import PIECE
+    from workflows.store import BLOB_STREAM_MIN
 
     d, src, _tr, _dns, sessions = world
     msg = email.message_from_bytes(request_mail("dinsos@trenggalekkab.go.id", "dinsosbesar"),
                                    policy=email.policy.default)
-    msg.add_attachment(os.urandom(BLOB_STREAM_MIN + BLOB_PIECE // 3), maintype="application",
+    msg.add_attachment(os.urandom(BLOB_STREAM_MIN + PIECE // 3), maintype="application",
                        subtype="octet-stream", filename="scan.bin")
     big = msg.as_bytes()
     src.add(big)
@@ -385,3 +386,27 @@ def test_later_step_mails_attach_the_letter_unless_it_is_large(world, monkeypatc
     mail = email.message_from_bytes(last_to(tr, ACTORS["kabid"][0]), policy=email.policy.default)
     found = [part.get_content() for part in mail.iter_attachments() if part.get_filename() == "surat-permohonan.eml"]
     assert found == ([letter] if attached else [])
+
+
+def test_spooled_letter_is_read_whole_only_to_blank_a_password(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A letter fetched into a file stays a file unless it quotes a password we issued (workflows/
+    rawmail.py); one that does is read, and the password blanked, even across two read pieces."""
+    from workflows import inbound
+    from workflows.provision import PASSWORD_LENGTH
+    from workflows.rawmail import PIECE, Spooled
+
+    password = b"Kq7Xm2Tz9Wp4Rb6Nc8Vd"[:PASSWORD_LENGTH]
+    issued = {hashlib.sha256(password).hexdigest()}
+    monkeypatch.setattr(inbound, "_issued", lambda _ctx, digests: issued & set(digests))
+    letter = bytearray(b"Subject: BERHASIL\r\n\r\n" + b"x " * (PIECE + 4096))
+    at = PIECE - PASSWORD_LENGTH // 2  # the password straddles the first piece's end
+    letter[at - 1:at + PASSWORD_LENGTH + 1] = b" " + password + b" "
+    path = tmp_path / "fetch-1.eml"
+    path.write_bytes(bytes(letter))
+    quoting = Spooled(path, path.stat().st_size)
+    out = inbound.redact_issued_passwords(None, quoting)  # type: ignore[arg-type]
+    assert isinstance(out, bytes) and password not in out and b"*" * PASSWORD_LENGTH in out
+    assert len(out) == len(quoting) and password in path.read_bytes()  # the file itself is not rewritten
+    path.write_bytes(b"Subject: scan\r\n\r\n" + b"y " * (3 * PIECE))
+    plain = Spooled(path, path.stat().st_size)
+    assert inbound.redact_issued_passwords(None, plain) is plain  # type: ignore[arg-type]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import email
+import email.policy
 import tempfile
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -17,6 +19,7 @@ from daemon.mailbox import ImapSource, MailSourceError
 from daemon.outbox import SendError, SmtpTransport
 from daemon.service import Daemon
 from workflows.db import upgrade
+from workflows.rawmail import Spooled
 from workflows.store import Audit, Inbound, MailboxState, Request, make_engine, make_sessionmaker
 
 pytestmark = pytest.mark.servers
@@ -48,9 +51,10 @@ def test_imap_starttls_verifies_the_server(dovecot_tls: Dovecot) -> None:
         unverified.connect()
 
 
-def test_large_message_is_fetched_in_pieces_through_the_spool_whole(dovecot: Dovecot, tmp_path: Path) -> None:
-    """A message over PIECE_BYTES comes in 1 MB partial fetches (RFC 3501 6.4.5) gathered in a file under
-    the spool directory: byte for byte what the server holds, and no file left behind."""
+def test_large_message_is_fetched_in_pieces_into_a_spool_file(dovecot: Dovecot, tmp_path: Path) -> None:
+    """A message over PIECE_BYTES comes in 1 MB partial fetches (RFC 3501 6.4.5) into a file under the
+    spool directory, which the daemon never reads whole (workflows/rawmail.py): byte for byte what the
+    server holds, readable by nobody else, and gone when discarded."""
     import os
 
     from daemon.mailbox import PIECE_BYTES
@@ -72,7 +76,11 @@ def test_large_message_is_fetched_in_pieces_through_the_spool_whole(dovecot: Dov
     finally:
         src.close()
     assert (uid1, uid2) == (1, 2) and len(got2) > 2 * PIECE_BYTES
-    assert [got1, got2] == stored
+    assert isinstance(got1, bytes) and isinstance(got2, Spooled)
+    assert [got1, got2.read()] == stored and len(got2) == len(stored[1])
+    assert list((tmp_path / "spool").iterdir()) == [got2.path]
+    assert got2.path.name.startswith("fetch-") and got2.path.stat().st_mode & 0o777 == 0o600
+    got2.discard()
     assert list((tmp_path / "spool").iterdir()) == []
 
 
@@ -121,6 +129,31 @@ def test_unreadable_message_is_quarantined_and_the_next_is_handled(daemon_on, do
     d.run_once()
     with sessions() as s:
         assert len(s.execute(select(Inbound)).scalars().all()) == 2
+
+
+def test_large_letter_goes_from_its_spool_file_into_the_database(daemon_on, dovecot: Dovecot) -> None:  # type: ignore[no-untyped-def]
+    """A letter over PIECE_BYTES is fetched into a file, parsed by a worker from that file and stored from
+    it in pieces (workflows/rawmail.py): handled as any other, stored byte for byte, its file then gone."""
+    import hashlib
+    import os
+
+    from daemon.mailbox import PIECE_BYTES
+
+    d, mailbox, sessions = daemon_on
+    msg = email.message_from_bytes(request_mail("dinsos@trenggalekkab.go.id", "dinsosbesar", to=mailbox.address),
+                                   policy=email.policy.default)
+    assert isinstance(msg, EmailMessage)
+    msg.add_attachment(os.urandom(PIECE_BYTES * 2 + 777), maintype="application", subtype="pdf",
+                       filename="pindaian_surat.pdf")
+    dovecot.append(mailbox.name, msg.as_bytes())
+    [stored] = dovecot.messages(mailbox.name)
+    d.run_once()
+    with sessions() as s:
+        row = s.execute(select(Inbound)).scalar_one()
+        assert row.status == "handled" and row.sha256 == hashlib.sha256(stored).hexdigest()
+        assert row.raw == stored
+        assert s.execute(select(Request)).scalar_one().subdomain == "dinsosbesar"
+    assert list(d.spool_dir.iterdir()) == []
 
 
 def test_same_message_id_twice_is_handled_once(daemon_on, dovecot: Dovecot) -> None:  # type: ignore[no-untyped-def]

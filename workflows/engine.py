@@ -48,6 +48,7 @@ from workflows.store import (
     Request,
     StepRun,
     pending_audit,
+    raw_in_memory,
 )
 
 log = logging.getLogger("subdomaind.engine")
@@ -227,9 +228,11 @@ def open_request(
     if inbound is not None:
         inbound.request_id = req.id
         # The letter is at hand: the step mails attach it without reading it back (_original_attachment).
-        if source_message_id:
+        # One stored from its file is not: that query checks its size without reading it.
+        held = raw_in_memory(inbound) if source_message_id else None
+        if source_message_id and held is not None:
             ctx.session.info.setdefault("original_attachment", {})[source_message_id] = (
-                inbound.raw if len(inbound.raw) <= ORIGINAL_ATTACH_LIMIT else None)
+                held if len(held) <= ORIGINAL_ATTACH_LIMIT else None)
     audit(ctx, req, "request.received", actor=requester, message_id=source_message_id,
           subdomain=req.subdomain, unit=req.unit, source=fields.get("source"))
     ctx.mailer.queue(

@@ -23,6 +23,7 @@ from workflows.engine import Ctx, audit
 from workflows.errors import Refusal
 from workflows.handlers import Handler, handler_for, known_address
 from workflows.provision import PASSWORD_ALPHABET, PASSWORD_LENGTH
+from workflows.rawmail import RawMail, Spooled, head, pieces, sha256, whole
 from workflows.store import (
     Account,
     Decision,
@@ -37,9 +38,9 @@ from workflows.store import (
 log = logging.getLogger("subdomaind.inbound")
 
 
-def synthetic_message_id(raw: bytes) -> str:
-    """A stable id for a message that has none, so the same bytes are still recognised twice."""
-    return f"<sha256.{hashlib.sha256(raw).hexdigest()[:40]}@subdomaind.invalid>"
+def synthetic_message_id(digest: str) -> str:
+    """A stable id for a message that has none (from its SHA-256), so the same bytes are recognised twice."""
+    return f"<sha256.{digest[:40]}@subdomaind.invalid>"
 
 
 # A password as workflows/provision.py makes them, standing alone (not inside a longer token).
@@ -56,25 +57,51 @@ def _decoded_texts(msg: ParsedMessage) -> Iterator[str]:
         yield from (a.data.decode("utf-8", "replace") for a in m.attachments if a.content_type.startswith("text/"))
 
 
-def redact_issued_passwords(ctx: Ctx, raw: bytes, parsed: ParseResult | None = None) -> bytes:
+def _quoted_passwords(raw: RawMail) -> dict[bytes, str]:
+    """Each token of `raw` shaped like one of our passwords, with its SHA-256; a file is read in pieces,
+    each scanned with the end of the one before (so that a token across two pieces is seen)."""
+    found: set[bytes] = set()
+    tail = b""
+    for piece in pieces(raw):
+        window = tail + bytes(piece) if tail else piece
+        found.update(_PASSWORD_RE.findall(window))
+        tail = bytes(window[-(PASSWORD_LENGTH + 1):])
+    return {c: hashlib.sha256(c).hexdigest() for c in found}
+
+
+def _quoted_in_text(ctx: Ctx, parsed: ParseResult | None) -> bool:
+    """Whether the decoded text parts of `parsed` quote one of our passwords (True when not parsed)."""
+    if parsed is None or parsed.message is None:
+        return True
+    quoted = {hashlib.sha256(t.encode()).hexdigest()
+              for text in _decoded_texts(parsed.message) for t in _PASSWORD_TEXT_RE.findall(text)}
+    return bool(_issued(ctx, quoted))
+
+
+# A text part sent as base64 hides a quoted password from the byte scan; text parts are looked into only
+# up to this size (text mail; a message that large is not a reply quoting a letter).
+_TEXT_SCAN_MAX = 2_000_000
+
+
+def redact_issued_passwords(ctx: Ctx, raw: RawMail, parsed: ParseResult | None = None) -> RawMail:
     """Blank out any password we issued that comes back quoted in a reply (the PIC answering BERHASIL
     under the letter): the password must not reach the database after delivery (issue 5). Only its
     SHA-256 is kept to recognise it. `parsed` (the parse of `raw`) says whether a text part encoded as
-    base64 or quoted-printable holds one, so the message is only re-read when it does."""
-    candidates = {c: hashlib.sha256(c).hexdigest() for c in set(_PASSWORD_RE.findall(raw))}
+    base64 or quoted-printable holds one, so the message is only re-read when it does. A letter in a file
+    is read into memory only when it quotes one (workflows/rawmail.py)."""
+    candidates = _quoted_passwords(raw)
     issued = _issued(ctx, candidates.values())
+    if isinstance(raw, Spooled):
+        if not issued and (len(raw) > _TEXT_SCAN_MAX or not _quoted_in_text(ctx, parsed)):
+            return raw
+        raw = raw.read()
     for token, digest in candidates.items():
         if digest in issued:
             raw = raw.replace(token, b"*" * len(token))
-    # A text part sent as base64 hides a quoted password from the byte scan: look inside text parts too
-    # (text mail only; a message that large is not a reply quoting a letter).
-    if len(raw) > 2_000_000 or b"base64" not in raw.lower():
+    if len(raw) > _TEXT_SCAN_MAX or b"base64" not in raw.lower():
         return raw
-    if parsed is not None and parsed.message is not None:
-        quoted = {hashlib.sha256(t.encode()).hexdigest()
-                  for text in _decoded_texts(parsed.message) for t in _PASSWORD_TEXT_RE.findall(text)}
-        if not _issued(ctx, quoted):
-            return raw  # the decoded text holds none of our passwords: nothing to rewrite
+    if not _quoted_in_text(ctx, parsed):
+        return raw  # the decoded text holds none of our passwords: nothing to rewrite
     import email
     import email.policy
 
@@ -105,7 +132,7 @@ def _issued(ctx: Ctx, digests: object) -> set[str]:
     return {h for h in found if h}
 
 
-def ingest(ctx: Ctx, *, mailbox: str, uidvalidity: int, uid: int, raw: bytes,
+def ingest(ctx: Ctx, *, mailbox: str, uidvalidity: int, uid: int, raw: RawMail,
            parsed: ParseResult | None = None) -> Inbound | None:
     """Handle one message (`parsed`: the parse of `raw` made ahead, in a worker). Returns its row, or None
     when the same message was already taken in."""
@@ -118,10 +145,11 @@ def ingest(ctx: Ctx, *, mailbox: str, uidvalidity: int, uid: int, raw: bytes,
         return None
     redacted = redact_issued_passwords(ctx, raw, parsed)
     if parsed is None or redacted is not raw:
-        parsed = parse(redacted, ctx.parse_options)  # what is stored and handled is the redacted text
+        parsed = parse(whole(redacted), ctx.parse_options)  # what is stored and handled is the redacted text
     raw = redacted
     msg = parsed.message
-    message_id = (msg.message_id if msg is not None and msg.message_id else None) or synthetic_message_id(raw)
+    digest = sha256(raw)
+    message_id = (msg.message_id if msg is not None and msg.message_id else None) or synthetic_message_id(digest)
     message_id = message_id[:990]
     if s.execute(select(Inbound.id).where(Inbound.message_id == message_id)).first() is not None:
         # The same Message-ID again (a copy in another folder, a re-delivery): never handled twice.
@@ -134,7 +162,7 @@ def ingest(ctx: Ctx, *, mailbox: str, uidvalidity: int, uid: int, raw: bytes,
         uidvalidity=uidvalidity,
         uid=uid,
         message_id=message_id,
-        sha256=hashlib.sha256(raw).hexdigest(),
+        sha256=digest,
         sender=msg.from_addr if msg is not None else None,
         subject=(msg.subject or "")[:500] if msg is not None else None,
         kind=parsed.kind,
@@ -267,7 +295,7 @@ def retry_inbound(ctx: Ctx, row: Inbound) -> str:
     return row.status
 
 
-def _answer_over_limit(ctx: Ctx, raw: bytes, row: Inbound, reason: str) -> None:
+def _answer_over_limit(ctx: Ctx, raw: RawMail, row: Inbound, reason: str) -> None:
     """Over a size/part limit: tell the sender plainly (from the headers alone), keep the message."""
     import email.parser
     import email.utils
@@ -275,7 +303,7 @@ def _answer_over_limit(ctx: Ctx, raw: bytes, row: Inbound, reason: str) -> None:
     from workflows.errors import TooLarge
 
     try:
-        headers = email.parser.BytesHeaderParser().parsebytes(raw[:65536])
+        headers = email.parser.BytesHeaderParser().parsebytes(head(raw, 65536))
     except Exception:  # noqa: BLE001 - no readable headers: nobody to answer
         return
     if str(headers.get("Auto-Submitted", "no")).lower() != "no" or headers.get("X-Subdomaind-Loop"):

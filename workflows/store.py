@@ -27,9 +27,12 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    inspect,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
+
+from workflows.rawmail import RawMail, pieces, whole
 
 log = logging.getLogger("subdomaind.store")
 
@@ -219,30 +222,41 @@ class Inbound(Base):
 
 
 # A letter at least this large is written into SQLite through incremental blob I/O (sqlite3_blob_write)
-# in pieces of BLOB_PIECE bytes. Bound as one value, SQLite copies it (SQLITE_TRANSIENT) and builds the
+# in pieces (workflows/rawmail.py). Bound as one value, SQLite copies it (SQLITE_TRANSIENT) and builds the
 # record around another copy: a 27 MB scan cost the daemon 54 MB more than the letter itself
 # (bench/backlog.py --memory).
 BLOB_STREAM_MIN = 1 << 20
-BLOB_PIECE = 1 << 20
 
 
-def store_inbound_raw(session: Session, row: Inbound, raw: bytes) -> None:
-    """Give `row` its bytes, and flush it. On SQLite a large letter is written in pieces, after the row
-    holds a zeroblob of its size (which SQLite stores without building it in memory)."""
+def store_inbound_raw(session: Session, row: Inbound, raw: RawMail) -> None:
+    """Give `row` its bytes, and flush it. On SQLite a large letter is written in pieces (from its file,
+    when it came as one), after the row holds a zeroblob of its size (which SQLite stores without building
+    it in memory)."""
     sqlite = session.get_bind().dialect.name == "sqlite"
     if not sqlite or len(raw) < BLOB_STREAM_MIN:
-        row.raw = raw
+        row.raw = whole(raw)
         session.flush()
         return
     row.blob = InboundRaw(raw=func.zeroblob(len(raw)))
     session.flush()
     dbapi = session.connection().connection.driver_connection
     assert dbapi is not None
-    view = memoryview(raw)
     with dbapi.blobopen("inbound_raw", "raw", row.id) as blob:  # inbound_id is the table's rowid
-        for at in range(0, len(raw), BLOB_PIECE):
-            blob.write(view[at:at + BLOB_PIECE])
-    set_committed_value(row.blob, "raw", raw)  # what the row holds, without reading 27 MB back
+        for piece in pieces(raw):
+            blob.write(piece)
+    if isinstance(raw, bytes):
+        set_committed_value(row.blob, "raw", raw)  # what the row holds, without reading 27 MB back
+    # From a file, it stays unloaded: read from the database if a handler asks (a reply's DKIM check).
+
+
+def raw_in_memory(row: Inbound) -> bytes | None:
+    """The row's bytes when this session holds them already, else None; never a read of the database (a
+    letter stored from its file stays there: workflows/rawmail.py)."""
+    blob = inspect(row).attrs.blob.loaded_value
+    if not isinstance(blob, InboundRaw):
+        return None
+    value = inspect(blob).attrs.raw.loaded_value
+    return value if isinstance(value, bytes) else None
 
 
 class InboundRaw(Base):
