@@ -410,3 +410,21 @@ def test_spooled_letter_is_read_whole_only_to_blank_a_password(tmp_path: Path, m
     path.write_bytes(b"Subject: scan\r\n\r\n" + b"y " * (3 * PIECE))
     plain = Spooled(path, path.stat().st_size)
     assert inbound.redact_issued_passwords(None, plain) is plain  # type: ignore[arg-type]
+
+
+def test_stale_spool_is_removed_at_start_without_parser_workers(world) -> None:  # type: ignore[no-untyped-def]
+    """A letter fetched into the spool by a daemon that then crashed is removed at the next start, also
+    when it parses in its own process (`parse_workers = 0`): the file holds the letter unredacted."""
+    import time
+
+    from daemon.parsing import InlineParser
+
+    d, _src, _tr, _dns, _sessions = world
+    d.parser = InlineParser()
+    d.spool_dir.mkdir(parents=True, exist_ok=True)
+    stale, fresh = d.spool_dir / "fetch-lama.eml", d.spool_dir / "fetch-baru.eml"
+    for f in (stale, fresh):
+        f.write_bytes(b"Subject: x\r\n\r\nlampiran\r\n")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    d.run(max_passes=1)
+    assert [f.name for f in d.spool_dir.iterdir()] == ["fetch-baru.eml"]

@@ -167,10 +167,12 @@ def test_large_letter_goes_by_spool_file_removed_after(tmp_path: Path) -> None:
 def test_spool_left_by_a_crash_is_removed_at_start_a_fresh_one_kept(tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     spool.mkdir()
-    old, fresh, other = spool / "parse-old.eml", spool / "parse-fresh.eml", spool / "catatan.txt"
-    for f in (old, fresh, other):
+    old, fetched, fresh, other = (spool / n for n in ("parse-old.eml", "fetch-old.eml", "parse-fresh.eml",
+                                                       "catatan.txt"))
+    for f in (old, fetched, fresh, other):
         f.write_bytes(b"Subject: x\r\n\r\nsandi: Abc123\r\n")
-    os.utime(old, (time.time() - 2 * 3600, time.time() - 2 * 3600))
+    for f in (old, fetched):
+        os.utime(f, (time.time() - 2 * 3600, time.time() - 2 * 3600))
     p = ProcessParser(1, timeout=3.0, spool_dir=spool)
     try:
         p.warm()
