@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import ssl
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +18,7 @@ import imapclient
 from imapclient.exceptions import IMAPClientError
 
 from daemon.config import ImapConfig
-from workflows.rawmail import RawMail, Spooled, discard
+from workflows.rawmail import RawMail, Spooled, discard, open_spool
 
 log = logging.getLogger("subdomaind.imap")
 
@@ -143,13 +142,10 @@ class ImapSource:
         # The pieces go to a file, which the main process never reads whole (workflows/rawmail.py): joined
         # in memory (or grown in a bytearray), a 27 MB letter was held twice at the end of its fetch.
         c = self._c()
-        if self.spool_dir is not None:
-            self.spool_dir.mkdir(parents=True, exist_ok=True)
-        # mkstemp: 0600, and a name no other daemon process sharing the state directory can take.
-        fd, name = tempfile.mkstemp(prefix="fetch-", suffix=".eml", dir=self.spool_dir)
+        spool, path = open_spool(self.spool_dir, "fetch")
         got = 0
         try:
-            with open(fd, "wb") as spool:
+            with spool:
                 while got < size:
                     item = f"BODY.PEEK[]<{got}.{PIECE_BYTES}>".encode()
                     data = c.fetch([uid], [item]).get(uid, {})
@@ -161,12 +157,12 @@ class ImapSource:
                     got += len(piece)
                     del piece, data
         except BaseException:
-            Path(name).unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
             raise
         if not got:
-            Path(name).unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
             return None
-        return Spooled(Path(name), got)
+        return Spooled(path, got)
 
     def mark_handled(self, uids: Sequence[int], *, quarantine: bool) -> None:
         """Flag what was handled (one STORE for the lot), then move it to its folder where one is set."""

@@ -34,7 +34,6 @@ import signal
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import weakref
@@ -45,7 +44,7 @@ from typing import IO, Protocol
 
 from parsers import parse
 from parsers.model import Attachment, ParsedMessage, ParseOptions, ParseResult
-from workflows.rawmail import STALE_SECONDS, RawMail, Spooled, remove_stale, whole
+from workflows.rawmail import RawMail, Spooled, open_spool, whole
 
 log = logging.getLogger("subdomaind.parsing")
 
@@ -345,15 +344,10 @@ class ProcessParser:
         return [w.pid for w in self._workers if w.alive]
 
     def spool(self, raw: bytes) -> Path:
-        if self.spool_dir is not None:
-            self.spool_dir.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix="parse-", suffix=".eml", dir=self.spool_dir)
-        with os.fdopen(fd, "wb") as f:
+        f, path = open_spool(self.spool_dir, "parse")
+        with f:
             f.write(raw)
-        return Path(name)
-
-    def clean_spool(self, older_than: float = STALE_SECONDS) -> int:
-        return remove_stale(self.spool_dir, older_than) if self.spool_dir is not None else 0
+        return path
 
     def _worker(self) -> _Worker:
         self._workers[:] = [w for w in self._workers if w.alive]
@@ -385,9 +379,8 @@ class ProcessParser:
         return _Done(parse(whole(raw), options))
 
     def warm(self) -> None:
-        """Start the workers now (at daemon start), not when the first letter is waiting; remove what a
-        crash left in the spool (a letter as it came, before any password in it was blanked)."""
-        self.clean_spool()
+        """Start the workers now (at daemon start), not when the first letter is waiting. (What a crash
+        left in the spool is removed by the daemon at start: workflows/rawmail.remove_stale.)"""
         try:
             self._worker()
         except OSError as exc:

@@ -25,6 +25,7 @@ from daemon.parsing import (
 from parsers import parse
 from parsers.model import ParseOptions, ParseResult
 from tests.test_engine_unit import world  # noqa: F401  (fixture)
+from workflows.rawmail import remove_stale
 from workflows.store import Inbound, Request
 
 FIXTURES = Path(__file__).parent / "fixtures" / "emails"
@@ -173,11 +174,7 @@ def test_spool_left_by_a_crash_is_removed_at_start_a_fresh_one_kept(tmp_path: Pa
         f.write_bytes(b"Subject: x\r\n\r\nsandi: Abc123\r\n")
     for f in (old, fetched):
         os.utime(f, (time.time() - 2 * 3600, time.time() - 2 * 3600))
-    p = ProcessParser(1, timeout=3.0, spool_dir=spool)
-    try:
-        p.warm()
-    finally:
-        p.close()
+    remove_stale(spool)  # as the daemon does at start (Daemon.run)
     assert sorted(f.name for f in spool.iterdir()) == ["catatan.txt", "parse-fresh.eml"]
 
 

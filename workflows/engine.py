@@ -230,7 +230,7 @@ def open_request(
         # The letter is at hand: the step mails attach it without reading it back (_original_attachment).
         # One stored from its file is not: that query checks its size without reading it.
         held = raw_in_memory(inbound) if source_message_id else None
-        if source_message_id and held is not None:
+        if held is not None:
             ctx.session.info.setdefault("original_attachment", {})[source_message_id] = (
                 held if len(held) <= ORIGINAL_ATTACH_LIMIT else None)
     audit(ctx, req, "request.received", actor=requester, message_id=source_message_id,

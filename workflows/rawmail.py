@@ -12,10 +12,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 log = logging.getLogger("subdomaind.spool")
 
@@ -52,6 +55,15 @@ class Spooled:
 RawMail = bytes | Spooled
 
 
+def open_spool(spool_dir: Path | None, kind: str) -> tuple[BinaryIO, Path]:
+    """A new file `<kind>-*.eml` in `spool_dir` (None: the system's temp directory), open for writing:
+    0600, and a name no other daemon process sharing the state directory can take (mkstemp)."""
+    if spool_dir is not None:
+        spool_dir.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f"{kind}-", suffix=".eml", dir=spool_dir)
+    return os.fdopen(fd, "wb"), Path(name)
+
+
 def pieces(raw: RawMail) -> Iterator[bytes | memoryview]:
     """The message in order, at most PIECE bytes at a time, without a copy of bytes held in memory."""
     if isinstance(raw, Spooled):
@@ -77,7 +89,7 @@ def sha256(raw: RawMail) -> str:
     return digest.hexdigest()
 
 
-def discard(raws: Iterator[RawMail] | list[RawMail]) -> None:
+def discard(raws: Iterable[RawMail]) -> None:
     """Remove the files of the spooled ones among `raws` (a message's file goes once it is stored)."""
     for raw in raws:
         if isinstance(raw, Spooled):
