@@ -15,6 +15,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from workflows.textfiles import TextFileError, read_utf8
+
 TlsMode = Literal["implicit", "starttls", "none"]
 
 
@@ -369,9 +371,9 @@ def _readable(path: Path) -> bool:
 def load_config(path: str | Path) -> Config:
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+        data = tomllib.loads(read_utf8(path))
+    except TextFileError as exc:
+        raise ConfigError([str(exc)]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
     # Relative paths in the file are relative to the file, so a config dir can be moved whole.

@@ -74,9 +74,12 @@ def parse_options_for(agency: AgencyConfig, limits: LimitsConfig | None = None) 
 
 
 def build_services(config: Config, agency: AgencyConfig) -> Services:
+    from daemon.validate import read_tsig
+
     d = agency.dns
+    key = read_tsig(d)  # a bare secret or a pasted tsig-keygen stanza (its algorithm wins)
     dns_backend = Rfc2136Dns(zone=agency.zone, primary=d.primary, port=d.port, key_name=d.tsig_key_name,
-                             secret=d.read_secret(), algorithm=d.tsig_algorithm,
+                             secret=key.secret, algorithm=key.algorithm,
                              verify_servers=d.verify_servers or None,
                              reserved=parse_options_for(agency).reserved_names)
     hosting: HostingBackend
@@ -149,14 +152,15 @@ class Daemon:
 
     def reload(self) -> bool:
         """SIGHUP: read the configuration again; a bad one is refused and the running one kept."""
-        from daemon.config import ConfigError, load_config
+        from daemon.config import ConfigError
+        from daemon.validate import load_checked
 
         if not self.config_path:
             log.warning("reload asked, but the daemon was not started from a configuration file")
             return False
         load_sop.cache_clear()  # SOP files are read again too
         try:
-            new = load_config(self.config_path)
+            new = load_checked(self.config_path)
             transport, runtimes = self._build(new)
         except Exception as exc:  # noqa: BLE001 - any bad new config (holiday file, SOP, secrets) is refused
             problems = exc.problems if isinstance(exc, ConfigError) else [f"{type(exc).__name__}: {exc}"]

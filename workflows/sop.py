@@ -14,6 +14,8 @@ from functools import cache
 from pathlib import Path
 from typing import Literal
 
+from workflows.textfiles import TextFileError, read_utf8
+
 SOP_DIR = Path(__file__).parent / "sops"
 
 StepKind = Literal["approval", "notification", "action", "wait_requester", "end"]
@@ -228,4 +230,8 @@ def load_sop(name: str) -> Sop:
     if not path.exists():
         known = ", ".join(sorted(p.stem for p in SOP_DIR.glob("*.toml")))
         raise SopError(f"no SOP named {name!r} (known: {known})")
-    return parse_sop(path.read_text(encoding="utf-8"), path)
+    try:
+        text = read_utf8(path)
+    except TextFileError as exc:
+        raise SopError(str(exc)) from None
+    return parse_sop(text, path)
