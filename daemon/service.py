@@ -510,6 +510,13 @@ class Daemon:
                         run.attempts += 1
                         run.last_error = f"{type(exc).__name__}: {exc}"[:2000]
                         run.due_at = self.clock() + timedelta(minutes=min(60, 2 ** run.attempts))
+                        if run.attempts == 1:  # staff hear of it once; status and the digest show it after
+                            from workflows.engine import alert_staff
+                            from workflows.store import Request
+
+                            alert_staff(self.ctx(s, rt.agency), s.get(Request, run.request_id),
+                                        f"Langkah otomatis {run.key} gagal ({type(exc).__name__}: {exc}); "
+                                        f"dicoba ulang berkala. Lihat subdomaind status.")
         return done
 
     def housekeeping(self, rt: AgencyRuntime) -> None:
