@@ -9,6 +9,7 @@ authoritative answer. Nothing is changed on any server.
 from __future__ import annotations
 
 import contextlib
+import re
 import smtplib
 import socket
 from collections.abc import Callable, Iterator
@@ -57,7 +58,10 @@ def imap_login(ag: AgencyConfig) -> Check:
     try:
         src.connect()
     except MailSourceError as exc:
-        return Check(what, False, _why(exc))
+        text = re.sub(r"\bb'(.*?)'", r"\1", str(exc))  # imapclient gives the server's words as bytes
+        if "AUTHENTICATIONFAILED" in text or "uthentication failed" in text:
+            return Check(what, False, f"login ditolak: nama pengguna atau kata sandi salah ({text})")
+        return Check(what, False, text)
     finally:
         src.close()
     return Check(what, True, f"login berhasil ({src.mode})")

@@ -572,6 +572,7 @@ class Daemon:
                 t.start()
                 self._watchers.append(t)
         self.start_sender()
+        self._metrics = self._serve_metrics()
         remove_stale(self.spool_dir)
         self.parser.warm()
         passes = 0
@@ -594,6 +595,15 @@ class Daemon:
             self._wake.wait(timeout=max(0.05, min([poll, *retry_in])))
         self.shutdown()
 
+    def _serve_metrics(self) -> Any:
+        from daemon.metrics import serve
+
+        try:
+            return serve(self.config, self.sessions)
+        except OSError as exc:  # the port taken: the daemon's work matters more than its metrics
+            log.error("metrics not served on %s: %s", self.config.metrics.listen, exc.strerror or exc)
+            return None
+
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
@@ -613,6 +623,11 @@ class Daemon:
 
     def shutdown(self, flush_seconds: float = 10.0) -> None:
         sd_notify("STOPPING=1")
+        metrics = getattr(self, "_metrics", None)
+        if metrics is not None:
+            metrics.shutdown()
+            metrics.server_close()
+            self._metrics = None
         self._sender_stop.set()
         self._outbox_wake.set()
         for t in self._watchers:

@@ -37,11 +37,33 @@ DEFAULT_CREDENTIALS = "credentials"  # /etc/subdomaind/credentials, the unit's L
 def load_checked(path: str | Path, *, secrets: bool = True) -> Config:
     """The configuration at `path`, checked for everything the daemon uses; `ConfigError` otherwise."""
     use_default_credentials(path)
-    cfg = load_config(path)
+    try:
+        cfg = load_config(path)
+    except ConfigError as exc:
+        # The SOP's roles and the like were refused; when the types are right, report ours in the same run.
+        typed = _typed_only(path)
+        raise ConfigError(exc.problems + (problems(typed, secrets=secrets) if typed is not None else [])) from None
     found = problems(cfg, secrets=secrets)
     if found:
         raise ConfigError(found)
     return cfg
+
+
+def _typed_only(path: str | Path) -> Config | None:
+    """The configuration when its keys and types are right (whatever else is wrong), else None."""
+    import tomllib
+
+    from pydantic import ValidationError
+
+    from daemon.config import _resolve_paths
+    from workflows.textfiles import TextFileError, read_utf8
+
+    try:
+        data = tomllib.loads(read_utf8(path))
+        _resolve_paths(data, Path(path).parent)
+        return Config.model_validate(data)
+    except (TextFileError, tomllib.TOMLDecodeError, ValidationError):
+        return None
 
 
 def use_default_credentials(config_path: str | Path) -> None:
@@ -120,7 +142,9 @@ def _mailbox_secret(key: str, src: Any) -> list[str]:
             read_secret_file(password_file)
         except ConfigError as exc:
             return [f"{key}.password_file: {p}" for p in exc.problems]
-    elif password_env is not None and password_env in os.environ and not os.environ[password_env].strip():
+    elif password_env is not None and password_env not in os.environ:
+        return [f"{key}.password_env: environment variable {password_env} is not set"]
+    elif password_env is not None and not os.environ[password_env].strip():
         return [f"{key}.password_env: environment variable {password_env} is empty"]
     return []
 
