@@ -111,6 +111,9 @@ def test_quarantine_list_show_retry_drop(tmp_path: Path) -> None:
 
 def test_digest_preview_prints_the_queue(tmp_path: Path) -> None:
     cfg = write_config(tmp_path / "c.toml", config_data(tmp_path))
+    fresh = run("--config", str(cfg), "digest", "--preview")  # read-only: never creates the database
+    assert fresh.returncode == 1 and b"belum ada basis data" in fresh.stderr and not (tmp_path / "state").exists()
+    assert run("--config", str(cfg), "db", "upgrade").returncode == 0
     proc = run("--config", str(cfg), "digest", "--preview")
     assert proc.returncode == 0, proc.stderr
     assert b"Ringkasan harian" in proc.stdout and b"ANTREAN PERMOHONAN TERBUKA" in proc.stdout
