@@ -199,11 +199,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_once(args: argparse.Namespace) -> int:
+    from workflows.store import MailboxState
+
     d = _daemon(args)
     totals = d.run_once()
     d.shutdown(flush_seconds=5)
     print(json.dumps(totals))
-    return 0
+    # A pass that could not read a mailbox did not do its job: say which and why, and exit 1.
+    with d.sessions() as s:
+        failing = list(s.execute(select(MailboxState).where(MailboxState.failing_since.is_not(None))).scalars())
+    for st in failing:
+        why = (st.last_error or "tanpa keterangan").splitlines()[0][:300]
+        print(f"kotak surat {st.agency} ({st.mailbox}) tidak dapat dibaca: {why}", file=sys.stderr)
+    return 1 if failing else 0
 
 
 def status_data(cfg: Config, sessions: Any) -> dict[str, Any]:
@@ -363,9 +371,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         return code
     cfg = _load(args, secrets=False)
     data = status_data(cfg, _reader_sessions(cfg))
+    # Exit 1 while a mailbox cannot be read (the whole picture, Nagios-style: status --check).
+    failing = 1 if any(i["failing_since"] for i in data["intake"]) else 0
     if args.json:
         print(json.dumps(data, ensure_ascii=False, indent=2))
-        return 0
+        return failing
     print("\n".join(intake_lines(cfg, data)))
     if data.get("failing_actions"):
         print(f"Langkah otomatis gagal: {len(data['failing_actions'])} (lihat subdomaind show TIKET)")
@@ -375,7 +385,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     for r in data["requests"]:
         print(f"{r['ticket']:<16} {r['subdomain'] or '-':<20} {r['step'] or '-':<18} "
               f"{(r['waiting_on'] or '-')[:50]:<50} {r['since'] or '-'}")
-    return 0
+    return failing
 
 
 def show_lines(cfg: Config, sessions: Any, ticket: str) -> list[str] | None:

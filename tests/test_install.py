@@ -2,12 +2,14 @@
 
 Every line of the block runs in order under bash with the paths moved below a temporary root; what is left
 out, and why: `apt-get` (its packages must already be installed: checked instead), `adduser` (a system
-user; the group becomes root's), `systemctl` (no unit is started in a test) and `--connect` (it would reach
+user; the group becomes the caller's), `systemctl` (no unit is started in a test) and `--connect` (it would reach
 the example's real servers). The configuration is edited where the README says "then edit it".
 """
 
 from __future__ import annotations
 
+import grp
+import os
 import re
 import shutil
 import subprocess
@@ -44,7 +46,7 @@ def test_install_for_real_runs_as_written() -> None:
             if line.startswith(("apt-get ", "adduser ")) or "--connect" in line:
                 continue
             line = line.replace("/etc/", f"{root}/etc/").replace("/opt/subdomaind", f"{root}/opt/subdomaind")
-            line = line.replace("-g subdomaind", "-g root")
+            line = line.replace("-g subdomaind", f"-g {grp.getgrgid(os.getgid()).gr_name}")
             line = re.sub(r" && systemctl .*$", "", line)
             if "tsig-secret" in line:
                 key = subprocess.run(["tsig-keygen", "-a", "hmac-sha256", "subdomaind"], capture_output=True,

@@ -105,6 +105,9 @@ BAD: dict[str, tuple[Any, str]] = {
     "placeholder_signer": (lambda d, t: _agency(d)["letter"].update(signer_name="(nama Kepala Dinas)",
                                                                     signer_nip="000000000000000000"),
                            "agency[0].letter.signer_name"),
+    "sop_wrong_type": (lambda d, t: (t / "sop.toml").write_text(
+        'name = "x"\ntitle = "x"\nstart = "a"\nroles = 1\nsteps = "a"\n') and _agency(d).update(
+        sop=str(t / "sop.toml")), "agency[0].sop: "),
     "invalid_nip": (lambda d, t: _agency(d)["letter"].update(signer_nip="19710609199201100"),
                     "agency[0].letter.signer_nip"),
 }
@@ -322,8 +325,8 @@ def test_read_only_commands_need_no_secret_and_create_no_database(tmp_path: Path
 def test_a_member_of_the_group_reads_without_secrets() -> None:
     """As `nobody` with only the database's group: the state directory 0750 and its files 0640."""
     site = next(Path(sys.prefix).glob("lib/python3*/site-packages"))
-    if shutil.which("setpriv") is None:
-        pytest.skip("setpriv is missing")
+    if shutil.which("setpriv") is None or os.geteuid() != 0:
+        pytest.skip("needs setpriv and root, to become another user")
     top = Path(tempfile.mkdtemp(prefix="group-"))  # not under pytest's 0700 directory
     top.chmod(0o755)
     try:
@@ -392,7 +395,9 @@ def test_status_words_check_exit_codes_digest_and_metrics(tmp_path: Path, doveco
     # The mailbox password goes wrong: status says so in words, --check warns, then is critical.
     Path(o.data["agency"][0]["imap"]["password_file"]).write_text("salah\n")
     once = o.cli("once", check=False)
-    assert once.returncode == 0 and "Traceback" not in once.stderr
+    assert once.returncode == 1 and "Traceback" not in once.stderr
+    assert re.search(r"kotak surat trenggalek \(INBOX\) tidak dapat dibaca: .*AUTHENTICATIONFAILED", once.stderr)
+    assert o.cli("status", check=False).returncode == 1
     status = o.cli("status", check=False).stdout
     assert re.search(r"Kotak surat trenggalek \(INBOX\): GAGAL sejak \d{4}-\d\d-\d\d \d\d:\d\d \(0 menit lalu\)",
                      status), status
@@ -409,5 +414,5 @@ def test_status_words_check_exit_codes_digest_and_metrics(tmp_path: Path, doveco
     assert len(check.stdout.splitlines()) == 1
     digest = o.cli("digest", "--preview", check=False).stdout
     assert re.search(r"Kegagalan [1-9]", digest) and "Kotak surat INBOX tidak dapat dibaca" in digest, digest
-    js = json.loads(o.cli("status", "--json").stdout)
+    js = json.loads(o.cli("status", "--json", check=False).stdout)
     assert js["intake"][0]["failing_since"] and js["intake"][0]["last_error"]

@@ -234,4 +234,9 @@ def load_sop(name: str) -> Sop:
         text = read_utf8(path)
     except TextFileError as exc:
         raise SopError(str(exc)) from None
-    return parse_sop(text, path)
+    try:
+        return parse_sop(text, path)
+    except (TypeError, AttributeError, KeyError, ValueError) as exc:
+        # A value of the wrong type (a number where a table or text belongs): the file, never a traceback.
+        raise SopError(f"{path}: a value has the wrong type ({type(exc).__name__}: {exc}); compare with "
+                       f"workflows/sops/trenggalek.toml") from None
