@@ -427,7 +427,7 @@ def cmd_digest(args: argparse.Namespace) -> int:
     from workflows.worktime import calendar_for
 
     if not (0 < args.hours <= 24 * 366):  # also refuses nan and inf
-        raise CommandError(f"--hours {args.hours}: sebutkan jumlah jam antara 0 dan {24 * 366}")
+        raise CommandError(f"--hours {args.hours}: sebutkan jumlah jam antara 0 dan {24 * 366}", 2)
     now = utcnow()
     since = now - timedelta(hours=args.hours)
     if args.preview:
@@ -435,13 +435,14 @@ def cmd_digest(args: argparse.Namespace) -> int:
         cfg = _load(args, secrets=False)
         agencies = [a for a in cfg.agencies if not args.agency or a.id == args.agency]
         if not agencies:
-            raise CommandError(f"tidak ada instansi {args.agency!r} (ada: {', '.join(a.id for a in cfg.agencies)})")
+            raise CommandError(f"tidak ada instansi {args.agency!r} (ada: {', '.join(a.id for a in cfg.agencies)})",
+                               2)
         sessions = _reader_sessions(cfg)
         for ag in agencies:
             sop = load_sop(ag.sop)
             if args.role and args.role not in sop.roles:
                 raise CommandError(f"peran {args.role!r} tidak ada dalam SOP {ag.sop} "
-                                   f"(ada: {', '.join(sorted(sop.roles))})")
+                                   f"(ada: {', '.join(sorted(sop.roles))})", 2)
             with sessions() as s:
                 data = build_digest(s, cfg, ag, sop, calendar_for(ag), now, since, role=args.role)
             subject, text, html = render_digest(data, ag)
@@ -658,9 +659,12 @@ def main(argv: list[str] | None = None) -> int:
         print("konfigurasi tidak valid: " + "; ".join(exc.problems), file=sys.stderr)
         return EX_CONFIG
     except Exception as exc:  # noqa: BLE001 - the boundary of every command
+        from sqlalchemy.exc import DatabaseError, OperationalError
+
         logging.getLogger("subdomaind").debug("command failed", exc_info=True)
         print(problem_text(exc), file=sys.stderr)
-        return 70  # EX_SOFTWARE
+        # sysexits.h: 69 EX_UNAVAILABLE for a database that cannot be used, 70 EX_SOFTWARE for a bug.
+        return 69 if isinstance(exc, OperationalError | DatabaseError) else 70
 
 
 def _main(argv: list[str] | None = None) -> int:
