@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).parent.parent
+# In /usr/sbin, which is not on a non-root user's PATH on Debian.
+TSIG_KEYGEN = shutil.which("tsig-keygen", path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin") or "tsig-keygen"
 
 
 def _block() -> list[str]:
@@ -49,7 +51,7 @@ def test_install_for_real_runs_as_written() -> None:
             line = line.replace("-g subdomaind", f"-g {grp.getgrgid(os.getgid()).gr_name}")
             line = re.sub(r" && systemctl .*$", "", line)
             if "tsig-secret" in line:
-                key = subprocess.run(["tsig-keygen", "-a", "hmac-sha256", "subdomaind"], capture_output=True,
+                key = subprocess.run([TSIG_KEYGEN, "-a", "hmac-sha256", "subdomaind"], capture_output=True,
                                      text=True, check=True).stdout
                 line = line.replace("printf '%s' 'key \"subdomaind\" { algorithm hmac-sha256; secret \"…\"; };'",
                                     "printf '%s' " + "'" + key.replace("'", "") + "'")

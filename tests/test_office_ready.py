@@ -33,6 +33,8 @@ from daemon.devservers import Bind, Dovecot, SmtpRelay, free_port
 from daemon.localoffice import Office, config_data, write_config
 
 ROOT = Path(__file__).parent.parent
+# In /usr/sbin, which is not on a non-root user's PATH on Debian.
+TSIG_KEYGEN = shutil.which("tsig-keygen", path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin") or "tsig-keygen"
 SUBDOMAIND = Path(sys.executable).with_name("subdomaind")
 
 
@@ -58,7 +60,7 @@ def _agency(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _tsig_stanza(data: dict[str, Any], tmp: Path) -> None:
-    out = subprocess.run(["tsig-keygen", "-a", "hmac-sha512", "subdomaind"], capture_output=True, text=True,
+    out = subprocess.run([TSIG_KEYGEN, "-a", "hmac-sha512", "subdomaind"], capture_output=True, text=True,
                          check=True).stdout
     path = tmp / "stanza.key"
     path.write_text(out)
