@@ -34,3 +34,5 @@ def test_hardening_rates_ok() -> None:
     assert "Type=notify" in UNIT.read_text() and "WatchdogSec=" in UNIT.read_text()
     assert "LoadCredential=" in UNIT.read_text() and "User=subdomaind" in UNIT.read_text()
     assert "RestartPreventExitStatus=78" in UNIT.read_text()
+    # A refused configuration must end the main process with 78, not an ExecStartPre= (restarted regardless).
+    assert not [line for line in UNIT.read_text().splitlines() if line.startswith("ExecStartPre=")]
