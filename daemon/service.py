@@ -600,8 +600,8 @@ class Daemon:
 
         try:
             return serve(self.config, self.sessions)
-        except OSError as exc:  # the port taken: the daemon's work matters more than its metrics
-            log.error("metrics not served on %s: %s", self.config.metrics.listen, exc.strerror or exc)
+        except (OSError, OverflowError, ValueError) as exc:  # port taken or bad: the work matters more
+            log.error("metrics not served on %s: %s", self.config.metrics.listen, getattr(exc, "strerror", None) or exc)
             return None
 
     def _install_signals(self) -> None:

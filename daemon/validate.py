@@ -97,6 +97,7 @@ def problems(cfg: Config, *, secrets: bool = True) -> list[str]:
         out += _mailbox_secret("smtp", cfg.smtp)
     out += _hosting(cfg)
     out += _database(cfg)
+    out += _metrics(cfg)
     if secrets:
         out += _state_dir(cfg)
     return out
@@ -356,6 +357,16 @@ def _database(cfg: Config) -> list[str]:
         package = "'subdomaind[postgres]'" if driver == "psycopg" else driver
         pip = Path(sys.executable).with_name("pip")
         return [f"database_url: the {driver} driver is not installed; run: {pip} install {package}"]
+    return []
+
+
+def _metrics(cfg: Config) -> list[str]:
+    listen = getattr(getattr(cfg, "metrics", None), "listen", None)
+    if not listen:
+        return []
+    port = int(listen.rpartition(":")[2])
+    if not 0 < port < 65536:
+        return [f"metrics.listen: port {port} is not between 1 and 65535 (e.g. 127.0.0.1:9464)"]
     return []
 
 

@@ -110,6 +110,7 @@ BAD: dict[str, tuple[Any, str]] = {
     "sop_wrong_type": (lambda d, t: (t / "sop.toml").write_text(
         'name = "x"\ntitle = "x"\nstart = "a"\nroles = 1\nsteps = "a"\n') and _agency(d).update(
         sop=str(t / "sop.toml")), "agency[0].sop: "),
+    "metrics_port": (lambda d, t: d.update(metrics={"listen": "127.0.0.1:99999"}), "metrics.listen: port 99999"),
     "invalid_nip": (lambda d, t: _agency(d)["letter"].update(signer_nip="19710609199201100"),
                     "agency[0].letter.signer_nip"),
 }
