@@ -162,11 +162,18 @@ def test_happy_path_reaches_final_reply(world) -> None:  # type: ignore[no-untyp
         assert req.status == "done", [a.event for a in s.execute(select(Audit)).scalars()]
         assert s.execute(select(PendingSecret)).first() is None
         final = s.execute(select(Outbox).where(Outbox.purpose == "final")).scalar_one()
-        assert final.raw is None and final.status == "sent"
+        creds = s.execute(select(Outbox).where(Outbox.purpose == "credentials")).scalar_one()
+        assert final.status == "sent" and creds.status == "sent" and creds.after_id == final.id
+        assert creds.raw is None and creds.sent_at >= final.sent_at  # the password left with its one mail
     final_mail = [m for m in tr.to("dinsos@example.org") if "telah aktif" in str(m["Subject"])][-1]
     text = final_mail.get_body(preferencelist=("plain",)).get_content()
     assert "dinsos.trenggalekkab.go.id" in text and "203.0.113.10" in text
-    assert "ns1.trenggalekkab.go.id" in text and "Kata sandi" in text
+    assert "ns1.trenggalekkab.go.id" in text
+    # The credentials: their own mail, to the PIC only, after the letter.
+    sent_to = [(rcpts, raw) for _, rcpts, raw in tr.sent]
+    i_letter = next(i for i, (_, raw) in enumerate(sent_to) if b"telah aktif" in raw)
+    i_creds = next(i for i, (_, raw) in enumerate(sent_to) if b"Kata sandi akun sub domain" in raw)
+    assert i_creds > i_letter and len(sent_to[i_creds][0]) == 1
 
 
 def test_tolak_sends_rejection_with_note(world) -> None:  # type: ignore[no-untyped-def]
