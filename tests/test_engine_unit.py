@@ -435,3 +435,42 @@ def test_stale_spool_is_removed_at_start_without_parser_workers(world) -> None: 
     os.utime(stale, (time.time() - 7200, time.time() - 7200))
     d.run(max_passes=1)
     assert [f.name for f in d.spool_dir.iterdir()] == ["fetch-baru.eml"]
+
+
+@pytest.mark.parametrize("permanent", [False, True])
+def test_credentials_wait_sealed_for_the_letter_and_fail_with_it(world, permanent: bool) -> None:  # type: ignore[no-untyped-def]
+    """The password is sealed in the database until it leaves, and never leaves before its letter: while
+    the letter is refused for now the credential mail waits; refused for good, it fails with it, scrubbed."""
+    from daemon.outbox import SendError
+
+    d, src, tr, dns_, sessions = world
+    refuse = SendError("550 tidak diterima" if permanent else "451 coba lagi", permanent=permanent)
+    real_send = tr.send
+
+    def send(mail_from: str, rcpts: Sequence[str], raw: bytes) -> None:
+        if b"telah aktif" in raw:
+            raise refuse
+        real_send(mail_from, rcpts, raw)
+
+    tr.send = send
+    src.add(request_mail("dinsos@example.org", pic="pic@dinsos.example.org"))
+    d.run_once()
+    for role in ("kadis", "kabid", "kasi", "kasi", "kabid"):
+        approve(d, src, tr, role)
+    with sessions() as s:
+        secret = s.execute(select(PendingSecret)).scalar_one()
+        assert secret.value.startswith("sdbox1:")  # sealed: a backup taken now holds no password
+    approve(d, src, tr, "kadis")
+    d.run_once()
+    with sessions() as s:
+        letter = s.execute(select(Outbox).where(Outbox.purpose == "final")).scalar_one()
+        creds = s.execute(select(Outbox).where(Outbox.purpose == "credentials")).scalar_one()
+        assert s.execute(select(PendingSecret)).first() is None  # it lives in the sealed mail alone now
+        assert creds.after_id == letter.id and creds.rcpts == ["pic@dinsos.example.org"]
+        if permanent:
+            assert letter.status == "failed" and creds.status == "failed" and creds.raw is None
+        else:
+            assert letter.status == "queued" and creds.status == "waiting"
+            assert creds.raw is not None and creds.raw.startswith(b"sdbox1:")
+    assert not tr.to("pic@dinsos.example.org") or all(
+        "Kata sandi akun" not in str(m["Subject"]) for m in tr.to("pic@dinsos.example.org"))
