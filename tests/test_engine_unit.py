@@ -11,14 +11,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from daemon.localoffice import ACTORS, MAILBOX, make_config, reply_to, request_mail
 from daemon.service import Daemon
 from workflows.db import upgrade
 from workflows.engine import Services
 from workflows.provision import NameInUse, NoHosting, PlannedRecord, format_diff
-from workflows.store import Audit, Inbound, Outbox, PendingSecret, Request, make_engine, make_sessionmaker
+from workflows.store import Audit, Inbound, Outbox, PendingSecret, Request, make_engine, make_sessionmaker, utcnow
 
 
 class ListSource:
@@ -437,18 +437,22 @@ def test_stale_spool_is_removed_at_start_without_parser_workers(world) -> None: 
     assert [f.name for f in d.spool_dir.iterdir()] == ["fetch-baru.eml"]
 
 
-@pytest.mark.parametrize("permanent", [False, True])
-def test_credentials_wait_sealed_for_the_letter_and_fail_with_it(world, permanent: bool) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("case", ["letter_later", "letter_never", "key_changed"])
+def test_credentials_wait_sealed_for_the_letter_and_fail_with_it(world, case: str) -> None:  # type: ignore[no-untyped-def]
     """The password is sealed in the database until it leaves, and never leaves before its letter: while
-    the letter is refused for now the credential mail waits; refused for good, it fails with it, scrubbed."""
+    the letter is refused for now the credential mail waits; refused for good, it fails with it, scrubbed;
+    sealed under a key the daemon no longer has, it fails, scrubbed, and the letter still goes."""
     from daemon.outbox import SendError
+    from workflows.secretbox import SecretBox
 
     d, src, tr, dns_, sessions = world
-    refuse = SendError("550 tidak diterima" if permanent else "451 coba lagi", permanent=permanent)
+    refuse = SendError("550 tidak diterima" if case == "letter_never" else "451 coba lagi",
+                       permanent=case == "letter_never")
     real_send = tr.send
+    letter_refused = True
 
     def send(mail_from: str, rcpts: Sequence[str], raw: bytes) -> None:
-        if b"telah aktif" in raw:
+        if letter_refused and b"telah aktif" in raw:
             raise refuse
         real_send(mail_from, rcpts, raw)
 
@@ -462,15 +466,21 @@ def test_credentials_wait_sealed_for_the_letter_and_fail_with_it(world, permanen
         assert secret.value.startswith("sdbox1:")  # sealed: a backup taken now holds no password
     approve(d, src, tr, "kadis")
     d.run_once()
+    if case == "key_changed":
+        d.box = SecretBox.ephemeral()  # the key file replaced while the letter waited
+        letter_refused = False
+        with sessions.begin() as s:  # its retry comes due now
+            s.execute(update(Outbox).where(Outbox.purpose == "final").values(next_attempt_at=utcnow()))
+        d.run_once()
     with sessions() as s:
         letter = s.execute(select(Outbox).where(Outbox.purpose == "final")).scalar_one()
         creds = s.execute(select(Outbox).where(Outbox.purpose == "credentials")).scalar_one()
         assert s.execute(select(PendingSecret)).first() is None  # it lives in the sealed mail alone now
         assert creds.after_id == letter.id and creds.rcpts == ["pic@dinsos.example.org"]
-        if permanent:
-            assert letter.status == "failed" and creds.status == "failed" and creds.raw is None
-        else:
+        if case == "letter_later":
             assert letter.status == "queued" and creds.status == "waiting"
             assert creds.raw is not None and creds.raw.startswith(b"sdbox1:")
-    assert not tr.to("pic@dinsos.example.org") or all(
-        "Kata sandi akun" not in str(m["Subject"]) for m in tr.to("pic@dinsos.example.org"))
+        else:
+            assert letter.status == ("sent" if case == "key_changed" else "failed")
+            assert creds.status == "failed" and creds.raw is None
+    assert not any("Kata sandi akun" in str(m["Subject"]) for m in tr.to("pic@dinsos.example.org"))

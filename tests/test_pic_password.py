@@ -103,7 +103,7 @@ def test_the_pic_password_is_seen_by_the_pic_alone(dovecot: Dovecot, smtp_relay:
             o.decide(role, "SETUJU")
         letter = o.wait_mail(o.requester, lambda m: "telah aktif" in str(m["Subject"]))
         creds = o.wait_mail(pic, lambda m: "Kata sandi akun" in str(m["Subject"]))
-        password = re.search(r"Kata sandi\s+:\s+(\S+)", body_text(creds)).group(1)  # type: ignore[union-attr]
+        password = re.search(r"Kata sandi\s*:\s*(\S+)", body_text(creds)).group(1)  # type: ignore[union-attr]
         assert len(password) == 20 and password not in body_text(letter)
         assert pic.address in str(parse_mail(creds)["To"]) and o.requester.address not in str(parse_mail(creds)["To"])
 
@@ -137,6 +137,9 @@ def test_the_pic_password_is_seen_by_the_pic_alone(dovecot: Dovecot, smtp_relay:
         if f.is_file():
             look("database file" if "-wal" not in f.name else "WAL", iter([f.read_bytes()]))
     assert any(f.name.endswith("-wal") for f in during.iterdir())
+    then = sqlite3.connect(during / "subdomaind.db")
+    assert [v[:7] for (v,) in then.execute("SELECT value FROM pending_secrets")] == ["sdbox1:"]  # it was there, sealed
+    then.close()
     log_file = o.base / "daemon.log"
     look("log", iter([log_file.read_bytes()]))
     # What the daemon stored of every message, decoded (the PIC's answer included).
