@@ -95,6 +95,8 @@ def problems(cfg: Config, *, secrets: bool = True) -> list[str]:
                 out += [f"{key}.dns.tsig_secret_file: {p}" for p in exc.problems]
     if secrets and cfg.smtp.user:
         out += _mailbox_secret("smtp", cfg.smtp)
+    if secrets:
+        out += _pic_key(cfg)
     out += _hosting(cfg)
     out += _database(cfg)
     out += _metrics(cfg)
@@ -133,6 +135,23 @@ def read_secret_file(path: Path) -> str:
     if not text:
         raise ConfigError([f"{p} is empty; write the secret into it"])
     return text
+
+
+def _pic_key(cfg: Config) -> list[str]:
+    """The key that seals PIC passwords at rest: readable, not readable by others, a valid key."""
+    from workflows.secretbox import SecretBox, SecretKeyError
+
+    key_file = getattr(getattr(cfg, "secrets", None), "key_file", None)
+    if key_file is None:
+        return []  # daemon/config.py names the missing key
+    try:
+        read_secret_file(key_file)
+        SecretBox.from_file(key_file)
+    except ConfigError as exc:
+        return [f"secrets.key_file: {p}" for p in exc.problems]
+    except SecretKeyError as exc:
+        return [f"secrets.key_file: {exc}"]
+    return []
 
 
 def _mailbox_secret(key: str, src: Any) -> list[str]:

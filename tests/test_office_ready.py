@@ -183,6 +183,9 @@ def _uncommented(example: Path, tmp: Path) -> Path:
     for name in ("imap-password", "smtp-password"):
         _secret(creds, name, "rahasia")
     _secret(creds, "tsig-secret", "aGVsbG8gd29ybGQgaGVsbG8gd29ybGQ=")
+    from workflows.secretbox import write_key_file
+
+    write_key_file(creds / "pic-secret-key")
     (tmp / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
     (tmp / "libur-lokal.toml").write_text('libur = ["2026-08-19"]\n')
     tool = tmp / "buat-akun-hosting"
@@ -313,7 +316,7 @@ def test_version() -> None:
 
 def test_read_only_commands_need_no_secret_and_create_no_database(tmp_path: Path) -> None:
     data = config_data(tmp_path / "cfg")
-    for f in ("imap.pass", "tsig.secret"):
+    for f in ("imap.pass", "tsig.secret", "pic-secret.key"):
         (tmp_path / "cfg" / f).unlink()
     path = write_config(tmp_path / "c.toml", data)
     state = tmp_path / "cfg" / "state"
@@ -343,7 +346,7 @@ def test_a_member_of_the_group_reads_without_secrets() -> None:
         (base / "state").chmod(0o750)
         for p in (*(base / "state").iterdir(), office_db):
             p.chmod(0o640)
-        for f in ("imap.pass", "tsig.secret"):
+        for f in ("imap.pass", "tsig.secret", "pic-secret.key"):
             assert (base / f).stat().st_mode & 0o077 == 0  # the secrets stay root's
         code = (f"import sys; sys.path[:0] = [{str(ROOT)!r}, {str(site)!r}]; from daemon.cli import main; "
                 f"sys.exit(main(sys.argv[1:]))")
