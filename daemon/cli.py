@@ -91,6 +91,15 @@ def _reader_sessions(cfg: Config) -> Any:
 _ADDRESS = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})")
 
 
+_BYTES_REPR = re.compile(r"\bb'(.*?)'")
+
+
+def plain_reason(text: str | None) -> str:
+    """A stored failure reason as words: the first line, without Python's b'...' around a server's reply."""
+    first = (text or "").strip().splitlines()
+    return _BYTES_REPR.sub(r"\1", first[0]) if first else "tanpa keterangan"
+
+
 def redact(text: str) -> str:
     """Addresses shortened to their first letter and domain (k***@trenggalekkab.go.id) for error logs."""
     return _ADDRESS.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", text)
@@ -209,8 +218,8 @@ def cmd_once(args: argparse.Namespace) -> int:
     with d.sessions() as s:
         failing = list(s.execute(select(MailboxState).where(MailboxState.failing_since.is_not(None))).scalars())
     for st in failing:
-        why = (st.last_error or "tanpa keterangan").splitlines()[0][:300]
-        print(f"kotak surat {st.agency} ({st.mailbox}) tidak dapat dibaca: {why}", file=sys.stderr)
+        print(f"kotak surat {st.agency} ({st.mailbox}) tidak dapat dibaca: {plain_reason(st.last_error)[:300]}",
+              file=sys.stderr)
     return 1 if failing else 0
 
 
@@ -311,7 +320,7 @@ def intake_lines(cfg: Config, data: dict[str, Any]) -> list[str]:
             state = "belum pernah dibaca"
         lines.append(f"Kotak surat {i['agency']} ({i['mailbox']}): {state}")
         if i["failing_since"] and i["last_error"]:
-            lines.append(f"  alasan: {i['last_error'].splitlines()[0][:300]}")
+            lines.append(f"  alasan: {plain_reason(i['last_error'])[:300]}")
         if i.get("backoff_until"):
             lines.append(f"  dicoba lagi: {_when(i['backoff_until'], tz).split(' (')[0]}")
         lines.append(f"  terakhir berhasil: {_when(i['last_ok_at'], tz)}")
@@ -330,7 +339,7 @@ def health(cfg: Config, data: dict[str, Any]) -> tuple[int, str]:
     for i in data["intake"]:
         if i["failing_since"]:
             age = (utcnow() - datetime.fromisoformat(i["failing_since"])).total_seconds()
-            why = (i["last_error"] or "").splitlines()[0][:120] if i["last_error"] else "tanpa keterangan"
+            why = plain_reason(i["last_error"])[:120]
             (crit if age >= limit else warn).append(f"kotak surat {i['agency']} gagal {int(age // 60)} menit: {why}")
         elif not i["last_ok_at"]:
             warn.append(f"kotak surat {i['agency']} belum pernah dibaca")

@@ -9,7 +9,6 @@ authoritative answer. Nothing is changed on any server.
 from __future__ import annotations
 
 import contextlib
-import re
 import smtplib
 import socket
 from collections.abc import Callable, Iterator
@@ -23,6 +22,7 @@ import dns.rcode
 import dns.rdatatype
 import dns.tsig
 
+from daemon.cli import plain_reason
 from daemon.config import AgencyConfig, Config, ConfigError
 from daemon.validate import read_tsig
 
@@ -58,7 +58,7 @@ def imap_login(ag: AgencyConfig) -> Check:
     try:
         src.connect()
     except MailSourceError as exc:
-        text = re.sub(r"\bb'(.*?)'", r"\1", str(exc))  # imapclient gives the server's words as bytes
+        text = plain_reason(str(exc))  # imapclient gives the server's words as bytes
         if "AUTHENTICATIONFAILED" in text or "uthentication failed" in text:
             return Check(what, False, f"login ditolak: nama pengguna atau kata sandi salah ({text})")
         return Check(what, False, text)
@@ -84,7 +84,7 @@ def smtp_login(cfg: Config) -> Check:
         return Check(what, False, _why(exc))
     with contextlib.suppress(smtplib.SMTPException, OSError):
         client.quit()
-    return Check(what, True, f"terhubung{', login ' + s.user if s.user else ''} berhasil")
+    return Check(what, True, f"terhubung, login {s.user} berhasil" if s.user else "terhubung (tanpa login)")
 
 
 def _backend(ag: AgencyConfig, timeout: float = 5.0) -> object:
