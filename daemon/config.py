@@ -60,7 +60,7 @@ class ImapConfig(SecretSource):
     idle: bool = True
     poll_seconds: float = Field(30.0, gt=0)
     # RFC 2177 asks clients to re-issue IDLE at least every 29 minutes; we do it well before.
-    idle_refresh_seconds: float = Field(600.0, gt=0)
+    idle_refresh_seconds: float = Field(600.0, gt=0, le=1740)
     timeout_seconds: float = Field(30.0, gt=0)
 
 
@@ -78,6 +78,9 @@ class SmtpConfig(SecretSource):
     retry_max_seconds: float = Field(3600.0, gt=0)
     # Mails in flight at once, each on its own connection; 1 for a server that allows one per client.
     connections: int = Field(3, ge=1, le=16)
+    # At most this many mails a minute toward the office MTA (unset: no limit): 548 digests at 07:00
+    # must not trip the relay's rate limits or look like a burst of spam.
+    max_per_minute: int | None = Field(None, ge=1)
 
 
 class DnsConfig(_Strict):
@@ -241,6 +244,13 @@ class LimitsConfig(_Strict):
     parse_timeout_seconds: float = Field(120.0, gt=0)
 
 
+class ScaleConfig(_Strict):
+    """Many agencies in one process: how many mailbox logins may be under way at once (start-up, reconnects),
+    so a restart does not open hundreds of TLS handshakes against one Dovecot in the same second."""
+
+    login_concurrency: int = Field(8, ge=1, le=64)
+
+
 class MetricsConfig(_Strict):
     """Prometheus metrics over HTTP (daemon/metrics.py); unset, no port is opened."""
 
@@ -263,6 +273,7 @@ class Config(_Strict):
     workflow: WorkflowConfig = WorkflowConfig()
     limits: LimitsConfig = LimitsConfig()
     metrics: MetricsConfig = MetricsConfig()
+    scale: ScaleConfig = ScaleConfig()
     secrets: SecretsConfig = SecretsConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

@@ -8,6 +8,7 @@ never deletes: handled mail is flagged (and optionally moved), quarantined mail 
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 import time
 from collections.abc import Sequence
@@ -29,6 +30,11 @@ FETCH_BYTES = 8 * 1024 * 1024
 # A message larger than this is fetched in pieces of this size (RFC 3501 6.4.5 BODY.PEEK[]<offset.count>):
 # a literal read whole costs the IMAP library several copies of it (about 4x: 112 MB for a 27 MB letter).
 PIECE_BYTES = 1024 * 1024
+
+
+def _has_new(responses: Sequence[object]) -> bool:
+    """Whether untagged responses announce new mail (RFC 3501 7.3.1 EXISTS, 7.3.2 RECENT)."""
+    return any(r[1] in (b"EXISTS", b"RECENT") for r in responses if isinstance(r, tuple) and len(r) > 1)
 
 
 class MailSourceError(Exception):
@@ -183,24 +189,41 @@ class ImapSource:
             raise MailSourceError(f"IMAP mark: {exc}") from exc
 
     def wait(self, timeout: float) -> bool:
-        """Wait for new mail up to `timeout` seconds: IDLE (RFC 2177) where offered, else sleep."""
+        """Wait for new mail up to `timeout` seconds: IDLE (RFC 2177) where offered, else sleep.
+
+        One IDLE command is held the whole time: other untagged responses (flag changes, expunges, the
+        server's "still here") are read and IDLE goes on; it ends when a message arrives, at `timeout`, or
+        when `interrupt` cuts the connection. The caller keeps `timeout` below the 29 minutes RFC 2177 allows.
+        """
         c = self._c()
         if not self._idle_ok:
             time.sleep(timeout)
             return False
+        deadline = time.monotonic() + timeout
+        arrived = False
         try:
             c.idle()
-            responses: list[object] = []
             try:
-                responses = list(c.idle_check(timeout=timeout))
+                while not arrived and (left := deadline - time.monotonic()) > 0:
+                    arrived = _has_new(c.idle_check(timeout=left))
             finally:
                 # Dovecot often reports EXISTS just as IDLE ends: those responses come back from
                 # idle_done() and must count too (RFC 2177), or the mail waits for the next poll.
                 _text, tail = c.idle_done()
-                responses.extend(tail)
+                arrived = arrived or _has_new(tail)
         except (TimeoutError, OSError, IMAPClientError) as exc:
             raise MailSourceError(f"IMAP IDLE: {exc}") from exc
-        return any(r[1] in (b"EXISTS", b"RECENT") for r in responses if isinstance(r, tuple) and len(r) > 1)
+        return arrived
+
+    def interrupt(self) -> None:
+        """From another thread: end a `wait` now by shutting the socket (a stop, or the lease went elsewhere)."""
+        c = self.client
+        if c is None:
+            return
+        try:
+            c.socket().shutdown(socket.SHUT_RDWR)
+        except (OSError, AttributeError):
+            log.debug("IMAP interrupt failed", exc_info=True)
 
     def close(self) -> None:
         if self.client is not None:

@@ -15,8 +15,8 @@ import signal
 import socket
 import threading
 import time
-import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from types import FrameType
@@ -26,6 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.config import AgencyConfig, Config, LimitsConfig
+from daemon.leases import AllLeases, Leases, PgLeases, agency_key
 from daemon.mailbox import FETCH_BYTES, ImapSource, MailSource, MailSourceError
 from daemon.outbox import SmtpTransport, Transport, drain
 from daemon.parsing import Job, Parser, make_parser, release_large_blocks
@@ -47,6 +48,9 @@ FETCH_BATCH = 25
 GROUP_SECONDS = 0.25  # one intake transaction gathers messages for at most this long
 _DAEMON_LIMITS = {"parse_workers", "parse_timeout_seconds"}  # the daemon's, not the parser's (parsers.model.Limits)
 DRAIN_BUDGET_SECONDS = 20.0
+# Automatic steps coming due by the clock, reminders and digests are looked for this often in every agency;
+# a mailbox that IDLE reports changed is handled at once, alone.
+CHORES_SECONDS = 60.0
 
 
 def sd_notify(message: str) -> None:
@@ -110,6 +114,9 @@ class AgencyRuntime:
     backoff_until: float = 0.0
     failures: int = 0
     wake: threading.Event = field(default_factory=threading.Event)
+    lease_changed: threading.Event = field(default_factory=threading.Event)  # wakes its IDLE watcher
+    watcher: ImapSource | None = None  # the IDLE connection, cut by `interrupt` on a stop or a lost lease
+    idling: bool = False  # its watcher holds IDLE: the poll interval need not look at this mailbox
 
 
 class Daemon:
@@ -134,7 +141,6 @@ class Daemon:
         self._wake = threading.Event()
         self._outbox_wake = threading.Event()
         self._sender_stop = threading.Event()
-        self._locks: dict[str, Any] = {}
         self._given_transport = transport
         self._given_sources = sources or {}
         self._given_services = services or {}
@@ -146,6 +152,37 @@ class Daemon:
         self.stopping = threading.Event()
         self.ready = False
         self._watchers: list[threading.Thread] = []
+        self.leases = self._make_leases()
+        self._logins = threading.BoundedSemaphore(config.scale.login_concurrency)
+
+    def _make_leases(self) -> Leases:
+        """Which agencies this process works: all on SQLite; on PostgreSQL an even share (daemon/leases.py)."""
+        engine = self.sessions.kw["bind"]
+        if engine.dialect.name != "postgresql":
+            return AllLeases(self.runtimes)
+        keys = {aid: agency_key(aid, rt.source.folder) for aid, rt in self.runtimes.items()}
+        return PgLeases(engine.url, keys, on_change=self._leases_changed)
+
+    def _leases_changed(self, gained: set[str], lost: set[str]) -> None:
+        """From the lease thread: a mailbox gained is looked at now; one lost is let go of (connections too)."""
+        for aid in lost:
+            rt = self.runtimes.get(aid)
+            if rt is not None:
+                rt.connected = False
+                try:
+                    rt.source.close()
+                except Exception:  # noqa: BLE001 - the connection is dropped either way
+                    log.debug("close failed", exc_info=True)
+                rt.lease_changed.set()
+                if rt.watcher is not None:
+                    rt.watcher.interrupt()
+        for aid in gained:
+            rt = self.runtimes.get(aid)
+            if rt is not None:
+                rt.wake.set()
+                rt.lease_changed.set()
+        if gained:
+            self._wake.set()
 
     def _build(self, config: Config) -> tuple[Transport, dict[str, AgencyRuntime]]:
         smtp_password = config.smtp.read_secret() if config.smtp.user else None
@@ -181,7 +218,10 @@ class Daemon:
                 rt.source.close()
             except Exception:  # noqa: BLE001 - the old connection is dropped either way
                 log.debug("close failed", exc_info=True)
+        self.leases.close()
         self.config, self.transport, self.runtimes, self.box = new, transport, runtimes, box
+        self.leases = self._make_leases()
+        self.leases.start()
         log.info("configuration reloaded from %s: %d agency(ies)", self.config_path, len(new.agencies))
         return True
 
@@ -203,18 +243,31 @@ class Daemon:
             box=self.box,
         )
 
-    def run_once(self, *, drain_inline: bool = True) -> dict[str, int]:
+    def run_once(self, *, drain_inline: bool = True, intake: Collection[str] | None = None,
+                 chores: Collection[str] | None = None) -> dict[str, int]:
+        """One pass: intake in the agencies of `intake` (None: all), then their due automatic steps; the
+        reminders and digest of those in `chores` (None: all) too. Only the agencies this process works."""
         totals = {"messages": 0, "actions": 0, "sent": 0}
+        self.leases.start()  # once: the first round of leases before the first pass
         for rt in self.runtimes.values():
             if self.stopping.is_set():
                 break
+            aid = rt.agency.id
+            take_in = intake is None or aid in intake
+            do_chores = chores is None or aid in chores
+            if not (take_in or do_chores):
+                continue
             # One process per agency does its work (intake, automatic steps, reminders, digest); the
             # outbox is shared, each row claimed with FOR UPDATE SKIP LOCKED.
-            if not self.owns(rt):
-                continue
-            totals["messages"] += self.intake(rt, drain_inline=drain_inline)
-            totals["actions"] += self.run_due(rt)
-            self.housekeeping(rt)
+            with self.leases.working(aid) as mine:
+                if not mine:
+                    continue
+                if take_in:
+                    rt.wake.clear()
+                    totals["messages"] += self.intake(rt, drain_inline=drain_inline)
+                totals["actions"] += self.run_due(rt)
+                if do_chores:
+                    self.housekeeping(rt)
         if drain_inline:
             totals["sent"] += self.drain_outbox()
         else:
@@ -260,7 +313,8 @@ class Daemon:
         if time.monotonic() < rt.backoff_until:
             return False
         try:
-            rt.source.connect()
+            with self._logins:
+                rt.source.connect()
         except MailSourceError as exc:
             self._intake_failed(rt, exc)
             return False
@@ -305,30 +359,9 @@ class Daemon:
         return st
 
     def owns(self, rt: AgencyRuntime) -> bool:
-        """On PostgreSQL, whether this process works this mailbox: a session advisory lock per mailbox,
-        held on its own connection. Another process's lock means it is theirs; when that process dies its
-        connection closes, the lock goes with it, and the next pass here takes over. SQLite: always."""
-        engine = self.sessions.kw["bind"]
-        if engine.dialect.name != "postgresql":
-            return True
-        conn = self._locks.get(rt.agency.id)
-        if conn is not None:
-            try:
-                conn.exec_driver_sql("SELECT 1")
-                return True
-            except Exception:  # noqa: BLE001 - the lock's connection died: the lock is gone with it
-                log.warning("lock connection for %s lost; trying to take the mailbox again", rt.agency.id)
-                self._locks.pop(rt.agency.id, None)
-        key = zlib.crc32(f"subdomaind:{rt.agency.id}:{rt.source.folder}".encode()) - 2**31
-        conn = engine.connect()
-        got = bool(conn.exec_driver_sql(f"SELECT pg_try_advisory_lock({int(key)})").scalar())
-        conn.commit()
-        if not got:
-            conn.close()
-            return False
-        log.info("this process now works the mailbox of %s", rt.agency.id)
-        self._locks[rt.agency.id] = conn
-        return True
+        """Whether this process works this mailbox now (daemon/leases.py). SQLite: always."""
+        self.leases.start()
+        return self.leases.owns(rt.agency.id)
 
     def intake(self, rt: AgencyRuntime, *, drain_inline: bool = True) -> int:
         if not self._connect(rt):
@@ -549,34 +582,60 @@ class Daemon:
     # --- the loop ---------------------------------------------------------------------------------
 
     def _watch(self, rt: AgencyRuntime) -> None:
-        """A second connection per mailbox that only IDLEs and wakes the main loop on new mail."""
+        """A second connection per mailbox this process works, that only IDLEs and wakes the main loop for
+        this mailbox when new mail arrives. One IDLE is held until the server reports mail, re-issued every
+        `idle_refresh_seconds` (below the 29 minutes of RFC 2177) on the same connection; a stop or a lease
+        gone elsewhere cuts the connection (`ImapSource.interrupt`)."""
         if not rt.agency.imap.idle:
             return
         src = ImapSource(rt.agency.imap, rt.agency.imap.read_secret() or "", self.spool_dir)
+        aid = rt.agency.id
         failures = 0
         while not self.stopping.is_set():
+            if not self.leases.owns(aid):
+                rt.lease_changed.wait()
+                rt.lease_changed.clear()
+                continue
+            rt.watcher = src
             try:
-                src.connect()
+                with self._logins:
+                    src.connect()
                 if src.mode != "idle":
                     return
+                rt.idling = True
                 # Mail may have arrived while we were away: let the main loop look at once.
                 rt.wake.set()
                 self._wake.set()
                 failures = 0
-                refresh_at = time.monotonic() + rt.agency.imap.idle_refresh_seconds
-                while not self.stopping.is_set() and time.monotonic() < refresh_at:
-                    if src.wait(1.0):
+                while not self.stopping.is_set() and self.leases.owns(aid):
+                    if src.wait(rt.agency.imap.idle_refresh_seconds):
                         rt.wake.set()
                         self._wake.set()
             except MailSourceError as exc:
+                if self.stopping.is_set() or not self.leases.owns(aid):
+                    continue
                 failures += 1
-                log.info("IDLE watcher %s: %s", rt.agency.id, exc)
+                log.info("IDLE watcher %s: %s", aid, exc)
+                rt.idling = False
+                rt.wake.set()  # polled meanwhile
+                self._wake.set()
                 self.stopping.wait(min(60.0, 2.0 ** failures) * random.uniform(0.5, 1.0))
             finally:
+                rt.idling = False
+                rt.watcher = None
                 src.close()
+
+    def connect_all(self) -> None:
+        """Log in to every mailbox this process works, `scale.login_concurrency` at a time."""
+        todo = [rt for rt in self.runtimes.values() if self.leases.owns(rt.agency.id) and not rt.connected]
+        if len(todo) < 2:
+            return
+        with ThreadPoolExecutor(self.config.scale.login_concurrency, thread_name_prefix="login") as pool:
+            list(pool.map(self._connect, todo))
 
     def run(self, *, max_passes: int | None = None) -> None:
         self._install_signals()
+        self.leases.start()
         for rt in self.runtimes.values():
             if isinstance(rt.source, ImapSource):
                 t = threading.Thread(target=self._watch, args=(rt,), name=f"idle-{rt.agency.id}", daemon=True)
@@ -586,15 +645,32 @@ class Daemon:
         self._metrics = self._serve_metrics()
         remove_stale(self.spool_dir)
         self.parser.warm()
+        self.connect_all()
         passes = 0
-        poll = min(rt.agency.imap.poll_seconds for rt in self.runtimes.values())
+        next_poll = next_chores = 0.0
         while not self.stopping.is_set():
             self._wake.clear()
             if self._reload.is_set():
                 self._reload.clear()
                 self.reload()
+                next_poll = next_chores = 0.0
+            now = time.monotonic()
+            poll = min(rt.agency.imap.poll_seconds for rt in self.runtimes.values())
+            # A mailbox is read when its watcher says it changed, when its backoff after a failure ends,
+            # and, where no watcher holds IDLE for it, every poll interval; the first pass reads them all.
+            due_poll = now >= next_poll
+            intake = None if not passes else {
+                aid for aid, rt in self.runtimes.items()
+                if rt.wake.is_set() or (due_poll and not rt.idling)
+                or (not rt.connected and 0 < rt.backoff_until <= now)}
+            chores: set[str] | None = None if now >= next_chores else set()
+            if due_poll:
+                next_poll = now + poll
+            if chores is None:
+                next_chores = now + CHORES_SECONDS
             try:
-                self.run_once(drain_inline=False)
+                if intake is None or intake or chores is None:
+                    self.run_once(drain_inline=False, intake=intake, chores=chores)
             except Exception:  # the loop boundary: a bug in one pass must not stop the daemon
                 log.exception("pass failed")
             sd_notify("WATCHDOG=1")
@@ -602,8 +678,10 @@ class Daemon:
             if max_passes is not None and passes >= max_passes:
                 break
             # A mailbox that failed is retried when its backoff ends, not a whole poll interval later.
-            retry_in = [rt.backoff_until - time.monotonic() for rt in self.runtimes.values() if not rt.connected]
-            self._wake.wait(timeout=max(0.05, min([poll, *retry_in])))
+            now = time.monotonic()
+            retry_in = [rt.backoff_until - now for aid, rt in self.runtimes.items()
+                        if not rt.connected and rt.backoff_until > now and self.leases.owns(aid)]
+            self._wake.wait(timeout=max(0.05, min([next_poll - now, next_chores - now, *retry_in])))
         self.shutdown()
 
     def _serve_metrics(self) -> Any:
@@ -662,11 +740,12 @@ class Daemon:
                 closer()
             except Exception:  # noqa: BLE001 - the SMTP connection is dropped either way
                 log.debug("SMTP close failed", exc_info=True)
+        for rt in self.runtimes.values():
+            rt.lease_changed.set()
+            if rt.watcher is not None:
+                rt.watcher.interrupt()
+        # One bound for all of them, whatever the number of mailboxes (TimeoutStopSec).
+        end = time.monotonic() + 3
         for t in self._watchers:
-            t.join(timeout=3)
-        for conn in self._locks.values():
-            try:
-                conn.close()  # closing the session releases its advisory locks
-            except Exception:  # noqa: BLE001
-                log.debug("lock close failed", exc_info=True)
-        self._locks.clear()
+            t.join(timeout=max(0.0, end - time.monotonic()))
+        self.leases.close()  # its connection closes: the other processes take these agencies at once
