@@ -144,7 +144,7 @@ def setup_logging(level: str, fmt: str) -> None:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from daemon.validate import load_checked
+    from daemon.validate import load_checked, warnings
 
     try:
         cfg = load_checked(args.file)
@@ -153,6 +153,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             print(p)
         return EX_CONFIG
     print(f"OK: {len(cfg.agencies)} agency(ies): " + ", ".join(f"{a.id} ({a.zone}, SOP {a.sop})" for a in cfg.agencies))
+    for w in warnings(cfg):
+        print(f"WARNING: {w}")
     if not args.connect:
         return 0
     from daemon.connect import run_checks

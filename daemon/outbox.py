@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple, Protocol
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
@@ -304,8 +304,12 @@ def drain(
     retry_base: float = 30.0,
     retry_max: float = MAX_BACKOFF.total_seconds(),
     box: SecretBox | None = None,
+    per_minute: int | None = None,
 ) -> dict[str, int]:
     """Send due outbox rows, `chunk` at a time; returns counts {"sent", "retry", "failed"}.
+
+    With `per_minute`, no more mails go out than that in any 60 s, counted from the sent rows in the
+    database, so every process sharing it keeps to the one rate toward the office MTA; the rest waits.
 
     Each chunk is claimed in one transaction that records the attempt (and the next retry time) before
     anything is sent, so no other process sees those rows due meanwhile, and a database that cannot record
@@ -322,10 +326,18 @@ def drain(
     while counts["sent"] + counts["retry"] + counts["failed"] < limit:
         if (deadline is not None and time.monotonic() > deadline) or (stopping is not None and stopping.is_set()):
             break
+        take = chunk
+        if per_minute is not None:
+            with sessions() as s:
+                recent = s.execute(select(func.count()).select_from(Outbox).where(
+                    Outbox.sent_at.is_not(None), Outbox.sent_at > clock() - timedelta(seconds=60))).scalar_one()
+            take = min(chunk, per_minute - int(recent))
+            if take <= 0:
+                break  # the rate toward the MTA is used up for this minute
         # 1. Claim a chunk and record the attempt, committed before the send.
         with sessions.begin() as s:
             q = (select(Outbox).where(Outbox.status == "queued", Outbox.next_attempt_at <= clock())
-                 .order_by(Outbox.id).limit(chunk))
+                 .order_by(Outbox.id).limit(take))
             if pg:
                 q = q.with_for_update(skip_locked=True, of=Outbox)  # not the joined bytes (outer join)
             claimed: list[_Claim] = []

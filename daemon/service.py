@@ -280,7 +280,7 @@ class Daemon:
         smtp = self.config.smtp
         return drain(self.sessions, self.transport, self.clock, deadline=time.monotonic() + DRAIN_BUDGET_SECONDS,
                      stopping=self.stopping, retry_base=smtp.retry_base_seconds,
-                     retry_max=smtp.retry_max_seconds, box=self.box)["sent"]
+                     retry_max=smtp.retry_max_seconds, box=self.box, per_minute=smtp.max_per_minute)["sent"]
 
     def start_sender(self) -> None:
         """The outbox on its own thread: mail goes out while intake goes on (on SQLite too: every
@@ -633,8 +633,17 @@ class Daemon:
         with ThreadPoolExecutor(self.config.scale.login_concurrency, thread_name_prefix="login") as pool:
             list(pool.map(self._connect, todo))
 
+    def _warn_size(self) -> None:
+        """Said at start too: a descriptor limit below what this many agencies need. The unit sets
+        LimitNOFILE=; the daemon does not raise its own limit (its seccomp filter denies @resources)."""
+        from daemon.validate import warnings
+
+        for w in warnings(self.config):
+            log.warning("%s", w)
+
     def run(self, *, max_passes: int | None = None) -> None:
         self._install_signals()
+        self._warn_size()
         self.leases.start()
         for rt in self.runtimes.values():
             if isinstance(rt.source, ImapSource):
@@ -725,7 +734,7 @@ class Daemon:
         try:
             drain(self.sessions, self.transport, self.clock, deadline=time.monotonic() + flush_seconds,
                   retry_base=self.config.smtp.retry_base_seconds, retry_max=self.config.smtp.retry_max_seconds,
-                  box=self.box)
+                  box=self.box, per_minute=self.config.smtp.max_per_minute)
         except Exception:  # noqa: BLE001 - what could not be sent stays queued for the next start
             log.exception("final outbox flush failed")
         for rt in self.runtimes.values():

@@ -105,6 +105,37 @@ def problems(cfg: Config, *, secrets: bool = True) -> list[str]:
     return out
 
 
+# --- size -----------------------------------------------------------------------------------------
+
+# Descriptors besides the mailboxes: database pool (5 + 10) and the lease connection, SMTP connections, the
+# parser workers' pipes, metrics, spool files, journald, with room to spare.
+BASE_DESCRIPTORS = 50
+
+
+def descriptors_needed(cfg: Config) -> int:
+    """About what the daemon opens: per agency its intake connection and, with IDLE, its watcher's."""
+    return BASE_DESCRIPTORS + sum(2 if ag.imap.idle else 1 for ag in cfg.agencies)
+
+
+def descriptor_limit() -> int:
+    import resource
+
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+def warnings(cfg: Config, limit: int | None = None) -> list[str]:
+    """What would not stop the daemon today but will hurt at this size: said by check-config and at start."""
+    out: list[str] = []
+    need = descriptors_needed(cfg)
+    have = descriptor_limit() if limit is None else limit
+    if need > have:
+        out.append(f"{len(cfg.agencies)} agencies need about {need} file descriptors, but this process may open "
+                   f"only {have} (ulimit -n): set LimitNOFILE={max(8192, 2 * need)} in the unit "
+                   f"(docs/PANDUAN.md, large deployment)")
+    return out
+
+
 # --- secrets --------------------------------------------------------------------------------------
 
 

@@ -256,3 +256,30 @@ def test_the_password_key_is_demanded_and_made_0600(tmp_path: Path) -> None:
     key.write_text("bukan kunci\n")
     bad = run("check-config", str(write_config(tmp_path / "key.toml", data)))
     assert bad.returncode == 78 and b"secrets.key_file" in bad.stdout and b"Traceback" not in bad.stdout + bad.stderr
+
+
+def test_check_config_warns_when_the_descriptor_limit_is_too_low_for_the_agencies(tmp_path: Path) -> None:
+    import copy
+    import resource
+
+    data = config_data(tmp_path)
+    one = data["agency"][0]
+    many = []
+    for i in range(30):
+        ag = copy.deepcopy(one)
+        ag["id"] = f"kab{i}"
+        ag["imap"]["user"] = f"layanan{i}"
+        many.append(ag)
+    data["agency"] = many
+    path = write_config(tmp_path / "many.toml", data)
+
+    def low_limit() -> None:  # 30 agencies need about 110 descriptors
+        resource.setrlimit(resource.RLIMIT_NOFILE, (100, 100))
+
+    proc = subprocess.run([str(SUBDOMAIND), "check-config", str(path)], capture_output=True, timeout=60,
+                          check=False, preexec_fn=low_limit)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert b"WARNING: 30 agencies need about 110 file descriptors" in proc.stdout
+    assert b"LimitNOFILE=" in proc.stdout
+    ok = run("check-config", str(path))  # the usual 1024 is plenty for 30
+    assert ok.returncode == 0 and b"WARNING" not in ok.stdout
