@@ -205,7 +205,13 @@ class ImapSource:
             c.idle()
             try:
                 while not arrived and (left := deadline - time.monotonic()) > 0:
-                    arrived = _has_new(c.idle_check(timeout=left))
+                    got = c.idle_check(timeout=left)
+                    arrived = _has_new(got)
+                    # Nothing read before the timeout: the server closed the connection (imapclient
+                    # returns an empty list at EOF). Likewise a BYE. IDLE ends; idle_done finds out which.
+                    if (not got and time.monotonic() < deadline - 0.05) or any(
+                            isinstance(r, tuple) and r and r[0] == b"BYE" for r in got):
+                        break
             finally:
                 # Dovecot often reports EXISTS just as IDLE ends: those responses come back from
                 # idle_done() and must count too (RFC 2177), or the mail waits for the next poll.

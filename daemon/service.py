@@ -48,8 +48,8 @@ FETCH_BATCH = 25
 GROUP_SECONDS = 0.25  # one intake transaction gathers messages for at most this long
 _DAEMON_LIMITS = {"parse_workers", "parse_timeout_seconds"}  # the daemon's, not the parser's (parsers.model.Limits)
 DRAIN_BUDGET_SECONDS = 20.0
-# Automatic steps coming due by the clock, reminders and digests are looked for this often in every agency;
-# a mailbox that IDLE reports changed is handled at once, alone.
+# Automatic steps coming due by the clock, reminders and digests are looked for every poll interval, and
+# at least this often, in every agency; a mailbox that IDLE reports changed is handled at once, alone.
 CHORES_SECONDS = 60.0
 
 
@@ -676,7 +676,7 @@ class Daemon:
             if due_poll:
                 next_poll = now + poll
             if chores is None:
-                next_chores = now + CHORES_SECONDS
+                next_chores = now + min(poll, CHORES_SECONDS)
             try:
                 if intake is None or intake or chores is None:
                     self.run_once(drain_inline=False, intake=intake, chores=chores)
