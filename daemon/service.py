@@ -219,6 +219,10 @@ class Daemon:
             except Exception:  # noqa: BLE001 - the old connection is dropped either way
                 log.debug("close failed", exc_info=True)
         self.leases.close()
+        for aid, rt in runtimes.items():  # the IDLE watchers go on: their state carries over
+            old = self.runtimes.get(aid)
+            if old is not None:
+                rt.idling, rt.watcher, rt.lease_changed = old.idling, old.watcher, old.lease_changed
         self.config, self.transport, self.runtimes, self.box = new, transport, runtimes, box
         self.leases = self._make_leases()
         self.leases.start()
@@ -264,7 +268,13 @@ class Daemon:
                     continue
                 if take_in:
                     rt.wake.clear()
-                    totals["messages"] += self.intake(rt, drain_inline=drain_inline)
+                    try:
+                        totals["messages"] += self.intake(rt, drain_inline=drain_inline)
+                    except BaseException:
+                        rt.wake.set()  # not done (the database failed): read again at the next poll
+                        raise
+                    if self.stopping.is_set():
+                        rt.wake.set()
                 totals["actions"] += self.run_due(rt)
                 if do_chores:
                     self.housekeeping(rt)
@@ -581,6 +591,18 @@ class Daemon:
 
     # --- the loop ---------------------------------------------------------------------------------
 
+    # The watcher of a mailbox outlives a configuration reload: it reaches the agency's current runtime.
+    def _wake_agency(self, aid: str) -> None:
+        rt = self.runtimes.get(aid)
+        if rt is not None:
+            rt.wake.set()
+        self._wake.set()
+
+    def _idling(self, aid: str, on: bool) -> None:
+        rt = self.runtimes.get(aid)
+        if rt is not None:
+            rt.idling = on
+
     def _watch(self, rt: AgencyRuntime) -> None:
         """A second connection per mailbox this process works, that only IDLEs and wakes the main loop for
         this mailbox when new mail arrives. One IDLE is held until the server reports mail, re-issued every
@@ -602,26 +624,25 @@ class Daemon:
                     src.connect()
                 if src.mode != "idle":
                     return
-                rt.idling = True
+                self._idling(aid, True)
                 # Mail may have arrived while we were away: let the main loop look at once.
-                rt.wake.set()
-                self._wake.set()
+                self._wake_agency(aid)
                 failures = 0
                 while not self.stopping.is_set() and self.leases.owns(aid):
-                    if src.wait(rt.agency.imap.idle_refresh_seconds):
-                        rt.wake.set()
-                        self._wake.set()
+                    # New mail, or IDLE re-issued: the mailbox is read then too, a safety net for a
+                    # notification lost on the way (one read per mailbox per idle_refresh_seconds).
+                    src.wait(rt.agency.imap.idle_refresh_seconds)
+                    self._wake_agency(aid)
             except MailSourceError as exc:
                 if self.stopping.is_set() or not self.leases.owns(aid):
                     continue
                 failures += 1
                 log.info("IDLE watcher %s: %s", aid, exc)
-                rt.idling = False
-                rt.wake.set()  # polled meanwhile
-                self._wake.set()
+                self._idling(aid, False)
+                self._wake_agency(aid)  # polled meanwhile
                 self.stopping.wait(min(60.0, 2.0 ** failures) * random.uniform(0.5, 1.0))
             finally:
-                rt.idling = False
+                self._idling(aid, False)
                 rt.watcher = None
                 src.close()
 
