@@ -99,7 +99,28 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             print(p)
         return 2
     print(f"OK: {len(cfg.agencies)} agency(ies): " + ", ".join(f"{a.id} ({a.zone}, SOP {a.sop})" for a in cfg.agencies))
-    return 0
+    return _check_signing(cfg)
+
+
+def _check_signing(cfg: Config) -> int:
+    """Each agency's letter certificate loaded once: who signs, or a warning that letters go out unsigned."""
+    from workflows.signing import SigningError, load_signer
+
+    rc = 0
+    for ag in cfg.agencies:
+        try:
+            signer = load_signer(ag.letter.signing, location=ag.letter.city)
+        except SigningError as exc:
+            print(f"agency {ag.id}: letter.signing: {exc}")
+            rc = 2
+            continue
+        if signer is None:
+            print(f"WARNING: agency {ag.id}: no signing certificate ([agency.letter.signing] pkcs12_file or "
+                  "pkcs11_module): letters go out UNSIGNED")
+        else:
+            print(f"agency {ag.id}: letters signed by {signer.describe()}")
+            signer.close()
+    return rc
 
 
 def cmd_db(args: argparse.Namespace) -> int:
@@ -133,10 +154,15 @@ def cmd_parse(args: argparse.Namespace) -> int:
 
 def _daemon(args: argparse.Namespace) -> Any:
     from daemon.service import Daemon
+    from workflows.signing import SigningError
 
     cfg = _load(args)
     sessions = _sessions(cfg)
-    return Daemon(cfg, sessions, config_path=_config_path(args))
+    try:
+        return Daemon(cfg, sessions, config_path=_config_path(args))
+    except SigningError as exc:
+        print(f"sertifikat tanda tangan surat tidak dapat dipakai ({_config_path(args)}): {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -36,6 +36,7 @@ from workflows.mailer import Mailer
 from workflows.provision import CommandHosting, HostingBackend, NoHosting, Rfc2136Dns
 from workflows.rawmail import RawMail, discard, remove_stale
 from workflows.reminders import due_reminders
+from workflows.signing import load_signer
 from workflows.sop import Sop, load_sop
 from workflows.store import QUARANTINE_STATUSES, Inbound, MailboxState, StepRun, utcnow, writer_sessions
 from workflows.worktime import WorkCalendar, calendar_for
@@ -85,7 +86,9 @@ def build_services(config: Config, agency: AgencyConfig) -> Services:
                                  timeout=config.hosting.timeout_seconds)
     else:
         hosting = NoHosting()
-    return Services(dns=dns_backend, hosting=hosting)
+    # No certificate configured: letters go out unsigned (check-config warns); a broken one stops the start.
+    signer = load_signer(agency.letter.signing, location=agency.letter.city)
+    return Services(dns=dns_backend, hosting=hosting, signer=signer)
 
 
 @dataclass

@@ -13,7 +13,7 @@ import pdfplumber
 import pytest
 
 from daemon.config import LetterConfig
-from workflows.letters import KINDS, MASKED_PASSWORD, Letter, build_letter, clean, format_nip
+from workflows.letters import KINDS, Letter, build_letter, clean, format_nip
 from workflows.provision import generate_password
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -108,8 +108,7 @@ KIND_PARTS = {
         "dinsos.trenggalekkab.go.id",
         "203.0.113.10",
         "ns1.trenggalekkab.go.id, ns2.trenggalekkab.go.id",
-        "Nama pengguna dinsos",
-        f"Kata sandi {PASSWORD}",
+        "Nama pengguna dan kata sandi layanan hosting telah dikirim terpisah",
         "dengan kata BERHASIL",
         "dengan kata KENDALA diikuti uraian kendalanya",
     ],
@@ -219,27 +218,28 @@ def test_control_characters_and_line_breaks_in_user_text_cannot_reach_the_letter
     letter = build_letter("rejection", make_ctx(note=note, unit="Dinas\x0bSosial\n\nPalsu", fields=fields))
     for value in (*letter.paragraphs, *(v for _, v in letter.details), letter.addressee):
         assert not re.search(r"[\x00-\x1f\x7f\u202a-\u202e\u2066-\u2069]", value)
-    assert ("Alasan", "Baris satu 1. bukan butir baris dua akhir") in letter.details
+    assert ("Alasan", "Baris satu 1. bukan butir baris dua akhir.") in letter.details
     assert letter.addressee == "Kepala Dinas Sosial Palsu"
     text = pdf_text(letter.to_pdf())
     assert "Baris satu 1. bukan butir baris dua akhir" in text
     assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f]", letter.to_text())
 
 
-def test_password_none_prints_stars_and_no_password() -> None:
+def test_no_letter_shows_the_password_and_each_says_it_went_to_the_pic_separately() -> None:
     real = generate_password()
-    shown = build_letter("final", make_ctx(password=real))
-    masked = build_letter("final", make_ctx(password=None))
-    assert ("Kata sandi", real) in shown.details
-    assert ("Kata sandi", MASKED_PASSWORD) in masked.details
-    outputs = [masked.to_text(), masked.to_html(), pdf_text(masked.to_pdf())]
-    for out in outputs:
-        assert MASKED_PASSWORD in out
-        assert real not in out and PASSWORD not in out
-        # Nothing shaped like a generated password (mixed case and digits, no separators) anywhere.
-        looks = [t for t in re.findall(r"[A-Za-z0-9]{10,}", out)
-                 if re.search(r"[a-z]", t) and re.search(r"[A-Z]", t) and re.search(r"\d", t)]
-        assert looks == []
+    fields = {**make_ctx()["fields"], "pic_email": "lukman@dinsos.trenggalekkab.go.id"}
+    for password in (real, None):
+        letter = build_letter("final", make_ctx(password=password, fields=fields))
+        assert not any(label == "Kata sandi" for label, _ in letter.details)
+        outputs = [letter.to_text(), letter.to_html(), pdf_text(letter.to_pdf())]
+        for out in outputs:
+            assert real not in out and PASSWORD not in out
+            assert ("Nama pengguna dan kata sandi layanan hosting telah dikirim terpisah ke alamat surel penanggung "
+                    "jawab lukman@dinsos.trenggalekkab.go.id") in flat(out)
+            # Nothing shaped like a generated password (mixed case and digits, no separators) anywhere.
+            looks = [t for t in re.findall(r"[A-Za-z0-9]{10,}", out)
+                     if re.search(r"[a-z]", t) and re.search(r"[A-Z]", t) and re.search(r"\d", t)]
+            assert looks == []
 
 
 def test_acting_signer_and_defaults_without_letter_config() -> None:

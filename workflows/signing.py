@@ -1,0 +1,289 @@
+"""Sign letter PDFs electronically (PAdES, ETSI EN 319 142) with the agency's certificate, through pyHanko.
+
+`LetterSigner` is the small interface the engine is handed (like the DNS and hosting backends); `PadesSigner`
+implements it with a PKCS#12 file or a PKCS#11 token (`load_signer`). The visible part of the signature is a
+stamp placed where the letter left room for it: a QR code (the verification URL, or the document id and hash)
+with the words "Ditandatangani secara elektronik" and the signer's name, jabatan and NIP.
+
+`make_demo_pki` makes a throwaway CA and signing certificate for the demo and the tests; a production office
+uses the certificate BSrE (Balai Besar Sertifikasi Elektronik) issued to it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from daemon.config import LetterSigningConfig
+
+SIGNATURE_FIELD = "TandaTanganElektronik"
+
+
+class SigningError(Exception):
+    """The certificate or token cannot be used; the message says why, in plain words."""
+
+
+@dataclass(frozen=True)
+class SignatureBox:
+    """Where the stamp goes: a page (0 = first) and a rectangle in PDF points from the lower left corner."""
+
+    page: int
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """What the visible signature shows: its lines of text and what the QR code encodes."""
+
+    lines: tuple[str, ...]
+    qr: str
+
+
+class LetterSigner(Protocol):
+    """Signs one PDF; returns the signed PDF (the original bytes plus an incremental update)."""
+
+    def sign(self, pdf: bytes, box: SignatureBox | None, stamp: Stamp) -> bytes: ...
+
+    def describe(self) -> str: ...
+
+    @property
+    def holder(self) -> str: ...
+
+    @property
+    def verify_url(self) -> str: ...
+
+
+def qr_payload(template: str, *, doc_id: str, sha256: str, number: str) -> str:
+    """What the QR code encodes: the configured verification URL filled in, or the document id and hash.
+
+    The hash is that of the letter before signing: a document cannot contain the hash of itself.
+    """
+    if template:
+        from urllib.parse import quote
+
+        return (template.replace("{id}", quote(doc_id, safe=""))
+                .replace("{sha256}", sha256)
+                .replace("{number}", quote(number, safe="")))
+    return f"id:{doc_id};sha256:{sha256}"
+
+
+def content_hash(pdf: bytes) -> str:
+    return hashlib.sha256(pdf).hexdigest()
+
+
+class PadesSigner:
+    """PAdES baseline B signatures (SubFilter ETSI.CAdES.detached, SHA-256) with a visible QR stamp."""
+
+    def __init__(self, signer: Any, *, reason: str, location: str, verify_url: str = "",
+                 closer: Any = None) -> None:
+        self._signer = signer
+        self._reason = reason
+        self._location = location
+        self._verify_url = verify_url
+        self._closer = closer
+
+    @property
+    def verify_url(self) -> str:
+        return self._verify_url
+
+    @property
+    def certificate(self) -> Any:
+        return self._signer.signing_cert
+
+    @property
+    def holder(self) -> str:
+        """The certificate's holder as the stamp names it: its common name, else its organisation."""
+        subject = self.certificate.subject.native
+        name = subject.get("common_name") or subject.get("organization_name")
+        return str(name or self.certificate.subject.human_friendly)
+
+    def describe(self) -> str:
+        cert = self.certificate
+        until = cert["tbs_certificate"]["validity"]["not_after"].native
+        return f"{cert.subject.human_friendly}, berlaku sampai {until:%Y-%m-%d}"
+
+    def close(self) -> None:
+        if self._closer is not None:
+            self._closer()
+            self._closer = None
+
+    def sign(self, pdf: bytes, box: SignatureBox | None, stamp: Stamp) -> bytes:
+        from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
+        from pyhanko.pdf_utils.text import TextBoxStyle
+        from pyhanko.sign import fields, signers
+        from pyhanko.stamp import QRStampStyle
+
+        writer = IncrementalPdfFileWriter(io.BytesIO(pdf), strict=False)
+        rect = (round(box.x1), round(box.y1), round(box.x2), round(box.y2)) if box is not None else None
+        spec = (fields.SigFieldSpec(SIGNATURE_FIELD, on_page=box.page, box=rect)
+                if box is not None else fields.SigFieldSpec(SIGNATURE_FIELD))
+        fields.append_signature_field(writer, spec)
+        meta = signers.PdfSignatureMetadata(
+            field_name=SIGNATURE_FIELD,
+            subfilter=fields.SigSeedSubFilter.PADES,
+            md_algorithm="sha256",
+            reason=self._reason or None,
+            location=self._location or None,
+        )
+        # pyHanko's built-in Courier: its OpenType path spaced DejaVu's glyphs wrongly in testing.
+        text_style = TextBoxStyle(font_size=7, leading=8)
+        style = QRStampStyle(stamp_text="%(isi)s", text_box_style=text_style, border_width=0, innsep=2,
+                             background=None)
+        out = io.BytesIO()
+        signers.PdfSigner(meta, signer=self._signer, stamp_style=style).sign_pdf(
+            writer, output=out,
+            appearance_text_params={"url": stamp.qr, "isi": "\n".join(stamp.lines).replace("%", "%%")},
+        )
+        return out.getvalue()
+
+
+def _secret(cfg: LetterSigningConfig) -> str:
+    try:
+        secret = cfg.read_secret()
+    except OSError as exc:
+        raise SigningError(f"the PKCS#12 password / token PIN cannot be read: {exc.strerror}") from None
+    if secret is None:
+        raise SigningError("no PKCS#12 password / token PIN (password_file or password_env)")
+    return secret
+
+
+def _credential(path: Path) -> Path:
+    cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+    return Path(cred_dir) / path if not path.is_absolute() and cred_dir else path
+
+
+def load_signer(cfg: LetterSigningConfig, *, location: str = "") -> PadesSigner | None:
+    """The agency's signer, or None when no certificate is configured (letters then go out unsigned)."""
+    if cfg.pkcs12_file is not None:
+        from pyhanko.sign import signers
+
+        path = _credential(cfg.pkcs12_file)
+        password = _secret(cfg).encode()
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise SigningError(f"{path}: cannot read: {exc.strerror}") from None
+        try:
+            from cryptography.hazmat.primitives.serialization import pkcs12
+
+            pkcs12.load_key_and_certificates(data, password)
+        except ValueError:
+            raise SigningError(f"{path}: not a PKCS#12 file, or the password is wrong") from None
+        simple = signers.SimpleSigner.load_pkcs12(str(path), passphrase=password)
+        if simple is None:
+            raise SigningError(f"{path}: no key and certificate in the PKCS#12 file")
+        return PadesSigner(simple, reason=cfg.reason, location=location, verify_url=cfg.verify_url)
+    if cfg.pkcs11_module is not None:
+        from pkcs11.exceptions import PKCS11Error
+        from pyhanko.config.pkcs11 import TokenCriteria
+        from pyhanko.sign.pkcs11 import PKCS11Signer, open_pkcs11_session
+
+        try:
+            session = open_pkcs11_session(str(cfg.pkcs11_module), token_criteria=TokenCriteria(label=cfg.pkcs11_token),
+                                          user_pin=_secret(cfg))
+        except (PKCS11Error, OSError, RuntimeError) as exc:
+            raise SigningError(f"PKCS#11 token {cfg.pkcs11_token!r} cannot be opened: "
+                               f"{type(exc).__name__} {exc}".strip()) from None
+        except Exception as exc:  # noqa: BLE001 - pyHanko wraps token lookups in its own errors
+            raise SigningError(f"PKCS#11 token {cfg.pkcs11_token!r} cannot be opened: {exc}") from None
+        try:
+            token_signer = PKCS11Signer(session, cert_label=cfg.pkcs11_key, key_label=cfg.pkcs11_key)
+            token_signer.signing_cert  # noqa: B018 - fetch now: a missing certificate is a config error
+        except Exception as exc:  # noqa: BLE001
+            session.close()
+            raise SigningError(f"PKCS#11 key/certificate {cfg.pkcs11_key!r} not usable on the token: {exc}") from None
+        return PadesSigner(token_signer, reason=cfg.reason, location=location, verify_url=cfg.verify_url,
+                           closer=session.close)
+    return None
+
+
+# --- a throwaway PKI for the demo and the tests -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DemoPki:
+    ca_pem: Path
+    pkcs12: Path
+    password_file: Path
+    key_pem: Path
+    cert_pem: Path
+
+
+def make_demo_pki(directory: Path, *, signer_name: str, organization: str,
+                  password: str = "demo-tte") -> DemoPki:  # noqa: S107 - a throwaway demo certificate
+    """A local CA and a signing certificate issued by it (RSA 2048, key usage as for a BSrE TTE certificate:
+    digitalSignature + nonRepudiation), written as PEM files and a PKCS#12 bundle with the CA in it."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.hazmat.primitives.serialization import pkcs12
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    directory.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.UTC)
+    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ca_name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
+                         x509.NameAttribute(NameOID.COMMON_NAME, f"{organization} Demo CA")])
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                     crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
+             x509.NameAttribute(NameOID.COMMON_NAME, signer_name)]
+    cert = (
+        x509.CertificateBuilder().subject_name(x509.Name(attrs)).issuer_name(ca_name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=825))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=True, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                                     crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    pki = DemoPki(ca_pem=directory / "ca.pem", pkcs12=directory / "tte.p12",
+                  password_file=directory / "tte.pass", key_pem=directory / "tte-key.pem",
+                  cert_pem=directory / "tte-cert.pem")
+    pki.ca_pem.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    pki.cert_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    pki.key_pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                              serialization.NoEncryption()))
+    pki.key_pem.chmod(0o600)
+    pki.pkcs12.write_bytes(pkcs12.serialize_key_and_certificates(
+        signer_name.encode(), key, cert, [ca], serialization.BestAvailableEncryption(password.encode())))
+    pki.pkcs12.chmod(0o600)
+    pki.password_file.write_text(password, encoding="utf-8")
+    pki.password_file.chmod(0o600)
+    return pki
+
+
+__all__ = [
+    "DemoPki",
+    "LetterSigner",
+    "PadesSigner",
+    "SignatureBox",
+    "SigningError",
+    "Stamp",
+    "content_hash",
+    "load_signer",
+    "make_demo_pki",
+    "qr_payload",
+]
