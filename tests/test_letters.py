@@ -273,6 +273,73 @@ def test_acting_signer_and_defaults_without_letter_config() -> None:
             "melalui surel ini.") in bare.details
 
 
+def test_each_kind_has_its_configured_signer_with_an_and_ub() -> None:
+    letter_cfg = LetterConfig(**{**LETTER.model_dump(), "signers": {
+        "incomplete": {"prefix": "a.n.", "own_title": "Kepala Bidang Aplikasi Informatika",
+                       "ub_title": "Kepala Seksi Tata Kelola", "name": "RINA KUSUMA, S.Kom.",
+                       "rank": "Penata (III/c)", "nip": "198503152010012004"},
+        "rejection": {"prefix": "a.n.", "own_title": "Sekretaris", "name": "SRI WAHYUNI, S.E.",
+                      "nip": "197501012000032002"},
+    }})
+    incomplete = build_letter("incomplete", make_ctx(letter=letter_cfg))
+    assert incomplete.signature.jabatan_lines() == (
+        "a.n. Kepala Dinas Komunikasi dan Informatika",
+        "Kabupaten Trenggalek",
+        "Kepala Bidang Aplikasi Informatika",
+        "u.b.",
+        "Kepala Seksi Tata Kelola,",
+    )
+    text = flat(incomplete.to_text())
+    assert "u.b. Kepala Seksi Tata Kelola, RINA KUSUMA, S.Kom. Penata (III/c) NIP. 19850315 201001 2 004" in text
+    pdf = pdf_text(incomplete.to_pdf())
+    assert "Kepala Seksi Tata Kelola, RINA KUSUMA, S.Kom." in pdf and "BUDI SANTOSO" not in pdf, \
+        "the head's name never stands under another official's jabatan"
+    rejection = build_letter("rejection", make_ctx(letter=letter_cfg))
+    assert rejection.signature.jabatan_lines()[-1] == "Sekretaris,"
+    assert rejection.signature.name == "SRI WAHYUNI, S.E." and rejection.signature.rank == ""
+    final = build_letter("final", make_ctx(letter=letter_cfg))  # not configured: the head signs
+    assert final.signature.jabatan_lines()[0] == "Kepala Dinas Komunikasi dan Informatika"
+    assert final.signature.name == "Drs. BUDI SANTOSO, M.Si."
+
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="u.b."):
+        LetterConfig(signers={"final": {"ub_title": "Kepala Seksi"}})
+    with pytest.raises(ValidationError, match="own_title is only printed"):
+        LetterConfig(signers={"final": {"own_title": "Sekretaris"}})
+
+
+def test_the_note_becomes_a_sentence_and_lampiran_counts_the_files() -> None:
+    from workflows.letters import as_sentence, lampiran_text
+
+    assert as_sentence("nama sub domain belum sesuai nomenklatur") == "Nama sub domain belum sesuai nomenklatur."
+    assert as_sentence("Sudah dipakai OPD lain!") == "Sudah dipakai OPD lain!"
+    assert as_sentence("  dns sudah ada (lihat www)") == "Dns sudah ada (lihat www)."  # words kept as written
+    assert as_sentence("") == ""
+    assert [lampiran_text(n) for n in (0, 1, 2, 12)] == ["-", "1 (satu) berkas", "2 (dua) berkas", "12 berkas"]
+    rejection = build_letter("rejection", make_ctx(note="nama tidak sesuai nomenklatur perangkat daerah"))
+    assert ("Alasan", "Nama tidak sesuai nomenklatur perangkat daerah.") in rejection.details
+    incomplete = build_letter("incomplete", make_ctx(lampiran="2 (dua) berkas"))
+    assert incomplete.lampiran == "2 (dua) berkas"
+    assert "Lampiran : 2 (dua) berkas" in pdf_text(incomplete.to_pdf())
+
+
+def test_the_coat_of_arms_sits_left_of_the_kop() -> None:
+    from daemon.localoffice import DEMO_LOGO
+
+    with_logo = build_letter("final", make_ctx(letter=LetterConfig(**{**LETTER.model_dump(), "logo": DEMO_LOGO})))
+    with pdfplumber.open(io.BytesIO(with_logo.to_pdf())) as doc:
+        page = doc.pages[0]
+        assert len(page.images) == 1
+        image = page.images[0]
+        kop = next(w for w in page.extract_words() if w["text"] == "PEMERINTAH")
+        assert float(image["x1"]) < float(kop["x0"]), "the emblem is left of the kop text"
+        assert float(image["top"]) < 120 and 50 < float(image["height"]) < 70, "about 2.2 cm high, at the top"
+    missing = LetterConfig(**{**LETTER.model_dump(), "logo": Path("/nonexistent/lambang.png")})
+    with pdfplumber.open(io.BytesIO(build_letter("final", make_ctx(letter=missing)).to_pdf())) as doc:
+        assert doc.pages[0].images == []
+
+
 def test_hosting_wording_and_plt_addressee() -> None:
     fields = {**make_ctx()["fields"], "service": "hosting", "unit_head": "Plt. Kepala Dinas Sosial"}
     letter = build_letter("final", make_ctx(fields=fields))

@@ -246,3 +246,68 @@ def test_check_config_says_who_signs_or_that_letters_go_out_unsigned(pki, tmp_pa
     assert wrong.returncode == 2
     assert "letter.signing:" in wrong.stdout and "password is wrong" in wrong.stdout
     assert "Traceback" not in wrong.stdout + wrong.stderr
+
+
+@needs_pdfsig
+@pytest.mark.servers
+def test_every_letter_through_the_real_daemon_is_signed_and_numbered_without_gaps(  # type: ignore[no-untyped-def]
+        dovecot, smtp_relay, bind, tmp_path: Path) -> None:
+    """Rejection, incomplete-form, draft and final letters, each from the register (the draft's number passes
+    to the rejection that replaces it), each PDF valid and trusted by pdfsig."""
+    import re as _re
+    import sqlite3
+    import tempfile
+
+    from daemon.localoffice import REQUEST_BODY, Office, parse_mail, pdf_attachments
+
+    base = Path(tempfile.mkdtemp(prefix="office-tte-"))
+    base.chmod(0o755)
+    office = Office.create(base, dovecot, smtp_relay, bind, signing=True)
+    office.start()
+    try:
+        def subject_has(words: str):  # type: ignore[no-untyped-def]
+            return lambda m: words in str(m["Subject"])
+
+        # 1. Rejected at disposition: a rejection letter.
+        office.send_request("ditolak1")
+        office.decide("kadis", "TOLAK\nnama tidak sesuai nomenklatur")
+        rejected = office.wait_mail(office.requester, subject_has("ditolak1.trenggalekkab.go.id belum dapat"))
+        # 2. A form without the PIC's phone: the incomplete-form letter, with the form as PDF and DOCX.
+        body = "\n".join(line for line in REQUEST_BODY.format(label="kurang1", pic=office.requester.address)
+                         .splitlines() if not line.startswith("No. HP"))
+        office.send_request("kurang1", body=body)
+        incomplete = office.wait_mail(office.requester, subject_has("perlu dilengkapi"))
+        # 3. Made, then its draft refused by the Kasi: the rejection goes out under the draft's number.
+        office.send_request("konsep1")
+        for role in ("kadis", "kabid", "kasi"):
+            office.decide(role, "SETUJU")
+        draft_mail = office.decide("kasi", "TOLAK\nkonsep tidak jadi dikirim")
+        refused = office.wait_mail(office.requester, subject_has("konsep1.trenggalekkab.go.id belum dapat"))
+    finally:
+        assert office.stop() == 0
+
+    nss = nss_trusting(base / "tte" / "ca.pem", tmp_path / "nss")
+    numbers = {}
+    for name, raw in (("rejection", rejected), ("incomplete", incomplete), ("draft", draft_mail),
+                      ("refused", refused)):
+        pdfs = [(n, d) for n, d in pdf_attachments(raw) if n.startswith(("surat-", "konsep-surat-"))]
+        assert len(pdfs) == 1, (name, [n for n, _ in pdf_attachments(raw)])
+        path = tmp_path / pdfs[0][0]
+        path.write_bytes(pdfs[0][1])
+        assert pdfsig_valid(pdfsig(path, nss)), name
+        nomor = _re.search(r"Nomor : (\S+)", pdf_text(pdfs[0][1]))
+        assert nomor, name
+        numbers[name] = nomor.group(1)
+    year = numbers["rejection"].rsplit("/", 1)[1]
+    assert numbers == {"rejection": f"555/1/406.020/{year}", "incomplete": f"555/2/406.020/{year}",
+                       "draft": f"555/3/406.020/{year}", "refused": f"555/3/406.020/{year}"}
+    assert "Lampiran : 2 (dua) berkas" in pdf_text(pdf_attachments(incomplete)[0][1])
+    text = " ".join(pdf_text(pdf_attachments(rejected)[0][1]).split())
+    assert "Nama tidak sesuai nomenklatur." in text
+    assert parse_mail(incomplete).get_content_type() == "multipart/mixed"
+
+    with sqlite3.connect(base / "state" / "subdomaind.db") as db:
+        rows = db.execute("SELECT seq, kind, status, signed, content_sha256 IS NOT NULL, pdf_sha256 IS NOT NULL "
+                          "FROM letters ORDER BY seq").fetchall()
+    assert rows == [(1, "rejection", "terkirim", 1, 1, 1), (2, "incomplete", "terkirim", 1, 1, 1),
+                    (3, "rejection", "terkirim", 1, 1, 1)]

@@ -511,7 +511,8 @@ def as_sentence(text: str) -> str:
     if not text:
         return ""
     text = text[0].upper() + text[1:]
-    return text if text[-1] in ".!?\"')…" else text + "."
+    # A full stop inside closing quotes or brackets ends the sentence too: 'kata "TOLAK."'.
+    return text if text.rstrip("\"')]”’")[-1:] in (".", "!", "?", "…") else text + "."
 
 
 def lampiran_text(count: int) -> str:
