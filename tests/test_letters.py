@@ -54,6 +54,7 @@ def make_ctx(**over: Any) -> dict[str, Any]:
             "letter_number": "400.9/123/406.011/2026",
             "letter_date": "12 November 2026",
             "letter_subject": "Permohonan Sub Domain",
+            "pic_email": "lukman.hakim@dinsos.trenggalekkab.go.id",
             "service": "subdomain",
             "check": {
                 "missing": ["pic_phone", "purpose"],

@@ -347,9 +347,9 @@ class Letter:
         """The words of the visible signature, next to its QR code. The name, pangkat and NIP of the official
         are printed under it as in every surat dinas; the stamp names the certificate's holder."""
         if self.draft:
-            lines = ["KONSEP untuk persetujuan: belum", "ditandatangani pejabat.", f"Segel elektronik: {holder}"]
+            lines = ["KONSEP untuk persetujuan: belum", "ditandatangani pejabat.", "Segel elektronik:", holder]
         else:
-            lines = ["Ditandatangani secara elektronik", f"dengan sertifikat: {holder}"]
+            lines = ["Ditandatangani secara elektronik", "dengan sertifikat:", holder]
         lines += [self.place_date, "Pindai kode QR untuk verifikasi."]
         return tuple(_ascii(line) for line in lines if line)
 

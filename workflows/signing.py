@@ -134,7 +134,7 @@ class PadesSigner:
             location=self._location or None,
         )
         # pyHanko's built-in Courier: its OpenType path spaced DejaVu's glyphs wrongly in testing.
-        text_style = TextBoxStyle(font_size=7, leading=8)
+        text_style = TextBoxStyle(font_size=8, leading=9)
         style = QRStampStyle(stamp_text="%(isi)s", text_box_style=text_style, border_width=0, innsep=2,
                              background=None)
         out = io.BytesIO()
