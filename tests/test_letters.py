@@ -325,6 +325,14 @@ def test_the_note_becomes_a_sentence_and_lampiran_counts_the_files() -> None:
     assert "Lampiran : 2 (dua) berkas" in pdf_text(incomplete.to_pdf())
 
 
+def test_text_and_html_say_where_the_electronic_signature_is() -> None:
+    signed = build_letter("rejection", make_ctx(electronic=True))
+    assert "(ditandatangani secara elektronik pada berkas PDF terlampir)" in flat(signed.to_text())
+    assert "(ditandatangani secara elektronik pada berkas PDF terlampir)" in signed.to_html()
+    plain = build_letter("rejection", make_ctx())
+    assert "elektronik" not in plain.to_text() + plain.to_html()
+
+
 def test_the_coat_of_arms_sits_left_of_the_kop() -> None:
     from daemon.localoffice import DEMO_LOGO
 

@@ -785,7 +785,8 @@ def queue_letter(ctx: Ctx, req: Request, kind: str, letter_ctx: dict[str, Any], 
     record.kind, record.status = kind, "terkirim"
     if kind in ("final", "rejection"):
         req.letter_number = record.number
-    letter_ctx = {**letter_ctx, "letter_number": record.number, "lampiran": lampiran_text(len(extra or []))}
+    letter_ctx = {**letter_ctx, "letter_number": record.number, "lampiran": lampiran_text(len(extra or [])),
+                  "electronic": ctx.services.signer is not None}
     letter = build_letter(kind, letter_ctx, agency_id=ctx.agency.id)
     pdf = letter.render_pdf(ctx.services.signer, doc_id=record.doc_id)
     record.hal, record.addressee = letter.hal[:255], letter.addressee[:255]

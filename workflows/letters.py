@@ -82,6 +82,7 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 KINDS: tuple[str, ...] = ("final", "rejection", "incomplete")
 SIGNER_PREFIXES: tuple[str, ...] = ("a.n.", "Plh.", "Plt.")
 _NUMBER_WORDS = ("nol", "satu", "dua", "tiga", "empat", "lima", "enam", "tujuh", "delapan", "sembilan", "sepuluh")
+ELECTRONIC_NOTE = "(ditandatangani secara elektronik pada berkas PDF terlampir)"
 TEXT_WIDTH = 72  # characters per line of the plain-text letter
 
 _LIST_ITEM_RE = re.compile(r"^(\d{1,2}|[a-z])\.\s+")
@@ -147,6 +148,7 @@ class Letter:
     code_labels: frozenset[str] = field(default_factory=frozenset)  # rows whose value prints fixed-width
     logo: Path | None = None  # the coat of arms at the left of the kop (PDF only)
     draft: bool = False  # a konsep for approval: marked KONSEP
+    electronic: bool = False  # its PDF is signed electronically: the text and HTML say so where a pen would sign
 
     @property
     def paragraphs(self) -> tuple[str, ...]:
@@ -187,7 +189,10 @@ class Letter:
         sig = self.signature
         for line in sig.jabatan_lines():
             out.extend(textwrap.wrap(line, w, initial_indent=indent, subsequent_indent=indent))
-        out += ["", "", ""]
+        if self.electronic:
+            out += ["", *textwrap.wrap(ELECTRONIC_NOTE, w, initial_indent=indent, subsequent_indent=indent), ""]
+        else:
+            out += ["", "", ""]
         out.extend(indent + line for line in (sig.name, sig.rank, sig.nip_line()) if line)
         if self.tembusan:
             out += ["", "Tembusan:"]
@@ -210,6 +215,7 @@ class Letter:
             opening=paragraphs[0],
             body=paragraphs[1],
             jabatan=self.signature.jabatan_lines(),
+            electronic_note=ELECTRONIC_NOTE if self.electronic else "",
             nip_line=self.signature.nip_line(),
         )
 
@@ -432,6 +438,7 @@ def build_letter(kind: str, ctx: Mapping[str, Any], *, agency_id: str | None = N
         code_labels=frozenset(code_labels),
         logo=_credential_free(cfg.logo),
         draft=bool(ctx.get("draft")),
+        electronic=bool(ctx.get("electronic")),
     )
 
 
