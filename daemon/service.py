@@ -168,6 +168,8 @@ class Daemon:
         for rt in self.runtimes.values():
             try:
                 rt.source.close()
+                if rt.services.signer is not None:
+                    rt.services.signer.close()  # a PKCS#11 session; the new config opened its own
             except Exception:  # noqa: BLE001 - the old connection is dropped either way
                 log.debug("close failed", exc_info=True)
         self.config, self.transport, self.runtimes = new, transport, runtimes
