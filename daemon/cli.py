@@ -280,6 +280,29 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_letters(args: argparse.Namespace) -> int:
+    """The register of outgoing letters (agenda surat keluar) of one year, in number order."""
+    from workflows.store import LetterRecord, Request, utcnow
+
+    cfg = _load(args)
+    sessions = _sessions(cfg)
+    year = args.year or utcnow().astimezone(ZoneInfo(cfg.agencies[0].timezone)).year
+    with sessions() as s:
+        rows = s.execute(
+            select(LetterRecord, Request.ticket).outerjoin(Request, Request.id == LetterRecord.request_id)
+            .where(LetterRecord.year == year, *([LetterRecord.agency == args.agency] if args.agency else []))
+            .order_by(LetterRecord.agency, LetterRecord.seq)
+        ).all()
+        for rec, ticket in rows:
+            when = rec.issued_at or rec.created_at
+            tte = "TTE" if rec.signed else ("-" if rec.status == "konsep" else "tanpa TTE")
+            print(f"{rec.agency}  {rec.number:<28} {when:%Y-%m-%d}  {rec.status:<9} {rec.kind:<10} {tte:<9} "
+                  f"{ticket or '-':<14} {rec.hal or ''}")
+    if not rows:
+        print(f"belum ada surat keluar tahun {year}")
+    return 0
+
+
 def cmd_digest(args: argparse.Namespace) -> int:
     from datetime import timedelta
 
@@ -416,6 +439,10 @@ def build_parser() -> argparse.ArgumentParser:
     dg.add_argument("--role", help="with --preview: the 'menunggu Anda' digest of one role")
     dg.add_argument("--hours", type=float, default=24.0, help="cover this many hours back (default 24)")
     dg.set_defaults(func=cmd_digest)
+    lt = sub.add_parser("letters", help="the register of outgoing letters (numbers, kinds, signed or not)")
+    lt.add_argument("--year", type=int)
+    lt.add_argument("--agency")
+    lt.set_defaults(func=cmd_letters)
     rs = sub.add_parser("resend", help="send the open step's mail again with a fresh token")
     rs.add_argument("ticket")
     rs.set_defaults(func=cmd_resend)

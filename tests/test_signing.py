@@ -311,3 +311,7 @@ def test_every_letter_through_the_real_daemon_is_signed_and_numbered_without_gap
                           "FROM letters ORDER BY seq").fetchall()
     assert rows == [(1, "rejection", "terkirim", 1, 1, 1), (2, "incomplete", "terkirim", 1, 1, 1),
                     (3, "rejection", "terkirim", 1, 1, 1)]
+    register = office.cli("letters").stdout.splitlines()
+    assert [line.split()[1] for line in register] == [numbers["rejection"], numbers["incomplete"], numbers["draft"]]
+    assert all(" terkirim " in line and " TTE " in line for line in register), register
+    assert "Permintaan Kelengkapan Permohonan Layanan Sub Domain" in register[1]
