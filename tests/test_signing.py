@@ -237,7 +237,7 @@ def test_check_config_says_who_signs_or_that_letters_go_out_unsigned(pki, tmp_pa
 
     signed = check(config_data(tmp_path / "signed", signing=True))
     assert signed.returncode == 0, signed.stdout + signed.stderr
-    assert "agency trenggalek: letters signed by Common Name: Drs. Contoh Pejabat, M.Si" in signed.stdout
+    assert "agency trenggalek: letters signed by Drs. Contoh Pejabat, M.Si, Dinas Komunikasi" in signed.stdout
     assert "UNSIGNED" not in signed.stdout
 
     data = config_data(tmp_path / "wrong", signing=True)

@@ -15,6 +15,7 @@ import datetime as dt
 import hashlib
 import io
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -86,11 +87,17 @@ def content_hash(pdf: bytes) -> str:
 
 
 class PadesSigner:
-    """PAdES baseline B signatures (SubFilter ETSI.CAdES.detached, SHA-256) with a visible QR stamp."""
+    """PAdES baseline B signatures (SubFilter ETSI.CAdES.detached, SHA-256) with a visible QR stamp.
 
-    def __init__(self, signer: Any, *, reason: str, location: str, verify_url: str = "",
-                 closer: Any = None) -> None:
-        self._signer = signer
+    `make_signer` builds pyHanko's signer on the first letter: importing pyHanko costs 25 MB of resident
+    memory, which a daemon that has signed nothing yet need not hold.
+    """
+
+    def __init__(self, make_signer: Callable[[], Any], certificate: Any, *, reason: str, location: str,
+                 verify_url: str = "", closer: Callable[[], None] | None = None) -> None:
+        self._make_signer = make_signer
+        self._signer: Any = None
+        self._certificate = certificate  # cryptography's x509.Certificate
         self._reason = reason
         self._location = location
         self._verify_url = verify_url
@@ -101,20 +108,17 @@ class PadesSigner:
         return self._verify_url
 
     @property
-    def certificate(self) -> Any:
-        return self._signer.signing_cert
-
-    @property
     def holder(self) -> str:
         """The certificate's holder as the stamp names it: its common name, else its organisation."""
-        subject = self.certificate.subject.native
-        name = subject.get("common_name") or subject.get("organization_name")
-        return str(name or self.certificate.subject.human_friendly)
+        return _name_part(self._certificate.subject, "CN") or _name_part(self._certificate.subject, "O") \
+            or self._certificate.subject.rfc4514_string()
 
     def describe(self) -> str:
-        cert = self.certificate
-        until = cert["tbs_certificate"]["validity"]["not_after"].native
-        return f"{cert.subject.human_friendly}, berlaku sampai {until:%Y-%m-%d}"
+        cert = self._certificate
+        org = _name_part(cert.subject, "O")
+        issuer = _name_part(cert.issuer, "CN") or cert.issuer.rfc4514_string()
+        return (f"{self.holder}{', ' + org if org and org != self.holder else ''} (penerbit {issuer}), "
+                f"berlaku sampai {cert.not_valid_after_utc:%Y-%m-%d}")
 
     def close(self) -> None:
         if self._closer is not None:
@@ -122,6 +126,8 @@ class PadesSigner:
             self._closer = None
 
     def sign(self, pdf: bytes, box: SignatureBox | None, stamp: Stamp) -> bytes:
+        if self._signer is None:
+            self._signer = self._make_signer()
         from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
         from pyhanko.pdf_utils.text import TextBoxStyle
         from pyhanko.sign import fields, signers
@@ -151,16 +157,21 @@ class PadesSigner:
         return out.getvalue()
 
 
-def _kept_key_signer(simple: Any) -> Any:
+def _name_part(name: Any, short: str) -> str:
+    from cryptography.x509.oid import NameOID
+
+    oid = {"CN": NameOID.COMMON_NAME, "O": NameOID.ORGANIZATION_NAME}[short]
+    values = name.get_attributes_for_oid(oid)
+    return str(values[0].value) if values else ""
+
+
+def _kept_key_signer(simple: Any, key: Any) -> Any:
     """pyHanko's SimpleSigner, with its private key parsed once instead of for every signature: loading an
     RSA key runs cryptography's key checks, 100 ms each time (two thirds of signing a letter)."""
-    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.padding import PKCS1v15
     from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
     from pyhanko.sign.general import get_pyca_cryptography_hash
     from pyhanko.sign.signers import SimpleSigner
-
-    key = serialization.load_der_private_key(simple.signing_key.dump(), password=None)
 
     class KeptKeySigner(SimpleSigner):
         def sign_raw(self, data: bytes, digest_algorithm: str) -> bytes:
@@ -192,25 +203,28 @@ def _credential(path: Path) -> Path:
 def load_signer(cfg: LetterSigningConfig, *, location: str = "") -> PadesSigner | None:
     """The agency's signer, or None when no certificate is configured (letters then go out unsigned)."""
     if cfg.pkcs12_file is not None:
-        from pyhanko.sign import signers
-
         path = _credential(cfg.pkcs12_file)
         password = _secret(cfg).encode()
         try:
             data = path.read_bytes()
         except OSError as exc:
             raise SigningError(f"{path}: cannot read: {exc.strerror}") from None
-        try:
-            from cryptography.hazmat.primitives.serialization import pkcs12
+        from cryptography.hazmat.primitives.serialization import pkcs12
 
-            pkcs12.load_key_and_certificates(data, password)
+        try:
+            key, cert, chain = pkcs12.load_key_and_certificates(data, password)
         except ValueError:
             raise SigningError(f"{path}: not a PKCS#12 file, or the password is wrong") from None
-        simple = signers.SimpleSigner.load_pkcs12(str(path), passphrase=password)
-        if simple is None:
+        if key is None or cert is None:
             raise SigningError(f"{path}: no key and certificate in the PKCS#12 file")
-        kept = _kept_key_signer(simple)
-        return PadesSigner(kept, reason=cfg.reason, location=location, verify_url=cfg.verify_url)
+
+        def make() -> Any:
+            from pyhanko.sign import signers
+
+            simple = signers.SimpleSigner.load_pkcs12_data(data, other_certs=(), passphrase=password)
+            return _kept_key_signer(simple, key)
+
+        return PadesSigner(make, cert, reason=cfg.reason, location=location, verify_url=cfg.verify_url)
     if cfg.pkcs11_module is not None:
         from pkcs11.exceptions import PKCS11Error
         from pyhanko.config.pkcs11 import TokenCriteria
@@ -230,8 +244,11 @@ def load_signer(cfg: LetterSigningConfig, *, location: str = "") -> PadesSigner 
         except Exception as exc:  # noqa: BLE001
             session.close()
             raise SigningError(f"PKCS#11 key/certificate {cfg.pkcs11_key!r} not usable on the token: {exc}") from None
-        return PadesSigner(token_signer, reason=cfg.reason, location=location, verify_url=cfg.verify_url,
-                           closer=session.close)
+        from cryptography import x509
+
+        certificate = x509.load_der_x509_certificate(token_signer.signing_cert.dump())
+        return PadesSigner(lambda: token_signer, certificate, reason=cfg.reason, location=location,
+                           verify_url=cfg.verify_url, closer=session.close)
     return None
 
 
