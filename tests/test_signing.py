@@ -176,17 +176,27 @@ def test_the_draft_is_marked_konsep_and_its_stamp_says_no_official_signed_yet(si
     assert draft.to_text().lstrip().startswith("KONSEP")
 
 
-@needs_pdfsig
-@pytest.mark.skipif(shutil.which("softhsm2-util") is None or not Path("/usr/lib/softhsm/libsofthsm2.so").exists(),
-                    reason="SoftHSM 2 (Debian softhsm2) is needed for the PKCS#11 test")
-def test_a_pkcs11_token_signs_like_the_pkcs12_file(pki, nss: Path, tmp_path: Path,  # type: ignore[no-untyped-def]
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+SOFTHSM = Path("/usr/lib/softhsm/libsofthsm2.so")
+needs_softhsm = pytest.mark.skipif(shutil.which("softhsm2-util") is None or not SOFTHSM.exists(),
+                                   reason="SoftHSM 2 (Debian softhsm2) is needed for the PKCS#11 tests")
+
+
+@pytest.fixture(scope="module")
+def token(pki, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A SoftHSM 2 token holding the demo key and certificate, as a signing configuration. One per module:
+    the PKCS#11 library reads SOFTHSM2_CONF once, when the process first loads it."""
+    tmp_path = tmp_path_factory.mktemp("softhsm")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        yield _softhsm_token(pki, tmp_path, monkeypatch)
+
+
+def _softhsm_token(pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> LetterSigningConfig:  # type: ignore[no-untyped-def]
     import pkcs11
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import Encoding
     from pkcs11 import Attribute, CertificateType, ObjectClass
 
-    module = "/usr/lib/softhsm/libsofthsm2.so"
+    module = str(SOFTHSM)
     (tmp_path / "tokens").mkdir()
     conf = tmp_path / "softhsm2.conf"
     conf.write_text(f"directories.tokendir = {tmp_path / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n")
@@ -206,8 +216,15 @@ def test_a_pkcs11_token_signs_like_the_pkcs12_file(pki, nss: Path, tmp_path: Pat
                                Attribute.SUBJECT: cert.subject.public_bytes()})
     pin_file = tmp_path / "token.pin"
     pin_file.write_text(pin)
-    cfg = LetterSigningConfig(pkcs11_module=Path(module), pkcs11_token="tte-dinas", pkcs11_key="kadis",
-                              password_file=pin_file)
+    return LetterSigningConfig(pkcs11_module=SOFTHSM, pkcs11_token="tte-dinas", pkcs11_key="kadis",
+                               password_file=pin_file)
+
+
+@needs_pdfsig
+@needs_softhsm
+def test_a_pkcs11_token_signs_like_the_pkcs12_file(pki, token: LetterSigningConfig, nss: Path,  # type: ignore[no-untyped-def]
+                                                   tmp_path: Path) -> None:
+    cfg = token
     token_signer = load_signer(cfg)
     assert token_signer is not None
     try:
@@ -218,9 +235,11 @@ def test_a_pkcs11_token_signs_like_the_pkcs12_file(pki, nss: Path, tmp_path: Pat
     assert pdfsig_valid(pdfsig(path, nss))
     assert pyhanko_status(path.read_bytes(), pki.ca_pem).bottom_line
 
-    pin_file.write_text("000000")
+    assert cfg.password_file is not None
+    wrong = tmp_path / "wrong.pin"
+    wrong.write_text("000000")
     with pytest.raises(SigningError, match="cannot be opened"):
-        load_signer(cfg)
+        load_signer(cfg.model_copy(update={"password_file": wrong}))
 
 
 def test_check_config_says_who_signs_or_that_letters_go_out_unsigned(pki, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -315,3 +334,55 @@ def test_every_letter_through_the_real_daemon_is_signed_and_numbered_without_gap
     assert [line.split()[1] for line in register] == [numbers["rejection"], numbers["incomplete"], numbers["draft"]]
     assert all(" terkirim " in line and " TTE " in line for line in register), register
     assert "Permintaan Kelengkapan Permohonan Layanan Sub Domain" in register[1]
+
+
+@needs_softhsm
+def test_a_letter_that_cannot_be_signed_waits_takes_no_number_and_staff_are_told(  # type: ignore[no-untyped-def]
+        token: LetterSigningConfig, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from sqlalchemy import select
+
+    from daemon.localoffice import STAFF, make_config, request_mail
+    from daemon.service import Daemon
+    from tests.test_engine_unit import DictDns, ListSource, ListTransport, approve
+    from workflows.db import upgrade
+    from workflows.engine import Services
+    from workflows.provision import NoHosting
+    from workflows.store import Counter, LetterRecord, Request, make_engine, make_sessionmaker
+
+    cfg = make_config(tmp_path)
+    engine = make_engine(cfg.db_url)
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(engine)
+    sessions = make_sessionmaker(engine)
+    broken = load_signer(token)
+    assert broken is not None
+    broken.close()  # the token's session is gone, as when the token is pulled out
+    src, tr = ListSource(), ListTransport()
+    services = Services(dns=DictDns(), hosting=NoHosting(), signer=broken)
+    d = Daemon(cfg, sessions, transport=tr, sources={"trenggalek": src}, services={"trenggalek": services})
+    src.add(request_mail("dinsos@example.org"))
+    d.run_once()
+    approve(d, src, tr, "kadis", "TOLAK\nnama tidak sesuai nomenklatur")
+
+    assert not [m for m in tr.to("dinsos@example.org") if "dapat dipenuhi" in str(m["Subject"])], \
+        "never an unsigned letter"
+    alerts = [m for m in tr.to(STAFF) if "tanda tangan elektronik gagal" in m.get_body(("plain",)).get_content()]
+    assert alerts, [str(m["Subject"]) for m in tr.to(STAFF)]
+    with sessions() as s:
+        assert s.execute(select(LetterRecord)).first() is None, "no register row for a letter not sent"
+        assert all(c.last == 0 for c in s.execute(select(Counter).where(Counter.name == "letter")).scalars())
+        assert s.execute(select(Request)).scalar_one().status == "open"
+
+    working = load_signer(token)
+    assert working is not None
+    d.runtimes["trenggalek"].services = replace(services, signer=working)
+    for _ in range(3):
+        d.run_once()
+    working.close()
+    letters = [m for m in tr.to("dinsos@example.org") if "dapat dipenuhi" in str(m["Subject"])]
+    assert len(letters) == 1
+    with sessions() as s:
+        record = s.execute(select(LetterRecord)).scalar_one()
+        assert (record.seq, record.kind, record.signed) == (1, "rejection", True)

@@ -14,7 +14,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -38,10 +38,8 @@ from workflows.provision import (
     records_from_json,
     records_to_json,
 )
+from workflows.signing import LetterSigner, SigningError
 from workflows.sop import Sop, Step
-
-if TYPE_CHECKING:
-    from workflows.signing import LetterSigner
 from workflows.store import (
     Account,
     Counter,
@@ -564,7 +562,7 @@ def run_action(ctx: Ctx, run: StepRun) -> None:
     run.attempts += 1
     try:
         outcome = ACTIONS[step.action](ctx, req, run)
-    except ActionFailed as exc:
+    except (ActionFailed, SigningError) as exc:  # a letter that cannot be signed waits, as a failed action
         run.last_error = str(exc)
         audit(ctx, req, "action.failed", step=run.key, action=step.action, error=str(exc))
         alert_staff(ctx, req, f"{step.title}: {exc}")
@@ -779,20 +777,22 @@ def queue_letter(ctx: Ctx, req: Request, kind: str, letter_ctx: dict[str, Any], 
     from workflows.letters import build_letter, lampiran_text
     from workflows.mailer import Rendered
 
-    record = _open_reply_record(ctx, req) if kind in ("final", "rejection") else None
-    if record is None:
-        record = register_letter(ctx, req, kind, status="terkirim")
-    record.kind, record.status = kind, "terkirim"
-    if kind in ("final", "rejection"):
-        req.letter_number = record.number
-    letter_ctx = {**letter_ctx, "letter_number": record.number, "lampiran": lampiran_text(len(extra or [])),
-                  "electronic": ctx.services.signer is not None}
-    letter = build_letter(kind, letter_ctx, agency_id=ctx.agency.id)
-    pdf = letter.render_pdf(ctx.services.signer, doc_id=record.doc_id)
-    record.hal, record.addressee = letter.hal[:255], letter.addressee[:255]
-    record.issued_at = ctx.now()
-    record.content_sha256, record.pdf_sha256 = pdf.content_sha256, hashlib.sha256(pdf.data).hexdigest()
-    record.signed = pdf.signed
+    # A savepoint: a letter that cannot be signed leaves neither a number nor a register row behind.
+    with ctx.session.begin_nested():
+        record = _open_reply_record(ctx, req) if kind in ("final", "rejection") else None
+        if record is None:
+            record = register_letter(ctx, req, kind, status="terkirim")
+        record.kind, record.status = kind, "terkirim"
+        if kind in ("final", "rejection"):
+            req.letter_number = record.number
+        letter_ctx = {**letter_ctx, "letter_number": record.number, "lampiran": lampiran_text(len(extra or [])),
+                      "electronic": ctx.services.signer is not None}
+        letter = build_letter(kind, letter_ctx, agency_id=ctx.agency.id)
+        pdf = letter.render_pdf(ctx.services.signer, doc_id=record.doc_id)
+        record.hal, record.addressee = letter.hal[:255], letter.addressee[:255]
+        record.issued_at = ctx.now()
+        record.content_sha256, record.pdf_sha256 = pdf.content_sha256, hashlib.sha256(pdf.data).hexdigest()
+        record.signed = pdf.signed
     slug = req.ticket.replace("/", "-")
     attachments = [MailAttachment(f"surat-{kind}-{slug}.pdf", "application/pdf", pdf.data), *(extra or [])]
     return ctx.mailer.queue_rendered(

@@ -126,6 +126,16 @@ class PadesSigner:
             self._closer = None
 
     def sign(self, pdf: bytes, box: SignatureBox | None, stamp: Stamp) -> bytes:
+        """The signed PDF; SigningError when the key cannot sign (a token pulled out, its session gone):
+        the letter then waits, it never goes out unsigned."""
+        try:
+            return self._sign(pdf, box, stamp)
+        except SigningError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - pyHanko, python-pkcs11 and cryptography each raise their own
+            raise SigningError(f"tanda tangan elektronik gagal: {type(exc).__name__}: {exc}") from exc
+
+    def _sign(self, pdf: bytes, box: SignatureBox | None, stamp: Stamp) -> bytes:
         if self._signer is None:
             self._signer = self._make_signer()
         from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
