@@ -333,7 +333,7 @@ def test_text_and_html_say_where_the_electronic_signature_is() -> None:
     assert "elektronik" not in plain.to_text() + plain.to_html()
 
 
-def test_the_coat_of_arms_sits_left_of_the_kop() -> None:
+def test_the_coat_of_arms_sits_left_of_the_kop(tmp_path: Path) -> None:
     from daemon.localoffice import DEMO_LOGO
 
     with_logo = build_letter("final", make_ctx(letter=LetterConfig(**{**LETTER.model_dump(), "logo": DEMO_LOGO})))
@@ -344,9 +344,13 @@ def test_the_coat_of_arms_sits_left_of_the_kop() -> None:
         kop = next(w for w in page.extract_words() if w["text"] == "PEMERINTAH")
         assert float(image["x1"]) < float(kop["x0"]), "the emblem is left of the kop text"
         assert float(image["top"]) < 120 and 50 < float(image["height"]) < 70, "about 2.2 cm high, at the top"
-    missing = LetterConfig(**{**LETTER.model_dump(), "logo": Path("/nonexistent/lambang.png")})
-    with pdfplumber.open(io.BytesIO(build_letter("final", make_ctx(letter=missing)).to_pdf())) as doc:
-        assert doc.pages[0].images == []
+    broken = tmp_path / "lambang.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really an image")
+    for path in (Path("/nonexistent/lambang.png"), broken):
+        without = LetterConfig(**{**LETTER.model_dump(), "logo": path})
+        with pdfplumber.open(io.BytesIO(build_letter("final", make_ctx(letter=without)).to_pdf())) as doc:
+            assert doc.pages[0].images == []
+            assert "PEMERINTAH KABUPATEN TRENGGALEK" in (doc.pages[0].extract_text() or "")
 
 
 def test_hosting_wording_and_plt_addressee() -> None:

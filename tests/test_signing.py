@@ -259,6 +259,11 @@ def test_check_config_says_who_signs_or_that_letters_go_out_unsigned(pki, tmp_pa
     assert "agency trenggalek: letters signed by Drs. Contoh Pejabat, M.Si, Dinas Komunikasi" in signed.stdout
     assert "UNSIGNED" not in signed.stdout
 
+    data = config_data(tmp_path / "nologo", signing=True)
+    data["agency"][0]["letter"]["logo"] = str(tmp_path / "nologo" / "lambang.png")
+    nologo = check(data)
+    assert nologo.returncode == 2 and "agency[0].letter.logo: cannot read" in nologo.stdout, nologo.stdout
+
     data = config_data(tmp_path / "wrong", signing=True)
     (tmp_path / "wrong" / "tte" / "tte.pass").write_text("salah")
     wrong = check(data)

@@ -436,7 +436,7 @@ def build_letter(kind: str, ctx: Mapping[str, Any], *, agency_id: str | None = N
         signature=_signature(cfg, ctx.get("signer"), agency_name, kind),
         tembusan=tuple(clean(t) for t in cfg.tembusan if clean(t)),
         code_labels=frozenset(code_labels),
-        logo=_credential_free(cfg.logo),
+        logo=cfg.logo if cfg.logo is not None and cfg.logo.is_file() else None,
         draft=bool(ctx.get("draft")),
         electronic=bool(ctx.get("electronic")),
     )
@@ -702,22 +702,25 @@ def _signature(cfg: LetterConfig, override: object, agency_name: str, kind: str 
     )
 
 
-def _credential_free(path: Path | None) -> Path | None:
-    """The logo path, when the file is there (a missing logo leaves the kop without one; check-config says)."""
-    return path if path is not None and path.is_file() else None
+def _logo_image(path: Path) -> Image | None:
+    """The coat of arms at most 2.2 cm high, its proportions kept; None when the file is not an image (a
+    missing or broken logo leaves the kop without one; check-config reports a missing file)."""
+    size = _image_size(path)
+    if size is None:
+        return None
+    scale = 2.2 * cm / max(size)
+    return Image(str(path), width=size[0] * scale, height=size[1] * scale)
 
 
 @lru_cache(maxsize=8)
-def _logo_image(path: Path) -> Image | None:
-    """The coat of arms at most 2.2 cm high, its proportions kept; None when the file is not an image."""
+def _image_size(path: Path) -> tuple[int, int] | None:
     from reportlab.lib.utils import ImageReader
 
     try:
         width, height = ImageReader(str(path)).getSize()
-    except Exception:  # noqa: BLE001 - reportlab raises many kinds for a bad image; the kop goes without
+    except Exception:  # noqa: BLE001 - reportlab raises many kinds for a bad image
         return None
-    scale = 2.2 * cm / max(width, height)
-    return Image(str(path), width=width * scale, height=height * scale)
+    return (int(width), int(height)) if width and height else None
 
 
 def _ascii(text: str) -> str:
