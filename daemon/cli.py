@@ -104,6 +104,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def _check_signing(cfg: Config) -> int:
     """Each agency's letter certificate loaded once: who signs, or a warning that letters go out unsigned."""
+    from datetime import UTC, datetime
+
     from workflows.signing import SigningError, load_signer
 
     rc = 0
@@ -119,6 +121,12 @@ def _check_signing(cfg: Config) -> int:
                   "pkcs11_module): letters go out UNSIGNED")
         else:
             print(f"agency {ag.id}: letters signed by {signer.describe()}")
+            left = signer.not_after - datetime.now(UTC)
+            if left.total_seconds() <= 0:
+                print(f"agency {ag.id}: letter.signing: the certificate has EXPIRED; letters it signs are not valid")
+                rc = 2
+            elif left.days < 30:
+                print(f"WARNING: agency {ag.id}: the signing certificate expires in {left.days} day(s); renew it")
             signer.close()
     return rc
 

@@ -88,6 +88,11 @@ def build_services(config: Config, agency: AgencyConfig) -> Services:
         hosting = NoHosting()
     # No certificate configured: letters go out unsigned (check-config warns); a broken one stops the start.
     signer = load_signer(agency.letter.signing, location=agency.letter.city)
+    if signer is None:
+        log.warning("agency %s: no signing certificate; letters go out unsigned", agency.id)
+    elif (left := signer.not_after - utcnow()).days < 30:
+        log.warning("agency %s: the letter signing certificate expires in %d day(s) (%s)", agency.id,
+                    max(left.days, 0), signer.describe())
     return Services(dns=dns_backend, hosting=hosting, signer=signer)
 
 

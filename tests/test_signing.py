@@ -169,6 +169,10 @@ def test_unsigned_only_without_a_certificate_and_a_bad_one_is_refused(pki, tmp_p
 def test_the_draft_is_marked_konsep_and_its_stamp_says_no_official_signed_yet(signer: PadesSigner) -> None:
     draft = build_letter("final", make_ctx(draft=True))
     data = draft.to_pdf(signer)
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "letter_draft_signed.pdf").write_bytes(data)
+    if shutil.which("pdftoppm"):
+        assert len(page_png(ARTIFACTS / "letter_draft_signed.pdf", ARTIFACTS / "letter_draft_signed.png")) > 20_000
     assert "KONSEP" in pdf_text(data)
     stamp = stream_bytes(data)
     assert b"belum" in stamp and b"ditandatangani pejabat." in stamp
@@ -258,6 +262,14 @@ def test_check_config_says_who_signs_or_that_letters_go_out_unsigned(pki, tmp_pa
     assert signed.returncode == 0, signed.stdout + signed.stderr
     assert "agency trenggalek: letters signed by Drs. Contoh Pejabat, M.Si, Dinas Komunikasi" in signed.stdout
     assert "UNSIGNED" not in signed.stdout
+
+    for days, rc, words in ((10, 0, "WARNING: agency trenggalek: the signing certificate expires in 9 day(s)"),
+                            (-1, 2, "agency trenggalek: letter.signing: the certificate has EXPIRED")):
+        data = config_data(tmp_path / f"days{days}", signing=True)
+        make_demo_pki(tmp_path / f"days{days}" / "tte", signer_name="Drs. Contoh Pejabat, M.Si",
+                      organization="Dinas Kominfo", days=days)
+        soon = check(data)
+        assert soon.returncode == rc and words in soon.stdout, soon.stdout
 
     data = config_data(tmp_path / "nologo", signing=True)
     data["agency"][0]["letter"]["logo"] = str(tmp_path / "nologo" / "lambang.png")

@@ -113,6 +113,10 @@ class PadesSigner:
         return _name_part(self._certificate.subject, "CN") or _name_part(self._certificate.subject, "O") \
             or self._certificate.subject.rfc4514_string()
 
+    @property
+    def not_after(self) -> dt.datetime:
+        return self._certificate.not_valid_after_utc
+
     def describe(self) -> str:
         cert = self._certificate
         org = _name_part(cert.subject, "O")
@@ -275,9 +279,10 @@ class DemoPki:
 
 
 def make_demo_pki(directory: Path, *, signer_name: str, organization: str,
-                  password: str = "demo-tte") -> DemoPki:  # noqa: S107 - a throwaway demo certificate
+                  password: str = "demo-tte", days: int = 825) -> DemoPki:  # noqa: S107 - a throwaway demo certificate
     """A local CA and a signing certificate issued by it (RSA 2048, key usage as for a BSrE TTE certificate:
-    digitalSignature + nonRepudiation), written as PEM files and a PKCS#12 bundle with the CA in it."""
+    digitalSignature + nonRepudiation), valid for `days` more days (negative: already expired), written as
+    PEM files and a PKCS#12 bundle with the CA in it."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
@@ -306,7 +311,7 @@ def make_demo_pki(directory: Path, *, signer_name: str, organization: str,
     cert = (
         x509.CertificateBuilder().subject_name(x509.Name(attrs)).issuer_name(ca_name).public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=825))
+        .not_valid_before(now - dt.timedelta(days=30)).not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=True, key_encipherment=False,
                                      data_encipherment=False, key_agreement=False, key_cert_sign=False,
