@@ -55,7 +55,7 @@ def test_request_travels_the_whole_sop(office: Office) -> None:
     assert fqdn in text and "203.0.113.10" in text
     assert "ns1.trenggalekkab.go.id" in text and "ns2.trenggalekkab.go.id" in text
     # The account's user name and password reach the PIC in a mail of their own, never in the letter.
-    assert "Kata sandi :" not in text and "kata sandi layanan hosting telah dikirim terpisah" in " ".join(text.split())
+    assert "Kata sandi :" not in text and "kata sandi telah dikirim terpisah" in " ".join(text.split())
     assert any(p.get_content_type() == "application/pdf" for p in parse_mail(final).iter_attachments())
     assert office.bind.addresses(label) == ["203.0.113.10"]
     # The unit's IT admin confirms it works: the request is done.

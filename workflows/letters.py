@@ -243,18 +243,24 @@ class Letter:
             canvas.drawCentredString(A4[0] / 2, A4[1] - 1.0 * cm, f"- {doc_.page} -")
             canvas.restoreState()
 
+        def first_page(canvas: Canvas, doc_: Any) -> None:
+            if self.draft:  # in the top margin: a konsep has the same layout as the letter it becomes
+                canvas.saveState()
+                canvas.setFont(fonts[1], 12)
+                canvas.drawRightString(A4[0] - 2.0 * cm, A4[1] - 0.8 * cm, "KONSEP")
+                canvas.restoreState()
+
         doc = a4_document(
             buf,
             title=self.hal,
             author=" ".join(self.kop[-1:]) or self.signature.title,
             subject=self.subject,
             later_pages=later_page,
+            first_page=first_page,
         )
         width = doc.width
         story: list[Flowable] = kop_flowables(self.kop, self.address_line, width, logo=self.logo)
         story.append(Spacer(1, 0.3 * cm))
-        if self.draft:
-            story.insert(0, Paragraph("KONSEP", st["right_bold"]))
 
         def cell(text: str, style: ParagraphStyle) -> Paragraph:
             return Paragraph(_pdf_escape(text), style)
@@ -318,7 +324,7 @@ class Letter:
         sig_width = 8.4 * cm
         sig_cells: list[Flowable] = [Paragraph(_pdf_escape(line), st["center"]) for line in sig.jabatan_lines()]
         spots: list[SignatureBox] = []
-        sig_cells.append(_SignatureSpot(sig_width, 2.1 * cm, spots))
+        sig_cells.append(_SignatureSpot(sig_width, 1.9 * cm, spots))
         if sig.name:
             sig_cells.append(Paragraph(f"<u>{_pdf_escape(sig.name)}</u>", st["center_bold"]))
         sig_cells += [Paragraph(_pdf_escape(x), st["center"]) for x in (sig.rank, sig.nip_line()) if x]
@@ -588,11 +594,13 @@ def a4_document(
     subject: str,
     keywords: str = "",
     later_pages: PageHook | None = None,
+    first_page: PageHook | None = None,
     margins: tuple[float, float, float, float] = (2.5 * cm, 2.0 * cm, 1.2 * cm, 1.5 * cm),
 ) -> BaseDocTemplate:
     """An A4 document whose frame has no padding, so `doc.width` is exactly the usable width.
 
-    `margins` are (left, right, top, bottom); `later_pages` draws on pages 2 and up (a page number).
+    `margins` are (left, right, top, bottom); `later_pages` draws on pages 2 and up (a page number),
+    `first_page` on page 1.
     """
     left, right, top, bottom = margins
     doc = BaseDocTemplate(
@@ -618,7 +626,7 @@ def a4_document(
 
     doc.addPageTemplates(
         [
-            PageTemplate(id="first", frames=[frame()], onPage=nothing, autoNextPageTemplate="later"),
+            PageTemplate(id="first", frames=[frame()], onPage=first_page or nothing, autoNextPageTemplate="later"),
             PageTemplate(id="later", frames=[frame()], onPage=later_pages or nothing),
         ]
     )
@@ -703,12 +711,12 @@ def _signature(cfg: LetterConfig, override: object, agency_name: str, kind: str 
 
 
 def _logo_image(path: Path) -> Image | None:
-    """The coat of arms at most 2.2 cm high, its proportions kept; None when the file is not an image (a
+    """The coat of arms at most 2 cm high, its proportions kept; None when the file is not an image (a
     missing or broken logo leaves the kop without one; check-config reports a missing file)."""
     size = _image_size(path)
     if size is None:
         return None
-    scale = 2.2 * cm / max(size)
+    scale = 2.0 * cm / max(size)
     return Image(str(path), width=size[0] * scale, height=size[1] * scale)
 
 
@@ -774,14 +782,13 @@ def _pdf_escape(text: str) -> str:
 def _styles(fonts: tuple[str, str, str], indent: float) -> dict[str, ParagraphStyle]:
     """Paragraph styles; body paragraphs and list items start `indent` from the left margin."""
     regular, bold, mono = fonts
-    base = ParagraphStyle("base", fontName=regular, fontSize=_FONT_SIZE, leading=_FONT_SIZE * 1.27)
+    base = ParagraphStyle("base", fontName=regular, fontSize=_FONT_SIZE, leading=_FONT_SIZE * 1.22)
     return {
         "body": base,
         "left": ParagraphStyle("left", parent=base, alignment=TA_LEFT),
         "right": ParagraphStyle("right", parent=base, alignment=TA_RIGHT),
         "center": ParagraphStyle("center", parent=base, alignment=TA_CENTER),
         "center_bold": ParagraphStyle("center_bold", parent=base, alignment=TA_CENTER, fontName=bold),
-        "right_bold": ParagraphStyle("right_bold", parent=base, alignment=TA_RIGHT, fontName=bold, fontSize=12),
         "code": ParagraphStyle("code", parent=base, fontName=mono, fontSize=10.5),
         "para": ParagraphStyle("para", parent=base, alignment=TA_JUSTIFY, leftIndent=indent,
                                firstLineIndent=1.0 * cm, spaceAfter=3),
