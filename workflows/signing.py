@@ -2,8 +2,9 @@
 
 `LetterSigner` is the small interface the engine is handed (like the DNS and hosting backends); `PadesSigner`
 implements it with a PKCS#12 file or a PKCS#11 token (`load_signer`). The visible part of the signature is a
-stamp placed where the letter left room for it: a QR code (the verification URL, or the document id and hash)
-with the words "Ditandatangani secara elektronik" and the signer's name, jabatan and NIP.
+stamp placed where the letter left room for it, between the jabatan and the name, pangkat and NIP of the
+official: a QR code (the verification URL, or the document id and hash) with the words "Ditandatangani secara
+elektronik", the certificate's holder and the date.
 
 `make_demo_pki` makes a throwaway CA and signing certificate for the demo and the tests; a production office
 uses the certificate BSrE (Balai Besar Sertifikasi Elektronik) issued to it.
