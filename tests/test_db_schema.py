@@ -18,8 +18,7 @@ def test_head_is_alembics_newest_revision(tmp_path: Path) -> None:
 
     engine = make_engine(f"sqlite:///{tmp_path / 'x.db'}")
     assert ScriptDirectory.from_config(alembic_config(engine)).get_current_head() == HEAD
-    newest = sorted((MIGRATIONS / "versions").glob("0*.py"))[-1]
-    assert HEAD in (newest.stem, newest.name[:4])  # ids are "0006" up to 0006, descriptive after
+    assert HEAD.startswith(sorted(p.name[:4] for p in (MIGRATIONS / "versions").glob("0*.py"))[-1])
 
 
 def test_new_database_is_migrated_then_left_alone(tmp_path: Path) -> None:

@@ -4,8 +4,8 @@ The agency's register of outgoing letters (agenda surat keluar): every letter, r
 letters included, takes its number from here in the transaction that records it, so a year's numbers have no
 gaps; the row keeps the hashes a verification page needs (the QR code in the signature names `doc_id`).
 
-Revision ID: 0007_letter_register
-Revises: 0006
+Revision ID: 0008_letter_register
+Revises: 0007_outbox_after
 Create Date: 2026-12-06 08:00:00
 """
 
@@ -14,8 +14,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0007_letter_register'
-down_revision = '0006'
+revision = '0008_letter_register'
+down_revision = '0007_outbox_after'
 branch_labels = None
 depends_on = None
 
