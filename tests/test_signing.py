@@ -264,7 +264,7 @@ def test_check_config_says_who_signs_or_that_letters_go_out_unsigned(pki, tmp_pa
     assert "UNSIGNED" not in signed.stdout
 
     for days, rc, words in ((10, 0, "WARNING: agency trenggalek: the signing certificate expires in 9 day(s)"),
-                            (-1, 2, "agency trenggalek: letter.signing: the certificate has EXPIRED")):
+                            (-1, 78, "agency trenggalek: letter.signing: the certificate has EXPIRED")):
         data = config_data(tmp_path / f"days{days}", signing=True)
         make_demo_pki(tmp_path / f"days{days}" / "tte", signer_name="Drs. Contoh Pejabat, M.Si",
                       organization="Dinas Kominfo", days=days)
@@ -274,12 +274,12 @@ def test_check_config_says_who_signs_or_that_letters_go_out_unsigned(pki, tmp_pa
     data = config_data(tmp_path / "nologo", signing=True)
     data["agency"][0]["letter"]["logo"] = str(tmp_path / "nologo" / "lambang.png")
     nologo = check(data)
-    assert nologo.returncode == 2 and "agency[0].letter.logo: cannot read" in nologo.stdout, nologo.stdout
+    assert nologo.returncode == 78 and "agency[0].letter.logo: cannot read" in nologo.stdout, nologo.stdout
 
     data = config_data(tmp_path / "wrong", signing=True)
     (tmp_path / "wrong" / "tte" / "tte.pass").write_text("salah")
     wrong = check(data)
-    assert wrong.returncode == 2
+    assert wrong.returncode == 78  # EX_CONFIG
     assert "letter.signing:" in wrong.stdout and "password is wrong" in wrong.stdout
     assert "Traceback" not in wrong.stdout + wrong.stderr
 
