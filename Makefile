@@ -54,7 +54,7 @@ corpora: deps
 
 # Each bench prints one summary line (figure and target) and exits non-zero on a miss; run them all.
 bench: deps
-	@rc=0; for b in parse.py backlog.py latency.py idle.py "backlog.py --memory" scaleout.py letters.py; do \
+	@rc=0; for b in parse.py backlog.py latency.py idle.py "backlog.py --memory" scaleout.py letters.py "agencies.py --agencies 15 150"; do \
 	  $(PY) bench/$$b || rc=1; \
 	done; exit $$rc
 

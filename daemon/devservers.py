@@ -556,6 +556,14 @@ service imap-login {{
     port = 0
   }}
 }}
+# A large deployment keeps two connections per agency open (intake and IDLE): 548 agencies need more
+# than the default 1024 imap processes and 1000 stats clients (docs/PANDUAN.md, large deployment).
+service imap {{
+  process_limit = 4096
+}}
+service stats {{
+  client_limit = 10000
+}}
 service anvil {{
 {chroot}  unix_listener anvil-auth-penalty {{
     mode = 0
