@@ -186,6 +186,7 @@ class Daemon:
             services=rt.services,
             clock=self.clock,
             parse_options=parse_options_for(agency, self.config.limits),
+            calendar=rt.calendar,
         )
 
     def run_once(self, *, drain_inline: bool = True) -> dict[str, int]:

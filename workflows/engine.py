@@ -20,7 +20,8 @@ from sqlalchemy.orm import Session
 
 from daemon.config import AgencyConfig, Config
 from parsers.model import ParseOptions
-from workflows.mailer import MailAttachment, Mailer, format_tanggal, new_token, token_hash
+from workflows.mailer import MailAttachment, Mailer, format_deadline, format_tanggal, new_token, token_hash
+from workflows.mailto import answer_links
 from workflows.provision import (
     DnsError,
     DnsStateUnknown,
@@ -50,6 +51,7 @@ from workflows.store import (
     pending_audit,
     raw_in_memory,
 )
+from workflows.worktime import WorkCalendar, calendar_for
 
 log = logging.getLogger("subdomaind.engine")
 
@@ -91,9 +93,25 @@ class Ctx:
     services: Services
     clock: Callable[[], datetime]
     parse_options: ParseOptions = field(default_factory=ParseOptions)
+    # The agency's working time (Mutu Baku deadlines in the step mails); built from the config when not given.
+    calendar: WorkCalendar | None = None
 
     def now(self) -> datetime:
         return self.clock()
+
+    def work_calendar(self) -> WorkCalendar:
+        if self.calendar is None:
+            self.calendar = calendar_for(self.agency)
+        return self.calendar
+
+    def person(self, address: str, role: str | None, *, acting: bool = False) -> dict[str, str]:
+        """Who an official is, as a mail names them: name (from `names` in the config) and jabatan (the SOP
+        role's title, "Plt./Plh." for an acting official); never a bare mailbox address."""
+        jabatan = self.role_title(role) if role else "Pejabat"
+        if acting:
+            jabatan = f"Plt./Plh. {jabatan}"
+        name = self.agency.names.get(address.lower(), "")
+        return {"name": name, "jabatan": jabatan, "who": f"{name}, {jabatan}" if name else jabatan}
 
     def role_title(self, role: str | None) -> str:
         if role is None:
@@ -171,18 +189,24 @@ def summary(ctx: Ctx, req: Request) -> dict[str, Any]:
     f = req.fields or {}
     # A request opened in this transaction has no decisions yet: no query (and no flush) for its mails.
     opened_now = req.id in ctx.session.info.get("opened", ())
-    history = [] if opened_now else [
-        {
-            "at": format_tanggal(d.at.astimezone(_tz(ctx)), with_time=True),
-            "actor": d.actor,
-            "role": ctx.role_title(d.on_behalf_of) if d.on_behalf_of else d.actor,
-            "decision": DECISION_WORDS.get(d.decision, d.decision.upper()),
-            "note": d.note,
-        }
-        for d in ctx.session.execute(
-            select(Decision).where(Decision.request_id == req.id, Decision.accepted.is_(True)).order_by(Decision.id)
-        ).scalars()
-    ]
+    history: list[dict[str, Any]] = []
+    if not opened_now:
+        rows = ctx.session.execute(
+            select(Decision, StepRun.role, StepRun.key).outerjoin(StepRun, StepRun.id == Decision.step_id)
+            .where(Decision.request_id == req.id, Decision.accepted.is_(True)).order_by(Decision.id)
+        ).all()
+        for d, role, key in rows:
+            # The official by name and jabatan: the role of the step decided, "Plt./Plh." for a delegate.
+            person = ctx.person(d.actor, d.on_behalf_of or role, acting=bool(d.on_behalf_of))
+            history.append({
+                "at": format_tanggal(d.at.astimezone(_tz(ctx)), with_time=True),
+                "actor": d.actor,
+                **person,
+                "role": person["who"],
+                "step_title": ctx.sop.steps[key].title if key in ctx.sop.steps else "",
+                "decision": DECISION_WORDS.get(d.decision, d.decision.upper()),
+                "note": d.note,
+            })
     return {
         "ticket": req.ticket,
         "zone": ctx.agency.zone,
@@ -253,11 +277,21 @@ ORIGINAL_ATTACH_LIMIT = 5 * 1024 * 1024
 
 
 def _original_attachment(ctx: Ctx, req: Request) -> list[MailAttachment]:
-    """The letter as it came, for the official; a very large one (a high-resolution scan) is not copied
-    into every step mail (it would multiply the daemon's memory and the officials' mailboxes): the mail
-    says where it is instead. Read once per transaction (a new request sends it in two mails)."""
+    """The unit's letter for the official: the files it came with, each as itself (a PDF as a PDF, a DOCX as
+    a DOCX, which phone mail apps open), not the raw message. A very large letter (a high-resolution scan)
+    is not copied into every step mail (it would multiply the daemon's memory and the officials' mailboxes):
+    the mail says where it is instead. Read once per transaction (a new request sends it in two mails)."""
     if not req.source_message_id:
         return []
+    files = ctx.session.info.setdefault("original_files", {})
+    if req.source_message_id not in files:
+        raw = _original_raw(ctx, req)
+        files[req.source_message_id] = letter_files(raw, ctx.parse_options.limits) if raw else []
+    return list(files[req.source_message_id])
+
+
+def _original_raw(ctx: Ctx, req: Request) -> bytes | None:
+    assert req.source_message_id is not None
     cache = ctx.session.info.setdefault("original_attachment", {})
     if req.source_message_id not in cache:
         # The size is checked in the query: a large letter's bytes are never read.
@@ -268,19 +302,73 @@ def _original_attachment(ctx: Ctx, req: Request) -> list[MailAttachment]:
                 func.length(InboundRaw.raw) <= ORIGINAL_ATTACH_LIMIT)
         ).scalar_one_or_none()
     raw = cache[req.source_message_id]
-    if not raw:
+    return bytes(raw) if raw else None
+
+
+# Content types phone mail apps open, by what a file is (its first bytes) or, failing that, its name: a unit's
+# mail client often labels a PDF application/octet-stream, which an official's phone will not preview.
+_KNOWN_TYPES = {
+    ".pdf": "application/pdf",
+    ".docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    ".doc": "application/msword",
+    ".odt": "application/vnd.oasis.opendocument.text",
+    ".xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png",
+}
+
+
+def letter_files(raw: bytes, limits: Any = None) -> list[MailAttachment]:
+    """The files a unit's letter came with (those of a forwarded letter too), each with a content type by
+    what it is; the body text is summarised in the mail itself."""
+    import os
+
+    from parsers.mime import UnreadableMessage, parse_mime
+
+    try:
+        msg = parse_mime(raw, limits)
+    except (UnreadableMessage, ValueError, LookupError, RecursionError):
         return []
-    return [MailAttachment(filename="surat-permohonan.eml", content_type="message/rfc822", data=raw)]
+    out: list[MailAttachment] = []
+    # The files of a forwarded letter are listed with the outer ones; the forwarded message itself is not a
+    # file anyone opens, and a text part without a name is body text, summarised in the mail.
+    for att in msg.attachments:
+        ctype = att.content_type.lower()
+        if not att.data or ctype.startswith("message/") or (ctype.startswith("text/") and not att.filename):
+            continue
+        name = os.path.basename((att.filename or "").replace("\\", "/")).strip() or f"lampiran-{len(out) + 1}"
+        ext = os.path.splitext(name)[1].lower()
+        if att.data.startswith(b"%PDF-"):
+            ctype = "application/pdf"
+        elif ctype in ("application/octet-stream", "application/x-download", "binary/octet-stream", ""):
+            ctype = _KNOWN_TYPES.get(ext, "application/octet-stream")
+        if ctype == "application/pdf" and not ext:
+            name += ".pdf"
+        out.append(MailAttachment(filename=name, content_type=ctype, data=att.data))
+    return out
 
 
-def step_context(ctx: Ctx, req: Request, step: Step, run: StepRun) -> dict[str, Any]:
+def step_context(ctx: Ctx, req: Request, step: Step, run: StepRun, *, token: str | None = None,
+                 attachments: list[MailAttachment] | None = None) -> dict[str, Any]:
+    """What a step mail shows. With the step's token, the one-tap answer links (RFC 6068 mailto:) to the
+    step's reply address; the deadline is the step's Mutu Baku in working time, never the token's expiry."""
     data = summary(ctx, req)
     answers = [
         {"word": DECISION_WORDS[o], "then": ctx.sop.steps[target].title}
         for o, target in step.on.items()
         if o in DECISION_WORDS
     ]
+    deadline = None
+    if step.time is not None and run.opened_at is not None:
+        cal = ctx.work_calendar()
+        deadline = format_deadline(cal.local(cal.deadline(run.opened_at, step.time)))
+    files = attachments or []
     data.update(
+        deadline=deadline,
+        buttons=answer_links(ctx.mailer.reply_address(token), req.ticket, step.title, answers) if token else [],
+        reply_address=ctx.mailer.reply_address(token),
+        attached=[a.filename for a in files],
+        draft_name=next((a.filename for a in files if a.filename.startswith("konsep-surat")), None),
+        original_too_large=False,
         step_title=step.title,
         step_key=step.key,
         sop_no=step.sop_no,
@@ -333,15 +421,16 @@ def enter_step(ctx: Ctx, req: Request, key: str, *, note: str | None = None) -> 
         audit(ctx, req, "request.closed", outcome=req.status)
     elif step.kind == "notification":
         assert step.actor is not None
+        files = [] if ctx.sop.roles[step.actor].requester else _original_attachment(ctx, req)
         ctx.mailer.queue(
             ctx.session,
             to=requester_addresses(req) if ctx.sop.roles[step.actor].requester else ctx.addresses(step.actor),
             template=step.template or "notify",
-            context=step_context(ctx, req, step, run),
+            context=step_context(ctx, req, step, run, attachments=files),
             purpose=f"notify.{key}",
             request_id=req.id,
             ticket=req.ticket,
-            attachments=[] if ctx.sop.roles[step.actor].requester else _original_attachment(ctx, req),
+            attachments=files,
         )
         finish_step(ctx, run, "ok", note=note)
     elif step.kind == "wait_requester" and step.silent:
@@ -381,8 +470,11 @@ def enter_step(ctx: Ctx, req: Request, key: str, *, note: str | None = None) -> 
             ctx.session,
             to=to,
             template=template,
-            context={**step_context(ctx, req, step, run),
-                     "original_attached": any(a.filename == "surat-permohonan.eml" for a in attachments)},
+            context={**step_context(ctx, req, step, run, token=token if step.kind == "approval" else None,
+                                    attachments=attachments),
+                     # A letter too large to copy into every step mail: the mail says where it is instead.
+                     "original_too_large": step.kind == "approval" and bool(req.source_message_id)
+                     and _original_raw(ctx, req) is None},
             purpose=f"step.{key}",
             request_id=req.id,
             ticket=req.ticket,

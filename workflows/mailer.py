@@ -81,6 +81,18 @@ _BULAN = (
 )
 
 
+_HARI = ("Senin", "Selasa", "Rabu", "Kamis", "Jumat", "Sabtu", "Minggu")
+# Indonesia's three time zones as letters name them (UU 1987 / Keppres 41/1987); others by their offset.
+_ZONE_NAMES = {"Asia/Jakarta": "WIB", "Asia/Pontianak": "WIB", "Asia/Makassar": "WITA", "Asia/Jayapura": "WIT"}
+
+
+def format_deadline(value: datetime) -> str:
+    """A local deadline as officials read it: "Senin, 7 Desember 2026 pukul 16.00 WIB"."""
+    key = getattr(value.tzinfo, "key", None)
+    zone = _ZONE_NAMES.get(key or "") or value.strftime("UTC%z")
+    return f"{_HARI[value.weekday()]}, {format_tanggal(value, with_time=True)} {zone}"
+
+
 def format_tanggal(value: datetime, with_time: bool = False) -> str:
     """An Indonesian date as letters write it: "21 November 2026" (and "pukul 09.15" with the time)."""
     text = f"{value.day} {_BULAN[value.month - 1]} {value.year}"

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import select
 
 from workflows.engine import Ctx, audit, requester_addresses, step_context
-from workflows.mailer import format_tanggal
+from workflows.mailer import format_deadline, format_tanggal
 from workflows.store import Outbox, Request, StepRun
 from workflows.worktime import WorkCalendar
 
@@ -118,8 +118,8 @@ def due_reminders(ctx: Ctx, calendar: WorkCalendar, now: datetime | None = None)
             ctx.session,
             to=to,
             template="escalation",
-            context={**data, "superior_title": superior.title, "actor_addresses": ctx.addresses(step.actor),
-                     "escalate_at": format_tanggal(calendar.local(escalate_at), with_time=True)},
+            context={**data, "superior_title": superior.title, "official": _official(ctx, step.actor),
+                     "escalate_at": format_deadline(calendar.local(escalate_at))},
             purpose=f"escalation.{run.key}",
             request_id=req.id,
             ticket=req.ticket,
@@ -129,6 +129,12 @@ def due_reminders(ctx: Ctx, calendar: WorkCalendar, now: datetime | None = None)
         audit(ctx, req, "step.escalated", step=run.key, role=step.actor, superior=superior.key, to=sorted(to),
               deadline=escalate_at.isoformat(), overdue_minutes=round(calendar.working_minutes(due, now)))
     return queued
+
+
+def _official(ctx: Ctx, role: str) -> str:
+    """Who holds a step, by name and jabatan (never by mailbox address)."""
+    whos = list(dict.fromkeys(ctx.person(a, role)["who"] for a in ctx.addresses(role)))
+    return "; ".join(whos) or ctx.role_title(role)
 
 
 def _thread_parent(ctx: Ctx, req: Request, run: StepRun, to: list[str]) -> str | None:
@@ -155,7 +161,7 @@ def _context(ctx: Ctx, calendar: WorkCalendar, req: Request, run: StepRun, due: 
     data = step_context(ctx, req, step, run)
     data.update(
         opened=format_tanggal(calendar.local(run.opened_at), with_time=True),
-        deadline=format_tanggal(calendar.local(due), with_time=True),
+        deadline=format_deadline(calendar.local(due)),
         overdue=format_duration(calendar.working_minutes(due, now), calendar.day_minutes),
         elapsed=format_duration(calendar.working_minutes(run.opened_at, now), calendar.day_minutes),
         field_labels=FIELD_LABELS,
