@@ -10,8 +10,10 @@ import email
 import email.policy
 import html as htmllib
 import re
+import secrets
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -24,7 +26,8 @@ import pytest
 from sqlalchemy import select
 
 from daemon.config import LetterConfig
-from daemon.localoffice import ACTORS, request_mail, text_pdf
+from daemon.devservers import Bind, Dovecot, SmtpRelay
+from daemon.localoffice import ACTORS, Office, request_mail, text_pdf
 from tests.test_engine_unit import approve, last_to, world
 from tests.test_reminders import office
 from workflows.forms import form_docx
@@ -80,9 +83,10 @@ def buttons(msg: EmailMessage) -> dict[str, str]:
     return {word: htmllib.unescape(href) for href, word in found}
 
 
-def from_mailto(href: str, sender: str) -> bytes:
+def from_mailto(href: str, sender: str, typed: str = "") -> bytes:
     """The mail a client writes when the link is tapped (RFC 6068: percent-decoding only, "+" is a "+"),
-    sent as a new message: no In-Reply-To, no References, only what the link carries."""
+    sent as a new message: no In-Reply-To, no References, only what the link carries, with what the
+    official `typed` where the cursor is (after the word) and the client's signature below."""
     assert href.startswith("mailto:")
     to, _, query = href[len("mailto:"):].partition("?")
     fields = {k.lower(): unquote(v) for k, _, v in (p.partition("=") for p in query.split("&") if p)}
@@ -92,7 +96,8 @@ def from_mailto(href: str, sender: str) -> bytes:
     msg["Subject"] = fields.get("subject", "")
     msg["Date"] = formatdate(localtime=True)
     msg["Message-ID"] = make_msgid(domain=sender.split("@")[1])
-    msg.set_content(fields.get("body", "").replace("\r\n", "\n") + "\nSalam,\nPejabat\n")
+    word, _, rest = fields.get("body", "").replace("\r\n", "\n").partition("\n")
+    msg.set_content(f"{word}\n{typed}\n{rest}\nSalam,\nPejabat\n")
     return msg.as_bytes()
 
 
@@ -233,6 +238,32 @@ def _send_button(world: Any, msg: EmailMessage, word: str, sender: str) -> None:
     d.run_once()
 
 
+def test_reminder_buttons_decide_too(mails: dict[str, Any]) -> None:
+    """A reminder's links carry the reminder's own token: tapped, they decide the reminded step."""
+    msg = mails["reminder"]
+    assert set(buttons(msg)) == {"SETUJU", "TOLAK"}
+    assert html_of(msg).index("SETUJU</a>") < html_of(msg).index("Nomor tiket")
+    world = d, src, tr, _dns, sessions = mails["world"]
+    with sessions() as s:
+        before = len(s.execute(select(Decision)).all())
+    # A new request at the Kabid's step, then a reminder past its Mutu Baku, answered by its button.
+    src.add(letter_with_files("dinsos2"))
+    d.run_once()
+    approve(d, src, tr, "kadis")
+    later = datetime(2027, 2, 9, 3, 0, tzinfo=UTC)  # Tuesday 10.00 WIB
+    agency = d.runtimes["trenggalek"].agency
+    with sessions.begin() as s:
+        assert due_reminders(d.ctx(s, agency), d.runtimes["trenggalek"].calendar, later) >= 1
+    d.run_once()
+    reminder = parse(last_to(tr, ACTORS["kabid"][0]))
+    assert "Pengingat" in str(reminder["Subject"])
+    _send_button(world, reminder, "SETUJU", ACTORS["kabid"][0])
+    with sessions() as s:
+        after = s.execute(select(Decision).order_by(Decision.id)).scalars().all()[before:]
+    assert [(x.decision, x.actor, x.accepted) for x in after] == [("approve", ACTORS["kadis"][0], True),
+                                                                  ("approve", ACTORS["kabid"][0], True)]
+
+
 @pytest.mark.parametrize("word, decision", [("SETUJU", "approve"), ("TOLAK", "reject")])
 def test_each_button_is_accepted_like_a_typed_reply(world: Any, word: str, decision: str) -> None:  # type: ignore[no-untyped-def]
     d, src, tr, _dns, sessions = world
@@ -242,6 +273,45 @@ def test_each_button_is_accepted_like_a_typed_reply(world: Any, word: str, decis
     with sessions() as s:
         got = s.execute(select(Decision.decision, Decision.accepted)).all()
         assert got == [(decision, True)]
+
+
+@pytest.mark.servers
+def test_buttons_decide_through_the_real_servers(dovecot: Dovecot, smtp_relay: SmtpRelay, bind: Bind) -> None:
+    """Each button's mail, sent by SMTP to Dovecot and read by the real `subdomaind run`: SETUJU moves the
+    request on, PERBAIKI sends it back to the unit with the official's reason, TOLAK sends the rejection."""
+    base = Path(tempfile.mkdtemp(prefix="office-"))
+    office = Office.create(base, dovecot, smtp_relay, bind)
+    office.start()
+    try:
+        label = f"dinsos{secrets.token_hex(3)}"
+        office.send_request(label)
+        seen: dict[str, int] = {}
+
+        def tap(role: str, word: str, typed: str = "") -> None:
+            user = office.officials[role]
+            raw = office.wait_mail(user, lambda m: "Mohon keputusan" in str(m["Subject"]), after=seen.get(role, 0))
+            seen[role] = user.messages().index(raw) + 1
+            links = buttons(parse(raw))
+            assert word in links, (role, sorted(links))
+            office.send(from_mailto(links[word], user.address, typed), user.address)
+
+        tap("kadis", "SETUJU")
+        tap("kabid", "SETUJU")
+        tap("kasi", "PERBAIKI", "Nama penanggung jawab belum lengkap.")
+        revise = office.wait_mail(office.requester, lambda m: "perlu diperbaiki" in str(m["Subject"]))
+        assert "Nama penanggung jawab belum lengkap." in text_of(parse(revise))
+        office.send_request(f"dispar{secrets.token_hex(3)}")
+        tap("kadis", "TOLAK", "Nama sub domain tidak sesuai nomenklatur.")
+        letter = office.wait_mail(office.requester, lambda m: "dapat dipenuhi" in str(m["Subject"]))
+        assert "nomenklatur" in " ".join(text_of(parse(letter)).split())
+        tickets = [re.search(r"\[(SD/\d{4}/\d{4})\]", str(parse(m)["Subject"])).group(1)  # type: ignore[union-attr]
+                   for m in (revise, letter)]
+        shown = "".join(office.cli("show", t).stdout for t in tickets)
+        for decision in ("approve", "revise", "reject"):
+            assert f'"decision": "{decision}"' in shown, decision
+        assert office.stop() == 0
+    finally:
+        office.stop()
 
 
 # --- as people see them ---------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import select
 
 from workflows.engine import Ctx, audit, requester_addresses, step_context
-from workflows.mailer import format_deadline, format_tanggal
+from workflows.mailer import format_deadline, format_tanggal, new_token, token_hash
 from workflows.store import Outbox, Request, StepRun
 from workflows.worktime import WorkCalendar
 
@@ -84,7 +84,12 @@ def due_reminders(ctx: Ctx, calendar: WorkCalendar, now: datetime | None = None)
                     and not _same_local_day(calendar, run.escalated_at, now))
         if not (remind or escalate):
             continue  # the common case on every pass: nothing new today
-        data = _context(ctx, calendar, req, run, due, now)
+        token = None
+        if remind and run.kind == "approval" and ctx.addresses(step.actor):
+            # The reminder's one-tap links open a new mail (no In-Reply-To): its own token names the step.
+            token = new_token()
+            run.reminder_token_hash = token_hash(token)
+        data = _context(ctx, calendar, req, run, due, now, token=token)
         if remind:
             to = requester_addresses(req) if role.requester else ctx.addresses(step.actor)
             if to:
@@ -96,6 +101,7 @@ def due_reminders(ctx: Ctx, calendar: WorkCalendar, now: datetime | None = None)
                     purpose=f"reminder.{run.key}",
                     request_id=req.id,
                     ticket=req.ticket,
+                    token=token,
                     # Threaded under the step mail: a reply to the reminder finds the step by References.
                     in_reply_to=_thread_parent(ctx, req, run, to),
                 )
@@ -155,10 +161,10 @@ def _thread_parent(ctx: Ctx, req: Request, run: StepRun, to: list[str]) -> str |
 
 
 def _context(ctx: Ctx, calendar: WorkCalendar, req: Request, run: StepRun, due: datetime,
-             now: datetime) -> dict[str, Any]:
+             now: datetime, token: str | None = None) -> dict[str, Any]:
     step = ctx.sop.step(run.key)
     assert step.time is not None
-    data = step_context(ctx, req, step, run)
+    data = step_context(ctx, req, step, run, token=token)
     data.update(
         opened=format_tanggal(calendar.local(run.opened_at), with_time=True),
         deadline=format_deadline(calendar.local(due)),
