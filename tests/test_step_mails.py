@@ -11,8 +11,6 @@ import email.policy
 import html as htmllib
 import re
 import secrets
-import shutil
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -28,6 +26,7 @@ from sqlalchemy import select
 from daemon.config import LetterConfig
 from daemon.devservers import Bind, Dovecot, SmtpRelay
 from daemon.localoffice import ACTORS, Office, request_mail, text_pdf
+from tests.chromium import measure, needs_chromium, screenshot
 from tests.test_engine_unit import approve, last_to, world
 from tests.test_reminders import office
 from workflows.forms import form_docx
@@ -39,8 +38,6 @@ from workflows.worktime import WorkCalendar
 
 __all__ = ["office", "world"]
 
-ARTIFACTS = Path(__file__).parent / "artifacts"
-CHROMIUM = "/usr/bin/chromium"
 REQUESTER = "dinsos@example.org"
 DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
 KADIS_NAME = "Drs. Bambang Sutrisno, M.Si."
@@ -316,52 +313,6 @@ def test_buttons_decide_through_the_real_servers(dovecot: Dovecot, smtp_relay: S
 
 # --- as people see them ---------------------------------------------------------------------------
 
-def _chromium(tmp: Path, page: Path, size: str, *args: str) -> subprocess.CompletedProcess[str]:
-    profile = tmp / f"profile-{page.stem}"
-    try:
-        return subprocess.run(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--hide-scrollbars", f"--user-data-dir={profile}", f"--window-size={size}", *args, page.as_uri()],
-            capture_output=True, text=True, timeout=120, check=False)
-    finally:
-        shutil.rmtree(profile, ignore_errors=True)
-
-
-def _framed(html: str, width: int, height: int) -> str:
-    """The mail in an iframe exactly `width` px wide: headless Chromium lays a window out at no less than
-    500 px (a 390 px screenshot is a crop of that), so the phone's width is given to the frame. The frame's
-    onload writes its document's scrollWidth, its innerWidth and its height into the title."""
-    measure = ("document.title='W='+this.contentDocument.documentElement.scrollWidth+','"
-               "+this.contentWindow.innerWidth+','+this.contentDocument.documentElement.scrollHeight")
-    return (f'<!DOCTYPE html><html><head><title>-</title></head><body style="margin:0;background:#fff;">'
-            f'<iframe style="display:block;border:0;width:{width}px;height:{height}px;" onload="{measure}" '
-            f'srcdoc="{htmllib.escape(html, quote=True)}"></iframe></body></html>')
-
-
-def measure(html: str, width: int, tmp: Path, name: str) -> tuple[int, int, int]:
-    """(scrollWidth, innerWidth, scrollHeight) of the mail laid out `width` px wide in Chromium."""
-    page = tmp / f"{name}-{width}-measure.html"
-    page.write_text(_framed(html, width, 1000), encoding="utf-8")
-    proc = _chromium(tmp, page, "800,1000", "--dump-dom")
-    m = re.search(r"<title>W=(\d+),(\d+),(\d+)</title>", proc.stdout)
-    assert m, proc.stderr[-2000:]
-    return int(m.group(1)), int(m.group(2)), int(m.group(3))
-
-
-def screenshot(html: str, width: int, height: int, tmp: Path, name: str) -> Path:
-    """A picture of the whole mail `width` px wide, in tests/artifacts/."""
-    page = tmp / f"{name}-{width}.html"
-    page.write_text(_framed(html, width, height), encoding="utf-8")
-    ARTIFACTS.mkdir(exist_ok=True)
-    out = ARTIFACTS / f"{name}-{width}.png"
-    out.unlink(missing_ok=True)
-    proc = _chromium(tmp, page, f"{width},{height}", f"--screenshot={out}")
-    assert out.exists(), proc.stderr[-2000:]
-    return out
-
-
-needs_chromium = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed")
 
 
 @needs_chromium
@@ -391,6 +342,7 @@ def test_digest_fits_a_phone(office: Any, tmp_path: Path) -> None:
     seed_queue(sessions)
     for role in (None, "kasi"):
         _, _, page = render_digest(digest(sessions, cfg, role=role), cfg.agencies[0])
-        scroll, inner, _ = measure(page, 390, tmp_path, f"digest-{role}")
-        assert inner == 390 and scroll <= inner, (role, scroll)
+        for width in (320, 360, 390):
+            scroll, inner, _ = measure(page, width, tmp_path, f"digest-{role}")
+            assert inner == width and scroll <= inner, (role, width, scroll)
 
