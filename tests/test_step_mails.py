@@ -193,7 +193,28 @@ def test_unit_files_are_attached_as_themselves(mails: dict[str, Any]) -> None:
                    for p in msg.iter_attachments())
     for name in parts:
         assert name in text_of(msg) and htmllib.escape(name) in html_of(msg)
-    assert parts.keys() <= {p.get_filename() for p in mails["notify"].iter_attachments()}
+    # The first mails take the files as the parser read them; later ones read the letter back.
+    for kind in ("notify", "approval_history"):
+        assert {p.get_filename(): p.get_content_type() for p in mails[kind].iter_attachments()} == parts
+        assert [p.get_content() for p in mails[kind].iter_attachments()] == \
+            [p.get_content() for p in msg.iter_attachments()]
+
+
+def test_a_large_file_is_attached_whole(world: Any) -> None:  # type: ignore[no-untyped-def]
+    """A file the parser worker does not send back (over RETURN_ATTACHMENT_MAX) is read from the stored
+    letter for the first step mails too."""
+    from daemon.parsing import RETURN_ATTACHMENT_MAX
+
+    d, src, tr, _dns, _sessions = world
+    msg = parse(request_mail(REQUESTER, "dinsos"))
+    lines = b"".join(b"BT /F1 8 Tf 72 %d Td (lampiran %d) Tj ET\n" % (800 - (i % 90) * 8, i) for i in range(9000))
+    pdf = text_pdf(lines)
+    assert len(pdf) > RETURN_ATTACHMENT_MAX
+    msg.add_attachment(pdf, maintype="application", subtype="pdf", filename="scan.pdf")
+    src.add(msg.as_bytes())
+    d.run_once()
+    got = [(p.get_filename(), p.get_content()) for p in parse(last_to(tr, ACTORS["kadis"][0])).iter_attachments()]
+    assert got == [("scan.pdf", pdf)]
 
 
 def test_draft_letter_is_attached_and_named(mails: dict[str, Any]) -> None:

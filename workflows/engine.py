@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -19,7 +20,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from daemon.config import AgencyConfig, Config
-from parsers.model import ParseOptions
+from parsers.model import Attachment, ParseOptions
 from workflows.mailer import MailAttachment, Mailer, format_deadline, format_tanggal, new_token, token_hash
 from workflows.mailto import answer_links
 from workflows.provision import (
@@ -228,7 +229,10 @@ def open_request(
     fields: dict[str, Any],
     source_message_id: str | None,
     inbound: Inbound | None,
+    attachments: Sequence[Attachment] | None = None,
 ) -> Request:
+    """Open a request; `attachments` are the letter's files as the parser read them (when at hand, the
+    step mails attach them without parsing the letter again)."""
     now = ctx.now()
     year, seq = next_number(ctx, "ticket")
     ticket = f"{ctx.agency.ticket_prefix}/{year}/{seq:04d}"
@@ -257,6 +261,10 @@ def open_request(
         if held is not None:
             ctx.session.info.setdefault("original_attachment", {})[source_message_id] = (
                 held if len(held) <= ORIGINAL_ATTACH_LIMIT else None)
+            files = _openable(attachments) if attachments is not None and len(held) <= ORIGINAL_ATTACH_LIMIT \
+                else None
+            if files is not None:
+                ctx.session.info.setdefault("original_files", {})[source_message_id] = files
     audit(ctx, req, "request.received", actor=requester, message_id=source_message_id,
           subdomain=req.subdomain, unit=req.unit, source=fields.get("source"))
     ctx.mailer.queue(
@@ -317,23 +325,40 @@ _KNOWN_TYPES = {
 }
 
 
+# A part that may be a file: without one of these headers a letter is body text only, and is not parsed.
+_MAY_HOLD_FILES = re.compile(
+    rb"(?im)^content-(?:type:[ \t]*(?:application|image|audio|video)/|disposition:[ \t]*attachment)")
+
+
 def letter_files(raw: bytes, limits: Any = None) -> list[MailAttachment]:
     """The files a unit's letter came with (those of a forwarded letter too), each with a content type by
     what it is; the body text is summarised in the mail itself."""
-    import os
-
     from parsers.mime import UnreadableMessage, parse_mime
 
+    if not _MAY_HOLD_FILES.search(raw):
+        return []
     try:
         msg = parse_mime(raw, limits)
     except (UnreadableMessage, ValueError, LookupError, RecursionError):
         return []
+    return _openable(msg.attachments) or []
+
+
+def _openable(attachments: Sequence[Attachment]) -> list[MailAttachment] | None:
+    """The parser's attachments as files to attach; None when one of them came back without its bytes
+    (a parser worker leaves large ones behind): the letter is then read again from the database."""
+    import os
+
     out: list[MailAttachment] = []
     # The files of a forwarded letter are listed with the outer ones; the forwarded message itself is not a
     # file anyone opens, and a text part without a name is body text, summarised in the mail.
-    for att in msg.attachments:
+    for att in attachments:
         ctype = att.content_type.lower()
-        if not att.data or ctype.startswith("message/") or (ctype.startswith("text/") and not att.filename):
+        if ctype.startswith("message/") or (ctype.startswith("text/") and not att.filename):
+            continue
+        if not att.data:
+            if att.filename:
+                return None
             continue
         name = os.path.basename((att.filename or "").replace("\\", "/")).strip() or f"lampiran-{len(out) + 1}"
         ext = os.path.splitext(name)[1].lower()

@@ -500,7 +500,7 @@ class NewRequestHandler:
                 raise AlreadyRequested(f"permohonan {label} sudah ada ({dup.ticket})", ticket=dup.ticket,
                                        subdomain=label)
         open_request(ctx, requester=requester, fields=fields, source_message_id=inbound.message_id,
-                     inbound=inbound)
+                     inbound=inbound, attachments=parsed.message.attachments if parsed.message else None)
         return "handled"
 
 
