@@ -170,7 +170,7 @@ def test_across_17_agustus_reminder_then_escalation(office: tuple[Config, sessio
     text = body(reminder)
     assert "Yth. Kepala Bidang e-Government dan Statistik" in text
     assert "Batas waktu      : Selasa, 18 Agustus 2026 pukul 08.00 WIB" in text
-    assert text.startswith("Pengingat: mohon keputusan Bapak/Ibu")
+    assert text.startswith("Mohon keputusan Bapak/Ibu: Meneruskan disposisi")
     assert "Lewat batas      : 1 menit" in text
     assert "SETUJU" in text and "TOLAK" in text
     [audit] = events(sessions, "step.reminded")

@@ -143,7 +143,19 @@ def mails(world: Any) -> Iterator[dict[str, Any]]:  # type: ignore[no-untyped-de
     out["notify"] = parse(last_to(tr, ACTORS["sekretaris"][0]))
     out["approval"] = parse(last_to(tr, ACTORS["kadis"][0]))
     approve(d, src, tr, "kadis", "SETUJU\nSilakan diproses.")
+    out["echo"] = parse(last_to(tr, ACTORS["kadis"][0]))
+    approve(d, src, tr, "kadis", "BATAL")  # answers the echo: the step is asked again
+    out["cancelled"] = next(m for m in tr.to(ACTORS["kadis"][0]) if "Dibatalkan" in str(m["Subject"]))
+    approve(d, src, tr, "kadis", "SETUJU\nSilakan diproses.")
     out["approval_history"] = parse(last_to(tr, ACTORS["kabid"][0]))
+    with sessions() as s:
+        rendered = d.ctx(s, agency).mailer.render("delegation", {
+            "cmd": "PLT", "role_title": "Kepala Bidang e-Government dan Statistik",
+            "address": "plt.kabid@trenggalekkab.go.id", "until": "31 Desember 2026", "by": ACTORS["kadis"][0]})
+    delegation = EmailMessage()
+    delegation.set_content(rendered.text)
+    delegation.add_alternative(rendered.html, subtype="html")
+    out["delegation"] = delegation
     # Far past the Mutu Baku, on a working morning: the Kabid is reminded, the Kadis told.
     later = datetime(2027, 1, 12, 3, 0, tzinfo=UTC)  # Tuesday 10.00 WIB
     with sessions.begin() as s:
@@ -239,7 +251,8 @@ def test_history_shows_names_and_jabatan_not_addresses(mails: dict[str, Any]) ->
 
 
 def test_plain_text_part_carries_the_same_content(mails: dict[str, Any]) -> None:
-    for kind in ("approval", "approval_history", "reminder", "escalation", "notify", "approval_draft", "revise"):
+    for kind in ("approval", "approval_history", "reminder", "escalation", "notify", "approval_draft", "revise",
+                 "echo", "cancelled", "delegation"):
         msg = mails[kind]
         text = text_of(msg)
         page = htmllib.unescape(re.sub(r"<[^>]+>", " ", html_of(msg)))
@@ -247,7 +260,13 @@ def test_plain_text_part_carries_the_same_content(mails: dict[str, Any]) -> None
         for value in re.findall(r"SD/\d{4}/\d{4}|\w+\.trenggalekkab\.go\.id|\w+, \d{1,2} \w+ \d{4} pukul \d\d\.\d\d "
                                 r"WIB", text):
             assert value in page, (kind, value)
-        assert "Nomor tiket" in text and "Nomor tiket" in page
+        if kind != "delegation":
+            assert "Nomor tiket" in text and "Nomor tiket" in page
+        if kind.startswith("approval") or kind == "reminder":
+            # The first line, what is asked and by when, is the same sentence in both parts.
+            flat = " ".join(htmllib.unescape(re.sub(r"<[^>]+>", "", html_of(msg))).split())
+            first = text.strip().splitlines()[0]
+            assert first.split(" telah lewat")[0] in flat, (kind, first)
 
 
 def _send_button(world: Any, msg: EmailMessage, word: str, sender: str) -> None:
@@ -339,7 +358,8 @@ def test_buttons_decide_through_the_real_servers(dovecot: Dovecot, smtp_relay: S
 @needs_chromium
 def test_every_step_mail_fits_a_phone_and_a_desktop(mails: dict[str, Any], tmp_path: Path) -> None:
     pil = pytest.importorskip("PIL.Image")
-    for kind in ("approval", "approval_history", "approval_draft", "reminder", "escalation", "notify", "revise"):
+    for kind in ("approval", "approval_history", "approval_draft", "reminder", "escalation", "notify", "revise",
+                 "echo", "cancelled", "delegation"):
         page = html_of(mails[kind])
         for width in (390, 800):
             scroll, inner, height = measure(page, width, tmp_path, f"step-{kind}")

@@ -298,6 +298,11 @@ def _original_attachment(ctx: Ctx, req: Request) -> list[MailAttachment]:
     return list(files[req.source_message_id])
 
 
+def _too_large(ctx: Ctx, req: Request) -> bool:
+    """A letter too large to copy into every step mail: the mail says where it is instead."""
+    return bool(req.source_message_id) and _original_raw(ctx, req) is None
+
+
 def _original_raw(ctx: Ctx, req: Request) -> bytes | None:
     assert req.source_message_id is not None
     cache = ctx.session.info.setdefault("original_attachment", {})
@@ -446,12 +451,14 @@ def enter_step(ctx: Ctx, req: Request, key: str, *, note: str | None = None) -> 
         audit(ctx, req, "request.closed", outcome=req.status)
     elif step.kind == "notification":
         assert step.actor is not None
-        files = [] if ctx.sop.roles[step.actor].requester else _original_attachment(ctx, req)
+        to_requester = ctx.sop.roles[step.actor].requester
+        files = [] if to_requester else _original_attachment(ctx, req)
         ctx.mailer.queue(
             ctx.session,
-            to=requester_addresses(req) if ctx.sop.roles[step.actor].requester else ctx.addresses(step.actor),
+            to=requester_addresses(req) if to_requester else ctx.addresses(step.actor),
             template=step.template or "notify",
-            context=step_context(ctx, req, step, run, attachments=files),
+            context={**step_context(ctx, req, step, run, attachments=files),
+                     "original_too_large": not to_requester and _too_large(ctx, req)},
             purpose=f"notify.{key}",
             request_id=req.id,
             ticket=req.ticket,
@@ -497,9 +504,7 @@ def enter_step(ctx: Ctx, req: Request, key: str, *, note: str | None = None) -> 
             template=template,
             context={**step_context(ctx, req, step, run, token=token if step.kind == "approval" else None,
                                     attachments=attachments),
-                     # A letter too large to copy into every step mail: the mail says where it is instead.
-                     "original_too_large": step.kind == "approval" and bool(req.source_message_id)
-                     and _original_raw(ctx, req) is None},
+                     "original_too_large": step.kind == "approval" and _too_large(ctx, req)},
             purpose=f"step.{key}",
             request_id=req.id,
             ticket=req.ticket,
