@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -21,7 +20,16 @@ from sqlalchemy.orm import Session
 
 from daemon.config import AgencyConfig, Config
 from parsers.model import Attachment, ParseOptions
-from workflows.mailer import MailAttachment, Mailer, format_deadline, format_tanggal, new_token, token_hash
+from workflows.mailer import (
+    MailAttachment,
+    Mailer,
+    format_deadline,
+    format_tanggal,
+    letter_files,
+    new_token,
+    openable_files,
+    token_hash,
+)
 from workflows.mailto import answer_links
 from workflows.provision import (
     DnsError,
@@ -261,7 +269,7 @@ def open_request(
         if held is not None:
             ctx.session.info.setdefault("original_attachment", {})[source_message_id] = (
                 held if len(held) <= ORIGINAL_ATTACH_LIMIT else None)
-            files = _openable(attachments) if attachments is not None and len(held) <= ORIGINAL_ATTACH_LIMIT \
+            files = openable_files(attachments) if attachments is not None and len(held) <= ORIGINAL_ATTACH_LIMIT \
                 else None
             if files is not None:
                 ctx.session.info.setdefault("original_files", {})[source_message_id] = files
@@ -316,65 +324,6 @@ def _original_raw(ctx: Ctx, req: Request) -> bytes | None:
         ).scalar_one_or_none()
     raw = cache[req.source_message_id]
     return bytes(raw) if raw else None
-
-
-# Content types phone mail apps open, by what a file is (its first bytes) or, failing that, its name: a unit's
-# mail client often labels a PDF application/octet-stream, which an official's phone will not preview.
-_KNOWN_TYPES = {
-    ".pdf": "application/pdf",
-    ".docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
-    ".doc": "application/msword",
-    ".odt": "application/vnd.oasis.opendocument.text",
-    ".xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
-    ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png",
-}
-
-
-# A part that may be a file: without one of these headers a letter is body text only, and is not parsed.
-_MAY_HOLD_FILES = re.compile(
-    rb"(?im)^content-(?:type:[ \t]*(?:application|image|audio|video)/|disposition:[ \t]*attachment)")
-
-
-def letter_files(raw: bytes, limits: Any = None) -> list[MailAttachment]:
-    """The files a unit's letter came with (those of a forwarded letter too), each with a content type by
-    what it is; the body text is summarised in the mail itself."""
-    from parsers.mime import UnreadableMessage, parse_mime
-
-    if not _MAY_HOLD_FILES.search(raw):
-        return []
-    try:
-        msg = parse_mime(raw, limits)
-    except (UnreadableMessage, ValueError, LookupError, RecursionError):
-        return []
-    return _openable(msg.attachments) or []
-
-
-def _openable(attachments: Sequence[Attachment]) -> list[MailAttachment] | None:
-    """The parser's attachments as files to attach; None when one of them came back without its bytes
-    (a parser worker leaves large ones behind): the letter is then read again from the database."""
-    import os
-
-    out: list[MailAttachment] = []
-    # The files of a forwarded letter are listed with the outer ones; the forwarded message itself is not a
-    # file anyone opens, and a text part without a name is body text, summarised in the mail.
-    for att in attachments:
-        ctype = att.content_type.lower()
-        if ctype.startswith("message/") or (ctype.startswith("text/") and not att.filename):
-            continue
-        if not att.data:
-            if att.filename:
-                return None
-            continue
-        name = os.path.basename((att.filename or "").replace("\\", "/")).strip() or f"lampiran-{len(out) + 1}"
-        ext = os.path.splitext(name)[1].lower()
-        if att.data.startswith(b"%PDF-"):
-            ctype = "application/pdf"
-        elif ctype in ("application/octet-stream", "application/x-download", "binary/octet-stream", ""):
-            ctype = _KNOWN_TYPES.get(ext, "application/octet-stream")
-        if ctype == "application/pdf" and not ext:
-            name += ".pdf"
-        out.append(MailAttachment(filename=name, content_type=ctype, data=att.data))
-    return out
 
 
 def step_context(ctx: Ctx, req: Request, step: Step, run: StepRun, *, token: str | None = None,
