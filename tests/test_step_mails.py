@@ -128,6 +128,16 @@ def test_deadline_is_written_as_officials_read_it() -> None:
     assert format_deadline(WorkCalendar("Asia/Makassar").local(due)).endswith("pukul 16.00 WITA")
 
 
+def test_names_are_checked_and_normalised(tmp_path: Path) -> None:
+    from daemon.config import ConfigError
+    from daemon.localoffice import make_config
+
+    cfg = make_config(tmp_path, agency_extra={"names": {"Kadis@Trenggalekkab.go.id": "  Drs.  Bambang  "}})
+    assert cfg.agencies[0].names == {"kadis@trenggalekkab.go.id": "Drs. Bambang"}
+    with pytest.raises(ConfigError, match="names"):
+        make_config(tmp_path, agency_extra={"names": {"kadis": "Drs. Bambang"}})
+
+
 # --- the mails ------------------------------------------------------------------------------------
 
 
