@@ -256,6 +256,7 @@ def test_history_shows_names_and_jabatan_not_addresses(mails: dict[str, Any]) ->
     assert "Silakan diproses." in history and "@" not in history
     riwayat = page.split("Riwayat keputusan")[1].split("Lampiran")[0]
     assert KADIS_NAME in riwayat and "Kepala Dinas Komunikasi dan Informatika" in riwayat and "@" not in riwayat
+    assert f"Dicatat: SETUJU oleh {KADIS_NAME}, Kepala Dinas Komunikasi dan Informatika" in text_of(mails["echo"])
     escalation = text_of(mails["escalation"])
     assert "kabid@" not in escalation and "Kepala Bidang" in escalation
 
