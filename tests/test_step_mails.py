@@ -151,6 +151,7 @@ def mails(world: Any) -> Iterator[dict[str, Any]]:  # type: ignore[no-untyped-de
     d.run_once()
     out: dict[str, Any] = {"world": world}
     out["notify"] = parse(last_to(tr, ACTORS["sekretaris"][0]))
+    out["ack"] = parse(last_to(tr, REQUESTER))  # a mail in the plain layout, which must fit a phone too
     out["approval"] = parse(last_to(tr, ACTORS["kadis"][0]))
     approve(d, src, tr, "kadis", "SETUJU\nSilakan diproses.")
     out["echo"] = parse(last_to(tr, ACTORS["kadis"][0]))
@@ -370,7 +371,7 @@ def test_buttons_decide_through_the_real_servers(dovecot: Dovecot, smtp_relay: S
 def test_every_step_mail_fits_a_phone_and_a_desktop(mails: dict[str, Any], tmp_path: Path) -> None:
     pil = pytest.importorskip("PIL.Image")
     for kind in ("approval", "approval_history", "approval_draft", "reminder", "escalation", "notify", "revise",
-                 "echo", "cancelled", "delegation"):
+                 "echo", "cancelled", "delegation", "ack"):
         page = html_of(mails[kind])
         for width in (390, 800):
             scroll, inner, height = measure(page, width, tmp_path, f"step-{kind}")
