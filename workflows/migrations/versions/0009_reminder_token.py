@@ -4,8 +4,8 @@ A reminder carries one-tap answer links like the step mail it reminds of. A mail
 with no In-Reply-To, so what names the step is the token in its address; the step mail's token is stored
 only as its hash, so each reminder is given a token of its own. Both are accepted while the step is open.
 
-Revision ID: 0008_reminder_token
-Revises: 0007_outbox_after
+Revision ID: 0009_reminder_token
+Revises: 0008_letter_register
 Create Date: 2026-12-06 08:50:00
 """
 
@@ -14,8 +14,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0008_reminder_token'
-down_revision = '0007_outbox_after'
+revision = '0009_reminder_token'
+down_revision = '0008_letter_register'
 branch_labels = None
 depends_on = None
 
