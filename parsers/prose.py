@@ -6,7 +6,8 @@ S.T. (NIP ...), surel ..., telepon ...". `find_prose` returns raw `Hit`s for wha
 the requested names (a FQDN under the agency's zone, or "sub domain X"; several in one letter are all
 kept, in order, as one "subdomains" hit), the person named as penanggung jawab (after "Sdr./Saudara/
 Saudari", "a.n." or "penanggung jawab") with the NIP, jabatan, e-mail and phone written next to them, and
-the purpose ("untuk ..."). `find_kop_unit` reads the unit from the letterhead's second line.
+the purpose ("untuk ...") and the address to point to ("alamat IP ..."). `find_kop_unit` reads the unit
+from the letterhead's second line.
 
 Every hit carries a label saying which phrase it came from ("kalimat surat: Sdr."), so the origin a clerk
 sees names the sentence, and a lower priority than any labelled value: a form, when there is one, wins.
@@ -89,6 +90,11 @@ _PURPOSE_RE = re.compile(
     r"\s*([^.;\n]{8,200}?)(?=\s*(?:[.;](?:\s|$)|$|,\s*(?:dengan|adapun|sebagai\s+penanggung|penanggung|kami|"
     r"yang\s+(?:akan\s+)?dikelola|pengelola)))",
     re.IGNORECASE,
+)
+# "diarahkan ke alamat IP 203.0.113.10", "server kami (IP publik 2001:db8::5)".
+_IP_RE = re.compile(
+    r"\b(?:alamat\s+)?IP(?:\s+(?:publik|public|server|address|tujuan))?\s*:?\s*"
+    r"((?:\d{1,3}\.){3}\d{1,3}|[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{0,4}){2,7})(?![\w:]|\.\d)",
 )
 _CONTEXT_PURPOSE_RE = re.compile(
     r"\b(?:sehubungan\s+dengan|dalam\s+rangka|untuk\s+mendukung)\s+([^,.;\n]{8,160})", re.IGNORECASE
@@ -283,6 +289,11 @@ def find_prose(records: Sequence[Sequence[str | None]], zone: str | None) -> lis
     purpose = _purpose(paragraphs, first_raw)
     if purpose is not None:
         hits.append(purpose)
+    for p in paragraphs:
+        ip = _IP_RE.search(p)
+        if ip:
+            hits.append(Hit("target_ip", f"{_LABEL}: alamat IP", ip.group(1), PROSE_PRIORITY))
+            break
     return hits
 
 

@@ -204,6 +204,7 @@ def open_request(
     fields: dict[str, Any],
     source_message_id: str | None,
     inbound: Inbound | None,
+    ack: bool = True,
 ) -> Request:
     now = ctx.now()
     year, seq = next_number(ctx, "ticket")
@@ -235,18 +236,56 @@ def open_request(
                 held if len(held) <= ORIGINAL_ATTACH_LIMIT else None)
     audit(ctx, req, "request.received", actor=requester, message_id=source_message_id,
           subdomain=req.subdomain, unit=req.unit, source=fields.get("source"))
+    if ack:
+        ctx.mailer.queue(
+            ctx.session,
+            to=[requester],
+            template="ack",
+            context=summary(ctx, req),
+            purpose="ack",
+            request_id=req.id,
+            ticket=ticket,
+            in_reply_to=source_message_id,
+        )
+    enter_step(ctx, req, ctx.sop.start)
+    return req
+
+
+def open_letter_requests(
+    ctx: Ctx,
+    *,
+    requester: str,
+    fields: dict[str, Any],
+    names: list[str],
+    source_message_id: str | None,
+    inbound: Inbound | None,
+) -> list[Request]:
+    """One letter asking for several sub-domains: one request per name, each running its own SOP, all
+    linked to the letter (the same source message, and each other's tickets in `letter_tickets`), and one
+    acknowledgement that lists them all."""
+    opened = [
+        open_request(ctx, requester=requester, fields={**fields, "subdomain": name}, ack=False,
+                     source_message_id=source_message_id, inbound=inbound)
+        for name in names
+    ]
+    tickets = [r.ticket for r in opened]
+    for req in opened:
+        req.fields = {**(req.fields or {}), "letter_tickets": tickets}
+        audit(ctx, req, "request.letter", actor=requester, message_id=source_message_id, tickets=tickets)
+    if inbound is not None:
+        inbound.request_id = opened[0].id
+    first = summary(ctx, opened[0])
     ctx.mailer.queue(
         ctx.session,
         to=[requester],
-        template="ack",
-        context=summary(ctx, req),
+        template="ack_letter",
+        context={**first, "requests": [summary(ctx, r) for r in opened]},
         purpose="ack",
-        request_id=req.id,
-        ticket=ticket,
+        request_id=opened[0].id,
+        ticket=opened[0].ticket,
         in_reply_to=source_message_id,
     )
-    enter_step(ctx, req, ctx.sop.start)
-    return req
+    return opened
 
 
 ORIGINAL_ATTACH_LIMIT = 5 * 1024 * 1024

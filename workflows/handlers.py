@@ -22,6 +22,7 @@ from workflows.engine import (
     cancel_decision,
     delegates_of,
     finish_step,
+    open_letter_requests,
     open_request,
     requester_addresses,
 )
@@ -487,18 +488,28 @@ class NewRequestHandler:
             from parsers.model import MANDATORY_FIELDS, RequestFields
 
             fields = RequestFields(missing=MANDATORY_FIELDS).to_json()
-        label = fields.get("subdomain")
-        if label:
-            dup = ctx.session.execute(
+        # A letter may ask for several names ("sub domain ppid dan jdih"): one request each.
+        names = [n for n in fields.get("subdomains") or [] if n] or [fields.get("subdomain")]
+        fresh: list[str | None] = []
+        dup = None
+        for label in names:
+            same = ctx.session.execute(
                 select(Request).where(Request.agency == ctx.agency.id, Request.subdomain == label,
                                       Request.status == "open", Request.requester == requester)
-            ).scalars().first()
-            if dup is not None:
-                inbound.request_id = dup.id
-                raise AlreadyRequested(f"permohonan {label} sudah ada ({dup.ticket})", ticket=dup.ticket,
-                                       subdomain=label)
-        open_request(ctx, requester=requester, fields=fields, source_message_id=inbound.message_id,
-                     inbound=inbound)
+            ).scalars().first() if label else None
+            if same is None:
+                fresh.append(label)
+            dup = dup or same
+        if dup is not None and not fresh:
+            inbound.request_id = dup.id
+            raise AlreadyRequested(f"permohonan {dup.subdomain} sudah ada ({dup.ticket})", ticket=dup.ticket,
+                                   subdomain=dup.subdomain or "")
+        if len(fresh) > 1:
+            open_letter_requests(ctx, requester=requester, fields=fields, names=[str(n) for n in fresh],
+                                 source_message_id=inbound.message_id, inbound=inbound)
+            return "handled"
+        open_request(ctx, requester=requester, fields={**fields, "subdomain": fresh[0]},
+                     source_message_id=inbound.message_id, inbound=inbound)
         return "handled"
 
 
