@@ -45,6 +45,10 @@ CPYTHON = CACHE / "cpython-test_email"
 MAIL_PARSER = CACHE / "mail-parser" / "tests" / "mails"
 FLUFL = CACHE / "flufl.bounce" / "tests"
 TALON = CACHE / "talon" / "tests"
+QUOTEQUAIL = CACHE / "quotequail" / "tests"
+# quotequail's plain-text suite: replies and forwards in several languages, with the new text above, below
+# or on both sides of the quote. Every case's new text must survive (never empty when there is some).
+QUOTEQUAIL_RATE = 0.90
 
 
 def _report(request: pytest.FixtureRequest, line: str) -> None:
@@ -224,3 +228,60 @@ def test_talon_reply_expectations(request: pytest.FixtureRequest) -> None:
     for miss in misses:
         _report(request, f"  talon miss: {miss}")
     assert matched / total >= TALON_RATE, misses
+
+
+def _parametrized(path: Path, func: str) -> list[tuple[Any, ...]]:
+    """The literal argument tuples of a test function's `@pytest.mark.parametrize` decorator."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == func:
+            for deco in node.decorator_list:
+                if isinstance(deco, ast.Call) and len(deco.args) >= 2:
+                    try:
+                        return [tuple(c) for c in ast.literal_eval(deco.args[1])]
+                    except ValueError:
+                        return []
+    return []
+
+
+def _quotequail_cases() -> list[tuple[str, str, str]]:
+    """(case id, body, expected new text): the new text is what quotequail keeps visible (test_quote.py, with
+    the intro line counted as quote), or an unwrapped message's text above and below the quote (test_unwrap.py);
+    each reply-header line of test_internal.py, put between a reply and its quote, must be cut."""
+    cases: list[tuple[str, str, str]] = []
+    for n, args in enumerate(_parametrized(QUOTEQUAIL / "test_quote.py", "test_quote"), 1):
+        text, _, with_intro = args
+        cases.append((f"test_quote#{n}", text, "\n".join(t for shown, t in with_intro if shown)))
+    for n, (text, expected) in enumerate(_parametrized(QUOTEQUAIL / "test_unwrap.py", "test_unwrap"), 1):
+        # None: quotequail finds nothing to unwrap, so all of it is new text.
+        new = text if expected is None else "\n".join(expected.get(k, "") for k in ("text_top", "text_bottom"))
+        cases.append((f"test_unwrap#{n}", text, new))
+    for n, (line, _) in enumerate(_parametrized(QUOTEQUAIL / "test_internal.py", "test_parse_reply"), 1):
+        body = f"Thanks, approved.\n\n{line}\n\n> Some quoted text\n"
+        cases.append((f"test_parse_reply#{n}", body, "Thanks, approved."))
+    return cases
+
+
+def test_quotequail_new_text(request: pytest.FixtureRequest) -> None:
+    if not QUOTEQUAIL.is_dir():
+        pytest.skip("quotequail not in the cache")
+    cases = _quotequail_cases()
+    assert cases, "no quotequail expectations found"
+    matched = 0
+    emptied: list[str] = []
+    misses: list[str] = []
+    for case_id, body, expected in cases:
+        ours = _normal(strip_quoted(body))
+        if ours in (_normal(expected), _normal(strip_quoted(expected))):
+            matched += 1
+            continue
+        misses.append(f"{case_id}: expected {expected[:60]!r}, got {ours[:60]!r}")
+        if not ours and _normal(expected):
+            emptied.append(case_id)
+    total = len(cases)
+    _report(request, f"quotequail expected new text reproduced: {matched}/{total} = {matched / total:.1%}; "
+                     f"new text lost (empty): {len(emptied)}")
+    for miss in misses:
+        _report(request, f"  quotequail miss: {miss}")
+    assert not emptied, emptied
+    assert matched / total >= QUOTEQUAIL_RATE, misses
