@@ -118,6 +118,8 @@ _MTA_BODY_RE = re.compile(
     r"(?:unable|failed) to deliver (?:the |your )?message to the following (?:address|recipient)",
     re.IGNORECASE | re.DOTALL,
 )
+# Every phrase of _MTA_BODY_RE holds one of these words.
+_MTA_HINTS = ("deliver", "recipient", "mail system", "mail server", "qmail", "received at", "pengiriman")
 _ROLE_ADDR_RE = re.compile(r"^(mailer-daemon|postmaster|mail-daemon|mailerdaemon|abuse|noreply|no-reply)@", re.I)
 
 
@@ -336,6 +338,10 @@ def detect_bounce(msg: ParsedMessage) -> BounceInfo | None:
         return_path.strip() in ("<>", "") or bool(re.search(r"mailer-daemon", return_path, re.IGNORECASE))
     )
     auto = (msg.header("Auto-Submitted") or "").strip().lower()
+    head = (msg.text or "")[:6000]
+    # The phrases are tried only on text holding one of their words (a regex alternation scans slowly).
+    lowered = head[:3000].lower()
+    mta_raw = any(k in lowered for k in _MTA_HINTS) and bool(_MTA_BODY_RE.search(head[:3000]))
     machine = (
         daemon_local
         or daemon_name
@@ -343,14 +349,13 @@ def detect_bounce(msg: ParsedMessage) -> BounceInfo | None:
         or (bool(auto) and auto != "no")
         or "multipart/report" in (msg.header("Content-Type") or "").lower()
         or not msg.from_addr
-        or bool(_MTA_BODY_RE.search((msg.text or "")[:3000]))
+        or mta_raw
     )
     bounce_subject = bool(_BOUNCE_SUBJECT_RE.search(msg.subject or ""))
     content_type = (msg.header("Content-Type") or "").lower()
     dsn_report = "multipart/report" in content_type and "delivery-status" in content_type
     # Only the mail's own text counts: an official quoting a bounce under "SETUJU" is still a reply.
-    head = (msg.text or "")[:6000]
-    mta_text = bool(_MTA_BODY_RE.search(head)) and bool(_MTA_BODY_RE.search(strip_quoted(head)[:3000]))
+    mta_text = mta_raw and bool(_MTA_BODY_RE.search(strip_quoted(head)[:3000]))
     if msg.header("X-Failed-Recipients") or daemon_local or dsn_report or mta_text:
         # Exim's header, mail from MAILER-DAEMON/postmaster, or an RFC 3464 report we could not read
         # recipients from: machine mail, never to be answered.

@@ -139,7 +139,6 @@ _SENT_VIA = (
 _MOBILE_SIG_RE = re.compile(
     rf"^{_SENT_WORD}\s+{_SENT_VIA}\s+.{{0,50}}\b{_DEVICE}\b.{{0,40}}$"
     rf"|^(?:{_SENT_WORD}|lähetetty)\s+{_DEVICE}\w{{0,8}}\b.{{0,40}}$"
-    rf"|^(?:von\s+meinem\s+)?.{{0,20}}\b{_DEVICE}\w{{0,8}}\s*(?:gesendet|gönderildi|から送信|에서\s*보냄)\s*$"
     r"|^(?:发自|發自|从|從)我的\s*\w{2,20}\s*$|^ส่งจาก\s*\w{2,20}"
     r"|^(?:get|dapatkan|unduh|download)\s+outlook\s+(?:for|untuk)\b.{0,40}$",
     re.IGNORECASE,
@@ -154,6 +153,12 @@ _CONFIDENTIAL_RE = re.compile(
     r"\b(?:rahasia|kerahasiaan|confidential|privileged|penerima\s+yang\s+(?:dituju|dimaksud|berhak)|"
     r"intended\s+recipient|bukan\s+penerima)", re.IGNORECASE,
 )
+# Device first, verb last; tried only on lines ending with one of `_DEVICE_FIRST_ENDS` (it scans).
+_DEVICE_FIRST_SIG_RE = re.compile(
+    rf"^(?:von\s+meinem\s+)?.{{0,20}}\b{_DEVICE}\w{{0,8}}\s*(?:gesendet|gönderildi|から送信|에서\s*보냄)\s*$",
+    re.IGNORECASE,
+)
+_DEVICE_FIRST_ENDS = ("gesendet", "gönderildi", "送信", "보냄")
 _GREETING_RE = re.compile(
     r"^(?:yth\.?|kepada\s+yth|dengan\s+hormat|selamat\s+(?:pagi|siang|sore|malam)|assalamu.?alaikum"
     r"|salam|halo|hallo|hai|hi|dear|pak|bu|bapak|ibu|mas|mbak|sdr\.?|saudara|kpd)\b.{0,80}$",
@@ -261,7 +266,7 @@ def _is_attribution(bare: list[str], i: int) -> bool:
 
 def _is_name_wrote(bare: list[str], quoted: list[bool], i: int) -> bool:
     line = bare[i]
-    if not line or len(line) > 250 or not _NAME_WROTE_RE.match(line):
+    if not line.endswith(":") or len(line) > 250 or not _NAME_WROTE_RE.match(line):
         return False
     if re.search(r"\d|@", line):
         return True
@@ -358,7 +363,10 @@ def _legend_item(line: str, vocabulary: Vocabulary) -> str | None:
 def _signature_at(line: str, raw_line: str) -> str | None:
     if _SIG_DASHES_RE.match(raw_line.strip("\ufeff")):
         return "signature_delimiter"
-    if line and len(line) <= 90 and _MOBILE_SIG_RE.match(line):
+    if line and len(line) <= 90 and (
+        _MOBILE_SIG_RE.match(line)
+        or line.lower().endswith(_DEVICE_FIRST_ENDS) and _DEVICE_FIRST_SIG_RE.match(line)
+    ):
         return "signature_mobile"
     return None
 
@@ -377,7 +385,7 @@ def _is_generic_attribution(bare: list[str], quoted: list[bool], i: int) -> bool
     """Gmail's attribution in a language with no verb we know ("пн, 1 янв. 2024 г. в 10:00, Имя <a@b>:",
     Polish "pon., 1 sty 2024 o 10:00 Imię <a@b> napisał(a):" wrapped): one or two lines carrying an address
     and a time, ending with a colon, right above a ">" block. The ">" block is what makes it safe."""
-    if quoted[i] or len(bare[i]) > 300 or not re.search(r"\d", bare[i]):
+    if quoted[i] or len(bare[i]) > 300 or "@" not in " ".join(bare[i : i + 3]) or not re.search(r"\d", bare[i]):
         return False
     joined = bare[i]
     j = i
