@@ -938,3 +938,40 @@ def test_inflate_check_ends_on_a_stream_with_trailing_bytes() -> None:
     t.join(timeout=20)
     assert result == [False], "inflated_size_exceeds did not return"
     assert inflated_size_exceeds(pdf, 1 << 20) is True
+
+
+# --- letters in sentences (parsers/prose.py) ---------------------------------------------------------------
+
+_LABELS = st.from_regex(r"[a-z][a-z0-9]{2,9}", fullmatch=True).filter(
+    lambda s: s not in {"untuk", "yang", "dan", "serta", "dengan", "pada", "nama", "domain", "www", "mail", "ftp"}
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(names=st.lists(_LABELS, min_size=1, max_size=3, unique=True), fqdn=st.booleans(),
+       joiner=st.sampled_from([" dan ", ", ", " serta "]), spaced_nip=st.booleans())
+def test_prose_letter_gives_every_name_and_the_person(names: list[str], fqdn: bool, joiner: str,
+                                                     spaced_nip: bool) -> None:
+    """Whatever the names and however they are joined, a letter in sentences gives each of them, in order, and
+    the penanggung jawab's NIP, spaced or not, as the same 18 digits."""
+    from parsers import parse
+
+    zone = "trenggalekkab.go.id"
+    written = [f"{n}.{zone}" if fqdn else n for n in names]
+    listed = joiner.join(written[:-1]) + (" dan " if len(written) > 1 else "") + written[-1]
+    nip = "19900305 201503 2 001" if spaced_nip else "199003052015032001"
+    body = (
+        "Dengan hormat,\n\nBersama ini kami mengajukan permohonan pembuatan sub domain "
+        f"{listed} untuk layanan informasi publik.\n"
+        f"Sebagai penanggung jawab kami tunjuk Sdr. Rina Marlina, S.T. (NIP {nip}), jabatan Pranata Komputer, "
+        "surel rina@example.org, telepon 0812-7788-1122.\n\nDemikian permohonan kami.\n"
+    )
+    raw = (
+        "From: Sekretariat Daerah <setda@trenggalekkab.go.id>\nTo: layanan@trenggalekkab.go.id\n"
+        "Subject: Surat permohonan\nMessage-ID: <p@x>\nContent-Type: text/plain; charset=utf-8\n\n" + body
+    ).encode()
+    req = parse(raw, ParseOptions(zone=zone)).request
+    assert req is not None
+    assert list(req.subdomains) == names
+    assert (req.pic_name, req.pic_nip, req.pic_email, req.unit) == (
+        "Rina Marlina, S.T.", "199003052015032001", "rina@example.org", "Sekretariat Daerah")
