@@ -88,7 +88,7 @@ _PURPOSE_RE = re.compile(
     r"(?:\b(?:yang\s+)?(?:akan\s+)?(?:di)?(?:gunakan|pergunakan|manfaatkan)\s+(?:untuk|sebagai)|"
     r"\b(?:untuk|guna)\s+(?:keperluan|kebutuhan)?|\bsebagai\s+(?=(?:portal|website|situs|laman|aplikasi|sistem)))"
     r"\s*([^.;\n]{8,200}?)(?=\s*(?:[.;](?:\s|$)|$|,\s*(?:dengan|adapun|sebagai\s+penanggung|penanggung|kami|"
-    r"yang\s+(?:akan\s+)?dikelola|pengelola)))",
+    r"yang\s+(?:akan\s+)?dikelola|pengelola|(?:yang\s+)?(?:akan\s+)?diarahkan|mengarah|pointing|ke\s+alamat)))",
     re.IGNORECASE,
 )
 # "diarahkan ke alamat IP 203.0.113.10", "server kami (IP publik 2001:db8::5)".

@@ -251,6 +251,31 @@ def open_request(
     return req
 
 
+def letter_sibling_waiting(ctx: Ctx, req: Request) -> StepRun | None:
+    """Another open request from the same letter already waiting for the requester with the same gaps
+    (its own name's problems aside), or None."""
+    if not req.source_message_id:
+        return None
+
+    def gaps(r: Request) -> tuple[list[str], list[str]]:
+        check = (r.fields or {}).get("check") or {}
+        return (sorted(check.get("missing") or []),
+                sorted(p.get("reason", "") for p in check.get("problems") or [] if p.get("field") != "subdomain"))
+    if any(p.get("field") == "subdomain" for p in ((req.fields or {}).get("check") or {}).get("problems") or []):
+        return None  # this name has a problem of its own: its own mail says so
+    # Autoflush on: the first name's waiting step may have been added in this very transaction.
+    rows = ctx.session.execute(
+        select(Request, StepRun).join(StepRun, StepRun.request_id == Request.id).where(
+            Request.agency == ctx.agency.id, Request.source_message_id == req.source_message_id,
+            Request.id != req.id, Request.status == "open", StepRun.status == "open",
+            StepRun.kind == "wait_requester", StepRun.mail_message_id.is_not(None))
+    ).all()
+    for other, run in rows:
+        if gaps(other) == gaps(req):
+            return run
+    return None
+
+
 def open_letter_requests(
     ctx: Ctx,
     *,
@@ -404,6 +429,11 @@ def enter_step(ctx: Ctx, req: Request, key: str, *, note: str | None = None) -> 
                                                   draft.to_pdf()))
             in_reply_to = None
         elif (step.template or "incomplete") == "incomplete":
+            if letter_sibling_waiting(ctx, req) is not None:
+                # One letter, several names, the same gaps: asked once, in the mail of the first name; the
+                # answer completes every request of the letter (RequesterReplyHandler).
+                audit(ctx, req, "request.incomplete_asked_once", step=key)
+                return run
             # Incomplete: the letter naming each gap, with the form to fill in again (issue 5).
             out = queue_letter(ctx, req, "incomplete", {**letter_context(ctx, req, password=None),
                                                         "lampiran": "1 (satu) berkas formulir"},

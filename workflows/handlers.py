@@ -298,7 +298,31 @@ class RequesterReplyHandler:
         audit(ctx, req, "request.corrected", actor=_sender(parsed), message_id=inbound.message_id,
               fields=sorted(k for k, v in new.items() if v and k in MERGE_KEYS))
         finish_step(ctx, waiting, "ok")
+        self._complete_letter_siblings(ctx, parsed, inbound, req, new)
         return "handled"
+
+    def _complete_letter_siblings(self, ctx: Ctx, parsed: ParseResult, inbound: Inbound, req: Request,
+                                  new: dict[str, Any]) -> None:
+        """One letter asking for several names was asked for its gaps once: the answer completes each of
+        its requests still waiting for the requester (every field but the name, which is each one's own)."""
+        if not req.source_message_id:
+            return
+        shared = {k: v for k, v in new.items() if k not in ("subdomain", "subdomains")}
+        rows = ctx.session.execute(
+            select(Request, StepRun).join(StepRun, StepRun.request_id == Request.id).where(
+                Request.agency == ctx.agency.id, Request.source_message_id == req.source_message_id,
+                Request.id != req.id, Request.status == "open", StepRun.status == "open",
+                StepRun.kind == "wait_requester")
+        ).all()
+        for sibling, run in rows:
+            step = ctx.sop.step(run.key)
+            if "problem" in step.on or "confirm" in step.on:
+                continue
+            sibling.fields = merge_fields(sibling.fields or {}, shared)
+            sibling.unit = sibling.fields.get("unit")
+            audit(ctx, sibling, "request.corrected", actor=_sender(parsed), message_id=inbound.message_id,
+                  fields=sorted(k for k, v in shared.items() if v and k in MERGE_KEYS), via=req.ticket)
+            finish_step(ctx, run, "ok")
 
 
     def _admin_answer(self, ctx: Ctx, parsed: ParseResult, inbound: Inbound, req: Request, waiting: StepRun) -> str:
