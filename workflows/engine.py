@@ -251,27 +251,33 @@ def open_request(
     return req
 
 
-def letter_sibling_waiting(ctx: Ctx, req: Request) -> StepRun | None:
-    """Another open request from the same letter already waiting for the requester with the same gaps
-    (its own name's problems aside), or None."""
+def letter_siblings_waiting(ctx: Ctx, req: Request) -> list[tuple[Request, StepRun]]:
+    """The other open requests opened from the same letter that wait for the requester, with their steps."""
     if not req.source_message_id:
-        return None
-
-    def gaps(r: Request) -> tuple[list[str], list[str]]:
-        check = (r.fields or {}).get("check") or {}
-        return (sorted(check.get("missing") or []),
-                sorted(p.get("reason", "") for p in check.get("problems") or [] if p.get("field") != "subdomain"))
-    if any(p.get("field") == "subdomain" for p in ((req.fields or {}).get("check") or {}).get("problems") or []):
-        return None  # this name has a problem of its own: its own mail says so
+        return []
     # Autoflush on: the first name's waiting step may have been added in this very transaction.
     rows = ctx.session.execute(
         select(Request, StepRun).join(StepRun, StepRun.request_id == Request.id).where(
             Request.agency == ctx.agency.id, Request.source_message_id == req.source_message_id,
             Request.id != req.id, Request.status == "open", StepRun.status == "open",
-            StepRun.kind == "wait_requester", StepRun.mail_message_id.is_not(None))
+            StepRun.kind == "wait_requester")
     ).all()
-    for other, run in rows:
-        if gaps(other) == gaps(req):
+    return [(r, run) for r, run in rows]
+
+
+def letter_sibling_waiting(ctx: Ctx, req: Request) -> StepRun | None:
+    """Another request from the same letter already asking the requester for the same gaps (its own
+    name's problems aside), or None."""
+
+    def gaps(r: Request) -> tuple[list[str], list[str]]:
+        check = (r.fields or {}).get("check") or {}
+        return (sorted(check.get("missing") or []),
+                sorted(p.get("reason", "") for p in check.get("problems") or [] if p.get("field") != "subdomain"))
+
+    if any(p.get("field") == "subdomain" for p in ((req.fields or {}).get("check") or {}).get("problems") or []):
+        return None  # this name has a problem of its own: its own mail says so
+    for other, run in letter_siblings_waiting(ctx, req):
+        if run.mail_message_id and gaps(other) == gaps(req):
             return run
     return None
 

@@ -22,6 +22,7 @@ from workflows.engine import (
     cancel_decision,
     delegates_of,
     finish_step,
+    letter_siblings_waiting,
     open_letter_requests,
     open_request,
     requester_addresses,
@@ -305,16 +306,8 @@ class RequesterReplyHandler:
                                   new: dict[str, Any]) -> None:
         """One letter asking for several names was asked for its gaps once: the answer completes each of
         its requests still waiting for the requester (every field but the name, which is each one's own)."""
-        if not req.source_message_id:
-            return
         shared = {k: v for k, v in new.items() if k not in ("subdomain", "subdomains")}
-        rows = ctx.session.execute(
-            select(Request, StepRun).join(StepRun, StepRun.request_id == Request.id).where(
-                Request.agency == ctx.agency.id, Request.source_message_id == req.source_message_id,
-                Request.id != req.id, Request.status == "open", StepRun.status == "open",
-                StepRun.kind == "wait_requester")
-        ).all()
-        for sibling, run in rows:
+        for sibling, run in letter_siblings_waiting(ctx, req):
             step = ctx.sop.step(run.key)
             if "problem" in step.on or "confirm" in step.on:
                 continue
