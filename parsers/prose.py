@@ -35,6 +35,7 @@ UNIT_NAME_RE = re.compile(
 )
 _GOVERNMENT_RE = re.compile(r"^pemerintah\s+(?:kabupaten|kota|provinsi|daerah)\b", re.IGNORECASE)
 _KOP_RECORDS = 6
+_FORM_TITLE_RE = re.compile(r"^(?:formulir|form)\b", re.IGNORECASE)
 
 _CUE_RE = re.compile(
     r"sub[\s\-]?domain|\bdomain\b|alamat\s+(?:website|situs|web|laman)|\bsitus\b|\bwebsite\b|\blaman\b",
@@ -306,6 +307,10 @@ def find_kop_unit(records: Sequence[Sequence[str | None]]) -> Hit | None:
             lines.append(line)
         if len(lines) >= _KOP_RECORDS:
             break
+    if any(_FORM_TITLE_RE.match(line) for line in lines):
+        # A form under a kop is the office's own blank form (its kop is the office's), filled in: the unit
+        # is whatever its "Unit kerja" line says, never the kop.
+        return None
     for i, line in enumerate(lines[:-1]):
         if _GOVERNMENT_RE.match(line):
             unit = lines[i + 1].strip(" ,.")
