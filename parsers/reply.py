@@ -60,7 +60,8 @@ _OPENER = r"(?:pada|on|le|am|el|il|em|op|w dniu|den|dne|the|vào|il giorno|στ�
 _WROTE = (
     r"(?:menulis|wrote|a\s+écrit|schrieb|escribió|escribio|ha\s+scritto|scrisse|escreveu|schreef|skrev|"
     r"geschreven|napisał(?:\(a\)|a)?|написал(?:\(а\)|а)?|написав(?:\(ла\)|ла)?|пише|kirjoitti|írta|"
-    r"đã\s+viết|napsal(?:\(a\)|a)?|yazdı|a\s+scris|έγραψε|כתב(?:\(ה\))?|كتب|เขียนว่า|je\s+napisal\(a\)|"
+    r"đã\s+viết|napsal(?:\(a\)|a)?|napisal(?:\(a\)|a|o)?|napisao(?:/la)?|yazdı|a\s+scris|έγραψε|כתב(?:\(ה\))?|"
+    r"كتب|เขียนว่า|"
     r"写道|寫道|작성)"
 )
 # "sent:" ends an attribution only after an opener and a date ("On 11-Apr-2011, ... X <x@y> sent:").
@@ -70,7 +71,10 @@ _WROTE_OR_SENT = rf"(?:{_WROTE}|sent)"
 _ATTRIBUTION_RE = re.compile(rf"^{_OPENER}\b.{{0,500}}?\b{_WROTE_OR_SENT}(?:\s.{{0,200}})?\s*:\s*$", re.I)
 _OPENER_RE = re.compile(rf"^{_OPENER}\s+\S", re.IGNORECASE)
 # Thunderbird "#1 menulis:" / "#1 menulis di #2 #3:", Gmail "Nama <a@b> wrote:", Samsung "... wrote:".
-_NAME_WROTE_RE = re.compile(rf"^.{{1,200}}\b{_WROTE}(?:\s+(?:di|pada|on|at)\b.{{0,80}})?\s*:\s*$", re.I)
+# The verb needs no word boundary before it: Chinese writes it right after the time ("09:12写道：").
+_NAME_WROTE_RE = re.compile(
+    rf"^.{{1,200}}(?<![A-Za-z]){_WROTE}(?:\s+(?:di|pada|on|at)\b.{{0,80}}|\s*\(.{{0,80}}\))?\s*[:：]\s*$", re.I
+)
 # Outlook/Exchange and Thunderbird header blocks, labels in Indonesian, English and the European languages.
 _FROM_LABEL_RE = re.compile(
     r"^\*?\s*(?:from|dari|von|de|van|da|od|от|від|fra|från|lähettäjä|feladó|gönderen|expeditor)\s*:\s*\*?\s*\S",
@@ -266,7 +270,7 @@ def _is_attribution(bare: list[str], i: int) -> bool:
 
 def _is_name_wrote(bare: list[str], quoted: list[bool], i: int) -> bool:
     line = bare[i]
-    if not line.endswith(":") or len(line) > 250 or not _NAME_WROTE_RE.match(line):
+    if not line.endswith((":", "：")) or len(line) > 250 or not _NAME_WROTE_RE.match(line):
         return False
     if re.search(r"\d|@", line):
         return True
@@ -385,14 +389,18 @@ def _is_generic_attribution(bare: list[str], quoted: list[bool], i: int) -> bool
     """Gmail's attribution in a language with no verb we know ("пн, 1 янв. 2024 г. в 10:00, Имя <a@b>:",
     Polish "pon., 1 sty 2024 o 10:00 Imię <a@b> napisał(a):" wrapped): one or two lines carrying an address
     and a time, ending with a colon, right above a ">" block. The ">" block is what makes it safe."""
-    if quoted[i] or len(bare[i]) > 300 or "@" not in " ".join(bare[i : i + 3]) or not re.search(r"\d", bare[i]):
+    if quoted[i] or len(bare[i]) > 300 or "@" not in " ".join(bare[i : i + 3]):
+        return False
+    if i > 0 and bare[i - 1] and not quoted[i - 1]:
+        return False  # an attribution stands apart from the text above it; this line is the sender's own
+    if not re.search(r"[\d@<]", bare[i]):
         return False
     joined = bare[i]
     j = i
     while not joined.endswith((":", "：")) and j + 1 < len(bare) and j < i + 2 and bare[j + 1] and not quoted[j + 1]:
         j += 1
         joined = f"{joined} {bare[j]}"
-    if not joined.endswith((":", "：")) or "@" not in joined or len(joined) > 400:
+    if not joined.endswith((":", "：")) or "@" not in joined or len(joined) > 400 or not re.search(r"\d", joined):
         return False
     return _next_is_quoted(bare, quoted, j)
 

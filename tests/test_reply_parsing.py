@@ -260,6 +260,14 @@ _HEADERS = [
     "2026年11月23日(月) 9:12 Layanan <layanan@trenggalekkab.go.id>:",
     "Pada Isn, 23 Nov 2026 pada 9:12 PG Layanan <layanan@trenggalekkab.go.id> menulis:",
     "On Mon, Nov 23, 2026, 09:12 Layanan <layanan@trenggalekkab.go.id> wrote:",
+    "2026년 11월 23일 (월) 오전 9:12, Layanan <layanan@trenggalekkab.go.id>님이 작성:",
+    "Layanan <layanan@trenggalekkab.go.id> 于2026年11月23日周一 09:12写道：",
+    "Layanan <layanan@t\nrenggalekkab.go.id> 於 2026年11月23日 週一 上午9:12寫道：",
+    "เมื่อ วันจันทร์ที่ 23 พ.ย. 2026 เวลา 09:12 Layanan <layanan@trenggalekkab.go.id> เขียนว่า:",
+    "في الاثنين، 23 نوفمبر 2026 9:12 ص Layanan <layanan@trenggalekkab.go.id> كتب:",
+    "Στις Δευ 23 Νοε 2026 στις 9:12 π.μ., ο/η Layanan <layanan@trenggalekkab.go.id> έγραψε:",
+    "Layanan <layanan@t\nrenggalekkab.go.id> a scris (lun., 23 nov. 2026, 09:12):",
+    "pon, 23. stu 2026. u 09:12 Layanan <layanan@trenggalekkab.go.id> je napisao/la:",
     # Outlook and Exchange: a bare dash line, the block on one line, forwards in several languages.
     "-----\nFrom: Layanan <layanan@x.go.id>\nSent: Monday\nTo: Kadis\nSubject: x",
     "Dari: Layanan <layanan@x.go.id> Dikirim: Senin, 23 November 2026 Kepada: Kadis Subjek: x",
@@ -294,7 +302,7 @@ def _is_plain_new_text(text: str) -> bool:
 def test_quoted_block_never_changes_the_decision(text: str, header: str, body: str, angle: bool) -> None:
     assume(_is_plain_new_text(text))
     alone = decide_text(text)
-    with_quote = decide_text(f"{text}\n\n{header}\n{_as_quote(body, angle or header.endswith(':'))}")
+    with_quote = decide_text(f"{text}\n\n{header}\n{_as_quote(body, angle or header.endswith((':', '：')))}")
     assert (with_quote.decision, with_quote.note, with_quote.keyword) == (alone.decision, alone.note, alone.keyword)
 
 
