@@ -49,12 +49,21 @@ _STOP_LABELS = frozenset(
         "tersebut", "tsb", "sebagai", "atas", "agar", "guna", "dalam", "bagi", "website", "web", "resmi", "ini",
         "itu", "berikut", "yaitu", "bernama", "nama", "adalah", "serta", "atau", "sesuai", "pemerintah",
         "kabupaten", "kota", "the", "for", "name", "go", "id", "www", "http", "https", "dimaksud", "diatas",
+        "dinas", "badan", "kantor", "desa", "aplikasi", "sistem", "layanan", "portal", "informasi", "data",
+        "sekolah", "kecamatan", "kelurahan", "bagian", "lama", "utama", "induk",
     }
 )
-_BARE_NAME = r"[\"“'‘]?([a-z0-9][a-z0-9\-]{0,62})[\"”'’]?"
+_BARE_NAME_RE = re.compile(r"[\"“'‘]?([a-z0-9][a-z0-9\-]{0,62})[\"”'’]?")
+_NAMING_RE = re.compile(r"nama|yaitu|yakni|berikut|:", re.IGNORECASE)
+# Words that may follow a name that ends its phrase ("sub domain ppid dan jdih pada domain ...").
+_FUNCTION_WORDS = frozenset(
+    {"untuk", "yang", "dan", "serta", "pada", "guna", "sebagai", "agar", "dengan", "di", "ke", "sesuai", "dalam",
+     "bagi", "milik", "atas", "tersebut", "ini", "maka", "atau", "for", "and"}
+)
 _JOIN_RE = re.compile(r"\s*(?:,|;|\bdan\b|\bserta\b|&|/)\s*(?:sub[\s\-]?domain\s+)?")
 _SUB_CUE_RE = re.compile(
-    r"sub[\s\-]?domain\s+(?:(?:dengan|dgn)\s+nama\s+|bernama\s+|yaitu\s+|yakni\s+|berikut\s*:?\s*|:\s*)?",
+    r"sub[\s\-]?domain\s+(?:(?:baru|resmi)\s+)?(?:(?:dengan|dgn)\s+nama\s+|bernama\s+|yaitu\s+|yakni\s+|"
+    r"berikut\s*:?\s*|:\s*)?",
     re.IGNORECASE,
 )
 
@@ -185,8 +194,8 @@ def _names(paragraphs: list[str], zone: str | None) -> list[tuple[str, str]]:
         for m in _SUB_CUE_RE.finditer(p) if asking else ():
             pos = m.end()
             while True:
-                n = re.compile(_BARE_NAME).match(p, pos)
-                if not n or not _bare_ok(p, n):
+                n = _BARE_NAME_RE.match(p, pos)
+                if not n or not _bare_ok(p, n, named=_NAMING_RE.search(m.group(0)) is not None):
                     break
                 spans.append((n.start(1), n.group(1), "sub domain"))
                 j = _JOIN_RE.match(p, n.end())
@@ -198,13 +207,20 @@ def _names(paragraphs: list[str], zone: str | None) -> list[tuple[str, str]]:
     return found
 
 
-def _bare_ok(text: str, m: re.Match[str]) -> bool:
+def _bare_ok(text: str, m: re.Match[str], *, named: bool) -> bool:
+    """Whether "sub domain X" names X: a quoted word, one after "dengan nama", or a word that ends the phrase
+    ("sub domain dinsos untuk ..."); "sub domain dinas sosial" describes, it does not name."""
     name = m.group(1)
     if name in _STOP_LABELS or len(name) < 2 or name.isdigit():
         return False
     after = text[m.end() : m.end() + 1]
     # A name followed by ".zone" is taken whole by the FQDN pattern; a bare one must end at a word boundary.
-    return after in ("", " ", ",", ";", ")", ":", ".", "\u201d", '"', "'")
+    if after not in ("", " ", ",", ";", ")", ":", ".", "\u201d", '"', "'"):
+        return False
+    if named or m.group(0)[:1] in "\"“'‘":
+        return True
+    following = re.match(r"\s+([A-Za-z]+)", text[m.end() :])
+    return following is None or following.group(1).lower() in _FUNCTION_WORDS
 
 
 def _person(paragraphs: list[str]) -> list[Hit]:

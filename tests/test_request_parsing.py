@@ -975,3 +975,23 @@ def test_prose_letter_gives_every_name_and_the_person(names: list[str], fqdn: bo
     assert list(req.subdomains) == names
     assert (req.pic_name, req.pic_nip, req.pic_email, req.unit) == (
         "Rina Marlina, S.T.", "199003052015032001", "rina@example.org", "Sekretariat Daerah")
+
+
+@pytest.mark.parametrize(("sentence", "names"), [
+    ("Bersama ini kami mengajukan permohonan sub domain dinsos untuk website dinas.", ["dinsos"]),
+    ("Kami mohon dibuatkan sub domain dengan nama dinkes sesuai SOP.", ["dinkes"]),
+    ("Kami mengajukan sub domain baru bernama ppdb.", ["ppdb"]),
+    ("Kami mengajukan sub domain ppid dan jdih pada domain trenggalekkab.go.id.", ["ppid", "jdih"]),
+    ("Kami mengajukan sub domain \u201csipakde\u201d bagi dinas kami.", ["sipakde"]),
+    # Descriptions, not names: "dinas sosial", "baru untuk kantor", "website resmi".
+    ("Bersama ini kami mengajukan permohonan sub domain dinas sosial untuk website.", []),
+    ("Kami mengajukan sub domain baru untuk kantor.", []),
+    ("Mohon sub domain website resmi kami.", []),
+    # A question about the rules asks for nothing.
+    ("Apakah nama sub domain boleh memakai garis bawah, misalnya dinas_sosial?", []),
+])
+def test_prose_names_only_what_a_sentence_names(sentence: str, names: list[str]) -> None:
+    from parsers.prose import find_prose
+
+    hits = [h for h in find_prose([[sentence]], "trenggalekkab.go.id") if h.field == "subdomains"]
+    assert (hits[0].value.split("\n") if hits else []) == names
