@@ -185,7 +185,8 @@ def _names(paragraphs: list[str], zone: str | None) -> list[tuple[str, str]]:
             continue
         listing = bool(cue) and p.rstrip().endswith(":") or listing and cue is None
         if _QUESTION_RE.search(p):
-            continue
+            # A question asks for nothing ("Apakah nama sub domain boleh ...?"); the other sentences may.
+            p = " ".join(x for x in re.split(r"(?<=[.?!])\s+", p) if not _QUESTION_RE.search(x))
         asking = _ASKING_RE.search(p) is not None
         spans: list[tuple[int, str, str]] = []
         if fqdn_re is not None:

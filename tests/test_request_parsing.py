@@ -989,6 +989,8 @@ def test_prose_letter_gives_every_name_and_the_person(names: list[str], fqdn: bo
     ("Mohon sub domain website resmi kami.", []),
     # A question about the rules asks for nothing.
     ("Apakah nama sub domain boleh memakai garis bawah, misalnya dinas_sosial?", []),
+    ("Mohon dibuatkan sub domain ppid.trenggalekkab.go.id. Apakah bisa selesai minggu ini?",
+     ["ppid.trenggalekkab.go.id"]),
 ])
 def test_prose_names_only_what_a_sentence_names(sentence: str, names: list[str]) -> None:
     from parsers.prose import find_prose
