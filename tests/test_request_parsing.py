@@ -942,9 +942,13 @@ def test_inflate_check_ends_on_a_stream_with_trailing_bytes() -> None:
 
 # --- letters in sentences (parsers/prose.py) ---------------------------------------------------------------
 
-_LABELS = st.from_regex(r"[a-z][a-z0-9]{2,9}", fullmatch=True).filter(
-    lambda s: s not in {"untuk", "yang", "dan", "serta", "dengan", "pada", "nama", "domain", "www", "mail", "ftp"}
-)
+def _not_a_word(label: str) -> bool:
+    from parsers.prose import _FUNCTION_WORDS, _STOP_LABELS
+
+    return label not in _STOP_LABELS | _FUNCTION_WORDS | {"domain", "mail", "ftp"}
+
+
+_LABELS = st.from_regex(r"[a-z][a-z0-9]{2,9}", fullmatch=True).filter(_not_a_word)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
