@@ -467,6 +467,11 @@ def test_letter_with_two_names_asks_for_its_gaps_once(world) -> None:  # type: i
     subjects = [str(m["Subject"]) for m in to_unit]
     assert [x for x in subjects if "diterima" in x] == ["[SD/2026/0001] Permohonan sub domain diterima: 2 nama sub domain"]
     assert len([x for x in subjects if "dilengkapi" in x]) == 1, subjects
+    assert subjects.index([x for x in subjects if "diterima" in x][0]) < subjects.index(
+        [x for x in subjects if "dilengkapi" in x][0]), "the acknowledgement comes first"
+    letter = [m for m in to_unit if "dilengkapi" in str(m["Subject"])][0]
+    text = " ".join(letter.get_body(preferencelist=("plain",)).get_content().split())
+    assert "berlaku pula bagi permohonan lain dalam surat yang sama (nomor tiket SD/2026/0002)" in text, text
     src.add(reply_to(last_to(tr, "setda@example.org"), "setda@example.org",
                      "No. HP : 0812-7788-1122\nJabatan : Pranata Komputer Ahli Pertama"))
     d.run_once()

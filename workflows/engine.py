@@ -208,6 +208,7 @@ def open_request(
     source_message_id: str | None,
     inbound: Inbound | None,
     ack: bool = True,
+    start: bool = True,
 ) -> Request:
     now = ctx.now()
     year, seq = next_number(ctx, "ticket")
@@ -250,7 +251,8 @@ def open_request(
             ticket=ticket,
             in_reply_to=source_message_id,
         )
-    enter_step(ctx, req, ctx.sop.start)
+    if start:
+        enter_step(ctx, req, ctx.sop.start)
     return req
 
 
@@ -297,8 +299,9 @@ def open_letter_requests(
     """One letter asking for several sub-domains: one request per name, each running its own SOP, all
     linked to the letter (the same source message, and each other's tickets in `letter_tickets`), and one
     acknowledgement that lists them all."""
+    # Every ticket exists before any SOP starts: the first step's mails (the incomplete letter) name them.
     opened = [
-        open_request(ctx, requester=requester, fields={**fields, "subdomain": name}, ack=False,
+        open_request(ctx, requester=requester, fields={**fields, "subdomain": name}, ack=False, start=False,
                      source_message_id=source_message_id, inbound=inbound)
         for name in names
     ]
@@ -319,6 +322,8 @@ def open_letter_requests(
         ticket=opened[0].ticket,
         in_reply_to=source_message_id,
     )
+    for req in opened:
+        enter_step(ctx, req, ctx.sop.start)
     return opened
 
 
