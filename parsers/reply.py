@@ -138,7 +138,7 @@ _SENT_WORD = (
 )
 _SENT_VIA = (
     r"(?:from|dari|via|with|melalui|menggunakan|using|lewat|on|di|pakai|de|fra|från|desde|da|dal|do|dal\s+mio|"
-    r"vanaf|met|z|ze|с|со|з|từ|z\s+mojego|iz|din|från\s+min|av)"
+    r"vanaf|met|z|ze|с|со|з|từ|z\s+mojego|iz|din|från\s+min|av|saka|ti)"
 )
 _MOBILE_SIG_RE = re.compile(
     rf"^{_SENT_WORD}\s+{_SENT_VIA}\s+.{{0,50}}\b{_DEVICE}\b.{{0,40}}$"

@@ -335,7 +335,7 @@ def test_tidak_setuju_in_new_text_is_never_approval(before: str, after: str, upp
 _MOBILE_SIGNATURES = [
     "Sent from my iPhone", "Dikirim dari iPhone saya", "Dikirim dari ponsel cerdas Samsung Galaxy saya.",
     "Dikirim dari Yahoo Mail di Android", "Sent from Yahoo Mail on Android", "Dapatkan Outlook untuk Android",
-    "Get Outlook for iOS", "Dihantar dari iPhone saya", "Envoyé de mon iPhone", "Sendt fra min iPhone",
+    "Get Outlook for iOS", "Dihantar dari iPhone saya", "Dikirim saka HP Samsung kula", "Dikirim ti iPhone abdi", "Envoyé de mon iPhone", "Sendt fra min iPhone",
     "Von meinem iPhone gesendet", "Enviado desde mi iPhone", "Inviato da iPhone", "Enviado do meu iPhone",
     "Verzonden met mijn iPhone", "Skickat från min iPhone", "Lähetetty iPhonesta", "Wysłane z mojego iPhone",
     "Отправлено с iPhone", "Gửi từ iPhone của tôi", "iPhoneから送信", "发自我的iPhone",
