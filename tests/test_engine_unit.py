@@ -444,6 +444,51 @@ def test_stale_spool_is_removed_at_start_without_parser_workers(world) -> None: 
     assert [f.name for f in d.spool_dir.iterdir()] == ["fetch-baru.eml"]
 
 
+LETTER_TWO_NAMES_NO_PHONE = """PEMERINTAH KABUPATEN TRENGGALEK
+SEKRETARIAT DAERAH
+
+Nomor   : 000.1/412/406.001/2026
+Perihal : Permohonan Pembuatan Sub Domain
+
+Dengan hormat,
+Bersama ini kami mengajukan permohonan pembuatan sub domain ppid.trenggalekkab.go.id
+dan jdih.trenggalekkab.go.id untuk layanan informasi publik, diarahkan ke alamat IP 203.0.113.10.
+Sebagai penanggung jawab kami tunjuk Sdr. Rina Marlina, S.T. (NIP 19900305 201503 2 001),
+jabatan Pranata Komputer Ahli Pertama, surel setda@example.org.
+
+Demikian permohonan ini kami sampaikan.
+"""
+
+
+def test_letter_with_two_names_asks_for_its_gaps_once(world) -> None:  # type: ignore[no-untyped-def]
+    """Two names in one letter with no phone: two tickets, one acknowledgement, one incomplete letter; the
+    answer to it completes both requests, which then go on each to its own disposition."""
+    d, src, tr, dns_, sessions = world
+    src.add(request_mail("setda@example.org", "ppid", body=LETTER_TWO_NAMES_NO_PHONE))
+    d.run_once()
+    with sessions() as s:
+        reqs = s.execute(select(Request).order_by(Request.id)).scalars().all()
+        assert [r.subdomain for r in reqs] == ["ppid", "jdih"]
+        assert [r.step for r in reqs] == ["lengkapi_awal", "lengkapi_awal"]
+    to_unit = tr.to("setda@example.org")
+    subjects = [str(m["Subject"]) for m in to_unit]
+    assert [x for x in subjects if "diterima" in x] == ["[SD/2026/0001] Permohonan sub domain diterima: 2 nama sub domain"]
+    assert len([x for x in subjects if "dilengkapi" in x]) == 1, subjects
+    assert subjects.index([x for x in subjects if "diterima" in x][0]) < subjects.index(
+        [x for x in subjects if "dilengkapi" in x][0]), "the acknowledgement comes first"
+    letter = [m for m in to_unit if "dilengkapi" in str(m["Subject"])][0]
+    text = " ".join(letter.get_body(preferencelist=("plain",)).get_content().split())
+    assert "berlaku pula bagi permohonan lain dalam surat yang sama (nomor tiket SD/2026/0002)" in text, text
+    src.add(reply_to(last_to(tr, "setda@example.org"), "setda@example.org",
+                     "No. HP : 0812-7788-1122\nJabatan : Pranata Komputer Ahli Pertama"))
+    d.run_once()
+    with sessions() as s:
+        reqs = s.execute(select(Request).order_by(Request.id)).scalars().all()
+        assert all(r.fields.get("pic_phone") == "+6281277881122" for r in reqs)
+        assert [r.step for r in reqs] == ["disposisi", "disposisi"], [r.step for r in reqs]
+    assert len([m for m in tr.to(ACTORS["kadis"][0]) if "Mohon keputusan" in str(m["Subject"])]) == 2
+
+
 @pytest.mark.parametrize("case", ["letter_later", "letter_never", "key_changed"])
 def test_credentials_wait_sealed_for_the_letter_and_fail_with_it(world, case: str) -> None:  # type: ignore[no-untyped-def]
     """The password is sealed in the database until it leaves, and never leaves before its letter: while

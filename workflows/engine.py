@@ -246,6 +246,8 @@ def open_request(
     source_message_id: str | None,
     inbound: Inbound | None,
     attachments: Sequence[Attachment] | None = None,
+    ack: bool = True,
+    start: bool = True,
 ) -> Request:
     """Open a request; `attachments` are the letter's files as the parser read them (when at hand, the
     step mails attach them without parsing the letter again)."""
@@ -283,18 +285,92 @@ def open_request(
                 ctx.session.info.setdefault("original_files", {})[source_message_id] = files
     audit(ctx, req, "request.received", actor=requester, message_id=source_message_id,
           subdomain=req.subdomain, unit=req.unit, source=fields.get("source"))
+    if ack:
+        ctx.mailer.queue(
+            ctx.session,
+            to=[requester],
+            template="ack",
+            context=summary(ctx, req),
+            purpose="ack",
+            request_id=req.id,
+            ticket=ticket,
+            in_reply_to=source_message_id,
+        )
+    if start:
+        enter_step(ctx, req, ctx.sop.start)
+    return req
+
+
+def letter_siblings_waiting(ctx: Ctx, req: Request) -> list[tuple[Request, StepRun]]:
+    """The other open requests opened from the same letter that wait for the requester, with their steps."""
+    if not req.source_message_id:
+        return []
+    # Autoflush on: the first name's waiting step may have been added in this very transaction.
+    rows = ctx.session.execute(
+        select(Request, StepRun).join(StepRun, StepRun.request_id == Request.id).where(
+            Request.agency == ctx.agency.id, Request.source_message_id == req.source_message_id,
+            Request.id != req.id, Request.status == "open", StepRun.status == "open",
+            StepRun.kind == "wait_requester")
+    ).all()
+    return [(r, run) for r, run in rows]
+
+
+def letter_sibling_waiting(ctx: Ctx, req: Request) -> StepRun | None:
+    """Another request from the same letter already asking the requester for the same gaps (its own
+    name's problems aside), or None."""
+
+    def gaps(r: Request) -> tuple[list[str], list[str]]:
+        check = (r.fields or {}).get("check") or {}
+        return (sorted(check.get("missing") or []),
+                sorted(p.get("reason", "") for p in check.get("problems") or [] if p.get("field") != "subdomain"))
+
+    if any(p.get("field") == "subdomain" for p in ((req.fields or {}).get("check") or {}).get("problems") or []):
+        return None  # this name has a problem of its own: its own mail says so
+    for other, run in letter_siblings_waiting(ctx, req):
+        if run.mail_message_id and gaps(other) == gaps(req):
+            return run
+    return None
+
+
+def open_letter_requests(
+    ctx: Ctx,
+    *,
+    requester: str,
+    fields: dict[str, Any],
+    names: list[str],
+    source_message_id: str | None,
+    inbound: Inbound | None,
+    attachments: Sequence[Attachment] | None = None,
+) -> list[Request]:
+    """One letter asking for several sub-domains: one request per name, each running its own SOP, all
+    linked to the letter (the same source message, and each other's tickets in `letter_tickets`), and one
+    acknowledgement that lists them all."""
+    # Every ticket exists before any SOP starts: the first step's mails (the incomplete letter) name them.
+    opened = [
+        open_request(ctx, requester=requester, fields={**fields, "subdomain": name}, ack=False, start=False,
+                     source_message_id=source_message_id, inbound=inbound, attachments=attachments)
+        for name in names
+    ]
+    tickets = [r.ticket for r in opened]
+    for req in opened:
+        req.fields = {**(req.fields or {}), "letter_tickets": tickets}
+        audit(ctx, req, "request.letter", actor=requester, message_id=source_message_id, tickets=tickets)
+    if inbound is not None:
+        inbound.request_id = opened[0].id
+    first = summary(ctx, opened[0])
     ctx.mailer.queue(
         ctx.session,
         to=[requester],
-        template="ack",
-        context=summary(ctx, req),
+        template="ack_letter",
+        context={**first, "requests": [summary(ctx, r) for r in opened]},
         purpose="ack",
-        request_id=req.id,
-        ticket=ticket,
+        request_id=opened[0].id,
+        ticket=opened[0].ticket,
         in_reply_to=source_message_id,
     )
-    enter_step(ctx, req, ctx.sop.start)
-    return req
+    for req in opened:
+        enter_step(ctx, req, ctx.sop.start)
+    return opened
 
 
 ORIGINAL_ATTACH_LIMIT = 5 * 1024 * 1024
@@ -445,6 +521,11 @@ def enter_step(ctx: Ctx, req: Request, key: str, *, note: str | None = None) -> 
                                                                doc_id=record.doc_id if record else "")))
             in_reply_to = None
         elif (step.template or "incomplete") == "incomplete":
+            if letter_sibling_waiting(ctx, req) is not None:
+                # One letter, several names, the same gaps: asked once, in the mail of the first name; the
+                # answer completes every request of the letter (RequesterReplyHandler).
+                audit(ctx, req, "request.incomplete_asked_once", step=key)
+                return run
             # Incomplete: the letter naming each gap, with the form to fill in again (issue 5).
             out = queue_letter(ctx, req, "incomplete", letter_context(ctx, req),
                                purpose=f"step.{key}", to=requester_addresses(req), token=token,
