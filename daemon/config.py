@@ -217,6 +217,9 @@ class AgencyConfig(_Strict):
     actors: dict[str, list[str]]
     # Acting officials (Plt/Plh): role -> addresses allowed to answer in that role's place.
     delegates: dict[str, list[str]] = {}
+    # Officials' names by address ("Drs. Budi Santoso, M.Si."), for the history in step mails; the jabatan
+    # comes from the SOP role. An address without a name is shown by its jabatan alone.
+    names: dict[str, str] = {}
     digest_recipients: list[str] = []
     reserved_names: list[str] = []
     letter: LetterConfig = LetterConfig()
@@ -254,6 +257,14 @@ class AgencyConfig(_Strict):
         if "@" not in v or "+" in v.split("@")[0]:
             raise ValueError("must be a plain address such as layanan@trenggalekkab.go.id")
         return v.lower()
+
+    @field_validator("names")
+    @classmethod
+    def _names(cls, v: dict[str, str]) -> dict[str, str]:
+        for addr, name in v.items():
+            if "@" not in addr or not name.strip():
+                raise ValueError(f"{addr!r}: a name is given for an e-mail address, and is not empty")
+        return {a.lower(): " ".join(n.split()) for a, n in v.items()}
 
     @field_validator("actors", "delegates")
     @classmethod
