@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
 
-from daemon.config import Config, ConfigError, load_config
+from daemon.config import Config, ConfigError, config_warnings, load_config
 
 DEFAULT_CONFIG = "/etc/subdomaind/config.toml"
 
@@ -98,6 +98,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         for p in exc.problems:
             print(p)
         return 2
+    for warning in config_warnings(cfg):
+        print(f"WARNING: {warning}")
     print(f"OK: {len(cfg.agencies)} agency(ies): " + ", ".join(f"{a.id} ({a.zone}, SOP {a.sop})" for a in cfg.agencies))
     return 0
 
@@ -141,6 +143,8 @@ def _daemon(args: argparse.Namespace) -> Any:
 
 def cmd_run(args: argparse.Namespace) -> int:
     d = _daemon(args)
+    for warning in config_warnings(d.config):
+        logging.getLogger("subdomaind").warning("%s", warning)
     d.run()
     return 0
 
