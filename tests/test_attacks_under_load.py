@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from daemon.config import load_config
 from daemon.devservers import Bind, Dovecot, SmtpRelay
-from daemon.localoffice import Office, parse_mail, reply_to
+from daemon.localoffice import UNVOUCHED, Office, parse_mail, reply_to
 from daemon.service import Daemon
 from workflows.db import upgrade
 from workflows.store import Audit, Decision, Inbound, Request, make_engine, make_sessionmaker
@@ -23,7 +23,7 @@ REQUESTS = 40
 
 
 def test_attacks_mixed_into_a_backlog_are_all_refused(dovecot: Dovecot, smtp_relay: SmtpRelay, bind: Bind) -> None:
-    o = Office.create(Path(tempfile.mkdtemp(prefix="load-")), dovecot, smtp_relay, bind,
+    o = Office.create(Path(tempfile.mkdtemp(prefix="load-")), dovecot, smtp_relay, bind, auth=UNVOUCHED,
                       workflow={"daily_cap_per_address": 10000})
     cfg = load_config(o.config_path)
     cfg.state_dir.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from daemon.config import load_config
 from daemon.devservers import Bind, Dovecot, SmtpRelay
-from daemon.localoffice import AUTHSERV_ID, Office, body_text, parse_mail, reply_to, vouch, write_config
+from daemon.localoffice import AUTHSERV_ID, UNVOUCHED, Office, body_text, parse_mail, reply_to, vouch, write_config
 from daemon.service import Daemon
 from workflows.db import upgrade
 from workflows.store import Audit, Decision, Request, make_engine, make_sessionmaker
@@ -57,8 +57,8 @@ def make_office(sop: str, dovecot: Dovecot, relay: SmtpRelay, bind: Bind, **extr
     base = Path(tempfile.mkdtemp(prefix=f"sop-{sop}-"))
     if sop == "kalbar":
         return Office.create(base, dovecot, relay, bind, roles=KALBAR_ROLES, agency_id="kalbar", sop="kalbar",
-                             zone=KALBAR_ZONE, **extra)
-    return Office.create(base, dovecot, relay, bind, **extra)
+                             zone=KALBAR_ZONE, **{"auth": UNVOUCHED, **extra})
+    return Office.create(base, dovecot, relay, bind, **{"auth": UNVOUCHED, **extra})
 
 
 @pytest.fixture(params=["trenggalek", "kalbar"])
