@@ -169,3 +169,25 @@ def test_loopback_guard_blocks_name_lookups_and_remote_addresses() -> None:
     with pytest.raises(OSError, match="loopback-only guard"):
         socket.create_connection(("192.0.2.1", 53), timeout=0.1)
     assert socket.getaddrinfo("127.0.0.1", 53)
+
+
+def test_decisions_are_vouched_for_unless_none_is_written_and_none_is_warned(tmp_path: Path) -> None:
+    from daemon.config import load_config
+
+    data = config_data(tmp_path)
+    assert "auth" not in data["agency"][0]
+    default = write_config(tmp_path / "default.toml", data)
+    assert load_config(default).agencies[0].auth.require == "authres_or_dkim"  # safe by default
+    proc = run("check-config", str(default))
+    assert proc.returncode == 0
+    assert b"WARNING: agency[0].auth.authserv_id: not set: only DKIM signatures verified here" in proc.stdout
+    data["agency"][0]["auth"] = {"require": "none"}
+    proc = run("check-config", str(write_config(tmp_path / "none.toml", data)))
+    assert proc.returncode == 0
+    assert b"WARNING: agency[0].auth.require: 'none': decisions are not vouched for" in proc.stdout
+    data["agency"][0]["auth"] = {"require": "authres_or_dkim", "authserv_id": "mx.trenggalekkab.go.id"}
+    proc = run("check-config", str(write_config(tmp_path / "pinned.toml", data)))
+    assert proc.returncode == 0 and b"WARNING" not in proc.stdout
+    data["agency"][0]["auth"] = {"require": "authres"}
+    proc = run("check-config", str(write_config(tmp_path / "bad.toml", data)))
+    assert proc.returncode != 0 and b"authserv_id is required" in proc.stdout

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.config import Config
-from daemon.localoffice import ACTORS, UNVOUCHED, make_config
+from daemon.localoffice import ACTORS, make_config
 from parsers.model import RequestFields
 from workflows.db import upgrade
 from workflows.engine import Ctx, Services
@@ -112,7 +112,7 @@ def seed_request(
 
 @pytest.fixture
 def office(tmp_path: Path) -> Iterator[tuple[Config, sessionmaker[Session]]]:
-    cfg = make_config(tmp_path / "cfg", auth=UNVOUCHED)
+    cfg = make_config(tmp_path / "cfg")
     engine = make_engine(f"sqlite:///{tmp_path / 'test.db'}")
     upgrade(engine)
     yield cfg, make_sessionmaker(engine)
