@@ -73,12 +73,14 @@ FORGED = 500
 CAPS = {"per_sender_per_hour": 6, "per_domain_per_hour": 15, "per_agency_per_hour": 60}
 
 
-@pytest.mark.parametrize("senders", ["500 addresses in 25 domains", "500 addresses in one domain", "one address"])
+@pytest.mark.parametrize("senders", ["500 addresses in 25 domains", "500 addresses in one domain", "one address",
+                                     "the Kadis's address, forged"])
 def test_forged_requests_send_mail_only_within_the_hourly_caps(
         senders: str, dovecot: Dovecot, smtp_relay: SmtpRelay, bind: Bind) -> None:
     """500 forged requests, from 500 addresses (in 25 domains, or in one) or all from one address: every
     request is stored, the mail they make us send stays within the per-sender, per-domain and per-agency
-    caps (each binds in one case), the rest is held and listed in the digest."""
+    caps (each binds in one case), the rest is held and listed in the digest. A forged `From:` naming an
+    official (not vouched for, under the default `[agency.auth]`) is capped like any stranger."""
     from datetime import UTC, datetime, timedelta
 
     from daemon.localoffice import request_mail
@@ -86,7 +88,9 @@ def test_forged_requests_send_mail_only_within_the_hourly_caps(
     from workflows.mailer import CAP_NOTE
     from workflows.store import Outbox, SenderMailCount
 
-    o = Office.create(Path(tempfile.mkdtemp(prefix="caps-")), dovecot, smtp_relay, bind, auth=UNVOUCHED,
+    forged_official = senders == "the Kadis's address, forged"
+    o = Office.create(Path(tempfile.mkdtemp(prefix="caps-")), dovecot, smtp_relay, bind,
+                      auth=None if forged_official else UNVOUCHED,
                       workflow={"daily_cap_per_address": 100000, "unverified_mail": CAPS})
     cfg = load_config(o.config_path)
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
@@ -95,7 +99,8 @@ def test_forged_requests_send_mail_only_within_the_hourly_caps(
     d = Daemon(cfg, make_sessionmaker(engine))
     forgers = {"500 addresses in 25 domains": [f"f{n}@d{n % 25}.example" for n in range(FORGED)],
                "500 addresses in one domain": [f"f{n}@d0.example" for n in range(FORGED)],
-               "one address": ["penyusup@d0.example"] * FORGED}[senders]
+               "one address": ["penyusup@d0.example"] * FORGED,
+               "the Kadis's address, forged": [o.officials["kadis"].address] * FORGED}[senders]
     for n, forger in enumerate(forgers):
         dovecot.append(o.mailbox.name, request_mail(forger, f"pa{n}{secrets.token_hex(2)}", to=o.mailbox.address))
     before = len(smtp_relay.received)
@@ -133,8 +138,9 @@ def test_forged_requests_send_mail_only_within_the_hourly_caps(
     assert by_scope["domain"] <= CAPS["per_domain_per_hour"]
     assert by_scope["agency"] <= CAPS["per_agency_per_hour"]
     # Each forged address got at most its cap of mail, each forged domain at most its cap.
-    to_forgers = [r for _f, rcpts, _raw in sent for r in rcpts if r.endswith(".example")]
+    to_forgers = [r for _f, rcpts, _raw in sent for r in rcpts if r.endswith(".example") or r in forgers]
     assert all(to_forgers.count(a) <= CAPS["per_sender_per_hour"] for a in set(to_forgers))
-    binding = {"one address": "per_sender_per_hour", "500 addresses in one domain": "per_domain_per_hour"}
+    binding = {"one address": "per_sender_per_hour", "the Kadis's address, forged": "per_sender_per_hour",
+               "500 addresses in one domain": "per_domain_per_hour"}
     assert len(sent) == CAPS[binding.get(senders, "per_agency_per_hour")]
     assert digest["capped_total"] == len(held) and digest["capped"]

@@ -38,6 +38,7 @@ from workflows.store import (
     pending_audit,
     store_inbound_raw,
 )
+from workflows.vouch import AuthPolicy, vouched
 
 log = logging.getLogger("subdomaind.inbound")
 
@@ -202,7 +203,7 @@ def run_handler(ctx: Ctx, parsed: ParseResult, row: Inbound, handler: Handler | 
     savepoint = s.begin_nested()
     try:
         status = handler.execute(ctx, parsed, row)
-        charge_unverified(ctx, row, s.info.pop("queued", []))
+        charge_unverified(ctx, parsed, row, s.info.pop("queued", []))
         # Written with the handler's rows, in the savepoint's one flush.
         row.status = status
         row.handled_at = ctx.now()
@@ -288,11 +289,22 @@ def record_refusal(ctx: Ctx, parsed: ParseResult, row: Inbound, refusal: Refusal
         ticket=req.ticket if req else None,
         in_reply_to=row.message_id,
     )
-    charge_unverified(ctx, row, [notice])
+    charge_unverified(ctx, parsed, row, [notice])
     return "answered" if notice.status != "held" else "ignored"
 
 
-def charge_unverified(ctx: Ctx, row: Inbound, queued: list[Outbox]) -> None:
+def _vouched_official(ctx: Ctx, parsed: ParseResult, row: Inbound, sender: str) -> bool:
+    """An official or delegate whose mail the agency's policy vouches for: their mail is bounded per
+    request, not by the caps. A forged `From:` naming an official is not vouched for, so it is capped like
+    any stranger's (unless the agency wrote `require = "none"`)."""
+    if not known_address(ctx, sender) or parsed.message is None:
+        return False
+    auth = ctx.agency.auth
+    ok, _how = vouched(parsed.message, row.raw, AuthPolicy(auth.require, auth.authserv_id), ctx.services.dkim_txt)
+    return ok
+
+
+def charge_unverified(ctx: Ctx, parsed: ParseResult, row: Inbound, queued: list[Outbox]) -> None:
     """Count the mail one message made us queue against its sender's hourly caps, or hold all of it.
 
     A message from anyone but an official (whose mail the office MTA vouches for) can be forged, so what
@@ -303,7 +315,7 @@ def charge_unverified(ctx: Ctx, row: Inbound, queued: list[Outbox]) -> None:
     passes a cap."""
     queued = [o for o in queued if o.status == "queued"]
     sender = (row.sender or "").lower()
-    if not queued or known_address(ctx, sender):
+    if not queued or _vouched_official(ctx, parsed, row, sender):
         return
     caps = ctx.config.workflow.unverified_mail
     hour = ctx.now().astimezone(UTC).strftime("%Y-%m-%dT%H")
