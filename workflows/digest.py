@@ -49,6 +49,8 @@ INBOUND_LABELS = {"quarantined": "Karantina", "unmatched": "Tidak cocok"}
 PURPOSE_LABELS = {
     "ack": "tanda terima",
     "final": "surat balasan",
+    "credentials": "kata sandi untuk penanggung jawab",
+    "form": "formulir",
     "rejection": "surat penolakan",
     "alert": "peringatan staf",
     "digest": "ringkasan harian",
@@ -296,11 +298,23 @@ def build_digest(
             ).order_by(Outbox.created_at, Outbox.id)
         ).scalars()
     ]
-    # Mail held by the caps on mail caused by unverified senders: the requests are stored, nothing was sent.
-    held_by_cap = (Outbox.agency == agency.id, Outbox.status == "held", Outbox.created_at >= since,
-                   Outbox.created_at <= now, Outbox.last_error.startswith(CAP_NOTE))
+    # Mail over the daily cap stays held until staff release or drop it (`subdomaind outbox`): every day.
+    held = [
+        {"id": o.id, "ticket": tickets.get(o.request_id, "-") if o.request_id else "-",
+         "what": _purpose_label(o.purpose), "to": ", ".join(o.rcpts), "at": fmt.when(o.created_at),
+         "reason": _first_line(o.last_error)}
+        for o in s.execute(select(Outbox).where(Outbox.agency == agency.id, Outbox.status == "held",
+                                                or_(Outbox.last_error.is_(None),
+                                                    ~Outbox.last_error.startswith(CAP_NOTE)))
+                           .order_by(Outbox.id)).scalars()
+    ]
+    # Mail held by the hourly caps on mail caused by unverified senders (the requests are stored, nothing
+    # was sent), every day until staff release or drop it: a flood can hold thousands, so the list is
+    # bounded and the rest counted.
+    held_by_cap = (Outbox.agency == agency.id, Outbox.status == "held", Outbox.last_error.startswith(CAP_NOTE))
     capped = [
         {
+            "id": o.id,
             "at": fmt.when(o.created_at),
             "ticket": tickets.get(o.request_id, "-") if o.request_id else "-",
             "what": _purpose_label(o.purpose),
@@ -377,6 +391,7 @@ def build_digest(
         "inbound": inbound,
         "inbound_older": inbound_older,
         "outbox_failures": outbox_failures,
+        "held": held,
         "events": events,
         "capped": capped,
         "capped_total": capped_total,
@@ -393,6 +408,7 @@ def build_digest(
             "rejected": len(rejected),
             "inbound": len(inbound),
             "failures": len(outbox_failures) + len(events),
+            "held": len(held),
         },
     }
 
