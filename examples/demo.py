@@ -2,10 +2,10 @@
 
 Starts Dovecot (IMAP + LMTP), BIND 9, the office MTA (Postfix with OpenDKIM verifying the officials'
 DKIM signatures and adding Authentication-Results) and an SMTP relay for the daemon's own mail on
-127.0.0.1 under ./var/demo, runs the real `subdomaind run`, sends a sample request, plays each official
-reading their mailbox and answering (their mail signed with their domain's test key, as their MTA does),
-and prints every step, the final reply letter and the DNS answer. A forged reply is refused on the way.
-Nothing leaves this machine.
+127.0.0.1 under /tmp/subdomaind-demo-UID, runs the real `subdomaind run`, sends a sample request, plays
+each official reading their mailbox and answering (their mail signed with their domain's test key, as
+their MTA does), and prints every step, the final reply letter and the DNS answer. A forged reply is
+refused on the way. Nothing leaves this machine.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -59,7 +60,9 @@ def main() -> int:
     if missing:
         say(f"missing: {', '.join(missing)} - run `make demo` (it installs them)")
         return 1
-    base = ROOT / "var" / "demo"
+    # Not under the clone: a home directory is 0700 on Debian 12 and Dovecot's and BIND's users could not
+    # reach their files there. A fixed name per user, so the next run clears the last one.
+    base = Path(tempfile.gettempdir()) / f"subdomaind-demo-{os.getuid()}"
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(parents=True)
     base.chmod(0o755)
