@@ -152,9 +152,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         for p in exc.problems:
             print(p)
         return EX_CONFIG
-    for warning in config_warnings(cfg):
-        print(f"WARNING: {warning}")
     print(f"OK: {len(cfg.agencies)} agency(ies): " + ", ".join(f"{a.id} ({a.zone}, SOP {a.sop})" for a in cfg.agencies))
+    for warning in config_warnings(cfg, advice=False):
+        print(f"WARNING: {warning}")
     if not args.connect:
         return 0
     from daemon.connect import run_checks

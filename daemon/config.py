@@ -132,15 +132,16 @@ class AuthConfig(_Strict):
         return self
 
 
-def config_warnings(cfg: Config) -> list[str]:
-    """What is allowed but unsafe, for `check-config` and the log at start: `"key.path: why"` lines."""
+def config_warnings(cfg: Config, *, advice: bool = True) -> list[str]:
+    """What is allowed but unsafe (`check-config` prints it), and with `advice` what is safe but could be
+    better (the log at start): `"key.path: why"` lines."""
     warnings: list[str] = []
     for i, ag in enumerate(cfg.agencies):
         if ag.auth.require == "none":
             warnings.append(
                 f"agency[{i}].auth.require: 'none': decisions are not vouched for by the mail server; anyone "
                 "holding a copy of a step mail can approve with a forged From (the daily digest says so too)")
-        elif ag.auth.require == "authres_or_dkim" and not ag.auth.authserv_id:
+        elif advice and ag.auth.require == "authres_or_dkim" and not ag.auth.authserv_id:
             warnings.append(
                 f"agency[{i}].auth.authserv_id: not set: only DKIM signatures verified here vouch for a sender; "
                 "set the office MTA's authserv-id to trust its Authentication-Results (SPF, DMARC) too")
