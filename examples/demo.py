@@ -5,7 +5,8 @@ DKIM signatures and adding Authentication-Results) and an SMTP relay for the dae
 127.0.0.1 under /tmp/subdomaind-demo-UID, runs the real `subdomaind run`, sends a sample request, plays
 each official reading their mailbox and answering (their mail signed with their domain's test key, as
 their MTA does), and prints every step, the final reply letter and the DNS answer. A forged reply is
-refused on the way. Nothing leaves this machine.
+refused on the way. Every letter is signed with a demo certificate (a local CA made for the run), and at
+the end each letter PDF in every mailbox is checked with `pdfsig`. Nothing leaves this machine.
 """
 
 from __future__ import annotations
@@ -23,7 +24,17 @@ sys.path.insert(0, str(ROOT))
 
 from daemon import netguard  # noqa: E402
 from daemon.devservers import Bind, DkimKey, Dovecot, OpenDkim, Postfix, SmtpRelay, missing_binaries  # noqa: E402
-from daemon.localoffice import DOMAIN, Office, body_text, parse_mail, reply_to  # noqa: E402
+from daemon.localoffice import (  # noqa: E402
+    DOMAIN,
+    Office,
+    body_text,
+    nss_trusting,
+    parse_mail,
+    pdf_attachments,
+    pdfsig,
+    pdfsig_valid,
+    reply_to,
+)
 
 ZONE_RECORDS = "ns1 IN A 192.0.2.1\nns2 IN A 192.0.2.2\nwww IN A 203.0.113.5\nmail IN A 203.0.113.6\n"
 PLAN = [
@@ -73,7 +84,7 @@ def main() -> int:
             Postfix(base, DOMAIN, dovecot.host, dovecot.lmtp_port, milter) as mta:
         relay = SmtpRelay(dovecot.host, dovecot.lmtp_port, base=base)
         relay.start()
-        office = Office.create(base / "office", dovecot, relay, bind, mta=mta, dkim=key)
+        office = Office.create(base / "office", dovecot, relay, bind, mta=mta, dkim=key, signing=True)
         say(f"Local servers up: IMAP 127.0.0.1:{dovecot.imap_port}, office MTA (Postfix + OpenDKIM) "
             f"127.0.0.1:{mta.port}, SMTP relay for the daemon 127.0.0.1:{relay.port}, "
             f"DNS 127.0.0.1:{bind.port} (zone {DOMAIN}); config {office.config_path}")
@@ -115,13 +126,35 @@ def main() -> int:
             if ticket:
                 say(f"\n$ subdomaind show {ticket.group(1)}")
                 say(office.cli("show", ticket.group(1)).stdout.rstrip())
-            ok = bool(answer)
+            ok = bool(answer) and check_letters(office, base)
         finally:
             rc = office.stop()
             relay.stop()
     say(f"\nDemo finished in {time.monotonic() - started:.1f} s (daemon exit code {rc}). "
         f"Everything it made is under {base}.")
     return 0 if ok and rc == 0 else 1
+
+
+def check_letters(office: Office, base: Path) -> bool:
+    """Every letter PDF in every demo mailbox, checked with pdfsig against the demo CA (and kept on disk)."""
+    nss = nss_trusting(office.base / "tte" / "ca.pem", base / "nssdb")
+    out = base / "letters"
+    out.mkdir(exist_ok=True)
+    users = [office.mailbox, office.requester, office.staff, *office.officials.values()]
+    good = bad = 0
+    say("\nLetters in the mailboxes, checked with pdfsig (the demo CA trusted):")
+    for user in users:
+        for raw in user.messages():
+            for name, data in pdf_attachments(raw):
+                if not name.startswith(("surat-", "konsep-surat-")):
+                    continue  # the blank request form, or the unit's own attachments: not our letters
+                path = out / f"{user.name}-{name}"
+                path.write_bytes(data)
+                valid = pdfsig_valid(pdfsig(path, nss))
+                good, bad = good + valid, bad + (not valid)
+                say(f"   {'OK ' if valid else 'BAD'} {path.relative_to(base)}")
+    say(f"   {good} signed and valid, {bad} not")
+    return good > 0 and bad == 0
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
-from daemon.localoffice import ACTORS, MAILBOX, UNVOUCHED, make_config, reply_to, request_mail
+from daemon.localoffice import ACTORS, MAILBOX, UNVOUCHED, hand_pdf, make_config, reply_to, request_mail
 from daemon.service import Daemon
 from workflows.db import upgrade
 from workflows.engine import Services
@@ -168,7 +168,7 @@ def test_happy_path_reaches_final_reply(world) -> None:  # type: ignore[no-untyp
     final_mail = [m for m in tr.to("dinsos@example.org") if "telah aktif" in str(m["Subject"])][-1]
     text = final_mail.get_body(preferencelist=("plain",)).get_content()
     assert "dinsos.trenggalekkab.go.id" in text and "203.0.113.10" in text
-    assert "ns1.trenggalekkab.go.id" in text
+    assert "ns1.trenggalekkab.go.id" in text and "kata sandi telah dikirim terpisah" in " ".join(text.split())
     # The credentials: their own mail, to the PIC only, after the letter.
     sent_to = [(rcpts, raw) for _, rcpts, raw in tr.sent]
     i_letter = next(i for i, (_, raw) in enumerate(sent_to) if b"telah aktif" in raw)
@@ -383,16 +383,23 @@ def test_audit_of_a_rolled_back_transaction_never_reaches_the_next(world) -> Non
 def test_later_step_mails_attach_the_letter_unless_it_is_large(world, monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
                                                                limit: int, attached: bool) -> None:
     """The step mail after an approval reads the original letter back from the database (engine
-    `_original_attachment`); one over ORIGINAL_ATTACH_LIMIT is not copied into it."""
+    `_original_attachment`) and attaches its files as themselves; one over ORIGINAL_ATTACH_LIMIT is not
+    copied into it, and the mail says so."""
     monkeypatch.setattr("workflows.engine.ORIGINAL_ATTACH_LIMIT", limit)
     d, src, tr, _dns, _sessions = world
-    letter = request_mail("dinsos@trenggalekkab.go.id", "dinsoslampiran")
-    src.add(letter)
+    letter = email.message_from_bytes(request_mail("dinsos@trenggalekkab.go.id", "dinsoslampiran"),
+                                      policy=email.policy.default)
+    pdf = hand_pdf([b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+                    b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] >>"])
+    letter.add_attachment(pdf, maintype="application", subtype="octet-stream", filename="surat.pdf")
+    src.add(letter.as_bytes())
     d.run_once()
     approve(d, src, tr, "kadis")
     mail = email.message_from_bytes(last_to(tr, ACTORS["kabid"][0]), policy=email.policy.default)
-    found = [part.get_content() for part in mail.iter_attachments() if part.get_filename() == "surat-permohonan.eml"]
-    assert found == ([letter] if attached else [])
+    found = [(part.get_filename(), part.get_content_type()) for part in mail.iter_attachments()]
+    assert found == ([("surat.pdf", "application/pdf")] if attached else [])
+    assert ("berukuran besar dan tidak dilampirkan" in mail.get_body(preferencelist=("plain",)).get_content()) \
+        is not attached
 
 
 def test_spooled_letter_is_read_whole_only_to_blank_a_password(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
 from parsers.model import ParseResult
 from workflows.engine import (
@@ -100,7 +100,9 @@ def match_step(ctx: Ctx, parsed: ParseResult) -> StepMatch | None:
         return None
     s = ctx.session
     if parsed.token:
-        run = s.execute(select(StepRun).where(StepRun.token_hash == token_hash(parsed.token))).scalar_one_or_none()
+        digest = token_hash(parsed.token)
+        run = s.execute(select(StepRun).where(
+            or_(StepRun.token_hash == digest, StepRun.reminder_token_hash == digest))).scalars().first()
         if run is not None:
             req = s.get(Request, run.request_id)
             if req is not None and req.agency == ctx.agency.id:
@@ -546,7 +548,7 @@ class NewRequestHandler:
                 raise AlreadyRequested(f"permohonan {label} sudah ada ({dup.ticket})", ticket=dup.ticket,
                                        subdomain=label)
         open_request(ctx, requester=requester, fields=fields, source_message_id=inbound.message_id,
-                     inbound=inbound)
+                     inbound=inbound, attachments=parsed.message.attachments if parsed.message else None)
         return "handled"
 
 

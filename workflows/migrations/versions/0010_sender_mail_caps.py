@@ -3,8 +3,8 @@
 Counters of the mail sent per clock hour because of messages from unverified senders: per sender
 address, per sender domain and for the whole agency (`[workflow.unverified_mail]`).
 
-Revision ID: 0008_sender_mail_caps
-Revises: 0007_outbox_after
+Revision ID: 0010_sender_mail_caps
+Revises: 0009_reminder_token
 Create Date: 2026-12-06 07:50:00
 """
 
@@ -13,8 +13,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0008_sender_mail_caps'
-down_revision = '0007_outbox_after'
+revision = '0010_sender_mail_caps'
+down_revision = '0009_reminder_token'
 branch_labels = None
 depends_on = None
 
