@@ -2,7 +2,8 @@
 
 Why: reply trimming and the approval vocabulary read text, and a mail client's quote is only recognisable in
 its HTML (a blockquote, Gmail's `gmail_quote`, Outlook's `divRplyFwdMsg` block). lxml (libxml2's HTML parser)
-reads the HTML, however broken, into a tree; this module only walks that tree and says which parts are quoted.
+reads the HTML, however broken; this module only receives its element and text events and says which lines
+are quoted.
 """
 
 from __future__ import annotations
