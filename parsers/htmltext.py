@@ -11,8 +11,6 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from lxml import etree
-
 __all__ = ["html_to_text"]
 
 _BLOCK_TAGS = frozenset(
@@ -169,6 +167,10 @@ def _lines(html: str) -> list[tuple[int, str]]:
     data = _UNENCODABLE_RE.sub("\ufffd", html).encode("utf-8")
     if not data.strip():
         return []
+    # Imported here: lxml is 6 MB resident, and a parser worker that only ever sees plain-text mail, PDFs and
+    # body forms never needs it (tests/test_pdf_memory.py).
+    from lxml import etree
+
     target = _Lines()
     # Comments and processing instructions dropped; `huge_tree` lifts libxml2's limits on text size.
     parser = etree.HTMLParser(target=target, remove_comments=True, remove_pis=True, huge_tree=True,
