@@ -5,9 +5,10 @@ reason in Indonesian, what it cannot read or what would cost too much to read. I
 message *means* (request, reply, bounce): `parsers.request`, `parsers.reply` and `parsers.autoreply` do.
 
 Pure: bytes in, a frozen record out. A message that cannot be read raises `UnreadableMessage`; nothing
-else escapes. The stdlib parser (compat32 policy, the most lenient one) builds the tree; mail-parser
-(`mailparser`) then reads the same tree for its defect diagnostics and its tolerant Date parsing; decoding
-of bodies and headers is ours because it must never raise. An HTML-only body becomes text through
+else escapes. The stdlib parser (compat32 policy, the most lenient one) builds the tree and is the MIME reader.
+mail-parser (`mailparser`) has one role, through its public API: it reads the same tree for its defect
+categories and for a Date when the stdlib cannot read the header. It is not the reader because it re-encodes
+every attachment, and decoding of bodies and headers must never raise. An HTML-only body becomes text through
 `parsers.htmltext` (lxml), which keeps quoted HTML recognisable as a quote.
 
 Memory: the stdlib parser holds several copies of a message as str (about 10 bytes a byte of base64), so
@@ -29,10 +30,12 @@ import logging
 import quopri
 import re
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import Message
+
+import mailparser
 
 from parsers.htmltext import html_to_text
 from parsers.model import Attachment, Limits, ParsedMessage
@@ -774,16 +777,18 @@ logging.getLogger("mailparser").addHandler(logging.NullHandler())
 
 
 def _mailparser_view(msg: Message, holes: _Holes | None = None) -> tuple[list[str], datetime | None]:
-    """Defect categories and the Date as mail-parser reads them; its failure is a defect, never a crash."""
-    try:
-        import mailparser
+    """Defect categories and the Date as mail-parser reads them; its failure is a defect, never a crash.
 
-        if holes is None or not holes.parts:
+    Of what it reports, only its charset check of body text (`CharsetDecodeDefect`) reads a payload's content,
+    so the holed parts it may read as body text are filled for the time it reads the tree; a file (a part with
+    a name, or marked as an attachment) keeps its placeholder and costs nothing.
+    """
+    bodies = [] if holes is None else [p for p in holes.within(msg) if _may_be_body(p)]
+    try:
+        with holes.filled(bodies) if holes is not None else nullcontext():
             mp = mailparser.MailParser(msg)
-        else:
-            mp = _holed_mailparser(mailparser.MailParser, holes)(msg)
-        categories = sorted(str(c) for c in mp.defects_categories)
-        date = mp.date if isinstance(mp.date, datetime) else None
+            categories = sorted(str(c) for c in mp.defects_categories)
+            date = mp.date if isinstance(mp.date, datetime) else None
         if date is not None and date.tzinfo is None:
             date = date.replace(tzinfo=UTC)  # mail-parser normalises to naive UTC
         return categories, date
@@ -792,21 +797,12 @@ def _mailparser_view(msg: Message, holes: _Holes | None = None) -> tuple[list[st
         return [f"mail-parser gagal: {type(exc).__name__}"], None
 
 
-def _holed_mailparser(base: type, holes: _Holes) -> type:
-    """mail-parser reading a tree with placeholders as it would read the whole message.
-
-    Of what it reports, only its charset check of a body part (`CharsetDecodeDefect`) looks at a payload's
-    content; that check gets the whole payload. Everything else it derives from headers and the tree.
-    """
-
-    class _HoledMailParser(base):
-        def _decode_body_payload(self, part: Message, charset: str, part_index: int) -> str:
-            if holes.has(part):
-                with holes.filled([part]):
-                    return super()._decode_body_payload(part, charset, part_index)
-            return super()._decode_body_payload(part, charset, part_index)
-
-    return _HoledMailParser
+def _may_be_body(part: Message) -> bool:
+    """A part mail-parser may decode as body text: unnamed and not an attachment, or inline text."""
+    disposition = (part.get_content_disposition() or "").lower()
+    if disposition == "inline" and part.get_content_type() in ("text/plain", "text/html"):
+        return True
+    return part.get_filename() is None and disposition != "attachment"
 
 
 def _parse_date(value: str | None) -> datetime | None:
