@@ -1,12 +1,10 @@
 """The daily digest over a seeded queue: order, overdue marks, inbound problems, failures, month figures,
-HTML escaping, the per-role "Menunggu Anda" mails, and a headless Chromium screenshot of the HTML."""
+HTML escaping, the per-role "Menunggu Anda" mails, and headless Chromium pictures of the HTML."""
 
 from __future__ import annotations
 
 import email
 import email.policy
-import shutil
-import subprocess
 from datetime import datetime, time
 from email.message import EmailMessage
 from pathlib import Path
@@ -18,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.config import Config
 from daemon.localoffice import ACTORS, STAFF
+from tests.chromium import measure, needs_chromium, screenshot
 from tests.test_reminders import REQUESTER, FrozenClock, make_ctx, office, seed_request, wib
 from workflows.digest import build_digest, digest_due, render_digest, send_digest
 from workflows.reminders import format_duration
@@ -31,8 +30,6 @@ CAL = WorkCalendar("Asia/Jakarta")
 NOW = wib(2026, 11, 10, 9, 0)  # Tuesday
 SINCE = wib(2026, 11, 9, 7, 0)  # Monday's digest
 HOSTILE = "<script>alert(1)</script>"
-ARTIFACTS = Path(__file__).parent / "artifacts"
-CHROMIUM = "/usr/bin/chromium"
 
 Office = tuple[Config, sessionmaker[Session]]
 
@@ -283,35 +280,51 @@ def test_empty_digest_renders(office: Office) -> None:
     assert "Median waktu penyelesaian: -" in text
 
 
+@needs_chromium
 def test_html_digest_screenshot(office: Office, tmp_path: Path) -> None:
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is not installed (apt-get install -y --no-install-recommends chromium)")
+    """The whole digest laid out 800 and 390 px wide (a phone), never wider than the screen."""
     pil = pytest.importorskip("PIL.Image")
     cfg, sessions = office
     seed_queue(sessions)
     _, _, html = render_digest(digest(sessions, cfg, role="kasi"), cfg.agencies[0])
-    page = tmp_path / "digest.html"
-    page.write_text(html, encoding="utf-8")
-    ARTIFACTS.mkdir(exist_ok=True)
-    shots = {"digest.png": "800,1200", "digest-phone.png": "390,1400"}
-    for name, size in shots.items():
-        out = ARTIFACTS / name
-        out.unlink(missing_ok=True)
-        profile = tmp_path / f"profile-{name}"
-        proc = subprocess.run(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--hide-scrollbars", f"--user-data-dir={profile}", f"--window-size={size}", f"--screenshot={out}",
-             page.as_uri()],
-            capture_output=True, text=True, timeout=120, check=False,
-        )
-        shutil.rmtree(profile, ignore_errors=True)
-        assert out.exists(), proc.stderr[-2000:]
+    for width in (800, 390):
+        scroll, inner, height = measure(html, width, tmp_path, "digest")
+        assert scroll <= inner == width, (width, scroll)
+        out = screenshot(html, width, height, tmp_path, "digest")
         assert out.stat().st_size > 20_000, out.stat().st_size
         with pil.open(out) as img:
-            assert img.size == tuple(int(v) for v in size.split(","))
+            assert img.size == (width, height)
             rgb = img.convert("RGB")
             colors = rgb.getcolors(maxcolors=1 << 20) or []
             assert len(colors) > 200  # text, the header bar, the red TERLAMBAT marks: not a blank page
             reds = sum(n for n, (r, g, b) in colors if r > 150 and g < 60 and b < 60)
             assert reds > 200  # the overdue marks are visible
+
+
+def test_unvouched_decisions_and_capped_mail_are_said_every_day(tmp_path: Path) -> None:
+    """With `require = "none"` the digest says so, every day; mail held by the caps on mail caused by
+    unverified senders is listed with its ticket and sender (the requests themselves are stored)."""
+    from daemon.localoffice import UNVOUCHED, make_config
+    from tests.test_reminders import seed_request
+    from workflows.db import upgrade
+    from workflows.mailer import CAP_NOTE
+    from workflows.store import make_engine, make_sessionmaker
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'test.db'}")
+    upgrade(engine)
+    sessions = make_sessionmaker(engine)
+    with sessions.begin() as s:
+        req, _ = seed_request(s, ticket="SD/2026/0020", step="disposisi", kind="approval", role="kadis",
+                              opened=wib(2026, 11, 10, 8, 0), received=wib(2026, 11, 10, 8, 0), subdomain="palsu")
+        for n in range(3):
+            _outbox(s, 10 + n, "held", 0, wib(2026, 11, 10, 8, 0),
+                    f"{CAP_NOTE} (sender 6/6): penyusup@palsu.example", req.id, "ack" if n == 0 else "step.disposisi")
+    for auth, said in ((UNVOUCHED, True), (None, False)):
+        cfg = make_config(tmp_path / f"cfg{said}", **({"auth": auth} if auth else {}))
+        data = digest(sessions, cfg)
+        assert data["auth_unvouched"] is said
+        assert data["capped_total"] == 3 and {c["sender"] for c in data["capped"]} == {"penyusup@palsu.example"}
+        _, text, html = render_digest(data, cfg.agencies[0])
+        assert ('auth.require = "none"' in text) is said and ("<b>Perhatian:</b>" in html) is said
+        assert "SUREL DITAHAN: BATAS PENGIRIM TAK TERVERIFIKASI (3)" in text
+        assert "SD/2026/0020" in text and "penyusup@palsu.example" in html

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
 from parsers.model import ParseResult
 from workflows.engine import (
@@ -22,6 +22,8 @@ from workflows.engine import (
     cancel_decision,
     delegates_of,
     finish_step,
+    letter_siblings_waiting,
+    open_letter_requests,
     open_request,
     requester_addresses,
 )
@@ -32,6 +34,7 @@ from workflows.errors import (
     NotStepActor,
     NotVouched,
     RequesterCannotApprove,
+    RequestMismatch,
     StepNotOpen,
     TokenExpired,
     TooLateToCancel,
@@ -56,6 +59,40 @@ class StepMatch:
     run: StepRun
     request: Request
     via: str  # "token" | "message-id" | "subject"
+    # For a token match: the ticket that the thread or the subject names when it is another request's, or
+    # "" when neither names any request. None: they agree with the token.
+    named: str | None = None
+
+
+def _thread_requests(ctx: Ctx, parsed: ParseResult) -> set[int]:
+    """The requests that our mails named in In-Reply-To/References belong to (RFC 5322 section 3.6.4)."""
+    msg = parsed.message
+    mids = [m for m in (msg.in_reply_to, *msg.references) if m] if msg is not None else []
+    if not mids:
+        return set()
+    s = ctx.session
+    found = set(s.execute(select(Outbox.request_id).where(Outbox.message_id.in_(mids),
+                                                          Outbox.request_id.is_not(None))).scalars())
+    found |= set(s.execute(select(StepRun.request_id).where(StepRun.mail_message_id.in_(mids))).scalars())
+    return {r for r in found if r is not None}
+
+
+def _named_elsewhere(ctx: Ctx, parsed: ParseResult, req: Request) -> str | None:
+    """Whether the thread and the subject ticket agree with the request a token names.
+
+    A mail client that autocompletes the plus-address of another request's step mail sends a token for
+    the wrong request; the thread and the ticket the official wrote are what they meant. So a token
+    counts only when the thread or the ticket names its request, and neither names another."""
+    thread = _thread_requests(ctx, parsed)
+    other = sorted(thread - {req.id})
+    if other:
+        row = ctx.session.get(Request, other[0])
+        return row.ticket if row is not None else ""
+    if parsed.ticket and parsed.ticket.upper() != (req.ticket or "").upper():
+        return parsed.ticket.upper()
+    if not thread and not parsed.ticket:
+        return ""  # names no request at all: the token alone may be an autocompleted address
+    return None
 
 
 def match_step(ctx: Ctx, parsed: ParseResult) -> StepMatch | None:
@@ -65,11 +102,13 @@ def match_step(ctx: Ctx, parsed: ParseResult) -> StepMatch | None:
         return None
     s = ctx.session
     if parsed.token:
-        run = s.execute(select(StepRun).where(StepRun.token_hash == token_hash(parsed.token))).scalar_one_or_none()
+        digest = token_hash(parsed.token)
+        run = s.execute(select(StepRun).where(
+            or_(StepRun.token_hash == digest, StepRun.reminder_token_hash == digest))).scalars().first()
         if run is not None:
             req = s.get(Request, run.request_id)
             if req is not None and req.agency == ctx.agency.id:
-                return StepMatch(run, req, "token")
+                return StepMatch(run, req, "token", _named_elsewhere(ctx, parsed, req))
     for mid in (msg.in_reply_to, *reversed(msg.references)):
         if not mid:
             continue
@@ -87,7 +126,9 @@ def match_step(ctx: Ctx, parsed: ParseResult) -> StepMatch | None:
         if run is not None:
             req = s.get(Request, run.request_id)
             if req is not None and req.agency == ctx.agency.id:
-                return StepMatch(run, req, "message-id")
+                ticket = (parsed.ticket or "").upper()
+                return StepMatch(run, req, "message-id",
+                                 ticket if ticket and ticket != (req.ticket or "").upper() else None)
     if parsed.ticket:
         req = s.execute(
             select(Request).where(Request.agency == ctx.agency.id, Request.ticket == parsed.ticket)
@@ -130,10 +171,14 @@ def _allowed(ctx: Ctx, role: str) -> set[str]:
 
 
 def known_address(ctx: Ctx, address: str | None) -> bool:
-    """An official or delegate of this agency (someone we may tell why a reply was refused)."""
+    """An official or delegate of this agency, from config or registered by mail and still in force
+    (someone we may tell why a reply was refused)."""
     if not address:
         return False
-    return any(address in addrs for addrs in (*ctx.agency.actors.values(), *ctx.agency.delegates.values()))
+    address = address.lower()
+    if any(address in addrs for addrs in (*ctx.agency.actors.values(), *ctx.agency.delegates.values())):
+        return True
+    return any(address in delegates_of(ctx, role) for role in ctx.sop.roles if not ctx.sop.roles[role].requester)
 
 
 class OwnMailHandler:
@@ -228,6 +273,13 @@ class DecisionReplyHandler:
                           ctx.services.dkim_txt)
         if not ok:
             raise NotVouched(how, **ctx_info)
+        if m.named is not None:
+            # The token (or thread) and what the official wrote name different requests, or the token
+            # names nothing they wrote: decide nothing, and say which request the reply was addressed to.
+            raise RequestMismatch(
+                f"balasan ditujukan ke {req.ticket} tetapi "
+                + (f"menyebut {m.named}" if m.named else "tidak menyebut nomor tiket maupun utas surel"),
+                named=m.named, **ctx_info)
         if m.via == "subject" and auth.require == "none":
             # The ticket number alone is guessable (SD/2026/0042): without a server vouching for From, a
             # tag-only reply would be From-only authorisation, the hole peers were reported for.
@@ -297,7 +349,23 @@ class RequesterReplyHandler:
         audit(ctx, req, "request.corrected", actor=_sender(parsed), message_id=inbound.message_id,
               fields=sorted(k for k, v in new.items() if v and k in MERGE_KEYS))
         finish_step(ctx, waiting, "ok")
+        self._complete_letter_siblings(ctx, parsed, inbound, req, new)
         return "handled"
+
+    def _complete_letter_siblings(self, ctx: Ctx, parsed: ParseResult, inbound: Inbound, req: Request,
+                                  new: dict[str, Any]) -> None:
+        """One letter asking for several names was asked for its gaps once: the answer completes each of
+        its requests still waiting for the requester (every field but the name, which is each one's own)."""
+        shared = {k: v for k, v in new.items() if k not in ("subdomain", "subdomains")}
+        for sibling, run in letter_siblings_waiting(ctx, req):
+            step = ctx.sop.step(run.key)
+            if "problem" in step.on or "confirm" in step.on:
+                continue
+            sibling.fields = merge_fields(sibling.fields or {}, shared)
+            sibling.unit = sibling.fields.get("unit")
+            audit(ctx, sibling, "request.corrected", actor=_sender(parsed), message_id=inbound.message_id,
+                  fields=sorted(k for k, v in shared.items() if v and k in MERGE_KEYS), via=req.ticket)
+            finish_step(ctx, run, "ok")
 
 
     def _admin_answer(self, ctx: Ctx, parsed: ParseResult, inbound: Inbound, req: Request, waiting: StepRun) -> str:
@@ -477,7 +545,7 @@ class NewRequestHandler:
         requester = (msg.forwarded_from or msg.from_addr or "").lower()
         if not _PLAIN_ADDRESS.match(requester):
             # One plain address or nothing: an encoded From that decodes to a list must not become our
-            # recipient list (security review, gap 10).
+            # recipient list.
             inbound.error = f"alamat pengirim tidak sah: {requester[:100]!r}"
             audit(ctx, None, "mail.bad_sender", message_id=inbound.message_id, sender=requester[:200])
             return "unmatched"
@@ -487,18 +555,29 @@ class NewRequestHandler:
             from parsers.model import MANDATORY_FIELDS, RequestFields
 
             fields = RequestFields(missing=MANDATORY_FIELDS).to_json()
-        label = fields.get("subdomain")
-        if label:
-            dup = ctx.session.execute(
+        # A letter may ask for several names ("sub domain ppid dan jdih"): one request each.
+        names = [n for n in fields.get("subdomains") or [] if n] or [fields.get("subdomain")]
+        fresh: list[str | None] = []
+        dup = None
+        for label in names:
+            same = ctx.session.execute(
                 select(Request).where(Request.agency == ctx.agency.id, Request.subdomain == label,
                                       Request.status == "open", Request.requester == requester)
-            ).scalars().first()
-            if dup is not None:
-                inbound.request_id = dup.id
-                raise AlreadyRequested(f"permohonan {label} sudah ada ({dup.ticket})", ticket=dup.ticket,
-                                       subdomain=label)
-        open_request(ctx, requester=requester, fields=fields, source_message_id=inbound.message_id,
-                     inbound=inbound)
+            ).scalars().first() if label else None
+            if same is None:
+                fresh.append(label)
+            dup = dup or same
+        if dup is not None and not fresh:
+            inbound.request_id = dup.id
+            raise AlreadyRequested(f"permohonan {dup.subdomain} sudah ada ({dup.ticket})", ticket=dup.ticket,
+                                   subdomain=dup.subdomain or "")
+        files = msg.attachments
+        if len(fresh) > 1:
+            open_letter_requests(ctx, requester=requester, fields=fields, names=[str(n) for n in fresh],
+                                 source_message_id=inbound.message_id, inbound=inbound, attachments=files)
+            return "handled"
+        open_request(ctx, requester=requester, fields={**fields, "subdomain": fresh[0]},
+                     source_message_id=inbound.message_id, inbound=inbound, attachments=files)
         return "handled"
 
 

@@ -105,6 +105,8 @@ class StepRun(Base):
     due_at: Mapped[datetime | None]  # for actions: not before (the undo window)
     token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
     token_expires_at: Mapped[datetime | None]
+    # The latest reminder's own token (its one-tap links cannot thread to the step mail); same expiry.
+    reminder_token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
     mail_message_id: Mapped[str | None] = mapped_column(String(998), index=True)
     outcome: Mapped[str | None] = mapped_column(String(16))
     note: Mapped[str | None] = mapped_column(Text)
@@ -412,6 +414,19 @@ class MailCount(Base):
     agency: Mapped[str] = mapped_column(String(32), primary_key=True)
     address: Mapped[str] = mapped_column(String(320), primary_key=True)
     day: Mapped[str] = mapped_column(String(10), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class SenderMailCount(Base):
+    """Mail sent in one clock hour because of messages from unverified senders: per sender address
+    (`scope` "sender"), per sender domain ("domain") and for the whole agency ("agency", key "*")."""
+
+    __tablename__ = "sender_mail_counts"
+
+    agency: Mapped[str] = mapped_column(String(32), primary_key=True)
+    scope: Mapped[str] = mapped_column(String(8), primary_key=True)
+    key: Mapped[str] = mapped_column(String(320), primary_key=True)
+    hour: Mapped[str] = mapped_column(String(13), primary_key=True)  # "2026-12-06T07", UTC
     count: Mapped[int] = mapped_column(Integer, default=0)
 
 
