@@ -5,10 +5,11 @@ reason in Indonesian, what it cannot read or what would cost too much to read. I
 message *means* (request, reply, bounce): `parsers.request`, `parsers.reply` and `parsers.autoreply` do.
 
 Pure: bytes in, a frozen record out. A message that cannot be read raises `UnreadableMessage`; nothing
-else escapes. The stdlib parser (compat32 policy, the most lenient one) builds the tree; mail-parser
-(`mailparser`) then reads the same tree for its defect diagnostics and its tolerant Date parsing; decoding
-of bodies, headers and the HTML-to-text step are ours because they must never raise and must keep quoted
-HTML recognisable as a quote.
+else escapes. The stdlib parser (compat32 policy, the most lenient one) builds the tree and is the MIME reader.
+mail-parser (`mailparser`) has one role, through its public API: it reads the same tree for its defect
+categories and for a Date when the stdlib cannot read the header. It is not the reader because it re-encodes
+every attachment, and decoding of bodies and headers must never raise. An HTML-only body becomes text through
+`parsers.htmltext` (lxml), which keeps quoted HTML recognisable as a quote.
 
 Memory: the stdlib parser holds several copies of a message as str (about 10 bytes a byte of base64), so
 in a message of 1 MB or more each long run of encoded body lines is cut out before the parse and read from
@@ -29,12 +30,14 @@ import logging
 import quopri
 import re
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import Message
-from html.parser import HTMLParser
 
+import mailparser
+
+from parsers.htmltext import html_to_text
 from parsers.model import Attachment, Limits, ParsedMessage
 
 __all__ = ["UnreadableMessage", "parse_mime", "html_to_text", "decode_header_value", "decode_bytes"]
@@ -495,181 +498,6 @@ def _addresses(values: Iterable[str]) -> list[tuple[str, str]]:
     return out
 
 
-# ---------------------------------------------------------------------------------------------------------
-# HTML to text, keeping quotes recognisable.
-# ---------------------------------------------------------------------------------------------------------
-
-_BLOCK_TAGS = frozenset(
-    {
-        "p", "div", "li", "ul", "ol", "tr", "table", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote",
-        "pre", "section", "article", "header", "footer", "dd", "dt", "dl", "center", "address", "form",
-        "fieldset", "tbody", "thead", "tfoot", "caption", "figure", "main", "nav", "aside",
-    }
-)
-_VOID_TAGS = frozenset(
-    {"br", "hr", "img", "meta", "link", "input", "wbr", "col", "area", "base", "embed", "source", "track",
-     "param", "keygen", "basefont", "frame", "isindex"}
-)
-_SKIP_TAGS = frozenset({"script", "style", "head", "title", "template", "noscript", "xml", "o:p"})
-# Containers whose content is the quoted original (client markers seen in real mail):
-# Gmail `gmail_quote`, Yahoo `yahoo_quoted`, Thunderbird `moz-cite-prefix` (the attribution line before
-# its `<blockquote type="cite">`), ProtonMail `protonmail_quote`, new Outlook's reference container.
-_QUOTE_CLASS_RE = re.compile(
-    r"(?:^|\s)(gmail_quote|gmail_quote_container|yahoo_quoted|ydp[0-9a-f]*yahoo_quoted|moz-cite-prefix|"
-    r"protonmail_quote|zmail_extra|AppleOriginalContents)(?:\s|$)",
-    re.IGNORECASE,
-)
-_QUOTE_ID_RE = re.compile(r"(mail-editor-reference-message-container|yahoo_quoted|isForwardContent)", re.I)
-# Markers after which *everything* is the quoted original, though not nested inside them: Outlook's
-# `divRplyFwdMsg` header block (OWA prefixes ids with "x_"), Zimbra's `<hr id="zwchr">`.
-_QUOTE_REST_ID_RE = re.compile(r"(divRplyFwdMsg|zwchr|OLK_SRC_BODY_SECTION|appendonsend)", re.IGNORECASE)
-_SIGNATURE_RE = re.compile(
-    r"(?:^|\s|_)(gmail_signature|moz-signature|ms-outlook-mobile-signature|signature)(?:\s|$)", re.I
-)
-_MAX_HTML_STACK = 512
-_INVISIBLE_RE = re.compile("[\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")
-
-
-class _HtmlToText(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.lines: list[tuple[int, str]] = []
-        self._buf: list[str] = []
-        self._buf_depth = 0
-        self._stack: list[tuple[str, int, bool]] = []  # (tag, quote increment, pre)
-        self._depth = 0
-        self._quote_rest = False
-        self._skip = 0
-        self._pre = 0
-
-    # -- output helpers
-    def _current_depth(self) -> int:
-        return self._depth + (1 if self._quote_rest else 0)
-
-    def _flush(self, force_blank: bool = False) -> None:
-        text = "".join(self._buf)
-        self._buf = []
-        if self._pre:
-            for piece in text.split("\n"):
-                self.lines.append((self._buf_depth, piece.rstrip()))
-            return
-        text = " ".join(text.split())
-        if text:
-            self.lines.append((self._buf_depth, text))
-        elif force_blank and self.lines and self.lines[-1][1]:
-            self.lines.append((self._current_depth(), ""))
-
-    def _emit(self, data: str) -> None:
-        if not self._buf or not "".join(self._buf).strip():
-            self._buf_depth = self._current_depth()
-        self._buf.append(data)
-
-    # -- parser callbacks
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        tag = tag.lower()
-        if tag in _SKIP_TAGS:
-            self._skip += 1
-            return
-        if self._skip:
-            return
-        attr = {k.lower(): (v or "") for k, v in attrs}
-        klass, ident = attr.get("class", ""), attr.get("id", "")
-        if tag == "br":
-            self._flush(force_blank=not "".join(self._buf).strip())
-            return
-        if tag == "hr":
-            self._flush()
-            if _QUOTE_REST_ID_RE.search(ident):
-                self._quote_rest = True
-            # Outlook renders its reply separator as this rule in the text part; keep the same cue.
-            self.lines.append((self._current_depth(), "_" * 32))
-            return
-        if tag in ("td", "th"):
-            self._emit(" ")
-        if tag in _BLOCK_TAGS:
-            self._flush()
-        if tag in _VOID_TAGS:
-            return
-        inc = 0
-        if tag == "blockquote" or _QUOTE_CLASS_RE.search(klass) or _QUOTE_ID_RE.search(ident):
-            inc = 1
-        if _QUOTE_REST_ID_RE.search(ident):
-            self._flush()
-            self._quote_rest = True
-        if (_SIGNATURE_RE.search(klass) or _SIGNATURE_RE.search(ident)) and not self._current_depth():
-            self._flush()
-            # RFC 3676 section 4.3 signature separator, so reply trimming treats it like a text signature.
-            self.lines.append((0, "-- "))
-        if len(self._stack) < _MAX_HTML_STACK:
-            self._stack.append((tag, inc, tag == "pre"))
-            self._depth += inc
-            if tag == "pre":
-                self._pre += 1
-        if inc:
-            self._flush()
-
-    def handle_endtag(self, tag: str) -> None:
-        tag = tag.lower()
-        if tag in _SKIP_TAGS:
-            self._skip = max(0, self._skip - 1)
-            return
-        if self._skip or tag in _VOID_TAGS:
-            return
-        if not any(t == tag for t, _, _ in self._stack):
-            if tag in _BLOCK_TAGS:
-                self._flush()
-            return
-        if tag in _BLOCK_TAGS or tag == "blockquote":
-            self._flush()
-        while self._stack:
-            t, inc, pre = self._stack.pop()
-            if inc:
-                self._flush()
-            self._depth -= inc
-            if pre:
-                self._pre -= 1
-            if t == tag:
-                break
-
-    def handle_data(self, data: str) -> None:
-        if self._skip:
-            return
-        # No-break space is a space; zero-width and bidi marks (Outlook's dates are full of U+200E) are not
-        # text and would hide labels like "Dari:" from reply trimming.
-        data = _INVISIBLE_RE.sub("", data.replace("\xa0", " "))
-        if not self._pre:
-            data = re.sub(r"[\r\n\t ]+", " ", data)
-        self._emit(data)
-
-    def close(self) -> None:
-        super().close()
-        self._flush()
-
-
-def html_to_text(html: str) -> str:
-    """Plain text from HTML, with quoted containers turned into "> " lines so reply trimming works on text.
-
-    Blockquotes and the quote containers of Gmail, Outlook, Thunderbird, Yahoo and Zimbra are prefixed with
-    one "> " per nesting level; a signature container is preceded by the "-- " separator.
-    """
-    parser = _HtmlToText()
-    try:
-        parser.feed(html)
-        parser.close()
-    except Exception:  # HTMLParser is lenient, but the text so far is still the best we have
-        parser._flush()
-    out: list[str] = []
-    for depth, line in parser.lines:
-        if line == "-- ":
-            out.append(line)  # the RFC 3676 separator keeps its trailing space
-            continue
-        prefixed = ("> " * depth + line).rstrip() if line else (">" * depth)
-        if not prefixed and out and not out[-1]:
-            continue  # collapse runs of blank lines
-        out.append(prefixed)
-    return "\n".join(out).strip("\n")
-
-
 _META_CHARSET_RE = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?([A-Za-z0-9_.:-]{1,40})""", re.IGNORECASE)
 
 
@@ -949,16 +777,18 @@ logging.getLogger("mailparser").addHandler(logging.NullHandler())
 
 
 def _mailparser_view(msg: Message, holes: _Holes | None = None) -> tuple[list[str], datetime | None]:
-    """Defect categories and the Date as mail-parser reads them; its failure is a defect, never a crash."""
-    try:
-        import mailparser
+    """Defect categories and the Date as mail-parser reads them; its failure is a defect, never a crash.
 
-        if holes is None or not holes.parts:
+    Of what it reports, only its charset check of body text (`CharsetDecodeDefect`) reads a payload's content,
+    so the holed parts it may read as body text are filled for the time it reads the tree; a file (a part with
+    a name, or marked as an attachment) keeps its placeholder and costs nothing.
+    """
+    bodies = [] if holes is None else [p for p in holes.within(msg) if _may_be_body(p)]
+    try:
+        with holes.filled(bodies) if holes is not None else nullcontext():
             mp = mailparser.MailParser(msg)
-        else:
-            mp = _holed_mailparser(mailparser.MailParser, holes)(msg)
-        categories = sorted(str(c) for c in mp.defects_categories)
-        date = mp.date if isinstance(mp.date, datetime) else None
+            categories = sorted(str(c) for c in mp.defects_categories)
+            date = mp.date if isinstance(mp.date, datetime) else None
         if date is not None and date.tzinfo is None:
             date = date.replace(tzinfo=UTC)  # mail-parser normalises to naive UTC
         return categories, date
@@ -967,21 +797,12 @@ def _mailparser_view(msg: Message, holes: _Holes | None = None) -> tuple[list[st
         return [f"mail-parser gagal: {type(exc).__name__}"], None
 
 
-def _holed_mailparser(base: type, holes: _Holes) -> type:
-    """mail-parser reading a tree with placeholders as it would read the whole message.
-
-    Of what it reports, only its charset check of a body part (`CharsetDecodeDefect`) looks at a payload's
-    content; that check gets the whole payload. Everything else it derives from headers and the tree.
-    """
-
-    class _HoledMailParser(base):
-        def _decode_body_payload(self, part: Message, charset: str, part_index: int) -> str:
-            if holes.has(part):
-                with holes.filled([part]):
-                    return super()._decode_body_payload(part, charset, part_index)
-            return super()._decode_body_payload(part, charset, part_index)
-
-    return _HoledMailParser
+def _may_be_body(part: Message) -> bool:
+    """A part mail-parser may decode as body text: unnamed and not an attachment, or inline text."""
+    disposition = (part.get_content_disposition() or "").lower()
+    if disposition == "inline" and part.get_content_type() in ("text/plain", "text/html"):
+        return True
+    return part.get_filename() is None and disposition != "attachment"
 
 
 def _parse_date(value: str | None) -> datetime | None:

@@ -6,6 +6,11 @@ raises becomes a `Problem` on the field "lampiran", never a traceback.
 
 Image data is never loaded: the form is in the text layer and the AcroForm, and a 20 MB scan read by
 pdfminer cost two copies of its image stream (`_ImageBlindFile`).
+
+Why pdfplumber for the AcroForm too: the fields are read from the document pdfplumber already parsed
+(`pdf.doc.catalog`, pdfminer.six's documented AcroForm recipe), so a PDF is parsed once; pypdf's `get_fields`
+would parse it again, key fields by their /TM mapping name, not inherit a parent's /V, and give nothing at all
+past its field limit, where `_form_fields` keeps the first `_MAX_FORM_FIELDS`.
 """
 
 from __future__ import annotations

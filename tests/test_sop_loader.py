@@ -35,6 +35,11 @@ def test_shipped_sops_load() -> None:
          "step 'terima': leads nowhere"),
         (lambda t: t.replace('time = "1 hari"', 'time = "sebentar"', 1), "is not like '2 hari'"),
         (lambda t: t.replace('kind = "approval"', 'kind = "persetujuan"', 1), "unknown kind 'persetujuan'"),
+        # Shapes the models declare: a misspelt key, a value of the wrong type, a role that is not a table.
+        (lambda t: t.replace('time = "1 hari"', 'tiem = "1 hari"', 1), "step 'disposisi': tiem: Extra inputs"),
+        (lambda t: t.replace('time = "1 hari"', 'time = 1', 1), "step 'disposisi': time: Input should be a valid string"),
+        (lambda t: t.replace('kadis = { title = "Kepala Dinas Komunikasi dan Informatika" }', 'kadis = 5'),
+         "role 'kadis': must be a table"),
     ],
 )
 def test_a_broken_sop_names_file_line_and_problem(tmp_path: Path, edit, expected: str) -> None:  # type: ignore[no-untyped-def]
