@@ -30,6 +30,7 @@ def _block() -> list[str]:
     return [line for line in block.strip().splitlines() if line.strip()]
 
 
+@pytest.mark.system
 @pytest.mark.skipif(shutil.which("git") is None, reason="git is missing")
 def test_install_for_real_runs_as_written() -> None:
     lines = _block()
