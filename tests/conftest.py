@@ -18,7 +18,17 @@ from pathlib import Path
 import pytest
 
 from daemon import netguard
-from daemon.devservers import APT_PACKAGES, Bind, Dovecot, MailUser, Postgres, SmtpRelay, missing_binaries
+from daemon.devservers import (
+    APT_PACKAGES,
+    Bind,
+    Dovecot,
+    MailUser,
+    OAuthDovecot,
+    OAuthServer,
+    Postgres,
+    SmtpRelay,
+    missing_binaries,
+)
 
 DOMAIN = "trenggalekkab.go.id"
 ZONE = DOMAIN
@@ -29,7 +39,7 @@ www   IN A 203.0.113.5
 mail  IN A 203.0.113.6
 """
 
-Server = Dovecot | Bind | Postgres | SmtpRelay
+Server = Dovecot | Bind | Postgres | SmtpRelay | OAuthServer
 _STARTED: list[Server] = []
 
 
@@ -120,6 +130,26 @@ def postgres(servers_root: Path) -> Iterator[Postgres]:
     """A throwaway PostgreSQL cluster; `postgres.create_database(name)` returns a SQLAlchemy URL."""
     _require("postgres")
     server = Postgres(servers_root)
+    with _started(server):
+        yield server
+
+
+@pytest.fixture(scope="session")
+def oauth_server(servers_root: Path) -> Iterator[OAuthServer]:
+    """An OAuth 2.0 authorization server (token, device and introspection endpoints) on loopback."""
+    server = OAuthServer(base=servers_root)
+    with _started(server):
+        yield server
+
+
+@pytest.fixture(scope="session")
+def dovecot_oauth(servers_root: Path, oauth_server: OAuthServer, smtp_relay: SmtpRelay) -> Iterator[OAuthDovecot]:
+    """Dovecot whose IMAP and submission logins take bearer tokens checked at `oauth_server`
+    (passdb oauth2); submission relays to `smtp_relay`, which delivers into `dovecot`."""
+    _require("dovecot")
+    if not Path("/usr/lib/dovecot/submission").exists():
+        pytest.fail("the OAuth tests need dovecot-submissiond (`make test` installs it)", pytrace=False)
+    server = OAuthDovecot(servers_root, "oauth.test", oauth_server, smtp_relay.port)
     with _started(server):
         yield server
 

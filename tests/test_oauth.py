@@ -1,0 +1,186 @@
+"""OAuth 2.0 logins (SASL XOAUTH2 and OAUTHBEARER, RFC 7628) to a real Dovecot whose passdb asks a real
+introspection endpoint: IMAP and SMTP submission, an expired token refreshed, a revoked one refused in
+plain words."""
+
+from __future__ import annotations
+
+import os
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+from daemon.config import ImapConfig, OAuthConfig, SmtpConfig
+from daemon.devservers import Dovecot, OAuthDovecot, OAuthServer, SmtpRelay
+from daemon.mailbox import ImapSource, MailSourceError, open_imap
+from daemon.oauth import CachedTokens, GenericRefresh, LazyTokens, OAuthError, device_login, token_source
+from daemon.outbox import SendError, SmtpTransport
+
+pytestmark = pytest.mark.servers
+
+
+def oauth_table(oauth: OAuthServer, refresh_file: Path, **extra: object) -> dict[str, object]:
+    return {"provider": "generic", "token_url": f"{oauth.url}/token", "device_url": f"{oauth.url}/device",
+            "client_id": oauth.client_id, "refresh_token_file": str(refresh_file), **extra}
+
+
+def imap_cfg(server: OAuthDovecot, oauth: OAuthServer, user: str, refresh_file: Path,
+             mechanism: str = "xoauth2") -> ImapConfig:
+    return ImapConfig.model_validate({
+        "host": server.host, "port": server.imap_port, "tls": "none", "user": user, "auth": "oauth2",
+        "idle": False, "oauth": oauth_table(oauth, refresh_file, mechanism=mechanism)})
+
+
+def new_user(server: OAuthDovecot, oauth: OAuthServer, tmp_path: Path, prefix: str = "layanan") -> tuple[str, Path]:
+    mailbox = server.new_user(prefix)
+    user = mailbox.address
+    refresh = tmp_path / "refresh-token"
+    refresh.write_text(oauth.issue_refresh(user))
+    refresh.chmod(0o600)
+    return user, refresh
+
+
+@pytest.mark.parametrize("mechanism", ["xoauth2", "oauthbearer"])
+def test_imap_login_with_a_bearer_token_reads_the_mailbox(dovecot_oauth: OAuthDovecot, oauth_server: OAuthServer,
+                                                          tmp_path: Path, mechanism: str) -> None:
+    user, refresh = new_user(dovecot_oauth, oauth_server, tmp_path)
+    dovecot_oauth.deliver(user, b"From: a@example.test\r\nSubject: halo\r\nMessage-ID: <o1@x>\r\n\r\nisi\r\n")
+    cfg = imap_cfg(dovecot_oauth, oauth_server, user, refresh, mechanism)
+    before = oauth_server.introspections
+    src = ImapSource(cfg, "", tokens=LazyTokens(cfg.oauth, user))  # type: ignore[arg-type]
+    src.connect()
+    try:
+        got = src.fetch_new(0, 10)
+    finally:
+        src.close()
+    assert len(got) == 1 and b"Subject: halo" in bytes(got[0][1])  # type: ignore[arg-type]
+    assert oauth_server.introspections == before + 1  # Dovecot asked the endpoint: a real SASL exchange
+    assert f"method={mechanism.upper()}" in dovecot_oauth.log_text()
+
+
+def test_expired_token_is_refreshed_and_the_login_succeeds(dovecot_oauth: OAuthDovecot,
+                                                           oauth_server: OAuthServer, tmp_path: Path) -> None:
+    user, refresh = new_user(dovecot_oauth, oauth_server, tmp_path)
+    cfg = imap_cfg(dovecot_oauth, oauth_server, user, refresh)
+    tokens = LazyTokens(cfg.oauth, user)  # type: ignore[arg-type]
+    open_imap(cfg, "", tokens).logout()
+    first = tokens.token()
+    requests = oauth_server.token_requests
+    # The issuer ends the token early (our cache still thinks it has an hour): Dovecot refuses it, the
+    # token is dropped, a fresh one fetched, and the second AUTHENTICATE goes through.
+    assert oauth_server.expire(user) == 1
+    open_imap(cfg, "", tokens).logout()
+    assert tokens.token() != first
+    assert oauth_server.token_requests == requests + 1
+    assert dovecot_oauth.auth_failures(user) == 1
+
+
+def test_token_is_fetched_again_before_it_expires(oauth_server: OAuthServer) -> None:
+    """Kept in memory, fetched again inside the margin before expiry (here: a 100 s token, 30 s margin)."""
+    now = [0.0]
+    user = "jam@oauth.test"
+    fetch = GenericRefresh(f"{oauth_server.url}/token", oauth_server.client_id, None, oauth_server.issue_refresh(user))
+    old_life = oauth_server.lifetime
+    oauth_server.lifetime = 100
+    try:
+        tokens = CachedTokens(fetch, clock=lambda: now[0], margin=30)
+        a = tokens.token()
+        now[0] = 69
+        assert tokens.token() == a and tokens.fetches == 1
+        now[0] = 71
+        assert tokens.token() != a and tokens.fetches == 2
+    finally:
+        oauth_server.lifetime = old_life
+
+
+def test_revoked_token_is_refused_in_plain_words(dovecot_oauth: OAuthDovecot, oauth_server: OAuthServer,
+                                                 tmp_path: Path) -> None:
+    user, refresh = new_user(dovecot_oauth, oauth_server, tmp_path)
+    cfg = imap_cfg(dovecot_oauth, oauth_server, user, refresh)
+    tokens = LazyTokens(cfg.oauth, user)  # type: ignore[arg-type]
+    open_imap(cfg, "", tokens).logout()
+    oauth_server.revoke(user)
+    with pytest.raises(MailSourceError) as err:
+        open_imap(cfg, "", tokens)
+    assert err.value.kind == "auth"
+    text = str(err.value)
+    assert "dicabut" in text and "invalid_grant" in text and "b'" not in text
+    assert "oauth login" in text
+
+
+def smtp_cfg(server: OAuthDovecot, oauth: OAuthServer, user: str, refresh: Path, mechanism: str) -> SmtpConfig:
+    return SmtpConfig.model_validate({
+        "host": server.host, "port": server.submission_port, "tls": "none", "user": user, "auth": "oauth2",
+        "oauth": oauth_table(oauth, refresh, mechanism=mechanism)})
+
+
+def mail(sender: str, rcpt: str, subject: str) -> bytes:
+    m = EmailMessage()
+    m["From"], m["To"], m["Subject"], m["Message-ID"] = sender, rcpt, subject, f"<{os.urandom(6).hex()}@oauth.test>"
+    m.set_content("Surat uji.")
+    return m.as_bytes()
+
+
+@pytest.mark.parametrize("mechanism", ["xoauth2", "oauthbearer"])
+def test_smtp_submission_with_a_bearer_token_delivers(dovecot_oauth: OAuthDovecot, oauth_server: OAuthServer,
+                                                      dovecot: Dovecot, smtp_relay: SmtpRelay, tmp_path: Path,
+                                                      mechanism: str) -> None:
+    user, refresh = new_user(dovecot_oauth, oauth_server, tmp_path)
+    rcpt = dovecot.new_user("penerima")
+    cfg = smtp_cfg(dovecot_oauth, oauth_server, user, refresh, mechanism)
+    transport = SmtpTransport(cfg, None)
+    try:
+        transport.send(user, [rcpt.address], mail(user, rcpt.address, f"lewat submission {mechanism}"))
+        # After an early expiry the next connection refreshes once and goes on.
+        oauth_server.expire(user)
+        transport.close()
+        transport.send(user, [rcpt.address], mail(user, rcpt.address, "setelah kedaluwarsa"))
+    finally:
+        transport.close()
+    subjects = [m for m in rcpt.messages() if b"Subject:" in m]
+    assert len(subjects) == 2 and b"setelah kedaluwarsa" in subjects[1]
+    assert "Successfully relayed message" in dovecot_oauth.log_text()
+
+
+def test_smtp_with_a_revoked_token_is_a_plain_error(dovecot_oauth: OAuthDovecot, oauth_server: OAuthServer,
+                                                    dovecot: Dovecot, tmp_path: Path) -> None:
+    user, refresh = new_user(dovecot_oauth, oauth_server, tmp_path)
+    rcpt = dovecot.new_user("penerima")
+    oauth_server.revoke(user)
+    transport = SmtpTransport(smtp_cfg(dovecot_oauth, oauth_server, user, refresh, "xoauth2"), None)
+    try:
+        with pytest.raises(SendError) as err:
+            transport.send(user, [rcpt.address], mail(user, rcpt.address, "tidak terkirim"))
+    finally:
+        transport.close()
+    assert not err.value.permanent and "dicabut" in str(err.value)
+
+
+def test_device_login_stores_the_refresh_token_0600(oauth_server: OAuthServer, tmp_path: Path) -> None:
+    from daemon.oauth import store_refresh_token
+
+    cfg = OAuthConfig.model_validate(oauth_table(oauth_server, tmp_path / "cred" / "rt"))
+    shown: list[str] = []
+    oauth_server.auto_approve = False
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:  # the administrator signs in while we poll
+        waits.append(seconds)
+        if len(waits) == 2:
+            oauth_server.approve_devices()
+
+    try:
+        token = device_login(cfg, shown.append, sleep=sleep)
+    finally:
+        oauth_server.auto_approve = True
+    assert "WDJB-MJHT" in shown[0] and "/activate" in shown[0] and len(waits) == 2  # one poll pending
+    store_refresh_token(tmp_path / "cred" / "rt", token)
+    assert (tmp_path / "cred" / "rt").stat().st_mode & 0o777 == 0o600
+    assert cfg.read_refresh_token() == token
+    assert token_source(cfg, oauth_server.device_user).token().startswith("at-")
+
+
+def test_missing_refresh_token_says_to_log_in(tmp_path: Path, oauth_server: OAuthServer) -> None:
+    cfg = OAuthConfig.model_validate(oauth_table(oauth_server, tmp_path / "none"))
+    with pytest.raises(OAuthError, match="oauth login"):
+        LazyTokens(cfg, "x@oauth.test").token()
