@@ -642,6 +642,14 @@ service lmtp {{
 
     # -- helpers for tests ---------------------------------------------------------------------------------
 
+    def auth_failures(self, user: str) -> int:
+        """How many logins of ``user`` (``name`` or ``name@domain``) the auth process refused, from its log
+        (``auth_verbose``): passwd-file password mismatches and oauth2 token refusals."""
+        text = _tail(self.dir / "dovecot.log", 50_000_000)
+        return sum(1 for line in text.splitlines()
+                   if (f"({user}," in line or f"({user}@" in line)
+                   and ("Password mismatch" in line or "oauth2 failed" in line))
+
     def imap_client(self, user: str, password: str | None = None, timeout: float = 10.0) -> imapclient.IMAPClient:
         """A logged-in plain-text IMAP connection (``ssl=False``); the caller logs out (or uses ``with``)."""
         client = imapclient.IMAPClient(self.host, port=self.imap_port, ssl=False, timeout=timeout)
@@ -1299,6 +1307,7 @@ class OAuthServer(_Server):
         self.devices: dict[str, tuple[str, bool]] = {}  # device code -> (user, approved)
         self.device_user = "admin@example.test"
         self.auto_approve = True
+        self.introspection_down = False  # answer 503: Dovecot then says [UNAVAILABLE], as a throttled server
         self.token_requests = 0
         self.introspections = 0
         self._events: list[str] = []
@@ -1361,6 +1370,8 @@ class OAuthServer(_Server):
         if path == "/introspect":
             with self._lock:
                 self.introspections += 1
+                if self.introspection_down:
+                    return 503, {"error": "temporarily_unavailable"}
                 grant = self.access.get(form.get("token", ""))
                 if grant is None or grant.revoked or grant.expires <= time.time():
                     return 200, {"active": False}
@@ -1502,9 +1513,3 @@ submission_relay_port = {self.relay_port}
 submission_relay_trusted = yes
 """
         return conf[:start] + auth + conf[end:] + submission
-
-    def auth_failures(self, user: str) -> int:
-        """How many times the auth process refused ``user`` (passwd-file mismatches and oauth2 refusals)."""
-        text = _tail(self.dir / "dovecot.log", 5_000_000)
-        return sum(1 for line in text.splitlines() if f"({user}" in line and (
-            "Password mismatch" in line or "oauth2 failed" in line))

@@ -160,6 +160,29 @@ def open_imap(cfg: ImapConfig, password: str, tokens: TokenSource | None = None)
     return client
 
 
+def check_login(cfg: ImapConfig, password: str, tokens: TokenSource | None = None) -> str | None:
+    """Log in to the mailbox, open its folder and log out: None when that worked, else why, in plain words.
+    `check-config --connect` calls it."""
+    try:
+        client = open_imap(cfg, password, tokens)
+    except MailSourceError as exc:
+        return str(exc)
+    try:
+        client.select_folder(cfg.folder, readonly=True)
+    except (TimeoutError, OSError, IMAPClientError, imaplib.IMAP4.error) as exc:
+        return f"folder {cfg.folder!r} tidak dapat dibuka: {plain_words(exc)}"
+    finally:
+        _drop_politely(client)
+    return None
+
+
+def _drop_politely(client: imapclient.IMAPClient) -> None:
+    try:
+        client.logout()
+    except Exception:  # noqa: BLE001 - a dead connection cannot log out; we drop it either way
+        _drop(client)
+
+
 def _drop(client: imapclient.IMAPClient | None) -> None:
     if client is not None:
         try:
@@ -314,11 +337,5 @@ class ImapSource:
 
     def close(self) -> None:
         if self.client is not None:
-            try:
-                self.client.logout()
-            except Exception:  # noqa: BLE001 - a dead connection cannot log out; we drop it either way
-                try:
-                    self.client.shutdown()
-                except Exception:  # noqa: BLE001
-                    log.debug("IMAP shutdown failed", exc_info=True)
+            _drop_politely(self.client)
             self.client = None

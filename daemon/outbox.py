@@ -198,6 +198,28 @@ class SmtpTransport:
         unreachable the mails not yet begun are not tried (NotTried): they would wait out the same timeout."""
         return list(self._run(self._send_all(mails)))
 
+    def check_login(self) -> str | None:
+        """Connect, log in (password or OAuth) and QUIT: None when that worked, else why, in plain words.
+        `check-config --connect` calls it."""
+
+        async def probe() -> None:
+            client = await self._connect()
+            await _quit(client)
+
+        try:
+            self._run(probe())
+        except _LoginRefused as exc:
+            return f"login SMTP ditolak: {exc}"
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            return f"login SMTP ditolak ({exc.code} {exc.message}): periksa kata sandi"
+        except aiosmtplib.SMTPResponseException as exc:
+            return f"SMTP {self.cfg.host}:{self.cfg.port} menjawab {exc.code} {exc.message}"
+        except (TimeoutError, aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
+            return f"SMTP {self.cfg.host}:{self.cfg.port} tidak dapat dihubungi: {exc}"
+        finally:
+            self.close()
+        return None
+
     def close(self) -> None:
         if self._loop is None or self._loop.is_closed():
             return

@@ -5,16 +5,23 @@ plain words."""
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import select
 
-from daemon.config import ImapConfig, OAuthConfig, SmtpConfig
-from daemon.devservers import Dovecot, OAuthDovecot, OAuthServer, SmtpRelay
+from daemon.config import ImapConfig, OAuthConfig, SmtpConfig, parse_config
+from daemon.devservers import Bind, Dovecot, OAuthDovecot, OAuthServer, SmtpRelay
+from daemon.localoffice import config_data
 from daemon.mailbox import ImapSource, MailSourceError, open_imap
 from daemon.oauth import CachedTokens, GenericRefresh, LazyTokens, OAuthError, device_login, token_source
 from daemon.outbox import SendError, SmtpTransport
+from daemon.service import Daemon
+from workflows.db import upgrade
+from workflows.store import MailboxState, make_engine, make_sessionmaker
 
 pytestmark = pytest.mark.servers
 
@@ -184,3 +191,108 @@ def test_missing_refresh_token_says_to_log_in(tmp_path: Path, oauth_server: OAut
     cfg = OAuthConfig.model_validate(oauth_table(oauth_server, tmp_path / "none"))
     with pytest.raises(OAuthError, match="oauth login"):
         LazyTokens(cfg, "x@oauth.test").token()
+
+
+def oauth_daemon(tmp_path: Path, dovecot_oauth: OAuthDovecot, oauth_server: OAuthServer, smtp_relay: SmtpRelay,
+                 bind: Bind) -> tuple[Daemon, Any, str]:
+    """A daemon whose mailbox logs in by OAuth (generic provider) to `dovecot_oauth`, in process."""
+    user, refresh = new_user(dovecot_oauth, oauth_server, tmp_path)
+    data = config_data(tmp_path / "office", imap_port=dovecot_oauth.imap_port, imap_user=user, mailbox=user,
+                       smtp_port=smtp_relay.port, dns_port=bind.port, tsig_secret=bind.secret)
+    imap = data["agency"][0]["imap"]
+    del imap["password_file"]
+    imap.update(auth="oauth2", idle=False, oauth=oauth_table(oauth_server, refresh))
+    cfg = parse_config(data)
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(cfg.db_url)
+    upgrade(engine)
+    sessions = make_sessionmaker(engine)
+    return Daemon(cfg, sessions), sessions, user
+
+
+def mailbox_state(sessions: Any) -> MailboxState:
+    with sessions() as s:
+        return s.execute(select(MailboxState)).scalar_one()
+
+
+def test_daemon_with_a_revoked_token_says_so_and_backs_off(tmp_path: Path, dovecot_oauth: OAuthDovecot,
+                                                           oauth_server: OAuthServer, smtp_relay: SmtpRelay,
+                                                           bind: Bind, caplog: pytest.LogCaptureFixture) -> None:
+    d, sessions, user = oauth_daemon(tmp_path, dovecot_oauth, oauth_server, smtp_relay, bind)
+    rt = d.runtimes["trenggalek"]
+    try:
+        d.run_once()
+        assert rt.connected and mailbox_state(sessions).last_error is None
+        oauth_server.revoke(user)
+        rt.source.close()
+        rt.connected = False
+        failures = dovecot_oauth.auth_failures(user)
+        d.run_once()
+        d.run_once()  # within the backoff: no login tried
+    finally:
+        d.shutdown(flush_seconds=1)
+    st = mailbox_state(sessions)
+    assert st.last_error is not None and "dicabut" in st.last_error and "oauth login" in st.last_error
+    assert st.backoff_until is not None
+    assert 50 < (st.backoff_until - datetime.now(UTC)).total_seconds() <= 60
+    assert dovecot_oauth.auth_failures(user) == failures + 1  # the old token once; no new one was had
+    assert any("dicabut" in r.getMessage() and "retry in 60 s" in r.getMessage() for r in caplog.records)
+
+
+def test_server_unavailable_backs_off_a_minute_not_a_storm(tmp_path: Path, dovecot_oauth: OAuthDovecot,
+                                                           oauth_server: OAuthServer, smtp_relay: SmtpRelay,
+                                                           bind: Bind) -> None:
+    """Dovecot answers NO [UNAVAILABLE] (RFC 5530) when its token check is down, as Microsoft 365 does when
+    it throttles a tenant: the mailbox waits a minute, doubling, instead of retrying every pass."""
+    d, sessions, user = oauth_daemon(tmp_path, dovecot_oauth, oauth_server, smtp_relay, bind)
+    oauth_server.introspection_down = True
+    try:
+        for _ in range(5):
+            d.run_once()
+    finally:
+        oauth_server.introspection_down = False
+        d.shutdown(flush_seconds=1)
+    st = mailbox_state(sessions)
+    assert st.last_error is not None and "membatasi koneksi" in st.last_error and "UNAVAILABLE" in st.last_error
+    assert d.runtimes["trenggalek"].gate.refused == 1
+    assert "Temporary authentication failure" in st.last_error or "UNAVAILABLE" in st.last_error
+
+
+def test_login_checks_for_check_config_connect(dovecot_oauth: OAuthDovecot, oauth_server: OAuthServer,
+                                               dovecot: Dovecot, tmp_path: Path) -> None:
+    from daemon.mailbox import check_login
+
+    user, refresh = new_user(dovecot_oauth, oauth_server, tmp_path)
+    cfg = imap_cfg(dovecot_oauth, oauth_server, user, refresh)
+    assert check_login(cfg, "", LazyTokens(cfg.oauth, user)) is None  # type: ignore[arg-type]
+    assert SmtpTransport(smtp_cfg(dovecot_oauth, oauth_server, user, refresh, "oauthbearer"), None).check_login() is None
+    # A password mailbox with the wrong password, and SMTP with a revoked token: why, in words.
+    plain = dovecot.new_user("biasa")
+    wrong = ImapConfig(host=dovecot.host, port=dovecot.imap_port, tls="none", user=plain.name)
+    assert "ditolak" in (check_login(wrong, "salah") or "")
+    assert check_login(wrong, plain.password) is None
+    oauth_server.revoke(user)
+    said = SmtpTransport(smtp_cfg(dovecot_oauth, oauth_server, user, refresh, "xoauth2"), None).check_login()
+    assert said is not None and "dicabut" in said
+
+
+def test_oauth_login_command_prints_the_code_and_stores_the_token(tmp_path: Path, oauth_server: OAuthServer,
+                                                                  smtp_relay: SmtpRelay, bind: Bind) -> None:
+    import subprocess
+
+    from daemon.localoffice import SUBDOMAIND, write_config
+
+    refresh = tmp_path / "cred" / "imap-refresh-token"
+    data = config_data(tmp_path / "office", smtp_port=smtp_relay.port, dns_port=bind.port, tsig_secret=bind.secret)
+    imap = data["agency"][0]["imap"]
+    del imap["password_file"]
+    imap.update(auth="oauth2", oauth=oauth_table(oauth_server, refresh))
+    path = write_config(tmp_path / "office" / "config.toml", data)
+    done = subprocess.run([str(SUBDOMAIND), "--config", str(path), "oauth", "login", "--agency", "trenggalek"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "WDJB-MJHT" in done.stdout and "0600" in done.stdout and "Traceback" not in done.stderr
+    assert refresh.stat().st_mode & 0o777 == 0o600 and refresh.read_text().startswith("rt-")
+    wrong = subprocess.run([str(SUBDOMAIND), "--config", str(path), "oauth", "login", "--agency", "tidakada"],
+                           capture_output=True, text=True, timeout=60)
+    assert wrong.returncode == 2 and "tidak ada agency" in wrong.stderr and "Traceback" not in wrong.stderr
