@@ -60,9 +60,10 @@ def plain_words(exc: BaseException | str) -> str:
 def classify(exc: BaseException) -> str:
     """"auth", "throttled" or "network" for an error of the IMAP library (see MailSourceError.kind)."""
     text = plain_words(exc).lower()
-    # RFC 5530 response codes; Microsoft 365 words its connection limits "throttled" or "[UNAVAILABLE]".
+    # RFC 5530 response codes ([UNAVAILABLE], [LIMIT]); Microsoft 365 words its throttling and connection
+    # limits "Request is throttled", "Server Unavailable. 15" or a BYE "Connection is closed. 13".
     if any(w in text for w in ("throttl", "too many", "[unavailable]", "server busy", "server unavailable",
-                               "limit exceeded", "[limit]")):
+                               "limit exceeded", "[limit]", "connection is closed")):
         return "throttled"
     if isinstance(exc, LoginError) or "authenticationfailed" in text or "authenticate failed" in text \
             or "authorizationfailed" in text or "invalid credentials" in text:

@@ -115,3 +115,23 @@ def test_five_minutes_of_run_with_a_wrong_password_make_at_most_four_logins(
     assert office.stop() == 0
     assert 1 <= attempts <= 4, office.log()
     assert attempts == 3  # at 0 s, 60 s and 180 s; the next at 420 s
+
+
+@pytest.mark.parametrize(("text", "kind"), [
+    ("b'[AUTHENTICATIONFAILED] Authentication failed.'", "auth"),
+    ("b'Request is throttled. Suggested Backoff Time: 6000 milliseconds'", "throttled"),
+    ("Connection is closed. 13", "throttled"),
+    ("b'[UNAVAILABLE] Temporary authentication failure. [mail:2026-12-06]'", "throttled"),
+    ("socket error: EOF", "network"),
+    ("Server shutting down.", "network"),
+])
+def test_server_words_are_sorted_and_shown_without_a_bytes_repr(text: str, kind: str) -> None:
+    """The words Microsoft 365, Dovecot and Zimbra use (the first and fourth are Dovecot's own, quoted
+    from its log above and in tests/test_oauth.py)."""
+    import imaplib
+
+    from daemon.mailbox import classify, plain_words
+
+    exc = imaplib.IMAP4.abort(text) if kind != "auth" else imaplib.IMAP4.error(text)
+    assert classify(exc) == kind
+    assert "b'" not in plain_words(exc)
