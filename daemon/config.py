@@ -64,6 +64,8 @@ class OAuthConfig(_Strict):
     mechanism: Literal["xoauth2", "oauthbearer"] = "xoauth2"
     client_id: str | None = None
     tenant: str | None = None  # Microsoft 365: the directory (tenant) id or domain
+    # Microsoft 365: the sign-in host; a national cloud's (https://login.microsoftonline.us) in its place
+    authority: str = "https://login.microsoftonline.com"
     token_url: str | None = None  # generic: the RFC 6749 token endpoint
     device_url: str | None = None  # generic: the RFC 8628 device authorization endpoint
     scope: str | None = None  # generic

@@ -1296,6 +1296,11 @@ class OAuthServer(_Server):
     def __init__(self, client_id: str = "subdomaind-test", client_secret: str = "rahasia-klien",  # noqa: S107 - a test server's
                  lifetime: float = 3600.0, *, base: Path) -> None:
         super().__init__(base, "oauth")
+        # The same endpoints over HTTPS on ``tls_port`` (``https_url``), trustme CA in ``ca_file``: msal
+        # talks to nothing else. Dovecot asks the plain ``url``.
+        self.tls_port = free_port()
+        self.ca_file, cert_file, key_file = _write_tls(self.dir / "tls")
+        self._cert = (cert_file, key_file)
         self.client_id = client_id
         self.client_secret = client_secret
         self.lifetime = lifetime
@@ -1308,15 +1313,20 @@ class OAuthServer(_Server):
         self.device_user = "admin@example.test"
         self.auto_approve = True
         self.introspection_down = False  # answer 503: Dovecot then says [UNAVAILABLE], as a throttled server
+        self.service_keys: dict[str, Any] = {}  # service account e-mail -> its public key (RFC 7523 grant)
         self.token_requests = 0
         self.introspections = 0
         self._events: list[str] = []
         self._httpd: Any = None
-        self._thread: threading.Thread | None = None
+        self._https: Any = None
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def https_url(self) -> str:
+        return f"https://{self.host}:{self.tls_port}"
 
     @property
     def running(self) -> bool:
@@ -1360,6 +1370,38 @@ class OAuthServer(_Server):
             if self.app_user == user:
                 self.app_user = None
 
+    def add_service_account(self, email: str) -> dict[str, str]:
+        """A service account key (Google's JSON key file format) whose JWTs this server accepts, acting
+        for any user named in ``sub`` (domain-wide delegation); remove it from ``service_keys`` to revoke."""
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
+        with self._lock:
+            self.service_keys[email] = key.public_key()
+        return {"type": "service_account", "project_id": "uji", "private_key_id": secrets.token_hex(8),
+                "private_key": pem, "client_email": email, "client_id": str(secrets.randbelow(10**20)),
+                "token_uri": f"{self.url}/token"}
+
+    def _jwt_user(self, assertion: str) -> str | None:
+        """RFC 7523 2.1: the JWT signed by a known service account, for this token endpoint; whom it acts for."""
+        import jwt
+
+        try:
+            issuer = jwt.decode(assertion, options={"verify_signature": False}).get("iss", "")
+            with self._lock:
+                public = self.service_keys.get(issuer)
+            if public is None:
+                return None
+            # google-auth names Google's own token endpoint as the audience wherever it sends the JWT.
+            claims = jwt.decode(assertion, public, algorithms=["RS256"],
+                                audience=[f"{self.url}/token", "https://oauth2.googleapis.com/token"])
+        except jwt.PyJWTError:
+            return None
+        return str(claims.get("sub") or issuer)
+
     def approve_devices(self) -> None:
         with self._lock:
             self.devices = {code: (user, True) for code, (user, _ok) in self.devices.items()}
@@ -1388,9 +1430,9 @@ class OAuthServer(_Server):
             return 404, {"error": "not_found"}
         with self._lock:
             self.token_requests += 1
-        if form.get("client_id") != self.client_id:
-            return 401, {"error": "invalid_client"}
         grant_type = form.get("grant_type")
+        if form.get("client_id") != self.client_id and grant_type != "urn:ietf:params:oauth:grant-type:jwt-bearer":
+            return 401, {"error": "invalid_client"}
         if grant_type == "refresh_token":
             with self._lock:
                 user = self.refresh.get(form.get("refresh_token", ""))
@@ -1400,6 +1442,11 @@ class OAuthServer(_Server):
             if form.get("client_secret") != self.client_secret or self.app_user is None:
                 return 401, {"error": "invalid_client"}
             user = self.app_user
+        elif grant_type == "urn:ietf:params:oauth:grant-type:jwt-bearer":
+            found = self._jwt_user(form.get("assertion", ""))
+            if found is None:
+                return 400, {"error": "invalid_grant", "error_description": "Invalid JWT Signature."}
+            user = found
         elif grant_type == "urn:ietf:params:oauth:grant-type:device_code":
             with self._lock:
                 entry = self.devices.get(form.get("device_code", ""))
@@ -1426,31 +1473,52 @@ class OAuthServer(_Server):
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                # OpenID Connect discovery (msal reads the token endpoint from it), for any tenant path.
+                if not self.path.endswith("/.well-known/openid-configuration"):
+                    self._send(404, {"error": "not_found"})
+                    return
+                base = server.https_url if self.server is server._https else server.url
+                self._send(200, {"issuer": base, "token_endpoint": f"{base}/token",
+                                 "authorization_endpoint": f"{base}/authorize",
+                                 "device_authorization_endpoint": f"{base}/device"})
+
             def do_POST(self) -> None:  # noqa: N802 - http.server's name
                 length = int(self.headers.get("Content-Length") or 0)
                 form = dict(urllib.parse.parse_qsl(self.rfile.read(length).decode("utf-8")))
-                status, body = server._answer(self.path.split("?")[0], form)
+                path = self.path.split("?")[0]
+                # Tenant-prefixed endpoints (/TENANT/oauth2/v2.0/token) as Microsoft's.
+                path = "/" + path.rsplit("/", 1)[-1] if path.endswith(("/token", "/devicecode")) else path
+                status, body = server._answer("/device" if path == "/devicecode" else path, form)
+                self._send(status, body)
+                server._log(f"{self.path} {form.get('grant_type', '')} -> {status}")
+
+            def _send(self, status: int, body: dict[str, Any]) -> None:
                 data = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
-                server._log(f"{self.path} {form.get('grant_type', '')} -> {status}")
 
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's name
                 return
 
         self._httpd = ThreadingHTTPServer((self.host, self.port), Handler)
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="oauth-server", daemon=True)
-        self._thread.start()
+        self._https = ThreadingHTTPServer((self.host, self.tls_port), Handler)
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(*self._cert)
+        self._https.socket = ctx.wrap_socket(self._https.socket, server_side=True)
+        for httpd in (self._httpd, self._https):
+            httpd.daemon_threads = True
+            threading.Thread(target=httpd.serve_forever, name="oauth-server", daemon=True).start()
 
     def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
+        for httpd in (self._httpd, self._https):
+            if httpd is not None:
+                httpd.shutdown()
+                httpd.server_close()
+        self._httpd = self._https = None
 
     def _log(self, line: str) -> None:
         with self._lock:

@@ -181,26 +181,31 @@ class Microsoft365:
     """msal: app-only client credentials (needs an Exchange application access policy and the mailbox
     registered as a service principal), or a delegated refresh token from `subdomaind oauth login`."""
 
-    def __init__(self, tenant: str, client_id: str, client_secret: str | None, refresh_token: str | None) -> None:
+    def __init__(self, tenant: str, client_id: str, client_secret: str | None, refresh_token: str | None,
+                 authority: str = MICROSOFT_AUTHORITY) -> None:
         import msal
 
         self.refresh_token = refresh_token
-        authority = MICROSOFT_AUTHORITY + tenant
+        url = authority.rstrip("/") + "/" + tenant
+        # Instance discovery asks login.microsoftonline.com about the authority: only for its own clouds.
+        known = authority.rstrip("/") + "/" == MICROSOFT_AUTHORITY
         self._app: Any
-        if refresh_token is None:
-            if not client_secret:
-                raise OAuthError("Microsoft 365 tanpa refresh token membutuhkan client secret (client credentials)")
-            self._app = msal.ConfidentialClientApplication(client_id, authority=authority,
-                                                           client_credential=client_secret)
-        elif client_secret:
-            self._app = msal.ConfidentialClientApplication(client_id, authority=authority,
-                                                           client_credential=client_secret)
+        if refresh_token is None and not client_secret:
+            raise OAuthError("Microsoft 365 tanpa refresh token membutuhkan client secret (client credentials)")
+        if client_secret:
+            self._app = msal.ConfidentialClientApplication(client_id, authority=url, client_credential=client_secret,
+                                                           instance_discovery=known)
         else:
-            self._app = msal.PublicClientApplication(client_id, authority=authority)
+            self._app = msal.PublicClientApplication(client_id, authority=url, instance_discovery=known)
 
     def __call__(self) -> Fetched:
         try:
             if self.refresh_token is None:
+                # msal answers from its own cache while a token lives; we ask only when ours was refused
+                # or is about to expire, so the cached one is dropped first.
+                cache = self._app.token_cache
+                for old in list(cache.search(cache.CredentialType.ACCESS_TOKEN)):
+                    cache.remove_at(old)
                 answer = self._app.acquire_token_for_client(scopes=MICROSOFT_SCOPES["app"])
             else:
                 answer = self._app.acquire_token_by_refresh_token(
@@ -218,7 +223,7 @@ class Google:
     own refresh token."""
 
     def __init__(self, user: str, *, service_account_file: Path | None, client_id: str | None,
-                 client_secret: str | None, refresh_token: str | None) -> None:
+                 client_secret: str | None, refresh_token: str | None, token_url: str = GOOGLE_TOKEN_URL) -> None:
         self._creds: Any
         if service_account_file is not None:
             from google.oauth2 import service_account
@@ -233,7 +238,7 @@ class Google:
 
             if not (refresh_token and client_id):
                 raise OAuthError("Google membutuhkan service_account_file, atau client_id dan refresh token")
-            self._creds = credentials.Credentials(None, refresh_token=refresh_token, token_uri=GOOGLE_TOKEN_URL,
+            self._creds = credentials.Credentials(None, refresh_token=refresh_token, token_uri=token_url,
                                                   client_id=client_id, client_secret=client_secret,
                                                   scopes=[GOOGLE_SCOPE])
 
@@ -265,12 +270,13 @@ def token_source(cfg: OAuthConfig, user: str) -> CachedTokens:
         if not cfg.client_id:
             raise OAuthError("Microsoft 365 membutuhkan client_id (Application ID dari pendaftaran aplikasi)")
         fetch = Microsoft365(cfg.tenant or "organizations", cfg.client_id, secret,
-                             None if cfg.flow == "client_credentials" else refresh)
+                             None if cfg.flow == "client_credentials" else refresh, cfg.authority)
         if cfg.flow != "client_credentials" and not refresh:
             raise OAuthError("refresh token belum ada: jalankan `subdomaind oauth login --agency ID`")
     elif cfg.provider == "google":
         fetch = Google(user, service_account_file=cfg.resolved(cfg.service_account_file),
-                       client_id=cfg.client_id, client_secret=secret, refresh_token=refresh)
+                       client_id=cfg.client_id, client_secret=secret, refresh_token=refresh,
+                       token_url=cfg.token_url or GOOGLE_TOKEN_URL)
     else:
         if not cfg.token_url or not cfg.client_id:
             raise OAuthError("penyedia generic membutuhkan token_url dan client_id")
@@ -297,7 +303,7 @@ class DeviceEndpoints:
 
 def device_endpoints(cfg: OAuthConfig) -> DeviceEndpoints:
     if cfg.provider == "microsoft365":
-        base = f"{MICROSOFT_AUTHORITY}{cfg.tenant or 'organizations'}/oauth2/v2.0"
+        base = f"{cfg.authority.rstrip('/')}/{cfg.tenant or 'organizations'}/oauth2/v2.0"
         return DeviceEndpoints(f"{base}/devicecode", f"{base}/token", " ".join(MICROSOFT_SCOPES["delegated"]))
     if cfg.provider == "google":
         return DeviceEndpoints(GOOGLE_DEVICE_URL, GOOGLE_TOKEN_URL, GOOGLE_SCOPE)

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from daemon.config import ImapConfig, OAuthConfig, SmtpConfig, parse_config
 from daemon.devservers import Bind, Dovecot, OAuthDovecot, OAuthServer, SmtpRelay
 from daemon.localoffice import config_data
-from daemon.mailbox import ImapSource, MailSourceError, open_imap
+from daemon.mailbox import ImapSource, MailSourceError, check_login, open_imap
 from daemon.oauth import CachedTokens, GenericRefresh, LazyTokens, OAuthError, device_login, token_source
 from daemon.outbox import SendError, SmtpTransport
 from daemon.service import Daemon
@@ -260,7 +260,6 @@ def test_server_unavailable_backs_off_a_minute_not_a_storm(tmp_path: Path, dovec
 
 def test_login_checks_for_check_config_connect(dovecot_oauth: OAuthDovecot, oauth_server: OAuthServer,
                                                dovecot: Dovecot, tmp_path: Path) -> None:
-    from daemon.mailbox import check_login
 
     user, refresh = new_user(dovecot_oauth, oauth_server, tmp_path)
     cfg = imap_cfg(dovecot_oauth, oauth_server, user, refresh)
@@ -296,3 +295,92 @@ def test_oauth_login_command_prints_the_code_and_stores_the_token(tmp_path: Path
     wrong = subprocess.run([str(SUBDOMAIND), "--config", str(path), "oauth", "login", "--agency", "tidakada"],
                            capture_output=True, text=True, timeout=60)
     assert wrong.returncode == 2 and "tidak ada agency" in wrong.stderr and "Traceback" not in wrong.stderr
+
+
+def test_google_service_account_with_domain_wide_delegation_logs_in(
+        dovecot_oauth: OAuthDovecot, oauth_server: OAuthServer, tmp_path: Path) -> None:
+    """google-auth signs an RFC 7523 JWT naming the mailbox user (`sub`); the token it gets opens the
+    mailbox. The key file's token_uri points at the local authorization server."""
+    import json
+
+    user = dovecot_oauth.new_user("layanan").address
+    key_file = tmp_path / "google-service-account.json"
+    key_file.write_text(json.dumps(oauth_server.add_service_account("subdomaind@uji.iam.gserviceaccount.com")))
+    key_file.chmod(0o600)
+    cfg = ImapConfig.model_validate({
+        "provider": "google", "host": dovecot_oauth.host, "port": dovecot_oauth.imap_port, "tls": "none",
+        "user": user, "auth": "oauth2",
+        "oauth": {"provider": "google", "flow": "service_account", "service_account_file": str(key_file)}})
+    tokens = LazyTokens(cfg.oauth, user)  # type: ignore[arg-type]
+    open_imap(cfg, "", tokens).logout()
+    assert oauth_server.live_tokens(user) == [tokens.token()]
+    oauth_server.service_keys.clear()  # the delegation withdrawn in the Admin console
+    oauth_server.expire(user)
+    with pytest.raises(MailSourceError) as err:
+        open_imap(cfg, "", tokens)
+    assert err.value.kind == "auth" and "Google menolak" in str(err.value)
+
+
+def test_google_refresh_token_logs_in(dovecot_oauth: OAuthDovecot, oauth_server: OAuthServer, tmp_path: Path) -> None:
+    user, refresh = new_user(dovecot_oauth, oauth_server, tmp_path)
+    secret = tmp_path / "client-secret"
+    secret.write_text(oauth_server.client_secret)
+    cfg = ImapConfig.model_validate({
+        "provider": "google", "host": dovecot_oauth.host, "port": dovecot_oauth.imap_port, "tls": "none",
+        "user": user, "auth": "oauth2",
+        "oauth": {"provider": "google", "client_id": oauth_server.client_id, "client_secret_file": str(secret),
+                  "refresh_token_file": str(refresh), "token_url": f"{oauth_server.url}/token",
+                  "mechanism": "oauthbearer"}})
+    assert check_login(cfg, "", LazyTokens(cfg.oauth, user)) is None  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def trust_oauth_https(oauth_server: OAuthServer, monkeypatch: pytest.MonkeyPatch) -> OAuthServer:
+    """msal (requests) and urllib trust the local authorization server's CA, as they trust Microsoft's."""
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(oauth_server.ca_file))
+    monkeypatch.setenv("SSL_CERT_FILE", str(oauth_server.ca_file))
+    return oauth_server
+
+
+def m365_cfg(server: OAuthDovecot, oauth: OAuthServer, user: str, **table: object) -> ImapConfig:
+    return ImapConfig.model_validate({
+        "provider": "microsoft365", "host": server.host, "port": server.imap_port, "tls": "none", "user": user,
+        "auth": "oauth2", "oauth": {"provider": "microsoft365", "tenant": "dinas-uji", "client_id": oauth.client_id,
+                                    "authority": oauth.https_url, **table}})
+
+
+def test_microsoft365_client_credentials_through_msal(dovecot_oauth: OAuthDovecot, trust_oauth_https: OAuthServer,
+                                                      tmp_path: Path) -> None:
+    """App-only access: msal's client credentials grant at the tenant's authority; a refused token makes
+    msal ask again rather than answer from its own cache."""
+    oauth = trust_oauth_https
+    user = dovecot_oauth.new_user("layanan").address
+    secret = tmp_path / "m365-client-secret"
+    secret.write_text(oauth.client_secret + "\n")
+    oauth.app_user = user  # the Exchange application access policy: this app, this mailbox
+    cfg = m365_cfg(dovecot_oauth, oauth, user, flow="client_credentials", client_secret_file=str(secret))
+    tokens = LazyTokens(cfg.oauth, user)  # type: ignore[arg-type]
+    assert check_login(cfg, "", tokens) is None
+    first = tokens.token()
+    oauth.expire(user)
+    assert check_login(cfg, "", tokens) is None
+    assert tokens.token() != first
+
+
+def test_microsoft365_refresh_token_through_msal_and_device_login(dovecot_oauth: OAuthDovecot,
+                                                                  trust_oauth_https: OAuthServer,
+                                                                  tmp_path: Path) -> None:
+    oauth = trust_oauth_https
+    user = dovecot_oauth.new_user("layanan").address
+    oauth.device_user = user
+    refresh = tmp_path / "imap-refresh-token"
+    cfg = m365_cfg(dovecot_oauth, oauth, user, refresh_token_file=str(refresh))
+    shown: list[str] = []
+    from daemon.oauth import store_refresh_token
+
+    store_refresh_token(refresh, device_login(cfg.oauth, shown.append, sleep=lambda _s: None))  # type: ignore[arg-type]
+    assert "WDJB-MJHT" in shown[0]
+    assert check_login(cfg, "", LazyTokens(cfg.oauth, user)) is None  # type: ignore[arg-type]
+    oauth.revoke(user)
+    said = check_login(cfg, "", LazyTokens(cfg.oauth, user))  # type: ignore[arg-type]
+    assert said is not None and "dicabut" in said and "invalid_grant" in said
