@@ -166,6 +166,8 @@ def status_data(cfg: Config, sessions: Any) -> dict[str, Any]:
                 "last_ok_at": st.last_ok_at.isoformat() if st.last_ok_at else None,
                 "failing_since": st.failing_since.isoformat() if st.failing_since else None,
                 "last_error": st.last_error,
+                # After a refused or throttled login nobody logs in to the mailbox before this time.
+                "backoff_until": st.backoff_until.isoformat() if st.backoff_until else None,
             })
         for status, n in s.execute(select(Outbox.status, func.count()).group_by(Outbox.status)).all():
             out["outbox"][status] = n

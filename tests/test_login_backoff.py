@@ -77,6 +77,8 @@ def test_wrong_password_costs_one_login_then_waits_even_across_a_restart(wrong_p
     assert "kata sandi atau token salah" in st.last_error and "b'" not in st.last_error
     left = (st.backoff_until - datetime.now(UTC)).total_seconds()
     assert 20 < left <= 60
+    shown = office.cli("status", "--json").stdout
+    assert "kata sandi atau token salah" in shown and "backoff_until" in shown
     # A restart (systemd's, after a crash) keeps to the backoff: no fresh burst.
     office.start()
     time.sleep(8)
