@@ -73,7 +73,7 @@ UPDATE_POLICY_TEMPLATE = """update-policy {
 };"""
 
 #: Apt packages that provide the binaries :func:`missing_binaries` looks for.
-APT_PACKAGES = "dovecot-imapd dovecot-lmtpd bind9 bind9-utils bind9-dnsutils postgresql util-linux"
+APT_PACKAGES = "dovecot-imapd dovecot-lmtpd dovecot-submissiond bind9 bind9-utils bind9-dnsutils postgresql util-linux"
 
 _SBIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _READY_TIMEOUT = 15.0
