@@ -188,7 +188,7 @@ def pytest_runtest_makereport(
     report = yield
     if report.failed:
         for name, value in getattr(item, "funcargs", {}).items():
-            if isinstance(value, Dovecot | Bind | Postgres | SmtpRelay):
+            if isinstance(value, Dovecot | Bind | Postgres | SmtpRelay | OAuthServer):
                 report.sections.append((f"{name} log (tail)", value.log_text()[-6000:]))
     return report
 
