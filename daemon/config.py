@@ -423,7 +423,7 @@ def _semantic_problems(cfg: Config, base_dir: Path | None) -> list[str]:
         if ag.imap.tls == "none" and not _loopback(ag.imap.host):
             problems.append(f"{key}.imap.tls: 'none' is only allowed to a loopback host, not {ag.imap.host!r}")
         if ag.imap.auth == "oauth2":
-            pass  # the token source's secrets are checked when it is built (daemon/oauth.py)
+            problems += _oauth_problems(f"{key}.imap.oauth", ag.imap.oauth)
         elif ag.imap.password_file is None and ag.imap.password_env is None:
             problems.append(f"{key}.imap: set password_file or password_env (never inline)")
         elif ag.imap.password_file is not None and not _readable(ag.imap.password_file):
@@ -448,6 +448,8 @@ def _semantic_problems(cfg: Config, base_dir: Path | None) -> list[str]:
     if (cfg.smtp.user and cfg.smtp.auth == "password" and cfg.smtp.password_file is None
             and cfg.smtp.password_env is None):
         problems.append("smtp: a user is set; set password_file or password_env too")
+    if cfg.smtp.auth == "oauth2":
+        problems += _oauth_problems("smtp.oauth", cfg.smtp.oauth)
     if cfg.smtp.password_file is not None and not _readable(cfg.smtp.password_file):
         problems.append(f"smtp.password_file: cannot read {cfg.smtp.password_file}")
     if cfg.smtp.tls == "none" and not _loopback(cfg.smtp.host):
@@ -455,6 +457,17 @@ def _semantic_problems(cfg: Config, base_dir: Path | None) -> list[str]:
     if cfg.hosting.backend == "command" and not cfg.hosting.argv:
         problems.append("hosting.argv: the command backend needs an argv template")
     return problems
+
+
+def _oauth_problems(key: str, oauth: OAuthConfig | None) -> list[str]:
+    """The OAuth secrets a login will read. The refresh token may still be missing: `oauth login` writes it,
+    and until then the mailbox's login fails with that advice."""
+    if oauth is None:
+        return []
+    return [f"{key}.{label}: cannot read {path}"
+            for label, path in (("client_secret_file", oauth.client_secret_file),
+                                ("service_account_file", oauth.service_account_file))
+            if path is not None and not _readable(path)]
 
 
 def _loopback(host: str) -> bool:

@@ -269,10 +269,10 @@ def token_source(cfg: OAuthConfig, user: str) -> CachedTokens:
     if cfg.provider == "microsoft365":
         if not cfg.client_id:
             raise OAuthError("Microsoft 365 membutuhkan client_id (Application ID dari pendaftaran aplikasi)")
-        fetch = Microsoft365(cfg.tenant or "organizations", cfg.client_id, secret,
-                             None if cfg.flow == "client_credentials" else refresh, cfg.authority)
         if cfg.flow != "client_credentials" and not refresh:
             raise OAuthError("refresh token belum ada: jalankan `subdomaind oauth login --agency ID`")
+        fetch = Microsoft365(cfg.tenant or "organizations", cfg.client_id, secret,
+                             None if cfg.flow == "client_credentials" else refresh, cfg.authority)
     elif cfg.provider == "google":
         fetch = Google(user, service_account_file=cfg.resolved(cfg.service_account_file),
                        client_id=cfg.client_id, client_secret=secret, refresh_token=refresh,

@@ -644,6 +644,8 @@ class Daemon:
             try:
                 try:
                     src.connect()
+                except MailSourceError:
+                    raise  # the attempt ends in gate.failed below
                 except BaseException:
                     rt.gate.release()
                     raise

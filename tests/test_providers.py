@@ -3,6 +3,8 @@ RFC 2177's 29 minutes. (Gmail's labels-as-folders: tests/test_intake.py.)"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -46,3 +48,19 @@ def test_idle_is_reissued_within_29_minutes() -> None:
     ImapConfig.model_validate({"host": "h", "user": "u", "idle_refresh_seconds": 1740})
     with pytest.raises(ValidationError):
         ImapConfig.model_validate({"host": "h", "user": "u", "idle_refresh_seconds": 1800})
+
+
+def test_check_config_names_an_unreadable_oauth_secret(tmp_path: Path) -> None:
+    from daemon.config import ConfigError, parse_config
+    from daemon.localoffice import config_data
+
+    data = config_data(tmp_path)
+    imap = data["agency"][0]["imap"]
+    del imap["password_file"]
+    imap.update(auth="oauth2", oauth={"provider": "microsoft365", "client_id": "x", "flow": "client_credentials",
+                                      "client_secret_file": str(tmp_path / "tidak-ada")})
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    assert err.value.problems == [f"agency[0].imap.oauth.client_secret_file: cannot read {tmp_path / 'tidak-ada'}"]
+    (tmp_path / "tidak-ada").write_text("rahasia")
+    assert parse_config(data).agencies[0].imap.auth == "oauth2"
