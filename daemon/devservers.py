@@ -1312,6 +1312,7 @@ class OAuthServer(_Server):
         self.devices: dict[str, tuple[str, bool]] = {}  # device code -> (user, approved)
         self.device_user = "admin@example.test"
         self.auto_approve = True
+        self.rotate = False  # each refresh answers with a new refresh token and retires the old one
         self.introspection_down = False  # answer 503: Dovecot then says [UNAVAILABLE], as a throttled server
         self.service_keys: dict[str, Any] = {}  # service account e-mail -> its public key (RFC 7523 grant)
         self.token_requests = 0
@@ -1438,6 +1439,11 @@ class OAuthServer(_Server):
                 user = self.refresh.get(form.get("refresh_token", ""))
             if user is None:
                 return 400, {"error": "invalid_grant", "error_description": "refresh token revoked or unknown"}
+            if self.rotate:
+                with self._lock:
+                    del self.refresh[form["refresh_token"]]
+                return 200, {"access_token": self.issue_access(user), "token_type": "Bearer",
+                             "expires_in": int(self.lifetime), "refresh_token": self.issue_refresh(user)}
         elif grant_type == "client_credentials":
             if form.get("client_secret") != self.client_secret or self.app_user is None:
                 return 401, {"error": "invalid_client"}

@@ -150,6 +150,7 @@ class GenericRefresh:
         self.client_secret = client_secret
         self.refresh_token = refresh_token
         self.scope = scope
+        self.on_rotate: Callable[[str], None] = _ignore
 
     def __call__(self) -> Fetched:
         fields = {"grant_type": "refresh_token", "refresh_token": self.refresh_token, "client_id": self.client_id}
@@ -158,8 +159,9 @@ class GenericRefresh:
         if self.scope:
             fields["scope"] = self.scope
         got = _check(_post_form(self.token_url, fields), self.token_url)
-        if got.refresh_token:
+        if got.refresh_token and got.refresh_token != self.refresh_token:
             self.refresh_token = got.refresh_token  # rotated (RFC 6749 section 6): the old one may be dead now
+            self.on_rotate(got.refresh_token)
         return got
 
 
@@ -186,6 +188,7 @@ class Microsoft365:
         import msal
 
         self.refresh_token = refresh_token
+        self.on_rotate: Callable[[str], None] = _ignore
         url = authority.rstrip("/") + "/" + tenant
         # Instance discovery asks login.microsoftonline.com about the authority: only for its own clouds.
         known = authority.rstrip("/") + "/" == MICROSOFT_AUTHORITY
@@ -213,8 +216,10 @@ class Microsoft365:
         except (OSError, ValueError) as exc:  # requests' errors are OSErrors; a bad authority a ValueError
             raise OAuthError(f"Microsoft 365 tidak dapat dihubungi: {exc}") from exc
         got = _check(dict(answer or {}), "Microsoft 365")
-        if got.refresh_token:
+        if got.refresh_token and self.refresh_token is not None and got.refresh_token != self.refresh_token:
+            # Each use gives a new refresh token; the first one dies 90 days after it was issued.
             self.refresh_token = got.refresh_token
+            self.on_rotate(got.refresh_token)
         return got
 
 
@@ -260,11 +265,42 @@ class Google:
         return Fetched(str(self._creds.token), life)
 
 
-def token_source(cfg: OAuthConfig, user: str) -> CachedTokens:
+def _ignore(_token: str) -> None:
+    return None
+
+
+def _newest_refresh_token(cfg: OAuthConfig, keep: Path | None) -> str | None:
+    """The configured refresh token, or the rotated one kept in `keep` when that was written later (a
+    fresh `oauth login` writes the configured file, and then wins)."""
+    configured = cfg.read_refresh_token()
+    if keep is None or not keep.exists():
+        return configured
+    path = cfg.resolved(cfg.refresh_token_file)
+    try:
+        newer = path is None or not path.exists() or keep.stat().st_mtime >= path.stat().st_mtime
+        return (keep.read_text(encoding="utf-8").strip() or configured) if newer else configured
+    except OSError:
+        return configured
+
+
+def _keeper(keep: Path | None) -> Callable[[str], None]:
+    def save(token: str) -> None:
+        if keep is None:
+            return
+        try:
+            store_refresh_token(keep, token)
+        except OSError as exc:  # the token in memory still works; only a restart would need the file
+            log.warning("rotated refresh token could not be kept in %s: %s", keep, exc.strerror)
+
+    return save
+
+
+def token_source(cfg: OAuthConfig, user: str, keep: Path | None = None) -> CachedTokens:
     """The token source a mailbox's or SMTP's `[oauth]` table describes; secrets read now (files or
-    systemd credentials, like passwords)."""
+    systemd credentials, like passwords). A refresh token the issuer rotates is kept in `keep` (mode 0600,
+    under the state directory: the credentials directory is read-only to the service)."""
     secret = cfg.read_client_secret()
-    refresh = cfg.read_refresh_token()
+    refresh = _newest_refresh_token(cfg, keep)
     fetch: Callable[[], Fetched]
     if cfg.provider == "microsoft365":
         if not cfg.client_id:
@@ -288,6 +324,8 @@ def token_source(cfg: OAuthConfig, user: str) -> CachedTokens:
             if not refresh:
                 raise OAuthError("refresh token belum ada: jalankan `subdomaind oauth login --agency ID`")
             fetch = GenericRefresh(cfg.token_url, cfg.client_id, secret, refresh, cfg.scope)
+    if isinstance(fetch, GenericRefresh | Microsoft365):
+        fetch.on_rotate = _keeper(keep)
     return CachedTokens(fetch)
 
 
@@ -356,7 +394,7 @@ def store_refresh_token(path: Path, token: str) -> None:
     """Write the refresh token readable by its owner only (0600), replacing the old one atomically."""
     import os
 
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # a new directory: the owner's only
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -381,9 +419,10 @@ class LazyTokens:
     (before `subdomaind oauth login`) is then a refused login with its reason, under the login backoff,
     instead of a daemon that cannot start."""
 
-    def __init__(self, cfg: OAuthConfig, user: str) -> None:
+    def __init__(self, cfg: OAuthConfig, user: str, keep: Path | None = None) -> None:
         self.cfg = cfg
         self.user = user
+        self.keep = keep  # where a rotated refresh token is kept (token_source)
         self._lock = threading.Lock()
         self._inner: CachedTokens | None = None
 
@@ -391,7 +430,7 @@ class LazyTokens:
         with self._lock:
             if self._inner is None:
                 try:
-                    self._inner = token_source(self.cfg, self.user)
+                    self._inner = token_source(self.cfg, self.user, self.keep)
                 except OSError as exc:
                     raise OAuthError(f"rahasia OAuth tidak dapat dibaca: {exc}") from exc
             return self._inner

@@ -223,11 +223,15 @@ class Daemon:
 
     def _build(self, config: Config) -> tuple[Transport, dict[str, AgencyRuntime]]:
         smtp_password = config.smtp.read_secret() if config.smtp.user else None
+        kept = config.state_dir / "oauth"  # rotated refresh tokens (daemon/oauth.py token_source)
+        smtp_tokens = (LazyTokens(config.smtp.oauth, config.smtp.user, kept / "smtp-refresh-token")
+                       if config.smtp.oauth and config.smtp.auth == "oauth2" and config.smtp.user else None)
         transport = self._given_transport or SmtpTransport(
-            config.smtp, smtp_password, helo_name=config.agencies[0].address.rpartition("@")[2])
+            config.smtp, smtp_password, helo_name=config.agencies[0].address.rpartition("@")[2], tokens=smtp_tokens)
         runtimes: dict[str, AgencyRuntime] = {}
         for ag in config.agencies:
-            tokens = LazyTokens(ag.imap.oauth, ag.imap.user) if ag.imap.oauth and ag.imap.auth == "oauth2" else None
+            tokens = (LazyTokens(ag.imap.oauth, ag.imap.user, kept / f"{ag.id}-imap-refresh-token")
+                      if ag.imap.oauth and ag.imap.auth == "oauth2" else None)
             src = self._given_sources.get(ag.id) or ImapSource(
                 ag.imap, "" if tokens else ag.imap.read_secret() or "", self.spool_dir, tokens)
             svc = self._given_services.get(ag.id) or build_services(config, ag)

@@ -384,3 +384,27 @@ def test_microsoft365_refresh_token_through_msal_and_device_login(dovecot_oauth:
     oauth.revoke(user)
     said = check_login(cfg, "", LazyTokens(cfg.oauth, user))  # type: ignore[arg-type]
     assert said is not None and "dicabut" in said and "invalid_grant" in said
+
+
+def test_a_rotated_refresh_token_is_kept_for_the_next_start(dovecot_oauth: OAuthDovecot, oauth_server: OAuthServer,
+                                                            tmp_path: Path) -> None:
+    """An issuer that rotates refresh tokens (RFC 6749 6, Microsoft 365 every time) retires the one in the
+    credentials directory: the new one is kept 0600 under the state directory and used after a restart,
+    until a later `oauth login` writes the configured file again."""
+    import time
+
+    user, refresh = new_user(dovecot_oauth, oauth_server, tmp_path)
+    keep = tmp_path / "state" / "oauth" / "trenggalek-imap-refresh-token"
+    cfg = imap_cfg(dovecot_oauth, oauth_server, user, refresh)
+    oauth_server.rotate = True
+    try:
+        assert check_login(cfg, "", LazyTokens(cfg.oauth, user, keep)) is None  # type: ignore[arg-type]
+        assert keep.stat().st_mode & 0o777 == 0o600 and keep.read_text() != refresh.read_text()
+        # The daemon restarts: the configured token is dead, the kept one works (and rotates again).
+        assert check_login(cfg, "", LazyTokens(cfg.oauth, user, keep)) is None  # type: ignore[arg-type]
+        assert "invalid_grant" in (check_login(cfg, "", LazyTokens(cfg.oauth, user)) or "")  # type: ignore[arg-type]
+        time.sleep(0.05)
+        refresh.write_text(oauth_server.issue_refresh(user))  # `oauth login` again: the newer file wins
+        assert check_login(cfg, "", LazyTokens(cfg.oauth, user, keep)) is None  # type: ignore[arg-type]
+    finally:
+        oauth_server.rotate = False
