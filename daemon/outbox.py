@@ -103,13 +103,13 @@ class SmtpTransport:
         fresh one tried once more (RFC 4954: the server answers 535 and the session goes on)."""
         cfg = self.cfg
         if self.tokens is None or cfg.oauth is None or not cfg.user:
-            raise _LoginRefused("auth = oauth2 tanpa sumber token")
+            raise LoginRefused("auth = oauth2 tanpa sumber token")
         mechanism = cfg.oauth.mechanism
         for attempt in (1, 2):
             try:
                 token = await asyncio.to_thread(self.tokens.token)  # may ask the token endpoint
             except OAuthError as exc:
-                raise _LoginRefused(str(exc)) from exc
+                raise LoginRefused(str(exc)) from exc
             initial = b64(sasl_initial(mechanism, cfg.user, token, cfg.host, cfg.port)).encode()
             reply = await client.execute_command(b"AUTH", mechanism.upper().encode(), initial)
             if reply.code == 334:  # the error challenge (RFC 7628 3.2.2): an empty line gets the final reply
@@ -118,7 +118,7 @@ class SmtpTransport:
                 return
             self.tokens.invalidate()
             if attempt == 2:
-                raise _LoginRefused(f"SMTP {reply.code}: {reply.message}")
+                raise LoginRefused(f"SMTP {reply.code}: {reply.message}")
 
     async def _take(self) -> aiosmtplib.SMTP:
         while self._idle:
@@ -151,7 +151,7 @@ class SmtpTransport:
             refused = {r.recipient: (r.code, r.message) for r in exc.recipients}
             return SendError(f"penerima ditolak: {refused}",
                              permanent=all(500 <= r.code < 600 for r in exc.recipients))
-        except _LoginRefused as exc:
+        except LoginRefused as exc:
             # Not this mail's fault: the login itself was refused. The pass ends and the mail waits.
             return SendError(f"login SMTP ditolak: {exc}. Periksa kata sandi atau izin OAuth "
                              "(token dicabut? jalankan `subdomaind oauth login`).",
@@ -201,9 +201,9 @@ class SmtpTransport:
         unreachable the mails not yet begun are not tried (NotTried): they would wait out the same timeout."""
         return list(self._run(self._send_all(mails)))
 
-    def check_login(self) -> str | None:
-        """Connect, log in (password or OAuth) and QUIT: None when that worked, else why, in plain words.
-        `check-config --connect` calls it."""
+    def try_login(self) -> BaseException | None:
+        """Connect, log in (password or OAuth) and QUIT, as the outbox does: None when that worked, else the
+        error (`LoginRefused`, aiosmtplib's, OSError). `check-config --connect` words it."""
 
         async def probe() -> None:
             client = await self._connect()
@@ -211,17 +211,24 @@ class SmtpTransport:
 
         try:
             self._run(probe())
-        except _LoginRefused as exc:
-            return f"login SMTP ditolak: {exc}"
-        except aiosmtplib.SMTPAuthenticationError as exc:
-            return f"login SMTP ditolak ({exc.code} {exc.message}): periksa kata sandi"
-        except aiosmtplib.SMTPResponseException as exc:
-            return f"SMTP {self.cfg.host}:{self.cfg.port} menjawab {exc.code} {exc.message}"
-        except (TimeoutError, aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
-            return f"SMTP {self.cfg.host}:{self.cfg.port} tidak dapat dihubungi: {exc}"
+        except (LoginRefused, TimeoutError, aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
+            return exc
         finally:
             self.close()
         return None
+
+    def check_login(self) -> str | None:
+        """`try_login`'s outcome in plain words, or None."""
+        exc = self.try_login()
+        if exc is None:
+            return None
+        if isinstance(exc, LoginRefused):
+            return f"login SMTP ditolak: {exc}"
+        if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+            return f"login SMTP ditolak ({exc.code} {exc.message}): periksa kata sandi"
+        if isinstance(exc, aiosmtplib.SMTPResponseException):
+            return f"SMTP {self.cfg.host}:{self.cfg.port} menjawab {exc.code} {exc.message}"
+        return f"SMTP {self.cfg.host}:{self.cfg.port} tidak dapat dihubungi: {exc}"
 
     def close(self) -> None:
         if self._loop is None or self._loop.is_closed():
@@ -239,8 +246,9 @@ class SmtpTransport:
                 self._loop = None
 
 
-class _LoginRefused(Exception):
-    """The SMTP server refused our OAuth login (after one fresh token), or no token could be had."""
+class LoginRefused(Exception):
+    """The SMTP server refused our OAuth login (after one fresh token), or no token could be had; the text
+    says why in plain words."""
 
 
 async def _quit(client: aiosmtplib.SMTP) -> None:

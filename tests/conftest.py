@@ -149,7 +149,7 @@ def dovecot_oauth(servers_root: Path, oauth_server: OAuthServer, smtp_relay: Smt
     _require("dovecot")
     if not Path("/usr/lib/dovecot/submission").exists():
         pytest.fail("the OAuth tests need dovecot-submissiond (`make test` installs it)", pytrace=False)
-    server = OAuthDovecot(servers_root, "oauth.test", oauth_server, smtp_relay.port)
+    server = OAuthDovecot(servers_root, "m365.trenggalekkab.go.id", oauth_server, smtp_relay.port)
     with _started(server):
         yield server
 

@@ -408,3 +408,35 @@ def test_a_rotated_refresh_token_is_kept_for_the_next_start(dovecot_oauth: OAuth
         assert check_login(cfg, "", LazyTokens(cfg.oauth, user, keep)) is None  # type: ignore[arg-type]
     finally:
         oauth_server.rotate = False
+
+
+def test_check_config_connect_logs_in_by_oauth(tmp_path: Path, dovecot_oauth: OAuthDovecot,
+                                               oauth_server: OAuthServer, smtp_relay: SmtpRelay, bind: Bind) -> None:
+    """`check-config --connect` logs in to the mailbox and to SMTP submission the way the daemon does."""
+    import subprocess
+
+    from daemon.localoffice import SUBDOMAIND, write_config
+
+    user, refresh = new_user(dovecot_oauth, oauth_server, tmp_path)
+    data = config_data(tmp_path / "office", imap_port=dovecot_oauth.imap_port, imap_user=user, mailbox=user,
+                       smtp_port=dovecot_oauth.submission_port, dns_port=bind.port, tsig_secret=bind.secret)
+    imap = data["agency"][0]["imap"]
+    del imap["password_file"]
+    imap.update(auth="oauth2", oauth=oauth_table(oauth_server, refresh))
+    data["smtp"].update(user=user, auth="oauth2", oauth=oauth_table(oauth_server, refresh, mechanism="oauthbearer"))
+    path = write_config(tmp_path / "office" / "config.toml", data)
+
+    def connect() -> list[str]:
+        done = subprocess.run([str(SUBDOMAIND), "check-config", "--connect", str(path)], capture_output=True,
+                              text=True, timeout=120)
+        assert "Traceback" not in done.stdout + done.stderr, done.stderr
+        assert len(done.stdout.splitlines()) > 2, (done.stdout, done.stderr)
+        return done.stdout.splitlines()[1:3]
+
+    imap_line, smtp_line = connect()
+    assert imap_line.startswith("OK    IMAP") and "OAuth 2.0 XOAUTH2" in imap_line, imap_line
+    assert smtp_line.startswith("OK    SMTP") and "(OAuth 2.0)" in smtp_line, smtp_line
+    oauth_server.revoke(user)
+    imap_line, smtp_line = connect()
+    assert imap_line.startswith("GAGAL IMAP") and "dicabut" in imap_line and "oauth login" in imap_line, imap_line
+    assert smtp_line.startswith("GAGAL SMTP") and "dicabut" in smtp_line, smtp_line

@@ -50,17 +50,25 @@ def test_idle_is_reissued_within_29_minutes() -> None:
         ImapConfig.model_validate({"host": "h", "user": "u", "idle_refresh_seconds": 1800})
 
 
-def test_check_config_names_an_unreadable_oauth_secret(tmp_path: Path) -> None:
-    from daemon.config import ConfigError, parse_config
+def test_check_config_names_an_unreadable_or_open_oauth_secret(tmp_path: Path) -> None:
+    from daemon.config import parse_config
     from daemon.localoffice import config_data
+    from daemon.validate import problems
 
     data = config_data(tmp_path)
     imap = data["agency"][0]["imap"]
     del imap["password_file"]
+    secret = tmp_path / "m365-client-secret"
     imap.update(auth="oauth2", oauth={"provider": "microsoft365", "client_id": "x", "flow": "client_credentials",
-                                      "client_secret_file": str(tmp_path / "tidak-ada")})
-    with pytest.raises(ConfigError) as err:
-        parse_config(data)
-    assert err.value.problems == [f"agency[0].imap.oauth.client_secret_file: cannot read {tmp_path / 'tidak-ada'}"]
-    (tmp_path / "tidak-ada").write_text("rahasia")
-    assert parse_config(data).agencies[0].imap.auth == "oauth2"
+                                      "client_secret_file": str(secret),
+                                      "refresh_token_file": str(tmp_path / "belum-login")})
+    cfg = parse_config(data)
+    assert [p for p in problems(cfg) if "oauth" in p] == [
+        f"agency[0].imap.oauth.client_secret_file: cannot read {secret}: No such file or directory"]
+    secret.write_text("rahasia")
+    secret.chmod(0o644)
+    assert [p for p in problems(cfg) if "oauth" in p] == [
+        f"agency[0].imap.oauth.client_secret_file: {secret} can be read by every user of this machine; "
+        f"run: chmod 0600 {secret}"]
+    secret.chmod(0o600)
+    assert [p for p in problems(cfg) if "oauth" in p] == []  # the refresh token comes with `oauth login`
