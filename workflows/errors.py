@@ -74,6 +74,12 @@ class NotVouched(Refusal):
     notify = False  # a forged sender must not learn anything, nor make us mail the real one
 
 
+class RequestMismatch(Refusal):
+    """The reply's token names one request, and its thread or subject ticket another (or none at all)."""
+
+    code = "wrong_request"
+
+
 class AlreadyRequested(Refusal):
     """The same unit already has an open request for the same sub-domain."""
 
@@ -95,6 +101,7 @@ ALL_REFUSALS: tuple[type[Refusal], ...] = (
     DecisionNotOffered,
     TooLateToCancel,
     NotVouched,
+    RequestMismatch,
     AlreadyRequested,
     TooLarge,
 )

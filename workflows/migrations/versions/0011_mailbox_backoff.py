@@ -4,8 +4,8 @@ When a mailbox's login is refused or throttled, intake and the IDLE watcher wait
 minute, doubling to half an hour). Its end is stored so that `status` and the digest can say until when,
 and a restarted daemon keeps to it instead of trying again at once.
 
-Revision ID: 0010_mailbox_backoff
-Revises: 0009_reminder_token
+Revision ID: 0011_mailbox_backoff
+Revises: 0010_sender_mail_caps
 Create Date: 2026-12-06 08:00:00
 """
 
@@ -14,8 +14,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0010_mailbox_backoff'
-down_revision = '0009_reminder_token'
+revision = '0011_mailbox_backoff'
+down_revision = '0010_sender_mail_caps'
 branch_labels = None
 depends_on = None
 
