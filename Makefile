@@ -7,7 +7,7 @@ STAMP       := $(VENV)/.installed-stamp
 APT_PACKAGES := dovecot-imapd dovecot-lmtpd bind9 bind9-utils bind9-dnsutils postgresql \
                 tesseract-ocr tesseract-ocr-ind poppler-utils python3-venv ca-certificates \
                 chromium libpython3.11-testsuite systemd fonts-dejavu-core softhsm2 libnss3-tools zbar-tools \
-                postfix opendkim opendkim-tools
+                dovecot-submissiond postfix opendkim opendkim-tools
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 

@@ -608,6 +608,48 @@ def cmd_resend(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_oauth_login(args: argparse.Namespace) -> int:
+    """The device-code flow (RFC 8628): print the URL and code, wait for the administrator to sign in,
+    store the refresh token (0600) where the configuration's refresh_token_file says."""
+    from daemon.oauth import OAuthError, device_login, store_refresh_token
+
+    cfg = _load(args)
+    try:
+        agency = cfg.agency(args.agency)
+    except KeyError:
+        print(f"tidak ada agency {args.agency!r} di konfigurasi ({', '.join(a.id for a in cfg.agencies)})",
+              file=sys.stderr)
+        return 2
+    side = cfg.smtp if args.smtp else agency.imap
+    where = "[smtp]" if args.smtp else f"[agency.imap] {agency.id}"
+    if side.auth != "oauth2" or side.oauth is None:
+        print(f"{where}: auth bukan \"oauth2\"; tidak ada yang perlu login", file=sys.stderr)
+        return 2
+    if side.oauth.flow != "refresh_token":
+        print(f"{where}: flow {side.oauth.flow!r} tidak memakai refresh token; cukup `check-config --connect`",
+              file=sys.stderr)
+        return 2
+    path = side.oauth.resolved(side.oauth.refresh_token_file)
+    if path is None:
+        print(f"{where}.oauth: isi refresh_token_file (mis. \"/etc/subdomaind/credentials/imap-refresh-token\")",
+              file=sys.stderr)
+        return 2
+    try:
+        token = device_login(side.oauth, lambda line: print(line, flush=True))
+        store_refresh_token(path, token)
+    except OAuthError as exc:
+        print(f"login OAuth gagal: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"refresh token tidak dapat disimpan di {path}: {exc.strerror}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("dibatalkan", file=sys.stderr)
+        return 130
+    print(f"refresh token disimpan di {path} (mode 0600)")
+    return 0
+
+
 def cmd_outbox(args: argparse.Namespace) -> int:
     """Mail the outbox holds back: `held` (over the daily cap per address) until staff release or drop it;
     `waiting` (the PIC's credentials until their letter is sent) is listed, and goes out by itself."""
@@ -740,6 +782,12 @@ def build_parser() -> argparse.ArgumentParser:
     qa.add_argument("action", choices=("list", "show", "retry", "drop"))
     qa.add_argument("id", nargs="?", type=int)
     qa.set_defaults(func=cmd_quarantine)
+    oa = sub.add_parser("oauth", help="OAuth 2.0 for the mailbox or SMTP: login stores a refresh token")
+    oas = oa.add_subparsers(dest="oauth_cmd", required=True)
+    ol = oas.add_parser("login", help="device-code sign-in (Microsoft 365, Google, generic); prints URL and code")
+    ol.add_argument("--agency", required=True, help="the agency whose mailbox signs in")
+    ol.add_argument("--smtp", action="store_true", help="sign in for [smtp] instead of the agency's mailbox")
+    ol.set_defaults(func=cmd_oauth_login)
     ob = sub.add_parser("outbox", help="mail held back over the daily cap: list | release ID | drop ID")
     ob.add_argument("action", choices=("list", "release", "drop"))
     ob.add_argument("id", nargs="?", type=int)

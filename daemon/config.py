@@ -48,7 +48,98 @@ class SecretSource(_Strict):
         return None
 
 
+def _read_path(path: Path) -> str:
+    cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not path.is_absolute() and cred_dir:
+        path = Path(cred_dir) / path
+    return path.read_text(encoding="utf-8").strip()
+
+
+class OAuthConfig(_Strict):
+    """OAuth 2.0 for a mailbox or SMTP login (daemon/oauth.py). Secrets come from files (or systemd
+    credentials) or the environment, like passwords; never inline."""
+
+    provider: Literal["microsoft365", "google", "generic"]
+    # refresh_token: delegated, from `subdomaind oauth login`; client_credentials: app-only (Microsoft 365,
+    # generic); service_account: Google domain-wide delegation.
+    flow: Literal["refresh_token", "client_credentials", "service_account"] = "refresh_token"
+    mechanism: Literal["xoauth2", "oauthbearer"] = "xoauth2"
+    client_id: str | None = None
+    tenant: str | None = None  # Microsoft 365: the directory (tenant) id or domain
+    # Microsoft 365: the sign-in host; a national cloud's (https://login.microsoftonline.us) in its place
+    authority: str = "https://login.microsoftonline.com"
+    token_url: str | None = None  # generic: the RFC 6749 token endpoint
+    device_url: str | None = None  # generic: the RFC 8628 device authorization endpoint
+    scope: str | None = None  # generic
+    client_secret_file: Path | None = None
+    client_secret_env: str | None = None
+    refresh_token_file: Path | None = None  # also where `oauth login` stores it (mode 0600)
+    refresh_token_env: str | None = None
+    service_account_file: Path | None = None  # Google: the service account's JSON key
+
+    @model_validator(mode="after")
+    def _complete(self) -> OAuthConfig:
+        if self.flow == "service_account" and (self.provider != "google" or self.service_account_file is None):
+            raise ValueError("flow 'service_account' is for provider 'google' with service_account_file")
+        if self.flow == "client_credentials" and self.provider == "google":
+            raise ValueError("Google has no client credentials for mail: use flow 'service_account'")
+        if self.provider == "generic" and not self.token_url:
+            raise ValueError("provider 'generic' needs token_url")
+        if self.provider != "google" and not self.client_id:
+            raise ValueError("client_id is required (the application id of the app registration)")
+        return self
+
+    @staticmethod
+    def resolved(path: Path | None) -> Path | None:
+        if path is None:
+            return None
+        cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+        return Path(cred_dir) / path if not path.is_absolute() and cred_dir else path
+
+    def read_client_secret(self) -> str | None:
+        if self.client_secret_file is not None:
+            return _read_path(self.client_secret_file)
+        return os.environ.get(self.client_secret_env) if self.client_secret_env else None
+
+    def read_refresh_token(self) -> str | None:
+        if self.refresh_token_file is not None:
+            try:
+                return _read_path(self.refresh_token_file) or None
+            except FileNotFoundError:
+                return None  # not logged in yet: `subdomaind oauth login` writes it
+        return os.environ.get(self.refresh_token_env) if self.refresh_token_env else None
+
+
+Provider = Literal["microsoft365", "google", "zimbra", "generic"]
+
+# What `provider = "..."` sets unless the table says otherwise: the provider's servers, ports and TLS.
+# Zimbra and generic servers are the office's own, so only the host is theirs to give.
+IMAP_PRESETS: dict[str, dict[str, object]] = {
+    "microsoft365": {"host": "outlook.office365.com", "port": 993, "tls": "implicit"},
+    # Gmail shows labels as folders: a moved message keeps its other labels, so the processed mail stays
+    # flagged where it is rather than copied to a label (it would show up under two names).
+    "google": {"host": "imap.gmail.com", "port": 993, "tls": "implicit", "processed_folder": None},
+    "zimbra": {"port": 993, "tls": "implicit"},
+    "generic": {},
+}
+SMTP_PRESETS: dict[str, dict[str, object]] = {
+    "microsoft365": {"host": "smtp.office365.com", "port": 587, "tls": "starttls"},
+    "google": {"host": "smtp.gmail.com", "port": 587, "tls": "starttls"},
+    "zimbra": {"port": 587, "tls": "starttls"},
+    "generic": {},
+}
+
+
+def _apply_preset(data: object, presets: dict[str, dict[str, object]]) -> object:
+    if isinstance(data, dict) and isinstance(data.get("provider"), str) and data["provider"] in presets:
+        return {**presets[data["provider"]], **data}
+    return data
+
+
 class ImapConfig(SecretSource):
+    provider: Provider | None = None
+    auth: Literal["password", "oauth2"] = "password"
+    oauth: OAuthConfig | None = None
     host: str
     port: int = Field(993, ge=1, le=65535)
     user: str
@@ -63,8 +154,19 @@ class ImapConfig(SecretSource):
     idle_refresh_seconds: float = Field(600.0, gt=0, le=1740)
     timeout_seconds: float = Field(30.0, gt=0)
 
+    _preset = model_validator(mode="before")(lambda data: _apply_preset(data, IMAP_PRESETS))
+
+    @model_validator(mode="after")
+    def _auth(self) -> ImapConfig:
+        if self.auth == "oauth2" and self.oauth is None:
+            raise ValueError("auth = 'oauth2' needs an [oauth] table (provider, client_id, ...)")
+        return self
+
 
 class SmtpConfig(SecretSource):
+    provider: Provider | None = None
+    auth: Literal["password", "oauth2"] = "password"
+    oauth: OAuthConfig | None = None
     host: str
     port: int = Field(587, ge=1, le=65535)
     user: str | None = None
@@ -81,6 +183,14 @@ class SmtpConfig(SecretSource):
     # At most this many mails a minute toward the office MTA (unset: no limit): 548 digests at 07:00
     # must not trip the relay's rate limits or look like a burst of spam.
     max_per_minute: int | None = Field(None, ge=1)
+
+    _preset = model_validator(mode="before")(lambda data: _apply_preset(data, SMTP_PRESETS))
+
+    @model_validator(mode="after")
+    def _auth(self) -> SmtpConfig:
+        if self.auth == "oauth2" and (self.oauth is None or not self.user):
+            raise ValueError("auth = 'oauth2' needs user and an [oauth] table (provider, client_id, ...)")
+        return self
 
 
 class DnsConfig(_Strict):
@@ -438,7 +548,9 @@ def _semantic_problems(cfg: Config, base_dir: Path | None) -> list[str]:
                 problems.append(f"{key}.delegates.{role}: no such role in SOP {ag.sop!r}")
         if ag.imap.tls == "none" and not _loopback(ag.imap.host):
             problems.append(f"{key}.imap.tls: 'none' is only allowed to a loopback host, not {ag.imap.host!r}")
-        if ag.imap.password_file is None and ag.imap.password_env is None:
+        if ag.imap.auth == "oauth2":
+            pass  # its secrets: daemon/validate.py, with the others
+        elif ag.imap.password_file is None and ag.imap.password_env is None:
             problems.append(f"{key}.imap: set password_file or password_env (never inline)")
         # Whether the secrets can be read is checked by daemon/validate.py: read-only commands need none.
         for label, path in (("imap.ca_file", ag.imap.ca_file),):
@@ -455,7 +567,8 @@ def _semantic_problems(cfg: Config, base_dir: Path | None) -> list[str]:
         problems += [f"{key}.letter.{p}" for p in _letter_problems(ag.letter)]
     if cfg.smtp.ca_file is not None and not _readable(cfg.smtp.ca_file):
         problems.append(f"smtp.ca_file: cannot read {cfg.smtp.ca_file}")
-    if cfg.smtp.user and cfg.smtp.password_file is None and cfg.smtp.password_env is None:
+    if (cfg.smtp.user and cfg.smtp.auth == "password" and cfg.smtp.password_file is None
+            and cfg.smtp.password_env is None):
         problems.append("smtp: a user is set; set password_file or password_env too")
     if cfg.smtp.tls == "none" and not _loopback(cfg.smtp.host):
         problems.append(f"smtp.tls: 'none' is only allowed to a loopback host, not {cfg.smtp.host!r}")
@@ -523,7 +636,7 @@ def load_config(path: str | Path) -> Config:
 
 
 _PATH_KEYS = {"password_file", "tsig_secret_file", "ca_file", "state_dir", "holiday_overrides", "key_file",
-              "pkcs12_file", "logo"}
+              "pkcs12_file", "logo", "client_secret_file", "refresh_token_file", "service_account_file"}
 
 
 def _resolve_paths(node: object, base: Path) -> None:

@@ -8,8 +8,6 @@ authoritative answer. Nothing is changed on any server.
 
 from __future__ import annotations
 
-import contextlib
-import smtplib
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -50,41 +48,47 @@ def _why(exc: BaseException) -> str:
 
 
 def imap_login(ag: AgencyConfig) -> Check:
-    """Log in to the agency's mailbox as intake does (TLS, folders), then log out."""
+    """Log in to the agency's mailbox as intake does (TLS, password or OAuth 2.0, folders), then log out."""
     from daemon.mailbox import ImapSource, MailSourceError
+    from daemon.oauth import LazyTokens
 
     what = f"IMAP {ag.id} {ag.imap.user}@{ag.imap.host}:{ag.imap.port}"
-    src = ImapSource(ag.imap, ag.imap.read_secret() or "")
+    tokens = LazyTokens(ag.imap.oauth, ag.imap.user) if ag.imap.auth == "oauth2" and ag.imap.oauth else None
+    src = ImapSource(ag.imap, "" if tokens else ag.imap.read_secret() or "", tokens=tokens)
     try:
         src.connect()
     except MailSourceError as exc:
-        text = plain_reason(str(exc))  # imapclient gives the server's words as bytes
-        if "AUTHENTICATIONFAILED" in text or "uthentication failed" in text:
-            return Check(what, False, f"login ditolak: nama pengguna atau kata sandi salah ({text})")
-        return Check(what, False, text)
+        return Check(what, False, plain_reason(str(exc)))  # already the server's words, in a sentence
     finally:
         src.close()
-    return Check(what, True, f"login berhasil ({src.mode})")
+    how = f"OAuth 2.0 {ag.imap.oauth.mechanism.upper()}" if tokens and ag.imap.oauth else "kata sandi"
+    return Check(what, True, f"login berhasil dengan {how} ({src.mode})")
 
 
 def smtp_login(cfg: Config) -> Check:
-    """Connect to the SMTP server (STARTTLS or TLS as configured) and log in when a user is set."""
-    from daemon.outbox import SmtpTransport
+    """Connect to the SMTP server (STARTTLS or TLS as configured) and log in when a user is set, by password
+    or OAuth 2.0, through the outbox's own client."""
+    import aiosmtplib
+
+    from daemon.outbox import LoginRefused, SmtpTransport
 
     s = cfg.smtp
     what = f"SMTP {s.host}:{s.port}"
-    transport = SmtpTransport(s, s.read_secret() if s.user else None,
-                              helo_name=cfg.agencies[0].address.rpartition("@")[2])
-    try:
-        client = transport._connect()
-    except smtplib.SMTPAuthenticationError as exc:
-        err = exc.smtp_error.decode("utf-8", "replace") if isinstance(exc.smtp_error, bytes) else exc.smtp_error
-        return Check(what, False, f"login {s.user} ditolak: {exc.smtp_code} {err}")
-    except (smtplib.SMTPException, OSError) as exc:
-        return Check(what, False, _why(exc))
-    with contextlib.suppress(smtplib.SMTPException, OSError):
-        client.quit()
-    return Check(what, True, f"terhubung, login {s.user} berhasil" if s.user else "terhubung (tanpa login)")
+    password = s.read_secret() if s.user and s.auth == "password" else None
+    transport = SmtpTransport(s, password, helo_name=cfg.agencies[0].address.rpartition("@")[2])
+    exc = transport.try_login()
+    if isinstance(exc, LoginRefused):
+        return Check(what, False, f"login {s.user} ditolak: {exc}")
+    if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+        return Check(what, False, f"login {s.user} ditolak: {exc.code} {exc.message}")
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return Check(what, False, f"server menjawab {exc.code} {exc.message}")
+    if exc is not None:
+        # aiosmtplib wraps the socket's error (connection refused, a timeout) in its own.
+        return Check(what, False, _why(exc.__cause__ if isinstance(exc.__cause__, OSError) else exc))
+    if not s.user:
+        return Check(what, True, "terhubung (tanpa login)")
+    return Check(what, True, f"terhubung, login {s.user} berhasil" + (" (OAuth 2.0)" if s.auth == "oauth2" else ""))
 
 
 def _backend(ag: AgencyConfig, timeout: float = 5.0) -> object:

@@ -75,8 +75,8 @@ UPDATE_POLICY_TEMPLATE = """update-policy {
 };"""
 
 #: Apt packages that provide the binaries :func:`missing_binaries` looks for.
-APT_PACKAGES = ("dovecot-imapd dovecot-lmtpd bind9 bind9-utils bind9-dnsutils postgresql util-linux "
-                "postfix opendkim opendkim-tools")
+APT_PACKAGES = ("dovecot-imapd dovecot-lmtpd dovecot-submissiond bind9 bind9-utils bind9-dnsutils postgresql "
+                "util-linux postfix opendkim opendkim-tools")
 
 _SBIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _READY_TIMEOUT = 15.0
@@ -655,6 +655,14 @@ service lmtp {{
         return _tail(self.dir / "master.log") + _tail(self.dir / "dovecot.log")
 
     # -- helpers for tests ---------------------------------------------------------------------------------
+
+    def auth_failures(self, user: str) -> int:
+        """How many logins of ``user`` (``name`` or ``name@domain``) the auth process refused, from its log
+        (``auth_verbose``): passwd-file password mismatches and oauth2 token refusals."""
+        text = _tail(self.dir / "dovecot.log", 50_000_000)
+        return sum(1 for line in text.splitlines()
+                   if (f"({user}," in line or f"({user}@" in line)
+                   and ("Password mismatch" in line or "oauth2 failed" in line))
 
     def imap_client(self, user: str, password: str | None = None, timeout: float = 10.0) -> imapclient.IMAPClient:
         """A logged-in plain-text IMAP connection (``ssl=False``); the caller logs out (or uses ``with``)."""
@@ -1492,3 +1500,325 @@ postlog   unix-dgram n - n - 1 postlogd
                 return
             time.sleep(0.05)
         raise TimeoutError(f"postfix queue not empty after {timeout} s:\n{self.log_text()[-3000:]}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# OAuth 2.0: an authorization server and a Dovecot that checks bearer tokens with it
+
+
+@dataclass
+class _Grant:
+    user: str
+    expires: float  # epoch seconds
+    revoked: bool = False
+
+
+class OAuthServer(_Server):
+    """An in-process OAuth 2.0 authorization server on 127.0.0.1:``port`` for the tests and the demo.
+
+    * ``/token`` (RFC 6749): ``refresh_token``, ``client_credentials`` and the device code grant (RFC 8628)
+      issue access tokens that live ``lifetime`` seconds;
+    * ``/device`` (RFC 8628 3.1): a device code, approved at once or after :meth:`approve_devices`;
+    * ``/introspect`` (RFC 7662), which Dovecot's ``passdb oauth2`` asks: ``active`` only for a token that
+      was issued, has not expired and was not revoked.
+
+    :meth:`issue_refresh`, :meth:`expire`, :meth:`revoke` and :meth:`revoke_user` let a test change the
+    tokens while the servers run; ``token_requests`` and ``introspections`` count the calls.
+    """
+
+    name = "oauth"
+
+    def __init__(self, client_id: str = "subdomaind-test", client_secret: str = "rahasia-klien",  # noqa: S107 - a test server's
+                 lifetime: float = 3600.0, *, base: Path) -> None:
+        super().__init__(base, "oauth")
+        # The same endpoints over HTTPS on ``tls_port`` (``https_url``), trustme CA in ``ca_file``: msal
+        # talks to nothing else. Dovecot asks the plain ``url``.
+        self.tls_port = free_port()
+        self.ca_file, cert_file, key_file = _write_tls(self.dir / "tls")
+        self._cert = (cert_file, key_file)
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.lifetime = lifetime
+        self.port = free_port()
+        self._lock = threading.Lock()
+        self.access: dict[str, _Grant] = {}
+        self.refresh: dict[str, str] = {}  # refresh token -> user
+        self.app_user: str | None = None  # whom client credentials act for (app-only access)
+        self.devices: dict[str, tuple[str, bool]] = {}  # device code -> (user, approved)
+        self.device_user = "admin@example.test"
+        self.auto_approve = True
+        self.rotate = False  # each refresh answers with a new refresh token and retires the old one
+        self.introspection_down = False  # answer 503: Dovecot then says [UNAVAILABLE], as a throttled server
+        self.service_keys: dict[str, Any] = {}  # service account e-mail -> its public key (RFC 7523 grant)
+        self.token_requests = 0
+        self.introspections = 0
+        self._events: list[str] = []
+        self._httpd: Any = None
+        self._https: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def https_url(self) -> str:
+        return f"https://{self.host}:{self.tls_port}"
+
+    @property
+    def running(self) -> bool:
+        return self._httpd is not None
+
+    # -- the token table ---------------------------------------------------------------------------------
+
+    def issue_refresh(self, user: str) -> str:
+        token = "rt-" + secrets.token_urlsafe(16)
+        with self._lock:
+            self.refresh[token] = user
+        return token
+
+    def issue_access(self, user: str, lifetime: float | None = None) -> str:
+        token = "at-" + secrets.token_urlsafe(16)
+        with self._lock:
+            self.access[token] = _Grant(user, time.time() + (self.lifetime if lifetime is None else lifetime))
+        return token
+
+    def live_tokens(self, user: str) -> list[str]:
+        now = time.time()
+        with self._lock:
+            return [t for t, g in self.access.items() if g.user == user and not g.revoked and g.expires > now]
+
+    def expire(self, user: str) -> int:
+        """Every access token of ``user`` expires now (its refresh tokens stay good)."""
+        with self._lock:
+            grants = [g for g in self.access.values() if g.user == user]
+            for g in grants:
+                g.expires = 0
+        return len(grants)
+
+    def revoke(self, user: str) -> None:
+        """The user's consent withdrawn: access and refresh tokens dead alike."""
+        with self._lock:
+            for g in self.access.values():
+                if g.user == user:
+                    g.revoked = True
+            for t in [t for t, u in self.refresh.items() if u == user]:
+                del self.refresh[t]
+            if self.app_user == user:
+                self.app_user = None
+
+    def add_service_account(self, email: str) -> dict[str, str]:
+        """A service account key (Google's JSON key file format) whose JWTs this server accepts, acting
+        for any user named in ``sub`` (domain-wide delegation); remove it from ``service_keys`` to revoke."""
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
+        with self._lock:
+            self.service_keys[email] = key.public_key()
+        return {"type": "service_account", "project_id": "uji", "private_key_id": secrets.token_hex(8),
+                "private_key": pem, "client_email": email, "client_id": str(secrets.randbelow(10**20)),
+                "token_uri": f"{self.url}/token"}
+
+    def _jwt_user(self, assertion: str) -> str | None:
+        """RFC 7523 2.1: the JWT signed by a known service account, for this token endpoint; whom it acts for."""
+        import jwt
+
+        try:
+            issuer = jwt.decode(assertion, options={"verify_signature": False}).get("iss", "")
+            with self._lock:
+                public = self.service_keys.get(issuer)
+            if public is None:
+                return None
+            # google-auth names Google's own token endpoint as the audience wherever it sends the JWT.
+            claims = jwt.decode(assertion, public, algorithms=["RS256"],
+                                audience=[f"{self.url}/token", "https://oauth2.googleapis.com/token"])
+        except jwt.PyJWTError:
+            return None
+        return str(claims.get("sub") or issuer)
+
+    def approve_devices(self) -> None:
+        with self._lock:
+            self.devices = {code: (user, True) for code, (user, _ok) in self.devices.items()}
+
+    # -- HTTP --------------------------------------------------------------------------------------------
+
+    def _answer(self, path: str, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        if path == "/introspect":
+            with self._lock:
+                self.introspections += 1
+                if self.introspection_down:
+                    return 503, {"error": "temporarily_unavailable"}
+                grant = self.access.get(form.get("token", ""))
+                if grant is None or grant.revoked or grant.expires <= time.time():
+                    return 200, {"active": False}
+                return 200, {"active": True, "username": grant.user, "scope": "mail", "exp": int(grant.expires)}
+        if path == "/device":
+            if form.get("client_id") != self.client_id:
+                return 400, {"error": "invalid_client"}
+            code = secrets.token_urlsafe(12)
+            with self._lock:
+                self.devices[code] = (self.device_user, self.auto_approve)
+            return 200, {"device_code": code, "user_code": "WDJB-MJHT", "verification_uri": f"{self.url}/activate",
+                         "expires_in": 600, "interval": 1}
+        if path != "/token":
+            return 404, {"error": "not_found"}
+        with self._lock:
+            self.token_requests += 1
+        grant_type = form.get("grant_type")
+        if form.get("client_id") != self.client_id and grant_type != "urn:ietf:params:oauth:grant-type:jwt-bearer":
+            return 401, {"error": "invalid_client"}
+        if grant_type == "refresh_token":
+            with self._lock:
+                user = self.refresh.get(form.get("refresh_token", ""))
+            if user is None:
+                return 400, {"error": "invalid_grant", "error_description": "refresh token revoked or unknown"}
+            if self.rotate:
+                with self._lock:
+                    del self.refresh[form["refresh_token"]]
+                return 200, {"access_token": self.issue_access(user), "token_type": "Bearer",
+                             "expires_in": int(self.lifetime), "refresh_token": self.issue_refresh(user)}
+        elif grant_type == "client_credentials":
+            if form.get("client_secret") != self.client_secret or self.app_user is None:
+                return 401, {"error": "invalid_client"}
+            user = self.app_user
+        elif grant_type == "urn:ietf:params:oauth:grant-type:jwt-bearer":
+            found = self._jwt_user(form.get("assertion", ""))
+            if found is None:
+                return 400, {"error": "invalid_grant", "error_description": "Invalid JWT Signature."}
+            user = found
+        elif grant_type == "urn:ietf:params:oauth:grant-type:device_code":
+            with self._lock:
+                entry = self.devices.get(form.get("device_code", ""))
+            if entry is None:
+                return 400, {"error": "expired_token"}
+            if not entry[1]:
+                return 400, {"error": "authorization_pending"}
+            user = entry[0]
+            with self._lock:
+                del self.devices[form["device_code"]]
+            return 200, {"access_token": self.issue_access(user), "token_type": "Bearer",
+                         "expires_in": int(self.lifetime), "refresh_token": self.issue_refresh(user)}
+        else:
+            return 400, {"error": "unsupported_grant_type"}
+        return 200, {"access_token": self.issue_access(user), "token_type": "Bearer", "expires_in": int(self.lifetime)}
+
+    def start(self) -> None:
+        if self._httpd is not None:
+            return
+        import json
+        import urllib.parse
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                # OpenID Connect discovery (msal reads the token endpoint from it), for any tenant path.
+                if not self.path.endswith("/.well-known/openid-configuration"):
+                    self._send(404, {"error": "not_found"})
+                    return
+                base = server.https_url if self.server is server._https else server.url
+                self._send(200, {"issuer": base, "token_endpoint": f"{base}/token",
+                                 "authorization_endpoint": f"{base}/authorize",
+                                 "device_authorization_endpoint": f"{base}/device"})
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                length = int(self.headers.get("Content-Length") or 0)
+                form = dict(urllib.parse.parse_qsl(self.rfile.read(length).decode("utf-8")))
+                path = self.path.split("?")[0]
+                # Tenant-prefixed endpoints (/TENANT/oauth2/v2.0/token) as Microsoft's.
+                path = "/" + path.rsplit("/", 1)[-1] if path.endswith(("/token", "/devicecode")) else path
+                status, body = server._answer("/device" if path == "/devicecode" else path, form)
+                self._send(status, body)
+                server._log(f"{self.path} {form.get('grant_type', '')} -> {status}")
+
+            def _send(self, status: int, body: dict[str, Any]) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's name
+                return
+
+        self._httpd = ThreadingHTTPServer((self.host, self.port), Handler)
+        self._https = ThreadingHTTPServer((self.host, self.tls_port), Handler)
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(*self._cert)
+        self._https.socket = ctx.wrap_socket(self._https.socket, server_side=True)
+        for httpd in (self._httpd, self._https):
+            httpd.daemon_threads = True
+            threading.Thread(target=httpd.serve_forever, name="oauth-server", daemon=True).start()
+
+    def stop(self) -> None:
+        for httpd in (self._httpd, self._https):
+            if httpd is not None:
+                httpd.shutdown()
+                httpd.server_close()
+        self._httpd = self._https = None
+
+    def _log(self, line: str) -> None:
+        with self._lock:
+            self._events.append(f"{time.strftime('%H:%M:%S')} {line}")
+
+    def log_text(self) -> str:
+        with self._lock:
+            return "\n".join(self._events[-200:]) + "\n"
+
+
+class OAuthDovecot(Dovecot):
+    """A :class:`Dovecot` whose IMAP and submission logins take OAuth 2.0 bearer tokens (SASL XOAUTH2 and
+    OAUTHBEARER, RFC 7628), each checked at ``oauth``'s introspection endpoint (``passdb oauth2``,
+    ``auth_cache_size = 0`` so a revoked token fails at once). PLAIN logins still work for the passwd-file
+    users that the test helpers (:meth:`append`, :meth:`messages`) use. The submission service relays to
+    ``relay_port`` (an :class:`SmtpRelay`), as trusted.
+    """
+
+    def __init__(self, base: Path, domain: str, oauth: OAuthServer, relay_port: int) -> None:
+        self.oauth = oauth
+        self.relay_port = relay_port
+        self.submission_port = free_port()
+        super().__init__(base, domain)
+        (self.dir / "oauth2.conf.ext").write_text(
+            f"introspection_url = {oauth.url}/introspect\nintrospection_mode = post\n"
+            "username_attribute = username\nactive_attribute = active\nactive_value = true\n"
+            "scope = mail\ntimeout_msecs = 5000\n")
+        (self.dir / "oauth2.conf.ext").chmod(0o644)
+
+    def _config(self) -> str:
+        conf = super()._config()
+        conf = conf.replace("protocols = imap lmtp\n", "protocols = imap lmtp submission\n")
+        conf = conf.replace("auth_mechanisms = plain login\n",
+                            "auth_mechanisms = plain login xoauth2 oauthbearer\nauth_cache_size = 0\n")
+        start = conf.index("passdb {")
+        end = conf.index("service imap-login {")
+        auth = f"""passdb {{
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = {self.dir}/oauth2.conf.ext
+}}
+passdb {{
+  driver = passwd-file
+  mechanisms = plain login
+  args = scheme=PLAIN username_format=%n {self.users_dir}/%n
+}}
+userdb {{
+  driver = static
+  args = home={self.mail_dir}/%n allow_all_users=yes
+}}
+"""
+        submission = f"""service submission-login {{
+  inet_listener submission {{
+    address = {LOOPBACK}
+    port = {self.submission_port}
+  }}
+}}
+submission_relay_host = {LOOPBACK}
+submission_relay_port = {self.relay_port}
+submission_relay_trusted = yes
+"""
+        return conf[:start] + auth + conf[end:] + submission

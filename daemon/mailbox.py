@@ -7,7 +7,9 @@ never deletes: handled mail is flagged (and optionally moved), quarantined mail 
 
 from __future__ import annotations
 
+import imaplib
 import logging
+import re
 import socket
 import ssl
 import time
@@ -16,9 +18,10 @@ from pathlib import Path
 from typing import Protocol
 
 import imapclient
-from imapclient.exceptions import IMAPClientError
+from imapclient.exceptions import IMAPClientError, LoginError
 
 from daemon.config import ImapConfig
+from daemon.oauth import OAuthError, TokenSource, sasl_initial
 from workflows.rawmail import RawMail, Spooled, discard, open_spool
 
 log = logging.getLogger("subdomaind.imap")
@@ -38,7 +41,51 @@ def _has_new(responses: Sequence[object]) -> bool:
 
 
 class MailSourceError(Exception):
-    """The mailbox could not be reached or answered wrongly; the loop backs off and tries again."""
+    """The mailbox could not be reached or answered wrongly; the loop backs off and tries again.
+
+    `kind` says which: "auth" (the server refused the password or token), "throttled" (the server asked
+    us to come back later: Microsoft 365's BYE or "throttled" reply), or "network" (anything else). The
+    message is in plain words, fit for the operator's log and `status`.
+    """
+
+    def __init__(self, message: str, kind: str = "network") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+_BYTES_REPR = re.compile(r"""b(['"])(.*?)\1""")
+
+
+def plain_words(exc: BaseException | str) -> str:
+    """An IMAP library's error as the server worded it: imaplib puts the server's bytes into the exception,
+    whose text is then a Python bytes repr (b'[AUTHENTICATIONFAILED] ...'); the operator sees the words."""
+    text = _BYTES_REPR.sub(lambda m: m.group(2), str(exc)).strip()
+    return text or type(exc).__name__
+
+
+def classify(exc: BaseException) -> str:
+    """"auth", "throttled" or "network" for an error of the IMAP library (see MailSourceError.kind)."""
+    text = plain_words(exc).lower()
+    # RFC 5530 response codes ([UNAVAILABLE], [LIMIT]); Microsoft 365 words its throttling and connection
+    # limits "Request is throttled", "Server Unavailable. 15" or a BYE "Connection is closed. 13".
+    if any(w in text for w in ("throttl", "too many", "[unavailable]", "server busy", "server unavailable",
+                               "limit exceeded", "[limit]", "connection is closed")):
+        return "throttled"
+    if isinstance(exc, LoginError) or "authenticationfailed" in text or "authenticate failed" in text \
+            or "authorizationfailed" in text or "invalid credentials" in text:
+        return "auth"
+    return "network"
+
+
+def describe(exc: BaseException, host: str, port: int) -> str:
+    """The failure in words an operator can act on, with the server's own words after it."""
+    kind = classify(exc)
+    words = plain_words(exc)
+    if kind == "auth":
+        return f"login ke {host}:{port} ditolak: kata sandi atau token salah, kedaluwarsa atau dicabut ({words})"
+    if kind == "throttled":
+        return f"server {host}:{port} membatasi koneksi (throttled), dicoba lagi nanti ({words})"
+    return f"server IMAP {host}:{port} tidak dapat dihubungi atau menjawab salah ({words})"
 
 
 class MailSource(Protocol):
@@ -60,10 +107,103 @@ def tls_context(ca_file: str | None) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=ca_file) if ca_file else ssl.create_default_context()
 
 
+def _sasl(client: imapclient.IMAPClient, mechanism: str, initial: bytes) -> None:
+    """AUTHENTICATE with one initial response (RFC 3501 6.2.2). After a refused token the server sends an
+    error challenge (RFC 7628 3.2.2: a JSON status); the answer to it is an empty line, then comes the NO."""
+    sent = False
+
+    def answer(_challenge: bytes) -> bytes:
+        nonlocal sent
+        if sent:
+            return b""
+        sent = True
+        return initial
+
+    try:
+        client._imap.authenticate(mechanism.upper(), answer)
+    except imaplib.IMAP4.error as exc:
+        raise LoginError(plain_words(exc)) from exc
+
+
+def login(client: imapclient.IMAPClient, cfg: ImapConfig, password: str, tokens: TokenSource | None) -> None:
+    """Log in by password, or by OAuth 2.0 (SASL XOAUTH2 / OAUTHBEARER): a refused token is dropped and a
+    fresh one tried once more (it may have been revoked or expired early), then the refusal stands."""
+    if cfg.auth != "oauth2":
+        client.login(cfg.user, password)
+        return
+    if tokens is None or cfg.oauth is None:
+        raise LoginError("auth = oauth2 tanpa sumber token")
+    mechanism = cfg.oauth.mechanism
+    for attempt in (1, 2):
+        token = tokens.token()
+        try:
+            _sasl(client, mechanism, sasl_initial(mechanism, cfg.user, token, cfg.host, cfg.port))
+            return
+        except LoginError:
+            tokens.invalidate()
+            if attempt == 2:
+                raise
+
+
+def open_imap(cfg: ImapConfig, password: str, tokens: TokenSource | None = None) -> imapclient.IMAPClient:
+    """A logged-in connection to the mailbox (TLS as configured); `MailSourceError` in plain words.
+    `check-config --connect` uses it as is."""
+    ctx = tls_context(str(cfg.ca_file) if cfg.ca_file else None) if cfg.tls != "none" else None
+    client: imapclient.IMAPClient | None = None
+    try:
+        client = imapclient.IMAPClient(
+            cfg.host, port=cfg.port, ssl=cfg.tls == "implicit",
+            ssl_context=ctx if cfg.tls == "implicit" else None, timeout=cfg.timeout_seconds,
+        )
+        if cfg.tls == "starttls":
+            client.starttls(ctx)
+        login(client, cfg, password, tokens)
+    except OAuthError as exc:
+        _drop(client)
+        raise MailSourceError(f"token OAuth untuk {cfg.user} tidak didapat: {exc}", "auth") from exc
+    except (TimeoutError, OSError, IMAPClientError, imaplib.IMAP4.error, ssl.SSLError) as exc:
+        _drop(client)
+        raise MailSourceError(describe(exc, cfg.host, cfg.port), classify(exc)) from exc
+    return client
+
+
+def check_login(cfg: ImapConfig, password: str, tokens: TokenSource | None = None) -> str | None:
+    """Log in to the mailbox, open its folder and log out: None when that worked, else why, in plain words.
+    `check-config --connect` calls it."""
+    try:
+        client = open_imap(cfg, password, tokens)
+    except MailSourceError as exc:
+        return str(exc)
+    try:
+        client.select_folder(cfg.folder, readonly=True)
+    except (TimeoutError, OSError, IMAPClientError, imaplib.IMAP4.error) as exc:
+        return f"folder {cfg.folder!r} tidak dapat dibuka: {plain_words(exc)}"
+    finally:
+        _drop_politely(client)
+    return None
+
+
+def _drop_politely(client: imapclient.IMAPClient) -> None:
+    try:
+        client.logout()
+    except Exception:  # noqa: BLE001 - a dead connection cannot log out; we drop it either way
+        _drop(client)
+
+
+def _drop(client: imapclient.IMAPClient | None) -> None:
+    if client is not None:
+        try:
+            client.shutdown()
+        except Exception:  # noqa: BLE001 - a half-open connection is dropped either way
+            log.debug("IMAP shutdown failed", exc_info=True)
+
+
 class ImapSource:
-    def __init__(self, cfg: ImapConfig, password: str, spool_dir: Path | None = None) -> None:
+    def __init__(self, cfg: ImapConfig, password: str, spool_dir: Path | None = None,
+                 tokens: TokenSource | None = None) -> None:
         self.cfg = cfg
         self.password = password
+        self.tokens = tokens  # OAuth 2.0 access tokens (daemon/oauth.py) when cfg.auth is "oauth2"
         self.spool_dir = spool_dir  # where a large message is gathered; None: the system's temp directory
         self.folder = cfg.folder
         self.client: imapclient.IMAPClient | None = None
@@ -77,21 +217,15 @@ class ImapSource:
     def connect(self) -> None:
         self.close()
         cfg = self.cfg
-        ctx = tls_context(str(cfg.ca_file) if cfg.ca_file else None) if cfg.tls != "none" else None
+        client = open_imap(cfg, self.password, self.tokens)
         try:
-            client = imapclient.IMAPClient(
-                cfg.host, port=cfg.port, ssl=cfg.tls == "implicit",
-                ssl_context=ctx if cfg.tls == "implicit" else None, timeout=cfg.timeout_seconds,
-            )
-            if cfg.tls == "starttls":
-                client.starttls(ctx)
-            client.login(cfg.user, self.password)
             for folder in (cfg.quarantine_folder, cfg.processed_folder):
                 if folder and not client.folder_exists(folder):
                     client.create_folder(folder)
             info = client.select_folder(self.folder)
-        except (TimeoutError, OSError, IMAPClientError, ssl.SSLError) as exc:
-            raise MailSourceError(f"IMAP {cfg.host}:{cfg.port}: {exc}") from exc
+        except (TimeoutError, OSError, IMAPClientError, imaplib.IMAP4.error, ssl.SSLError) as exc:
+            _drop(client)
+            raise MailSourceError(describe(exc, cfg.host, cfg.port), classify(exc)) from exc
         self.client = client
         self._uidvalidity = int(info.get(b"UIDVALIDITY", 0))
         self._idle_ok = cfg.idle and client.has_capability("IDLE")
@@ -141,7 +275,7 @@ class ImapSource:
                 discard([raw for _uid, raw in out])  # a fetch cut short leaves no file behind
                 raise
         except (TimeoutError, OSError, IMAPClientError) as exc:
-            raise MailSourceError(f"IMAP fetch: {exc}") from exc
+            raise MailSourceError(f"IMAP fetch: {plain_words(exc)}", classify(exc)) from exc
         return out
 
     def _fetch_in_pieces(self, uid: int, size: int) -> Spooled | None:
@@ -186,7 +320,7 @@ class ImapSource:
                     c.copy(uids, target)
                     c.add_flags(uids, [b"\\Deleted"])  # no EXPUNGE: the copy stays until staff decide
         except (TimeoutError, OSError, IMAPClientError) as exc:
-            raise MailSourceError(f"IMAP mark: {exc}") from exc
+            raise MailSourceError(f"IMAP mark: {plain_words(exc)}", classify(exc)) from exc
 
     def wait(self, timeout: float) -> bool:
         """Wait for new mail up to `timeout` seconds: IDLE (RFC 2177) where offered, else sleep.
@@ -218,7 +352,7 @@ class ImapSource:
                 _text, tail = c.idle_done()
                 arrived = arrived or _has_new(tail)
         except (TimeoutError, OSError, IMAPClientError) as exc:
-            raise MailSourceError(f"IMAP IDLE: {exc}") from exc
+            raise MailSourceError(f"IMAP IDLE: {plain_words(exc)}", classify(exc)) from exc
         return arrived
 
     def interrupt(self) -> None:
@@ -233,11 +367,5 @@ class ImapSource:
 
     def close(self) -> None:
         if self.client is not None:
-            try:
-                self.client.logout()
-            except Exception:  # noqa: BLE001 - a dead connection cannot log out; we drop it either way
-                try:
-                    self.client.shutdown()
-                except Exception:  # noqa: BLE001
-                    log.debug("IMAP shutdown failed", exc_info=True)
+            _drop_politely(self.client)
             self.client = None

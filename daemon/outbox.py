@@ -1,4 +1,4 @@
-"""Send what the outbox holds through SMTP (smtplib), with retries, backoff and the same Message-ID.
+"""Send what the outbox holds through SMTP (aiosmtplib), with retries, backoff and the same Message-ID.
 
 `Transport` is the interface (one method: send raw bytes to recipients); `SmtpTransport` the real one.
 `drain` claims due rows, sends each, and records the result in its own short transaction: a crash between
@@ -10,19 +10,19 @@ sent, and fails with it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import random
-import smtplib
 import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple, Protocol
 
+import aiosmtplib
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -30,6 +30,7 @@ from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_expo
 
 from daemon.config import SmtpConfig
 from daemon.mailbox import tls_context
+from daemon.oauth import LazyTokens, OAuthError, TokenSource, b64, sasl_initial
 from workflows.secretbox import SealedValueError, SecretBox
 from workflows.store import Outbox, PendingSecret, purge_freed_secrets
 
@@ -54,84 +55,141 @@ class Transport(Protocol):
 
 
 class SmtpTransport:
-    """Up to `connections` SMTP connections kept open across mails (and passes), one per sender thread;
-    each reconnected on error.
+    """Up to `connections` SMTP connections (aiosmtplib), all driven by one asyncio event loop, kept open
+    across mails and passes and each reconnected on error.
 
     A new connection and TLS context per mail cost ~35 ms each (the CA store alone ~22 ms); a morning's
-    backlog sends hundreds of mails. `send_many` keeps several mails in flight at once: the server's answer
-    to one mail (its own delivery, about 5 ms on loopback) no longer holds up the next. The stdlib's
-    smtplib on a few threads, not aiosmtplib: over bench/backlog.py's 2,900 mails the sending threads
-    spent 3.0 s of CPU against aiosmtplib's 3.8 s, on the process whose CPU sets the daemon's pace.
+    backlog sends hundreds of mails. `send_many` keeps several mails in flight at once on the one loop: the
+    server's answer to one mail (its own delivery, about 5 ms on loopback) no longer holds up the next.
+    The loop belongs to the transport and runs only inside `send_many` (on whichever thread calls it, one
+    at a time), so the pooled connections outlive each call.
     """
 
     IDLE_CLOSE_SECONDS = 60.0
 
-    def __init__(self, cfg: SmtpConfig, password: str | None, helo_name: str | None = None) -> None:
+    def __init__(self, cfg: SmtpConfig, password: str | None, helo_name: str | None = None,
+                 tokens: TokenSource | None = None) -> None:
         self.cfg = cfg
         self.password = password
         self.helo_name = cfg.helo_name or helo_name or "localhost"
         self._tls = tls_context(str(cfg.ca_file) if cfg.ca_file else None) if cfg.tls != "none" else None
-        self._idle: list[tuple[smtplib.SMTP, float]] = []  # open connections not in use, with their last use
-        self._lock = threading.Lock()
-        self._threads: ThreadPoolExecutor | None = None
+        if tokens is None and cfg.auth == "oauth2" and cfg.oauth is not None and cfg.user:
+            tokens = LazyTokens(cfg.oauth, cfg.user)
+        self.tokens = tokens  # OAuth 2.0 access tokens when cfg.auth is "oauth2"
+        self._idle: list[tuple[aiosmtplib.SMTP, float]] = []  # open connections not in use, with their last use
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._call = threading.Lock()  # the loop runs on one thread at a time
 
-    def _connect(self) -> smtplib.SMTP:
+    async def _connect(self) -> aiosmtplib.SMTP:
         cfg = self.cfg
-        # local_hostname given: smtplib would otherwise look up our own host name on every connection.
-        client: smtplib.SMTP
-        if cfg.tls == "implicit":
-            client = smtplib.SMTP_SSL(cfg.host, cfg.port, local_hostname=self.helo_name,
-                                      timeout=cfg.timeout_seconds, context=self._tls)
-        else:
-            client = smtplib.SMTP(cfg.host, cfg.port, local_hostname=self.helo_name, timeout=cfg.timeout_seconds)
-            if cfg.tls == "starttls":
-                client.starttls(context=self._tls)  # refused or not offered: an error, never plain text
-        if cfg.user:
-            client.login(cfg.user, self.password or "")
+        # local_hostname given: no lookup of our own host name on every connection. STARTTLS refused or not
+        # offered is an error, never plain text.
+        client = aiosmtplib.SMTP(hostname=cfg.host, port=cfg.port, local_hostname=self.helo_name,
+                                 timeout=cfg.timeout_seconds, use_tls=cfg.tls == "implicit",
+                                 start_tls=cfg.tls == "starttls", tls_context=self._tls)
+        await client.connect()
+        try:
+            if cfg.user and cfg.auth == "oauth2":
+                await self._oauth_login(client)
+            elif cfg.user:
+                await client.login(cfg.user, self.password or "")
+        except BaseException:
+            client.close()
+            raise
         return client
 
-    def _take(self) -> smtplib.SMTP:
-        with self._lock:
-            while self._idle:
-                client, used = self._idle.pop()
-                if time.monotonic() - used < self.IDLE_CLOSE_SECONDS:
-                    return client
-                _close(client)
-        return self._connect()
-
-    def _give_back(self, client: smtplib.SMTP) -> None:
-        with self._lock:
-            self._idle.append((client, time.monotonic()))
-
-    def _send_one(self, mail_from: str, rcpts: Sequence[str], raw: bytes) -> SendError | None:
-        """One mail on a pooled connection; our verdict: None, or permanent (5xx), retry (4xx), unreachable."""
-        client: smtplib.SMTP | None = None
-        try:
-            client = self._take()
+    async def _oauth_login(self, client: aiosmtplib.SMTP) -> None:
+        """SASL XOAUTH2 or OAUTHBEARER (RFC 7628) with the current token; a refused token is dropped and a
+        fresh one tried once more (RFC 4954: the server answers 535 and the session goes on)."""
+        cfg = self.cfg
+        if self.tokens is None or cfg.oauth is None or not cfg.user:
+            raise LoginRefused("auth = oauth2 tanpa sumber token")
+        mechanism = cfg.oauth.mechanism
+        for attempt in (1, 2):
             try:
-                client.sendmail(mail_from, list(rcpts), raw)
-            except (smtplib.SMTPServerDisconnected, ConnectionError):
+                token = await asyncio.to_thread(self.tokens.token)  # may ask the token endpoint
+            except OAuthError as exc:
+                raise LoginRefused(str(exc)) from exc
+            initial = b64(sasl_initial(mechanism, cfg.user, token, cfg.host, cfg.port)).encode()
+            reply = await client.execute_command(b"AUTH", mechanism.upper().encode(), initial)
+            if reply.code == 334:  # the error challenge (RFC 7628 3.2.2): an empty line gets the final reply
+                reply = await client.execute_command(b"")
+            if reply.code == 235:
+                return
+            self.tokens.invalidate()
+            if attempt == 2:
+                raise LoginRefused(f"SMTP {reply.code}: {reply.message}")
+
+    async def _take(self) -> aiosmtplib.SMTP:
+        while self._idle:
+            client, used = self._idle.pop()
+            if time.monotonic() - used < self.IDLE_CLOSE_SECONDS and client.is_connected:
+                return client
+            await _quit(client)
+        return await self._connect()
+
+    def _give_back(self, client: aiosmtplib.SMTP) -> None:
+        self._idle.append((client, time.monotonic()))
+
+    async def _send_one(self, mail_from: str, rcpts: Sequence[str], raw: bytes) -> SendError | None:
+        """One mail on a pooled connection; our verdict: None, or permanent (5xx), retry (4xx), unreachable."""
+        client: aiosmtplib.SMTP | None = None
+        try:
+            client = await self._take()
+            try:
+                await client.sendmail(mail_from, list(rcpts), raw)
+            except aiosmtplib.SMTPServerDisconnected:
                 # The server closed our idle connection: once more on a fresh one.
-                _close(client)
-                client = self._connect()
-                client.sendmail(mail_from, list(rcpts), raw)
-        except smtplib.SMTPRecipientsRefused as exc:
-            # 4xx (greylisting, a relay's temporary check) is tried again; only all-5xx is final. smtplib
-            # has reset the transaction: the connection goes on.
+                client.close()
+                client = await self._connect()
+                await client.sendmail(mail_from, list(rcpts), raw)
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            # 4xx (greylisting, a relay's temporary check) is tried again; only all-5xx is final. The client
+            # has reset the transaction (RSET): the connection goes on.
             if client is not None:
                 self._give_back(client)
-            codes = [code for code, _text in exc.recipients.values()]
-            return SendError(f"penerima ditolak: {exc.recipients}", permanent=all(500 <= c < 600 for c in codes))
-        except smtplib.SMTPResponseException as exc:
+            refused = {r.recipient: (r.code, r.message) for r in exc.recipients}
+            return SendError(f"penerima ditolak: {refused}",
+                             permanent=all(500 <= r.code < 600 for r in exc.recipients))
+        except LoginRefused as exc:
+            # Not this mail's fault: the login itself was refused. The pass ends and the mail waits.
+            return SendError(f"login SMTP ditolak: {exc}. Periksa kata sandi atau izin OAuth "
+                             "(token dicabut? jalankan `subdomaind oauth login`).",
+                             permanent=False, unreachable=True)
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            return SendError(f"login SMTP ditolak ({exc.code} {exc.message}). Periksa kata sandi.",
+                             permanent=False, unreachable=True)
+        except aiosmtplib.SMTPResponseException as exc:
             # After any other error the connection's state is unknown: the next mail starts on a new one.
-            _close(client)
-            text = exc.smtp_error.decode("utf-8", "replace") if isinstance(exc.smtp_error, bytes) else exc.smtp_error
-            return SendError(f"SMTP {exc.smtp_code}: {text}", permanent=500 <= exc.smtp_code < 600)
-        except (TimeoutError, smtplib.SMTPException, OSError, ssl.SSLError) as exc:
-            _close(client)
+            _drop(client)
+            return SendError(f"SMTP {exc.code}: {exc.message}", permanent=500 <= exc.code < 600)
+        except (TimeoutError, aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
+            _drop(client)
             return SendError(f"SMTP tidak dapat dihubungi: {exc}", permanent=False, unreachable=True)
         self._give_back(client)
         return None
+
+    async def _send_all(self, mails: Sequence[tuple[str, Sequence[str], bytes]]) -> list[SendError | None]:
+        slots = asyncio.Semaphore(self.cfg.connections)
+        down = False
+
+        async def one(mail: tuple[str, Sequence[str], bytes]) -> SendError | None:
+            nonlocal down
+            async with slots:
+                if down:
+                    return NotTried("server SMTP tidak dapat dihubungi", permanent=False, unreachable=True)
+                error = await self._send_one(*mail)
+                if error is not None and error.unreachable:
+                    down = True
+                return error
+
+        return list(await asyncio.gather(*(one(m) for m in mails)))
+
+    def _run(self, work: Any) -> Any:
+        with self._call:
+            if self._loop is None or self._loop.is_closed():
+                self._loop = asyncio.new_event_loop()
+            return self._loop.run_until_complete(work)
 
     def send(self, mail_from: str, rcpts: Sequence[str], raw: bytes) -> None:
         error = self.send_many([(mail_from, rcpts, raw)])[0]
@@ -139,38 +197,68 @@ class SmtpTransport:
             raise error
 
     def send_many(self, mails: Sequence[tuple[str, Sequence[str], bytes]]) -> list[SendError | None]:
-        """Send each mail; its error or None, in order. After the server proved unreachable the mails not
-        yet begun are not tried (NotTried): they would wait out the same timeout."""
-        if self._threads is None:
-            self._threads = ThreadPoolExecutor(max_workers=self.cfg.connections, thread_name_prefix="smtp")
-        down = threading.Event()
+        """Send each mail, up to `connections` at once; its error or None, in order. After the server proved
+        unreachable the mails not yet begun are not tried (NotTried): they would wait out the same timeout."""
+        return list(self._run(self._send_all(mails)))
 
-        def one(mail: tuple[str, Sequence[str], bytes]) -> SendError | None:
-            if down.is_set():
-                return NotTried("server SMTP tidak dapat dihubungi", permanent=False, unreachable=True)
-            error = self._send_one(*mail)
-            if error is not None and error.unreachable:
-                down.set()
-            return error
+    def try_login(self) -> BaseException | None:
+        """Connect, log in (password or OAuth) and QUIT, as the outbox does: None when that worked, else the
+        error (`LoginRefused`, aiosmtplib's, OSError). `check-config --connect` words it."""
 
-        if len(mails) == 1:
-            return [one(mails[0])]
-        return list(self._threads.map(one, mails))
+        async def probe() -> None:
+            client = await self._connect()
+            await _quit(client)
+
+        try:
+            self._run(probe())
+        except (LoginRefused, TimeoutError, aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
+            return exc
+        finally:
+            self.close()
+        return None
+
+    def check_login(self) -> str | None:
+        """`try_login`'s outcome in plain words, or None."""
+        exc = self.try_login()
+        if exc is None:
+            return None
+        if isinstance(exc, LoginRefused):
+            return f"login SMTP ditolak: {exc}"
+        if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+            return f"login SMTP ditolak ({exc.code} {exc.message}): periksa kata sandi"
+        if isinstance(exc, aiosmtplib.SMTPResponseException):
+            return f"SMTP {self.cfg.host}:{self.cfg.port} menjawab {exc.code} {exc.message}"
+        return f"SMTP {self.cfg.host}:{self.cfg.port} tidak dapat dihubungi: {exc}"
 
     def close(self) -> None:
-        if self._threads is not None:
-            self._threads.shutdown(wait=True)
-            self._threads = None
-        with self._lock:
-            idle, self._idle = self._idle, []
-        for client, _used in idle:
-            try:
-                client.quit()
-            except (OSError, smtplib.SMTPException):
-                _close(client)
+        if self._loop is None or self._loop.is_closed():
+            return
+        idle, self._idle = self._idle, []
+
+        async def quit_all() -> None:
+            await asyncio.gather(*(_quit(client) for client, _used in idle))
+
+        try:
+            self._run(quit_all())
+        finally:
+            with self._call:
+                self._loop.close()
+                self._loop = None
 
 
-def _close(client: smtplib.SMTP | None) -> None:
+class LoginRefused(Exception):
+    """The SMTP server refused our OAuth login (after one fresh token), or no token could be had; the text
+    says why in plain words."""
+
+
+async def _quit(client: aiosmtplib.SMTP) -> None:
+    try:
+        await client.quit()
+    except (OSError, aiosmtplib.SMTPException):
+        _drop(client)
+
+
+def _drop(client: aiosmtplib.SMTP | None) -> None:
     if client is not None:
         with contextlib.suppress(OSError):
             client.close()

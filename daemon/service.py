@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from daemon.config import AgencyConfig, Config, LimitsConfig
 from daemon.leases import AllLeases, Leases, PgLeases, agency_key
 from daemon.mailbox import FETCH_BYTES, ImapSource, MailSource, MailSourceError
+from daemon.oauth import LazyTokens, TokenSource
 from daemon.outbox import SmtpTransport, Transport, drain
 from daemon.parsing import Job, Parser, make_parser, release_large_blocks
 from parsers.model import Limits, ParseOptions, ParseResult
@@ -116,6 +117,69 @@ def _secret_box(config: Config) -> SecretBox:
     return SecretBox.from_file(config.secrets.key_file)
 
 
+# After the server refused the login (or throttled us) a mailbox is left alone for a minute, doubling
+# to half an hour: a wrong password must not lock the account (Zimbra's lockout, fail2ban) and a throttled
+# Microsoft 365 tenant must not be stormed. Other failures (the server down) are retried sooner.
+AUTH_BACKOFF_FIRST = 60.0
+AUTH_BACKOFF_MAX = 1800.0
+NETWORK_BACKOFF_MAX = 300.0
+
+
+class LoginGate:
+    """One backoff per mailbox, shared by intake and the IDLE watcher: one login attempt at a time, none
+    before the backoff ends, and the backoff reset by a login that works."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._busy = False
+        self.until = 0.0  # monotonic time before which nobody logs in
+        self.failures = 0  # failures in a row
+        self.refused = 0  # of which refusals and throttling (the long backoff)
+
+    def left(self) -> float:
+        return max(0.0, self.until - self._clock())
+
+    def try_begin(self) -> bool:
+        """True when this caller may log in now; it then ends with `succeeded` or `failed`."""
+        with self._lock:
+            if self._busy or self._clock() < self.until:
+                return False
+            self._busy = True
+            return True
+
+    def succeeded(self) -> None:
+        with self._lock:
+            self._busy = False
+            self.until = 0.0
+            self.failures = self.refused = 0
+
+    def release(self) -> None:
+        with self._lock:
+            self._busy = False
+
+    def failed(self, kind: str) -> float:
+        """Record a failure of `kind` ("auth", "throttled", "network"); the seconds to wait."""
+        with self._lock:
+            self._busy = False
+            self.failures += 1
+            if kind in ("auth", "throttled"):
+                self.refused += 1
+                delay = min(AUTH_BACKOFF_MAX, AUTH_BACKOFF_FIRST * 2 ** (self.refused - 1))
+            else:
+                # Jittered exponential backoff (peers' pain point: intake that never resumes).
+                delay = min(NETWORK_BACKOFF_MAX, 2.0 ** min(self.failures, 8)) * random.uniform(0.5, 1.0)
+            self.until = max(self.until, self._clock() + delay)
+            return delay
+
+    def restore(self, seconds: float) -> None:
+        """A backoff still running when the daemon (re)started: honoured, so a restart is no fresh burst."""
+        with self._lock:
+            if seconds > 0:
+                self.until = self._clock() + min(seconds, AUTH_BACKOFF_MAX)
+                self.refused = max(self.refused, 1)
+
+
 @dataclass
 class AgencyRuntime:
     agency: AgencyConfig
@@ -124,12 +188,25 @@ class AgencyRuntime:
     calendar: WorkCalendar
     sop: Sop  # loaded once per configuration: a broken file on disk cannot stall the running daemon
     connected: bool = False
-    backoff_until: float = 0.0
-    failures: int = 0
+    gate: LoginGate = field(default_factory=LoginGate)
+    tokens: TokenSource | None = None  # the mailbox's OAuth tokens, shared by intake and the watcher
+    restored: bool = False
     wake: threading.Event = field(default_factory=threading.Event)
     lease_changed: threading.Event = field(default_factory=threading.Event)  # wakes its IDLE watcher
     watcher: ImapSource | None = None  # the IDLE connection, cut by `interrupt` on a stop or a lost lease
     idling: bool = False  # its watcher holds IDLE: the poll interval need not look at this mailbox
+
+    @property
+    def backoff_until(self) -> float:
+        return self.gate.until
+
+    @backoff_until.setter
+    def backoff_until(self, value: float) -> None:
+        self.gate.until = value
+
+    @property
+    def failures(self) -> int:
+        return self.gate.failures
 
 
 class Daemon:
@@ -199,14 +276,20 @@ class Daemon:
 
     def _build(self, config: Config) -> tuple[Transport, dict[str, AgencyRuntime]]:
         smtp_password = config.smtp.read_secret() if config.smtp.user else None
+        kept = config.state_dir / "oauth"  # rotated refresh tokens (daemon/oauth.py token_source)
+        smtp_tokens = (LazyTokens(config.smtp.oauth, config.smtp.user, kept / "smtp-refresh-token")
+                       if config.smtp.oauth and config.smtp.auth == "oauth2" and config.smtp.user else None)
         transport = self._given_transport or SmtpTransport(
-            config.smtp, smtp_password, helo_name=config.agencies[0].address.rpartition("@")[2])
+            config.smtp, smtp_password, helo_name=config.agencies[0].address.rpartition("@")[2], tokens=smtp_tokens)
         runtimes: dict[str, AgencyRuntime] = {}
         for ag in config.agencies:
-            src = self._given_sources.get(ag.id) or ImapSource(ag.imap, ag.imap.read_secret() or "", self.spool_dir)
+            tokens = (LazyTokens(ag.imap.oauth, ag.imap.user, kept / f"{ag.id}-imap-refresh-token")
+                      if ag.imap.oauth and ag.imap.auth == "oauth2" else None)
+            src = self._given_sources.get(ag.id) or ImapSource(
+                ag.imap, "" if tokens else ag.imap.read_secret() or "", self.spool_dir, tokens)
             svc = self._given_services.get(ag.id) or build_services(config, ag)
             runtimes[ag.id] = AgencyRuntime(agency=ag, source=src, services=svc, calendar=calendar_for(ag),
-                                            sop=load_sop(ag.sop))
+                                            sop=load_sop(ag.sop), tokens=tokens)
         return transport, runtimes
 
     def reload(self) -> bool:
@@ -337,7 +420,8 @@ class Daemon:
     def _connect(self, rt: AgencyRuntime) -> bool:
         if rt.connected:
             return True
-        if time.monotonic() < rt.backoff_until:
+        self._restore_backoff(rt)
+        if not rt.gate.try_begin():
             return False
         try:
             with self._logins:
@@ -345,26 +429,48 @@ class Daemon:
         except MailSourceError as exc:
             self._intake_failed(rt, exc)
             return False
+        except BaseException:
+            rt.gate.release()
+            raise
+        rt.gate.succeeded()
         rt.connected = True
         if not self.ready:
             self.ready = True
             sd_notify("READY=1\nSTATUS=mailbox login ok")
         return True
 
+    def _restore_backoff(self, rt: AgencyRuntime) -> None:
+        """Once per runtime: a login backoff recorded by the previous run still holds."""
+        if rt.restored:
+            return
+        rt.restored = True
+        with self.sessions() as s:
+            st = s.get(MailboxState, (rt.agency.id, rt.source.folder))
+            until = st.backoff_until if st is not None else None
+        if until is not None:
+            left = (until - self.clock()).total_seconds()
+            if left > 0:
+                rt.gate.restore(left)
+                log.warning("mailbox %s: the login backoff of the previous run holds for %.0f s more",
+                            rt.agency.id, left)
+
     def _intake_failed(self, rt: AgencyRuntime, exc: Exception) -> None:
         rt.connected = False
-        rt.failures += 1
-        # Jittered exponential backoff, capped at 5 minutes (peers' pain point: intake that never resumes).
-        delay = min(300.0, 2.0 ** min(rt.failures, 8)) * random.uniform(0.5, 1.0)
-        rt.backoff_until = time.monotonic() + delay
-        log.warning("intake %s failing (%s); retry in %.0f s", rt.agency.id, exc, delay)
+        kind = exc.kind if isinstance(exc, MailSourceError) else "network"
+        delay = rt.gate.failed(kind)
+        log.warning("intake %s failing: %s; retry in %.0f s", rt.agency.id, exc, delay)
         try:
             rt.source.close()
         except Exception:  # noqa: BLE001 - closing a broken connection must not stop the loop
             log.debug("close failed", exc_info=True)
+        self._record_failure(rt, exc, delay)
+
+    def _record_failure(self, rt: AgencyRuntime, exc: Exception, delay: float) -> None:
+        """The reason in plain words and the backoff's end, where `status` and the digest read them."""
         with self.sessions.begin() as s:
             st = self._state(s, rt)
             st.last_error = str(exc)[:2000]
+            st.backoff_until = self.clock() + timedelta(seconds=delay)
             if st.failing_since is None:
                 st.failing_since = self.clock()
             limit = timedelta(minutes=self.config.workflow.intake_alert_minutes)
@@ -439,8 +545,8 @@ class Daemon:
                 st.failing_since = None
                 st.alerted_at = None
                 st.last_error = None
+                st.backoff_until = None
                 st.mode = rt.source.mode
-            rt.failures = 0
         except MailSourceError as exc:
             self._intake_failed(rt, exc)
         return handled
@@ -627,24 +733,38 @@ class Daemon:
         gone elsewhere cuts the connection (`ImapSource.interrupt`)."""
         if not rt.agency.imap.idle:
             return
-        src = ImapSource(rt.agency.imap, rt.agency.imap.read_secret() or "", self.spool_dir)
+        src = ImapSource(rt.agency.imap, "" if rt.tokens else rt.agency.imap.read_secret() or "", self.spool_dir,
+                         rt.tokens)
         aid = rt.agency.id
-        failures = 0
         while not self.stopping.is_set():
             if not self.leases.owns(aid):
                 rt.lease_changed.wait()
                 rt.lease_changed.clear()
                 continue
+            # The watcher logs in only when the mailbox's shared backoff allows, and one login at a time
+            # with intake: a wrong password costs one attempt per backoff step, not one per connection.
+            self._restore_backoff(rt)
+            if not rt.gate.try_begin():
+                self.stopping.wait(min(5.0, max(0.2, rt.gate.left())))
+                continue
             rt.watcher = src
+            holding = True  # this watcher's login attempt holds the gate until it ends
             try:
-                with self._logins:
-                    src.connect()
+                try:
+                    with self._logins:
+                        src.connect()
+                except MailSourceError:
+                    raise  # the attempt ends in gate.failed below
+                except BaseException:
+                    rt.gate.release()
+                    raise
+                rt.gate.succeeded()
+                holding = False
                 if src.mode != "idle":
                     return
                 self._idling(aid, True)
                 # Mail may have arrived while we were away: let the main loop look at once.
                 self._wake_agency(aid)
-                failures = 0
                 while not self.stopping.is_set() and self.leases.owns(aid):
                     # New mail, or IDLE re-issued: the mailbox is read then too, a safety net for a
                     # notification lost on the way (one read per mailbox per idle_refresh_seconds).
@@ -652,12 +772,15 @@ class Daemon:
                     self._wake_agency(aid)
             except MailSourceError as exc:
                 if self.stopping.is_set() or not self.leases.owns(aid):
+                    if holding:
+                        rt.gate.release()
                     continue
-                failures += 1
-                log.info("IDLE watcher %s: %s", aid, exc)
+                delay = rt.gate.failed(exc.kind)
+                log.info("IDLE watcher %s: %s; retry in %.0f s", aid, exc, delay)
                 self._idling(aid, False)
-                self._wake_agency(aid)  # polled meanwhile
-                self.stopping.wait(min(60.0, 2.0 ** failures) * random.uniform(0.5, 1.0))
+                self._wake_agency(aid)  # polled meanwhile, and the main loop's wait follows the new backoff
+                if exc.kind != "network":
+                    self._record_failure(rt, exc, delay)
             finally:
                 self._idling(aid, False)
                 rt.watcher = None

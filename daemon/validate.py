@@ -89,12 +89,14 @@ def problems(cfg: Config, *, secrets: bool = True) -> list[str]:
         out += _verify_servers(f"{key}.dns", ag.dns)
         if secrets:
             out += _mailbox_secret(f"{key}.imap", ag.imap)
+            out += _oauth_secrets(f"{key}.imap.oauth", ag.imap)
             try:
                 read_tsig(ag.dns)
             except ConfigError as exc:
                 out += [f"{key}.dns.tsig_secret_file: {p}" for p in exc.problems]
     if secrets and cfg.smtp.user:
         out += _mailbox_secret("smtp", cfg.smtp)
+        out += _oauth_secrets("smtp.oauth", cfg.smtp)
     if secrets:
         out += _pic_key(cfg)
     out += _hosting(cfg)
@@ -198,6 +200,25 @@ def _mailbox_secret(key: str, src: Any) -> list[str]:
     elif password_env is not None and not os.environ[password_env].strip():
         return [f"{key}.password_env: environment variable {password_env} is empty"]
     return []
+
+
+def _oauth_secrets(key: str, src: Any) -> list[str]:
+    """With `auth = "oauth2"`: the client secret and the service account key, as any secret. The refresh
+    token may still be missing (`subdomaind oauth login` writes it; until then the login says so), but a
+    file that is there must be fit to hold it."""
+    oauth = getattr(src, "oauth", None)
+    if getattr(src, "auth", "password") != "oauth2" or oauth is None:
+        return []
+    out: list[str] = []
+    for label in ("client_secret_file", "service_account_file", "refresh_token_file"):
+        path = getattr(oauth, label)
+        if path is None or (label == "refresh_token_file" and not secret_path(path).exists()):
+            continue
+        try:
+            read_secret_file(path)
+        except ConfigError as exc:
+            out += [f"{key}.{label}: {p}" for p in exc.problems]
+    return out
 
 
 @dataclass(frozen=True)

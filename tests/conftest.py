@@ -24,6 +24,8 @@ from daemon.devservers import (
     DkimKey,
     Dovecot,
     MailUser,
+    OAuthDovecot,
+    OAuthServer,
     OpenDkim,
     Postfix,
     Postgres,
@@ -41,7 +43,7 @@ mail  IN A 203.0.113.6
 """
 
 AUTHSERV_ID = f"mx.{DOMAIN}"
-Server = Dovecot | Bind | Postgres | SmtpRelay | OpenDkim | Postfix
+Server = Dovecot | Bind | Postgres | SmtpRelay | OpenDkim | Postfix | OAuthServer
 _STARTED: list[Server] = []
 
 
@@ -155,6 +157,26 @@ def postgres(servers_root: Path) -> Iterator[Postgres]:
         yield server
 
 
+@pytest.fixture(scope="session")
+def oauth_server(servers_root: Path) -> Iterator[OAuthServer]:
+    """An OAuth 2.0 authorization server (token, device and introspection endpoints) on loopback."""
+    server = OAuthServer(base=servers_root)
+    with _started(server):
+        yield server
+
+
+@pytest.fixture(scope="session")
+def dovecot_oauth(servers_root: Path, oauth_server: OAuthServer, smtp_relay: SmtpRelay) -> Iterator[OAuthDovecot]:
+    """Dovecot whose IMAP and submission logins take bearer tokens checked at `oauth_server`
+    (passdb oauth2); submission relays to `smtp_relay`, which delivers into `dovecot`."""
+    _require("dovecot")
+    if not Path("/usr/lib/dovecot/submission").exists():
+        pytest.fail("the OAuth tests need dovecot-submissiond (`make test` installs it)", pytrace=False)
+    server = OAuthDovecot(servers_root, "m365.trenggalekkab.go.id", oauth_server, smtp_relay.port)
+    with _started(server):
+        yield server
+
+
 @pytest.fixture
 def make_user(dovecot: Dovecot) -> Callable[..., MailUser]:
     """Factory: ``make_user(server=None, prefix="u")`` adds a fresh user to `server` (default `dovecot`)."""
@@ -189,7 +211,7 @@ def pytest_runtest_makereport(
     report = yield
     if report.failed:
         for name, value in getattr(item, "funcargs", {}).items():
-            if isinstance(value, Dovecot | Bind | Postgres | SmtpRelay | Postfix):
+            if isinstance(value, Dovecot | Bind | Postgres | SmtpRelay | Postfix | OAuthServer):
                 report.sections.append((f"{name} log (tail)", value.log_text()[-6000:]))
     return report
 

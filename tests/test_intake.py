@@ -256,3 +256,25 @@ def test_intake_failing_alerts_staff_once_and_status_shows_it(dovecot: Dovecot, 
     assert len(alerts) == 1
     intake = status_data(cfg, sessions)["intake"][0]
     assert intake["failing_since"] and intake["last_error"]
+
+
+def test_a_message_seen_under_two_labels_is_handled_once(daemon_on, dovecot: Dovecot) -> None:  # type: ignore[no-untyped-def]
+    """Gmail shows each label as a folder: a message the office labels again (or moves back to the inbox)
+    shows up in INBOX once more, under a new UID. It is the same letter: one request, and the copy is
+    flagged done so that it is not fetched again."""
+    d, mailbox, sessions = daemon_on
+    raw = request_mail("dinsos@trenggalekkab.go.id", "dinsoslabel", to=mailbox.address)
+    dovecot.append(mailbox.name, raw, folder="Archive")  # the label the office filed it under
+    dovecot.append(mailbox.name, raw)
+    d.run_once()
+    dovecot.append(mailbox.name, raw)  # labelled "Inbox" again by someone in the office
+    d.run_once()
+    with sessions() as s:
+        assert len(s.execute(select(Request)).scalars().all()) == 1
+        rows = s.execute(select(Inbound)).scalars().all()
+        assert len(rows) == 1 and rows[0].uid == 1
+    with mailbox.imap() as c:
+        c.select_folder("INBOX", readonly=True)
+        flags = c.get_flags(c.search("ALL"))
+    assert len(flags) == 2 and all(b"$SubdomaindDone" in f for f in flags.values())
+    assert len(dovecot.messages(mailbox.name, "Archive")) == 1  # the other label is left alone

@@ -334,8 +334,10 @@ class MailboxState(Base):
     mode: Mapped[str | None] = mapped_column(String(16))  # idle | polling
     last_ok_at: Mapped[datetime | None]
     failing_since: Mapped[datetime | None]
-    last_error: Mapped[str | None] = mapped_column(Text)
+    last_error: Mapped[str | None] = mapped_column(Text)  # in plain words, as the operator reads it
     alerted_at: Mapped[datetime | None]
+    # A refused or throttled login: nobody logs in to this mailbox before this time (daemon/service.py).
+    backoff_until: Mapped[datetime | None]
 
 
 class Counter(Base):
