@@ -170,6 +170,11 @@ class AgencyConfig(_Strict):
     holiday_overrides: Path | None = None
     digest_time: str = Field("07:00", pattern=r"^\d{2}:\d{2}$")
     vocabulary: VocabularyConfig = VocabularyConfig()
+    # The people behind the addresses (address -> the name as letters write it), for the STATUS and ANTREAN
+    # answers and the monthly report; an address without a name is shown as the address.
+    names: dict[str, str] = {}
+    # The monthly report goes out on the first working day of each month, at digest_time.
+    monthly_report: bool = True
 
     @field_validator("zone")
     @classmethod
@@ -194,6 +199,13 @@ class AgencyConfig(_Strict):
         if "@" not in v or "+" in v.split("@")[0]:
             raise ValueError("must be a plain address such as layanan@trenggalekkab.go.id")
         return v.lower()
+
+    @field_validator("names")
+    @classmethod
+    def _names(cls, v: dict[str, str]) -> dict[str, str]:
+        if any("@" not in a for a in v):
+            raise ValueError("names: each key must be an e-mail address")
+        return {a.lower(): " ".join(n.split()) for a, n in v.items()}
 
     @field_validator("actors", "delegates")
     @classmethod

@@ -509,20 +509,33 @@ class Daemon:
         return done
 
     def housekeeping(self, rt: AgencyRuntime) -> None:
-        """Reminders and escalations past the Mutu Baku, and the daily digest when its time has come."""
+        """Reminders and escalations past the Mutu Baku, and the daily digest and the monthly report when
+        their time has come."""
         from datetime import time as dtime
 
+        hh, mm = (int(x) for x in rt.agency.digest_time.split(":"))
         try:
             with self.sessions.begin() as s:
                 ctx = self.ctx(s, rt.agency)
                 now = self.clock()
                 due_reminders(ctx, rt.calendar, now)
-                hh, mm = (int(x) for x in rt.agency.digest_time.split(":"))
                 since = digest_due(s, rt.agency.id, rt.calendar, now, dtime(hh, mm))
                 if since is not None:
                     send_digest(ctx, rt.calendar, now, since)
         except Exception:  # the housekeeping boundary: a bad digest must not stop intake
             log.exception("reminders/digest for %s failed", rt.agency.id)
+        if not rt.agency.monthly_report:
+            return
+        try:  # its own transaction: a failing report must not take the digest with it
+            from workflows.report import report_due, send_report
+
+            with self.sessions.begin() as s:
+                now = self.clock()
+                month = report_due(s, rt.agency.id, rt.calendar, now, dtime(hh, mm))
+                if month is not None:
+                    send_report(self.ctx(s, rt.agency), rt.calendar, month, now)
+        except Exception:
+            log.exception("monthly report for %s failed", rt.agency.id)
 
     # --- the loop ---------------------------------------------------------------------------------
 

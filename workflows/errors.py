@@ -74,6 +74,14 @@ class NotVouched(Refusal):
     notify = False  # a forged sender must not learn anything, nor make us mail the real one
 
 
+class NotParty(Refusal):
+    """STATUS or ANTREAN from an address that takes no part in the request (or holds no role): nothing is
+    said, not even that the request exists (a ticket number is guessable)."""
+
+    code = "not_party"
+    notify = False
+
+
 class AlreadyRequested(Refusal):
     """The same unit already has an open request for the same sub-domain."""
 
@@ -95,6 +103,7 @@ ALL_REFUSALS: tuple[type[Refusal], ...] = (
     DecisionNotOffered,
     TooLateToCancel,
     NotVouched,
+    NotParty,
     AlreadyRequested,
     TooLarge,
 )
