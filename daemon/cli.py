@@ -307,7 +307,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             if rt.agency.id not in months:
                 continue
             with d.sessions.begin() as s:
-                r = send_report(d.ctx(s, rt.agency), rt.calendar, months[rt.agency.id], now)
+                r = send_report(d.ctx(s, rt.agency), rt.calendar, months[rt.agency.id], now, by_hand=True)
             print(f"{rt.agency.id}: laporan {r.month_name} diantrekan")
         d.shutdown(flush_seconds=30)
         return 0

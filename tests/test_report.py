@@ -275,6 +275,17 @@ def test_empty_month_renders(office: Office) -> None:
     assert "Tidak ada langkah yang selesai bulan ini." in text and "Tidak ada keputusan pejabat bulan ini." in html
     assert render_pdf(r, agency).startswith(b"%PDF")
     assert chart_weeks(r)[:4] == chart_steps(r)[:4] == b"\x89PNG"
+    # The scheduled report of a month without any request is not mailed (a service that began later).
+    with sessions.begin() as s:
+        send_report(make_ctx(s, cfg, FrozenClock(NOW)), CAL, NOVEMBER, NOW)
+    with sessions() as s:
+        assert s.execute(select(Outbox)).first() is None
+        assert s.execute(select(Audit.event)).scalars().all() == ["report.empty"]
+        assert report_due(s, "trenggalek", CAL, wib(2026, 12, 2, 9, 0)) is None
+    with sessions.begin() as s:  # asked for by hand, it is
+        send_report(make_ctx(s, cfg, FrozenClock(NOW)), CAL, NOVEMBER, NOW, by_hand=True)
+    with sessions() as s:
+        assert s.execute(select(Outbox.purpose)).scalars().all() == ["report"]
 
 
 # --- as people see it ------------------------------------------------------------------------------

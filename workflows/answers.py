@@ -34,6 +34,8 @@ OUTCOME_WORDS = {
     "problem": "kendala dilaporkan",
     "confirm": "dikonfirmasi berhasil",
 }
+# The requester's side of a wait step.
+REQUESTER_WORDS = {"ok": "Dilengkapi", "confirm": "Dikonfirmasi berhasil", "problem": "Kendala dilaporkan"}
 STATUS_LABELS = {"open": "Sedang diproses", "done": "Selesai", "rejected": "Ditolak"}
 AUTOMATIC = "Sistem (otomatis)"
 
@@ -89,18 +91,24 @@ def _waits_on(ctx: Ctx, req: Request, run: StepRun) -> list[str]:
     return people or [ctx.sop.roles[step.actor].title]
 
 
-def _done_by(ctx: Ctx, req: Request, run: StepRun, decision: Decision | None) -> str:
+def _said(ctx: Ctx, req: Request, run: StepRun, decision: Decision | None) -> str:
+    """What happened at a finished step and by whom, as one sentence: "Disetujui oleh <name>, <jabatan>"."""
     step = ctx.sop.steps.get(run.key)
+    outcome = run.outcome or "ok"
+    word = OUTCOME_WORDS.get(outcome, DECISION_WORDS.get(outcome, outcome)).capitalize()
     if decision is not None:
-        return who_is(ctx, decision.actor, decision.on_behalf_of or run.role, acting=bool(decision.on_behalf_of))
+        acting = bool(decision.on_behalf_of)
+        return f"{word} oleh {who_is(ctx, decision.actor, decision.on_behalf_of or run.role, acting=acting)}"
     if step is None or step.kind == "action" or not step.actor:
-        return AUTOMATIC
+        return f"{word} (proses otomatis)"
     role = ctx.sop.roles[step.actor]
-    if role.requester:
-        return f"{role.title} ({req.unit or req.requester})"
     if step.kind == "notification":
-        return f"diberitahukan kepada {role.title}"
-    return role.title
+        people = [f"{role.title} ({req.unit or req.requester})"] if role.requester else _waits_on(ctx, req, run)
+        return "Diberitahukan kepada " + "; ".join(people)
+    if role.requester:
+        word = REQUESTER_WORDS.get(outcome, word)
+        return f"{word} oleh {role.title} ({req.unit or req.requester})"
+    return f"{word} oleh {role.title}"
 
 
 def request_status(ctx: Ctx, calendar: WorkCalendar, req: Request, now: datetime) -> dict[str, Any]:
@@ -125,9 +133,8 @@ def request_status(ctx: Ctx, calendar: WorkCalendar, req: Request, now: datetime
         if run.status == "done":
             outcome = run.outcome or "ok"
             took = calendar.working_minutes(run.opened_at, run.closed_at) if run.closed_at else 0.0
-            done.append({**base, "closed": fmt.when(run.closed_at),
-                         "outcome": OUTCOME_WORDS.get(outcome, DECISION_WORDS.get(outcome, outcome)),
-                         "by": _done_by(ctx, req, run, decisions.get(run.id)), "took": fmt.span(took)})
+            done.append({**base, "closed": fmt.when(run.closed_at), "outcome": outcome,
+                         "said": _said(ctx, req, run, decisions.get(run.id)), "took": fmt.span(took)})
         elif run.status == "open":
             current = {**base, "waits_on": _waits_on(ctx, req, run), "age": fmt.span(
                 calendar.working_minutes(run.opened_at, now)), "mutu": None, "deadline": None, "overdue": False,

@@ -557,17 +557,25 @@ def report_attachments(report: MonthlyReport, agency: AgencyConfig) -> list[Mail
     ]
 
 
-def send_report(ctx: Ctx, calendar: WorkCalendar, month: date, now: datetime) -> MonthlyReport:
-    """Queue the report of `month` to its recipients (HTML with the charts, the PDF attached)."""
+def send_report(ctx: Ctx, calendar: WorkCalendar, month: date, now: datetime, *,
+                by_hand: bool = False) -> MonthlyReport:
+    """Queue the report of `month` to its recipients (HTML with the charts, the PDF attached). The
+    scheduled report of a month without any request is not sent; one asked for `by_hand` always is, and
+    does not count as the month's scheduled one."""
     from workflows.mailer import Rendered
 
     report = build_report(ctx.session, ctx.agency, ctx.sop, calendar, month, now)
+    if not by_hand and not report.rows:
+        # No request was received, closed or open that month (a month before the service began): nobody
+        # needs a page of zeros. Recorded, so that the month is not looked at again.
+        audit(ctx, None, "report.empty", month=f"{month:%Y-%m}")
+        return report
     subject, text, html = render_mail(report, ctx.agency)
     to = report_recipients(ctx.agency, ctx.sop)
     ctx.mailer.queue_rendered(ctx.session, rendered=Rendered(subject=subject, text=text, html=html), to=to,
                               purpose="report", attachments=report_attachments(report, ctx.agency))
-    audit(ctx, None, "report.sent", to=to, month=f"{month:%Y-%m}", received=report.received,
-          finished=report.finished, rejected=report.rejected, open=report.open_at_end)
+    audit(ctx, None, "report.sent_by_hand" if by_hand else "report.sent", to=to, month=f"{month:%Y-%m}",
+          received=report.received, finished=report.finished, rejected=report.rejected, open=report.open_at_end)
     return report
 
 
@@ -583,7 +591,8 @@ def report_due(session: Session, agency_id: str, calendar: WorkCalendar, now: da
     month = previous_month(calendar, now)
     start_of_this_month = datetime.combine(first, time(0), calendar.tz)
     sent = session.execute(
-        select(func.count()).select_from(Audit).where(Audit.agency == agency_id, Audit.event == "report.sent",
+        select(func.count()).select_from(Audit).where(Audit.agency == agency_id,
+                                                      Audit.event.in_(("report.sent", "report.empty")),
                                                       Audit.at >= start_of_this_month)
     ).scalar_one()
     return None if sent else month
