@@ -351,16 +351,20 @@ def chart_steps(report: MonthlyReport) -> bytes:
     ys = [2 * i for i in range(len(measured))][::-1]
     colors = [_GREEN if v >= COMPLIANCE_TARGET else _RED for v in values]
     bars = ax.barh(ys, values, color=colors, height=0.8)
-    ax.bar_label(bars, labels=[f"{v:.0f}% ({st.wait.within}/{st.wait.count})"
-                               for v, st in zip(values, measured, strict=True)], fontsize=10, padding=3)
+    # The target line runs behind the words; each label is set on white so that it stays readable.
+    on_white = {"facecolor": "white", "edgecolor": "none", "pad": 0.6}
+    texts = ax.bar_label(bars, labels=[f"{v:.0f}% ({st.wait.within}/{st.wait.count})"
+                                       for v, st in zip(values, measured, strict=True)], fontsize=10, padding=3)
+    for t in texts:
+        t.set_bbox(on_white)
     for y, st in zip(ys, measured, strict=True):
         label = (f"SOP {st.sop_no} · " if st.sop_no != "-" else "") + _short(st.title, 60)
-        ax.text(0, y + 0.55, label, fontsize=10, va="bottom", color="#1f2937")
+        ax.text(0, y + 0.55, label, fontsize=10, va="bottom", color="#1f2937", bbox=on_white)
     ax.set_yticks([])
     ax.set_ylim(-0.8, (max(ys) if ys else 0) + 1.6)
     ax.set_xlim(0, 122)
     ax.set_xticks([0, 20, 40, 60, 80, 100], ["0", "20", "40", "60", "80", "100%"], fontsize=10)
-    ax.axvline(COMPLIANCE_TARGET, color=_GREY, linewidth=0.8, linestyle="--")
+    ax.axvline(COMPLIANCE_TARGET, color=_GREY, linewidth=0.8, linestyle="--", zorder=0)
     ax.spines[["top", "right", "left"]].set_visible(False)
     if not measured:
         ax.text(50, 0, "Belum ada langkah yang selesai bulan ini.", ha="center", va="center", fontsize=10)
