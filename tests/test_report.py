@@ -361,3 +361,30 @@ def test_report_as_people_see_it(office: Office, tmp_path: Path) -> None:
         words = " ".join(ocr.split())
         for needle in ("November 2026", "Diterima", "Selesai", "Ditolak", "3 hari 4 jam"):
             assert needle in words, (needle, words[:1500])
+
+
+def test_cli_preview_writes_html_and_pdf_and_csv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from daemon.cli import main
+    from daemon.localoffice import config_data, write_config
+
+    data = config_data(tmp_path / "cfg", agency_extra={"names": NAMES, "delegates": {"kadis": [PLT]}})
+    path = write_config(tmp_path / "config.toml", data)
+    state = Path(data["state_dir"])
+    state.mkdir(parents=True)
+    engine = make_engine(f"sqlite:///{state / 'subdomaind.db'}")
+    upgrade(engine)
+    seed_month(make_sessionmaker(engine))
+    engine.dispose()
+    html, pdf = tmp_path / "laporan.html", tmp_path / "laporan.pdf"
+    assert main(["--config", str(path), "report", "--month", "2026-11", "--preview", "--html", str(html),
+                 "--pdf", str(pdf)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Subjek: Laporan bulanan layanan sub domain November 2026")
+    assert "Permohonan diterima        : 6" in out
+    assert 'src="data:image/png;base64,' in html.read_text(encoding="utf-8")  # a browser shows it as is
+    assert pdf.read_bytes().startswith(b"%PDF")
+    assert main(["--config", str(path), "report", "--month", "2026-11", "--csv"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 1 + 7
+    assert main(["--config", str(path), "report", "--month", "2026-13", "--preview"]) == 2
+    assert "TAHUN-BULAN" in capsys.readouterr().err
+    assert main(["--config", str(path), "report", "--agency", "lain", "--preview"]) == 2

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from sqlalchemy import select
 
 from parsers.model import ParseResult
+from workflows.answers import request_status, roles_of, waiting_on_roles, who_is
 from workflows.engine import (
     Ctx,
     alert_staff,
@@ -29,6 +30,7 @@ from workflows.errors import (
     AlreadyRequested,
     DecisionNotOffered,
     DecisionUnclear,
+    NotParty,
     NotStepActor,
     NotVouched,
     RequesterCannotApprove,
@@ -39,6 +41,7 @@ from workflows.errors import (
 from workflows.mailer import LOOP_HEADER, token_hash
 from workflows.store import Delegation, Inbound, Outbox, Request, StepRun
 from workflows.vouch import AuthPolicy, vouched
+from workflows.worktime import calendar_for
 
 _PLAIN_ADDRESS = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
 _REQUEST_WORDS = re.compile(r"\b(sub[\s-]?domain|subdomain|hosting)\b", re.IGNORECASE)
@@ -419,10 +422,6 @@ class StatusHandler:
         return parsed.kind in ("reply", "request", "unrelated") and _command(parsed, _STATUS_RE) is not None
 
     def execute(self, ctx: Ctx, parsed: ParseResult, inbound: Inbound) -> str:
-        from workflows.answers import request_status, roles_of
-        from workflows.errors import NotParty
-        from workflows.worktime import calendar_for
-
         m = _command(parsed, _STATUS_RE)
         assert m is not None
         sender = _sender(parsed)
@@ -477,10 +476,6 @@ class QueueHandler:
         return parsed.kind in ("reply", "request", "unrelated") and _command(parsed, _QUEUE_RE) is not None
 
     def execute(self, ctx: Ctx, parsed: ParseResult, inbound: Inbound) -> str:
-        from workflows.answers import roles_of, waiting_on_roles, who_is
-        from workflows.errors import NotParty
-        from workflows.worktime import calendar_for
-
         assert parsed.message is not None
         sender = _sender(parsed)
         roles = roles_of(ctx, sender) if _PLAIN_ADDRESS.match(sender) else {}

@@ -553,11 +553,52 @@ def report_recipients(agency: AgencyConfig, sop: Sop) -> list[str]:
     return out
 
 
-def report_attachments(report: MonthlyReport, agency: AgencyConfig) -> list[MailAttachment]:
+def _render_files(report: MonthlyReport, agency: AgencyConfig) -> tuple[bytes, bytes, bytes]:
+    return chart_weeks(report), chart_steps(report), render_pdf(report, agency)
+
+
+# How long the child process may take to draw the charts and the PDF.
+RENDER_TIMEOUT_SECONDS = 300.0
+
+
+_CHILD_BOOT = ("import json, sys; sys.path[:0] = json.loads(sys.argv[1]); "
+               "from workflows.report import render_child; render_child()")
+
+
+def render_child() -> None:
+    """The child process's side of `report_attachments(isolated=True)`: (report, agency) in on stdin, the
+    two PNGs and the PDF out on stdout."""
+    import pickle
+    import sys
+
+    # The parent wrote these bytes itself, a moment ago, into this process's own pipe.
+    report, agency = pickle.loads(sys.stdin.buffer.read())  # noqa: S301
+    sys.stdout.buffer.write(pickle.dumps(_render_files(report, agency)))
+
+
+def report_attachments(report: MonthlyReport, agency: AgencyConfig, *, isolated: bool = True) -> list[MailAttachment]:
+    """The two charts (inline) and the PDF. `isolated` draws them in a fresh Python process (started as the
+    parser workers are, never forked from the threaded daemon): matplotlib and its fonts would otherwise
+    stay in the daemon, about 90 MB, half its memory budget (docs/PERFORMANCE.md)."""
+    if isolated:
+        import json
+        import pickle
+        import subprocess
+        import sys
+
+        proc = subprocess.run([sys.executable, "-c", _CHILD_BOOT, json.dumps(sys.path)],
+                              input=pickle.dumps((report, agency)), capture_output=True,
+                              timeout=RENDER_TIMEOUT_SECONDS, check=False)
+        if proc.returncode != 0:
+            tail = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["(tanpa pesan)"]
+            raise RuntimeError(f"menggambar laporan bulanan gagal (kode {proc.returncode}): {tail[0]}")
+        weeks, steps, pdf = pickle.loads(proc.stdout)  # noqa: S301 - our own child's answer on its own pipe
+    else:
+        weeks, steps, pdf = _render_files(report, agency)
     return [
-        MailAttachment("grafik-mingguan.png", "image/png", chart_weeks(report), content_id=CHART_WEEKS),
-        MailAttachment("grafik-kepatuhan.png", "image/png", chart_steps(report), content_id=CHART_STEPS),
-        MailAttachment(f"laporan-bulanan-{report.slug}.pdf", "application/pdf", render_pdf(report, agency)),
+        MailAttachment("grafik-mingguan.png", "image/png", weeks, content_id=CHART_WEEKS),
+        MailAttachment("grafik-kepatuhan.png", "image/png", steps, content_id=CHART_STEPS),
+        MailAttachment(f"laporan-bulanan-{report.slug}.pdf", "application/pdf", pdf),
     ]
 
 
