@@ -168,6 +168,22 @@ def test_status_by_ticket_shows_who_decided(office: Office) -> None:
     assert status == "answered" and "SAAT INI MENUNGGU" in status_mail(office, me, ticket, n)
 
 
+def test_status_while_the_unit_must_complete_its_form_is_not_a_correction(office: Office) -> None:
+    label = f"lkp{secrets.token_hex(3)}"
+    me = office.requester
+    n = len(me.messages())
+    office.send_request(label, body=f"Dengan hormat,\nMohon dibuatkan sub domain.\n\nNama Sub Domain : {label}\n")
+    ask = office.wait_mail(me, lambda m: "perlu dilengkapi" in str(m["Subject"]), after=n, timeout=60)
+    ticket = re.search(r"\[(SD/\d{4}/\d{4})\]", str(parse_mail(ask)["Subject"])).group(1)  # type: ignore[union-attr]
+    n = len(me.messages())
+    _, status = send(office, reply_to(ask, me.address, "STATUS"), me.address)
+    assert status == "answered"
+    text = status_mail(office, me, ticket, n)
+    assert "SOP 1 — Pemohon melengkapi isian permohonan" in text
+    assert "Menunggu  : Unit Kerja Pemohon (" in text
+    assert step_of(office, ticket) == ("lengkapi_awal", 0)  # still waiting for the form
+
+
 def test_status_from_anyone_else_gets_nothing(office: Office, dovecot: Dovecot) -> None:
     ticket, ack, _ = new_request(office)
     stranger = dovecot.new_user("orang")
