@@ -10,7 +10,7 @@ APT_PACKAGES := dovecot-imapd dovecot-lmtpd bind9 bind9-utils bind9-dnsutils pos
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: all deps apt venv test lint typecheck demo corpora bench soak clean
+.PHONY: all deps apt venv test test-fast lint typecheck demo corpora bench soak clean
 
 all: test
 
@@ -37,6 +37,10 @@ deps: apt venv
 test: deps corpora
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory lint
+
+# The tests that need no server (every test using a server fixture is marked `servers` by conftest.py).
+test-fast: venv
+	$(PY) -m pytest -q -m "not servers and not slow" $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check daemon parsers workflows tests bench examples

@@ -2,7 +2,7 @@
 
 Parsing is pure CPU (MIME, PDF text, OCR) and `parsers` is pure, so it can run in other processes: while
 the main thread writes one message's transaction and sends mail, the next messages of the batch are
-parsed on another core (issue 7: a backlog at no less than half the rate of parsing alone). A worker also
+parsed on another core (a backlog goes at no less than half the rate of parsing alone). A worker also
 fences hostile input: a parser that runs away (the endless PDF inflate loop of d1c365b stopped intake) or
 crashes in a C extension is cut off after `timeout` seconds (or seen dead at once), the worker replaced,
 the message tried once more and then quarantined with its reason, while the daemon keeps running.

@@ -1,7 +1,7 @@
 """The typed records that `parsers/` produces: frozen dataclasses, no behaviour beyond serialising.
 
 Everything in `parsers/` is bytes in, these records out: no database, network or clock. The JSON shape of
-`ParseResult.to_json()` is the `subdomaind parse --json` contract in DESIGN.md; keys may be added, none
+`ParseResult.to_json()` is the `subdomaind parse --json` contract in docs/PARSE-JSON.md; keys may be added, none
 removed or renamed.
 """
 

@@ -161,3 +161,14 @@ def pytest_runtest_makereport(
             if isinstance(value, Dovecot | Bind | Postgres | SmtpRelay):
                 report.sections.append((f"{name} log (tail)", value.log_text()[-6000:]))
     return report
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that reaches a real server as `servers`, whatever its module says.
+
+    `make test-fast` deselects that marker, so the mark must follow the fixtures a test really uses
+    (all of them hang off `servers_root`), not a module-level declaration that can be forgotten.
+    """
+    for item in items:
+        if "servers_root" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.servers)

@@ -469,7 +469,7 @@ def test_smtp_relay_down_then_back_every_mail_once_same_message_id(
 def test_smtp_down_two_minutes_backs_off_keeps_taking_mail_then_sends_each_once(
     harness: Callable[..., Harness], smtp_relay: SmtpRelay
 ) -> None:
-    """The SMTP server is down for two minutes of wall time (issue 7), letters arriving meanwhile. The
+    """The SMTP server is down for two minutes of wall time, letters arriving meanwhile. The
     daemon keeps taking them in, backs off (retry_base 1 s doubling to retry_max 10 s here: at most about
     sixteen tries per mail in two minutes, where a try per second would be 120), and once the server is
     back it sends every mail exactly once, on its own, without anyone nudging the queue."""

@@ -1,4 +1,4 @@
-"""Hostile mail through the real intake (issue 7): every message ends handled, answered or quarantined with
+"""Hostile mail through the real intake: every message ends handled, answered or quarantined with
 a plain reason, no traceback, bounded time and memory, and the daemon goes on to the next message."""
 
 from __future__ import annotations

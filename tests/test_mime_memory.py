@@ -1,4 +1,4 @@
-"""Memory of `parse_mime` on a large attachment stays bounded (issue 3: peak RSS with a 20 MB attachment).
+"""Memory of `parse_mime` on a large attachment stays bounded (peak RSS with a 20 MB attachment).
 
 A long run of body lines (a base64 attachment) is kept out of the stdlib parser and decoded from the raw
 bytes, so the traced peak is about the decoded attachment, not several copies of the encoded message.

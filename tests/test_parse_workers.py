@@ -1,5 +1,5 @@
 """Parsing in worker processes (daemon/parsing.py): the same answers as parsing in the daemon, and a
-runaway or crashing parser costs one quarantined message, never the daemon (issue 7)."""
+runaway or crashing parser costs one quarantined message, never the daemon."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Memory of the attachment readers: `read_pdf` on a large scan stays bounded, and the DOCX reader is not
-loaded until a DOCX comes (issue 7: peak RSS with 20 MB letters).
+loaded until a DOCX comes (peak RSS with 20 MB letters).
 
 The text layer and the form are read, the image data is not: pdfminer held two copies of an image stream
 while it parsed the page, and the decompression-bomb check held a third when the stream was not Flate.

@@ -1,4 +1,4 @@
-"""Scale-out on PostgreSQL: three daemon processes over four agencies, one killed mid-run (issue 7).
+"""Scale-out on PostgreSQL: three daemon processes over four agencies, one killed mid-run.
 
 Each mailbox is worked by one process at a time (advisory locks, taken over when a process dies) and
 outbox rows are claimed with FOR UPDATE SKIP LOCKED. Every request must finish exactly once: one ticket

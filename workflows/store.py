@@ -262,7 +262,7 @@ def raw_in_memory(row: Inbound) -> bytes | None:
 class InboundRaw(Base):
     """A message's bytes, apart from its row: written once. SQLite rewrites a whole record on any UPDATE,
     so a 27 MB letter inside `inbound` was copied again (in memory and in the WAL) each time its status
-    changed (issue 7: 371 MB peak for five scanned letters)."""
+    changed (371 MB peak for five scanned letters)."""
 
     __tablename__ = "inbound_raw"
 
@@ -371,7 +371,7 @@ class PendingSecret(Base):
 
 
 class MailCount(Base):
-    """Mail sent to one address per agency and day: the daily cap's counter (issue 4's last fence)."""
+    """Mail sent to one address per agency and day: the daily cap's counter, the last fence against a mail loop."""
 
     __tablename__ = "mail_counts"
 

@@ -1,7 +1,7 @@
 """raw bytes in their own tables
 
 SQLite rewrites a whole record on any UPDATE: an inbound letter or a queued mail kept in the row that
-changes status was copied again, blob and all, with every change (issue 7). The bytes move to
+changes status was copied again, blob and all, with every change. The bytes move to
 `inbound_raw` and `outbox_raw`, written once.
 
 Revision ID: 0005

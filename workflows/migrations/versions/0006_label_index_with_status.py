@@ -3,7 +3,7 @@
 The duplicate-label check of every new request (`agency, subdomain, status, requester`) was planned by
 SQLite on ix_requests_open (agency, status): both indexes matched two equality columns, and without
 statistics the planner took the first, so each new request walked every open request (EXPLAIN QUERY
-PLAN; issue 7). An index on (agency, subdomain, status) matches three and is chosen; it supersedes
+PLAN). An index on (agency, subdomain, status) matches three and is chosen; it supersedes
 ix_requests_subdomain.
 
 Revision ID: 0006
