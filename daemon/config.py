@@ -157,6 +157,9 @@ class AgencyConfig(_Strict):
     actors: dict[str, list[str]]
     # Acting officials (Plt/Plh): role -> addresses allowed to answer in that role's place.
     delegates: dict[str, list[str]] = {}
+    # Officials' names by address ("Drs. Budi Santoso, M.Si."), for the history in step mails; the jabatan
+    # comes from the SOP role. An address without a name is shown by its jabatan alone.
+    names: dict[str, str] = {}
     digest_recipients: list[str] = []
     reserved_names: list[str] = []
     letter: LetterConfig = LetterConfig()
@@ -170,9 +173,6 @@ class AgencyConfig(_Strict):
     holiday_overrides: Path | None = None
     digest_time: str = Field("07:00", pattern=r"^\d{2}:\d{2}$")
     vocabulary: VocabularyConfig = VocabularyConfig()
-    # The people behind the addresses (address -> the name as letters write it), for the STATUS and ANTREAN
-    # answers and the monthly report; an address without a name is shown as the address.
-    names: dict[str, str] = {}
     # The monthly report goes out on the first working day of each month, at digest_time.
     monthly_report: bool = True
 
@@ -203,8 +203,9 @@ class AgencyConfig(_Strict):
     @field_validator("names")
     @classmethod
     def _names(cls, v: dict[str, str]) -> dict[str, str]:
-        if any("@" not in a for a in v):
-            raise ValueError("names: each key must be an e-mail address")
+        for addr, name in v.items():
+            if "@" not in addr or not name.strip():
+                raise ValueError(f"{addr!r}: a name is given for an e-mail address, and is not empty")
         return {a.lower(): " ".join(n.split()) for a, n in v.items()}
 
     @field_validator("actors", "delegates")

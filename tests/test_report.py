@@ -155,7 +155,7 @@ STEPS = {  # key: (count, within, median, longest)
 }
 OFFICIALS = [  # slowest median first
     (f"{NAMES[KADIS]}, {KADIS_TITLE}", 2, 1, "1 hari 1 jam", "2 hari"),
-    (f"{NAMES[PLT]}, Plt/Plh {KADIS_TITLE}", 1, 1, "1 jam", "1 jam"),
+    (f"{NAMES[PLT]}, Plt./Plh. {KADIS_TITLE}", 1, 1, "1 jam", "1 jam"),
     (f"{NAMES[KASI]}, {KASI_TITLE}", 3, 2, "30 menit", "2 jam"),
 ]
 WEEKS = [("1 Nov", 0, 0, 0), ("2–8 Nov", 2, 2, 0), ("9–15 Nov", 1, 1, 1), ("16–22 Nov", 1, 0, 0),
@@ -199,7 +199,7 @@ def test_text_html_and_csv_carry_the_figures(office: Office) -> None:
                    "DIKEMBALIKAN UNTUK PERBAIKAN ATAU DILAPORKAN KENDALA (2)"):
         assert needle in text, needle
     assert 'src="cid:grafik-mingguan@subdomaind"' in html and 'src="cid:grafik-kepatuhan@subdomaind"' in html
-    for needle in (">6</div>", ">3</div>", ">1</div>", "3 hari 4 jam", "Ir. Hadi Prasetyo, Plt/Plh Kepala Dinas",
+    for needle in (">6</div>", ">3</div>", ">1</div>", "3 hari 4 jam", "Ir. Hadi Prasetyo, Plt./Plh. Kepala Dinas",
                    "67%</b>", "(2/3)", "Lengkapi NIP penanggung jawab.", "30 Nov"):
         assert needle in html, needle
     rows = list(csv.DictReader(io.StringIO(render_csv(r))))
@@ -219,7 +219,7 @@ def test_pdf_holds_the_same_figures(office: Office) -> None:
     text = " ".join(" ".join(page.extract_text() or "" for page in PdfReader(io.BytesIO(pdf)).pages).split())
     for needle in ("Laporan Bulanan Layanan Sub Domain — November 2026", "Diterima", "Terbuka di akhir bulan",
                    "Median waktu penyelesaian: 3 hari 4 jam", "67% (2/3)", "1 hari 4 jam",
-                   f"{NAMES[PLT]}, Plt/Plh {KADIS_TITLE}", "SD/2026/0106", "KENDALA", "PERBAIKI"):
+                   f"{NAMES[PLT]}, Plt./Plh. {KADIS_TITLE}", "SD/2026/0106", "KENDALA", "PERBAIKI"):
         assert needle in text, needle
 
 

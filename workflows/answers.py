@@ -51,13 +51,18 @@ def roles_of(ctx: Ctx, address: str) -> dict[str, bool]:
     return out
 
 
-def person_label(agency: AgencyConfig, sop: Sop, address: str, role: str | None, *, acting: bool = False) -> str:
-    """"Drs. Budi Santoso, Kepala Dinas Komunikasi dan Informatika": the name (else the address) and the
-    jabatan of `role`; "Plt/Plh" before an acting official's."""
-    name = agency.names.get(address.lower(), address)
+def person_label(agency: AgencyConfig, sop: Sop, address: str, role: str | None, *, acting: bool = False,
+                 address_if_unnamed: bool = False) -> str:
+    """"Drs. Budi Santoso, Kepala Dinas Komunikasi dan Informatika": the name and the jabatan of `role`,
+    "Plt./Plh." before an acting official's. Without a name in the config, the jabatan alone (as the step
+    mails write it), or the jabatan and the address where people must be told apart (the monthly report)."""
+    name = agency.names.get(address.lower())
     if role is None or role not in sop.roles:
-        return name
-    return f"{name}, {'Plt/Plh ' if acting else ''}{sop.roles[role].title}"
+        return name or address
+    jabatan = f"{'Plt./Plh. ' if acting else ''}{sop.roles[role].title}"
+    if name:
+        return f"{name}, {jabatan}"
+    return f"{jabatan} ({address})" if address_if_unnamed else jabatan
 
 
 def who_is(ctx: Ctx, address: str, role: str | None = None, *, acting: bool = False) -> str:
@@ -88,7 +93,7 @@ def _waits_on(ctx: Ctx, req: Request, run: StepRun) -> list[str]:
     people = [who_is(ctx, a, step.actor) for a in ctx.agency.actors.get(step.actor, [])]
     people += [who_is(ctx, a, step.actor, acting=True)
                for a in sorted(delegates_of(ctx, step.actor) - set(ctx.agency.actors.get(step.actor, [])))]
-    return people or [ctx.sop.roles[step.actor].title]
+    return list(dict.fromkeys(people)) or [ctx.sop.roles[step.actor].title]  # unnamed: one jabatan, once
 
 
 def _said(ctx: Ctx, req: Request, run: StepRun, decision: Decision | None) -> str:

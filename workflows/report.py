@@ -217,7 +217,8 @@ def build_report(session: Session, agency: AgencyConfig, sop: Sop, calendar: Wor
             key=key, sop_no=step.sop_no or "-", title=step.title, who=who, mutu=step.time.text if step.time else None,
             wait=_wait([t for t, _ in visits], sum(ok for _, ok in visits) if step.time else None, dm)))
     officials = sorted(
-        (OfficialFigure(address=addr, who=person_label(agency, sop, addr, role, acting=acting),
+        (OfficialFigure(address=addr, who=person_label(agency, sop, addr, role, acting=acting,
+                                                        address_if_unnamed=True),
                         wait=_wait([t for t, _ in v], sum(ok for _, ok in v), dm))
          for (addr, role, acting), v in per_official.items()),
         key=lambda o: (-o.wait.median_minutes, o.who))
