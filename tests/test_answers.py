@@ -24,6 +24,7 @@ import pytest
 
 from daemon.devservers import Bind, Dovecot, MailUser, SmtpRelay
 from daemon.localoffice import Office, body_text, parse_mail, reply_to, request_mail, vouch, write_config
+from tests.test_report import CHROMIUM, screenshot
 from tests.test_security import db, wait_handled
 from workflows.worktime import WorkCalendar
 
@@ -116,6 +117,41 @@ def status_mail(office: Office, user: MailUser, ticket: str, after: int) -> str:
     return body_text(raw)
 
 
+def see_on_a_phone(office: Office, user: MailUser, subject: str, name: str, tmp: Path) -> None:
+    """The newest mail of `user` whose subject holds `subject`, its HTML part in Chromium at 390 px: written
+    to tests/artifacts/ to be looked at, and no wider than the phone."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is not installed")
+    pil = pytest.importorskip("PIL.Image")
+    raw = next(m for m in reversed(user.messages()) if subject in str(parse_mail(m)["Subject"]))
+    part = parse_mail(raw).get_body(preferencelist=("html",))
+    assert part is not None
+    out = ARTIFACTS / name
+    screenshot(part.get_content(), 390, 1600, out, tmp)
+    with pil.open(out) as img:
+        colors = dict((c, n) for n, c in (img.convert("RGB").getcolors(maxcolors=1 << 22) or []))
+    assert colors.get((255, 0, 255), 0) == 0, f"{name}: wider than 390 px"
+    assert colors.get((30, 58, 95), 0) > 5_000  # the office-blue header bar is there
+
+
+def test_answer_templates_escape_what_units_wrote() -> None:
+    from workflows.mailer import Mailer
+
+    hostile = "<script>alert(1)</script>"
+    m = Mailer(agency_id="trenggalek", agency_name="Diskominfo", address="layanan@trenggalekkab.go.id",
+               zone="trenggalekkab.go.id", clock=lambda: datetime.now(ZoneInfo("UTC")))
+    status = {"ticket": "SD/2026/0001", "fqdn": hostile, "unit": hostile, "received": "-", "status": "Selesai",
+              "closed": None, "current": None, "done": [{"no": 1, "title": "T", "sop_no": "-", "said": hostile,
+                                                          "closed": "-", "took": "0 menit"}]}
+    item = {"no": 1, "ticket": "SD/2026/0001", "fqdn": hostile, "unit": hostile, "step_title": "T", "sop_no": "-",
+            "acting": False, "role_title": "Kepala Dinas", "opened": "-", "age": "-", "mutu": None,
+            "overdue": False, "answers": []}
+    for rendered in (m.render("status", {"statuses": [status], "official": False}),
+                     m.render("antrean", {"items": [item], "who": hostile, "tag_replies": False, "overdue": 0})):
+        assert rendered.html is not None and "<script" not in rendered.html
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in rendered.html
+
+
 # --- STATUS ----------------------------------------------------------------------------------------
 
 def test_requester_replies_status_and_sees_the_timeline(office: Office) -> None:
@@ -147,7 +183,7 @@ def test_official_replies_status_to_the_step_mail_without_deciding(office: Offic
     assert step_of(office, ticket) == ("disposisi", 0)
 
 
-def test_status_by_ticket_shows_who_decided(office: Office) -> None:
+def test_status_by_ticket_shows_who_decided(office: Office, tmp_path: Path) -> None:
     ticket, _, step_mail = new_request(office)
     kadis, me = office.officials["kadis"], office.requester
     send(office, vouch(reply_to(step_mail, kadis.address, "SETUJU"), kadis.address), kadis.address)
@@ -158,6 +194,7 @@ def test_status_by_ticket_shows_who_decided(office: Office) -> None:
     text = status_mail(office, me, ticket, n)
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "status.txt").write_text(text, encoding="utf-8")  # to be read as the requester reads it
+    see_on_a_phone(office, me, f"Status permohonan {ticket}", "status-390.png", tmp_path)
     assert f"Disetujui oleh {KADIS_NAME}, {KADIS_TITLE}" in text
     # The Kabid's step is waiting, on the Kabid and on the acting Kabid (Plt) from the config.
     assert f"Menunggu  : {KABID_NAME}, {KABID_TITLE}; {PLT_NAME}, Plt./Plh. {KABID_TITLE}" in text
@@ -229,7 +266,7 @@ def antrean_mail(office: Office, user: MailUser, after: int) -> str:
     return body_text(office.wait_mail(user, lambda m: str(m["Subject"]).startswith("Antrean Anda:"), after=after))
 
 
-def test_antrean_vouched_official_gets_the_list(office: Office) -> None:
+def test_antrean_vouched_official_gets_the_list(office: Office, tmp_path: Path) -> None:
     ticket, _, _ = new_request(office)
     kadis = office.officials["kadis"]
     n = len(kadis.messages())
@@ -239,6 +276,7 @@ def test_antrean_vouched_official_gets_the_list(office: Office) -> None:
     text = antrean_mail(office, kadis, n)
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "antrean.txt").write_text(text, encoding="utf-8")
+    see_on_a_phone(office, kadis, "Antrean Anda:", "antrean-390.png", tmp_path)
     assert text.startswith(f"Yth. {KADIS_NAME}, {KADIS_TITLE},")
     assert ticket in text and f"Sebagai    : {KADIS_TITLE}" in text
     assert "Menjawab   : SETUJU / TOLAK" in text

@@ -303,7 +303,7 @@ document.getElementById('m').addEventListener('load', function () {{
 </script></body></html>"""
 
 
-def _screenshot(html: str, width: int, height: int, out: Path, tmp: Path) -> None:
+def screenshot(html: str, width: int, height: int, out: Path, tmp: Path) -> None:
     import html as html_lib
 
     page = tmp / f"harness-{width}.html"
@@ -331,7 +331,7 @@ def test_report_as_people_see_it(office: Office, tmp_path: Path) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     for width, height in ((390, 4200), (800, 3000)):
         out = ARTIFACTS / f"report-{width}.png"
-        _screenshot(html, width, height, out, tmp_path)
+        screenshot(html, width, height, out, tmp_path)
         with pil.open(out) as img:
             rgb = img.convert("RGB")
             assert rgb.size == (width, height)
