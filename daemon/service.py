@@ -98,6 +98,10 @@ class AgencyRuntime:
     connected: bool = False
     backoff_until: float = 0.0
     failures: int = 0
+    # The local month ("2026-12") whose monthly report (of the month before) is settled, and when a
+    # failed one may be tried again: so that a pass costs no query, and a failure no retry storm.
+    report_month: str | None = None
+    report_retry_at: float = 0.0
     wake: threading.Event = field(default_factory=threading.Event)
 
 
@@ -524,18 +528,23 @@ class Daemon:
                     send_digest(ctx, rt.calendar, now, since)
         except Exception:  # the housekeeping boundary: a bad digest must not stop intake
             log.exception("reminders/digest for %s failed", rt.agency.id)
-        if not rt.agency.monthly_report:
+        now = self.clock()
+        this_month = f"{rt.calendar.local(now):%Y-%m}"
+        if not rt.agency.monthly_report or rt.report_month == this_month or time.monotonic() < rt.report_retry_at:
             return
         try:  # its own transaction: a failing report must not take the digest with it
-            from workflows.report import report_due, send_report
+            from workflows.report import report_due, report_recorded, send_report
 
             with self.sessions.begin() as s:
-                now = self.clock()
                 month = report_due(s, rt.agency.id, rt.calendar, now, dtime(hh, mm))
                 if month is not None:
                     send_report(self.ctx(s, rt.agency), rt.calendar, month, now)
+                settled = month is not None or report_recorded(s, rt.agency.id, rt.calendar, now)
+            if settled:
+                rt.report_month = this_month
         except Exception:
-            log.exception("monthly report for %s failed", rt.agency.id)
+            log.exception("monthly report for %s failed; tried again in an hour", rt.agency.id)
+            rt.report_retry_at = time.monotonic() + 3600
 
     # --- the loop ---------------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ import csv
 import email
 import email.policy
 import io
+import secrets
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.config import Config
+from daemon.devservers import Postgres
 from daemon.localoffice import ACTORS, STAFF, make_config
 from tests.test_reminders import FrozenClock, make_ctx, seed_request, wib
 from workflows.db import upgrade
@@ -163,7 +165,20 @@ WEEKS = [("1 Nov", 0, 0, 0), ("2–8 Nov", 2, 2, 0), ("9–15 Nov", 1, 1, 1), ("
 
 
 def test_every_figure_of_the_month(office: Office) -> None:
-    r = report(office)
+    check_figures(report(office))
+
+
+def test_every_figure_on_postgresql(postgres: Postgres, tmp_path: Path) -> None:
+    cfg = make_config(tmp_path / "cfg", agency_extra={"names": NAMES, "delegates": {"kadis": [PLT]}})
+    engine = make_engine(postgres.create_database(f"report_{secrets.token_hex(4)}"))
+    upgrade(engine)
+    try:
+        check_figures(report((cfg, make_sessionmaker(engine))))
+    finally:
+        engine.dispose()
+
+
+def check_figures(r: MonthlyReport) -> None:
     assert (r.month_name, r.received, r.finished, r.rejected, r.open_at_end) == ("November 2026", 6, 3, 1, 3)
     # Received to closed: 0101 510 min, 0105 1770 min, 0102 3630 min; the median is 0105's.
     assert r.median_finish == "3 hari 4 jam" == format_duration(1770, 510)

@@ -634,11 +634,14 @@ def report_due(session: Session, agency_id: str, calendar: WorkCalendar, now: da
     first_workday = first if calendar.is_workday(first) else calendar.next_workday(first)
     if local_now.date() < first_workday or (local_now.date() == first_workday and local_now.time() < at):
         return None
-    month = previous_month(calendar, now)
-    start_of_this_month = datetime.combine(first, time(0), calendar.tz)
-    sent = session.execute(
+    return None if report_recorded(session, agency_id, calendar, now) else previous_month(calendar, now)
+
+
+def report_recorded(session: Session, agency_id: str, calendar: WorkCalendar, now: datetime) -> bool:
+    """Whether this month has already sent (or, for a month without requests, recorded) last month's report."""
+    first = calendar.local(now).date().replace(day=1)
+    return bool(session.execute(
         select(func.count()).select_from(Audit).where(Audit.agency == agency_id,
                                                       Audit.event.in_(("report.sent", "report.empty")),
-                                                      Audit.at >= start_of_this_month)
-    ).scalar_one()
-    return None if sent else month
+                                                      Audit.at >= datetime.combine(first, time(0), calendar.tz))
+    ).scalar_one())
