@@ -13,6 +13,7 @@ import secrets
 import shutil
 import subprocess
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import datetime, time
 from email.message import EmailMessage
 from pathlib import Path
@@ -224,6 +225,11 @@ def test_text_html_and_csv_carry_the_figures(office: Office) -> None:
     assert by["SD/2026/0103"]["status_akhir_bulan"] == "ditolak" and by["SD/2026/0104"]["status_akhir_bulan"] == "terbuka"
     assert by["SD/2026/0102"]["perbaikan"] == "ya" and by["SD/2026/0106"]["kendala"] == "ya"
     assert by["SD/2026/0101"]["diterima"] == "2026-11-02 08:00"
+    assert by["SD/2026/0104"]["ditutup"] == by["SD/2026/0104"]["menit_kerja_penyelesaian"] == ""
+    # A unit name a spreadsheet would run as a formula stays text.
+    hostile = replace(r, rows=(*r.rows[:1], {**r.rows[1], "unit_kerja": '=HYPERLINK("http://x.example","klik")'}))
+    cell = list(csv.DictReader(io.StringIO(render_csv(hostile))))[1]["unit_kerja"]
+    assert cell == "'=HYPERLINK(\"http://x.example\",\"klik\")"
 
 
 def test_pdf_holds_the_same_figures(office: Office) -> None:

@@ -409,7 +409,7 @@ def render_csv(report: MonthlyReport) -> str:
     writer.writeheader()
     for row in report.rows:
         # A cell starting with = + - @ is a formula to a spreadsheet (CSV injection): quoted as text.
-        writer.writerow({k: ("'" + v if isinstance(v, str) and v[:1] in "=+-@" else v) for k, v in row.items()})
+        writer.writerow({k: ("'" + v if isinstance(v, str) and v and v[0] in "=+-@" else v) for k, v in row.items()})
     return out.getvalue()
 
 
