@@ -53,6 +53,9 @@ PURPOSE_LABELS = {
     "rejection": "surat penolakan",
     "alert": "peringatan staf",
     "digest": "ringkasan harian",
+    "status": "jawaban STATUS",
+    "antrean": "jawaban ANTREAN",
+    "report": "laporan bulanan",
 }
 _REASON_LIMIT = 300
 DEFAULT_DIGEST_TIME = time(7, 0)
