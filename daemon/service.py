@@ -532,15 +532,10 @@ class Daemon:
         this_month = f"{rt.calendar.local(now):%Y-%m}"
         if not rt.agency.monthly_report or rt.report_month == this_month or time.monotonic() < rt.report_retry_at:
             return
-        try:  # its own transaction: a failing report must not take the digest with it
-            from workflows.report import report_due, report_recorded, send_report
+        try:  # its own transactions: a failing report must not take the digest with it
+            from workflows.report import run_scheduled
 
-            with self.sessions.begin() as s:
-                month = report_due(s, rt.agency.id, rt.calendar, now, dtime(hh, mm))
-                if month is not None:
-                    send_report(self.ctx(s, rt.agency), rt.calendar, month, now)
-                settled = month is not None or report_recorded(s, rt.agency.id, rt.calendar, now)
-            if settled:
+            if run_scheduled(self.sessions, lambda s: self.ctx(s, rt.agency), rt.calendar, now, dtime(hh, mm)):
                 rt.report_month = this_month
         except Exception:
             log.exception("monthly report for %s failed; tried again in an hour", rt.agency.id)

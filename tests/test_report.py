@@ -37,6 +37,7 @@ from workflows.report import (
     render_mail,
     render_pdf,
     report_due,
+    run_scheduled,
     send_report,
 )
 from workflows.sop import load_sop
@@ -267,6 +268,25 @@ def test_send_report_mails_html_with_inline_charts_and_the_pdf(office: Office) -
     pdfs = [a for a in msg.iter_attachments() if a.get_content_type() == "application/pdf"]
     assert [a.get_filename() for a in pdfs] == ["laporan-bulanan-trenggalek-2026-11.pdf"]
     assert pdfs[0].get_content().startswith(b"%PDF")
+
+
+def test_the_daemon_step_sends_last_month_once(office: Office) -> None:
+    cfg, sessions = office
+    seed_month(sessions)
+    clock = FrozenClock(wib(2026, 12, 1, 6, 59))
+
+    def step() -> bool:
+        return run_scheduled(sessions, lambda s: make_ctx(s, cfg, clock), CAL, clock.now, time(7, 0))
+
+    assert step() is False  # before the digest time of the first working day: not yet, not settled
+    clock.now = NOW
+    assert step() is True
+    assert step() is True  # settled: nothing more
+    with sessions() as s:
+        rows = s.execute(select(Outbox.purpose, Outbox.subject)).all()
+        events = s.execute(select(Audit.event, Audit.detail).where(Audit.event.like("report.%"))).all()
+    assert rows == [("report", "Laporan bulanan layanan sub domain November 2026")]
+    assert [(e, d["month"], d["received"]) for e, d in events] == [("report.sent", "2026-11", 6)]
 
 
 def test_report_due_on_the_first_working_day_once(office: Office) -> None:

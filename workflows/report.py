@@ -14,18 +14,19 @@ import csv
 import io
 import statistics
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
 from sqlalchemy import func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.config import AgencyConfig
 from workflows.answers import person_label
 from workflows.digest import DEFAULT_DIGEST_TIME, ZONE_LABELS
 from workflows.engine import Ctx, audit
-from workflows.mailer import MailAttachment, Mailer, format_tanggal
+from workflows.mailer import MailAttachment, Mailer, Rendered, format_tanggal
 from workflows.reminders import format_duration
 from workflows.sop import Sop
 from workflows.store import Audit, Decision, Request, StepRun
@@ -224,29 +225,28 @@ def build_report(session: Session, agency: AgencyConfig, sop: Sop, calendar: Wor
         key=lambda o: (-o.wait.median_minutes, o.who))
 
     # --- sent back for revision, or KENDALA ---
-    tickets = {r.id: r for r in s.execute(select(Request).where(Request.agency == agency.id)).scalars()}
+    revisions = list(s.execute(
+        select(Decision, Request, StepRun.role).join(Request, Request.id == Decision.request_id)
+        .outerjoin(StepRun, StepRun.id == Decision.step_id)
+        .where(Request.agency == agency.id, Decision.accepted.is_(True), Decision.decision == "revise",
+               Decision.at >= start, Decision.at < end)).all())
+    problems = list(s.execute(
+        select(Audit, Request).outerjoin(Request, Request.id == Audit.request_id)
+        .where(Audit.agency == agency.id, Audit.event == "requester.problem", Audit.at >= start,
+               Audit.at < end)).all())
 
     def fqdn(r: Request | None) -> str:
         return f"{r.subdomain}.{agency.zone}" if r is not None and r.subdomain else "(belum disebutkan)"
 
-    flagged: list[tuple[datetime, Flagged]] = []
-    for d in s.execute(select(Decision).where(Decision.request_id.in_(list(tickets) or [-1]),
-                                              Decision.accepted.is_(True), Decision.decision == "revise",
-                                              Decision.at >= start, Decision.at < end)).scalars():
-        r = tickets.get(d.request_id or -1)
-        decided = s.get(StepRun, d.step_id) if d.step_id else None
-        role = d.on_behalf_of or (decided.role if decided is not None else None)
-        flagged.append((d.at, Flagged(ticket=r.ticket if r else "-", fqdn=fqdn(r), unit=(r.unit if r else None) or "-",
-                                      word="PERBAIKI", at=when(d.at),
-                                      by=person_label(agency, sop, d.actor, role, acting=bool(d.on_behalf_of)),
-                                      note=" ".join((d.note or "-").split())[:300])))
-    for a in s.execute(select(Audit).where(Audit.agency == agency.id, Audit.event == "requester.problem",
-                                           Audit.at >= start, Audit.at < end)).scalars():
-        r = tickets.get(a.request_id or -1)
-        flagged.append((a.at, Flagged(ticket=r.ticket if r else "-", fqdn=fqdn(r), unit=(r.unit if r else None) or "-",
-                                      word="KENDALA", at=when(a.at),
-                                      by=f"Unit Kerja Pemohon ({a.actor})",
-                                      note=" ".join(str((a.detail or {}).get("note") or "-").split())[:300])))
+    def flag(at: datetime, r: Request | None, word: str, by: str, note: object) -> tuple[datetime, Flagged]:
+        return at, Flagged(ticket=r.ticket if r else "-", fqdn=fqdn(r), unit=(r.unit if r else None) or "-",
+                           word=word, at=when(at), by=by, note=" ".join(str(note or "-").split())[:300])
+
+    flagged = [flag(d.at, r, "PERBAIKI", person_label(agency, sop, d.actor, d.on_behalf_of or role,
+                                                      acting=bool(d.on_behalf_of)), d.note)
+               for d, r, role in revisions]
+    flagged += [flag(a.at, r, "KENDALA", f"Unit Kerja Pemohon ({a.actor})", (a.detail or {}).get("note"))
+                for a, r in problems]
     flagged.sort(key=lambda f: (f[0], f[1].ticket))
 
     # --- week by week ---
@@ -605,24 +605,56 @@ def report_attachments(report: MonthlyReport, agency: AgencyConfig, *, isolated:
 
 def send_report(ctx: Ctx, calendar: WorkCalendar, month: date, now: datetime, *,
                 by_hand: bool = False) -> MonthlyReport:
-    """Queue the report of `month` to its recipients (HTML with the charts, the PDF attached). The
-    scheduled report of a month without any request is not sent; one asked for `by_hand` always is, and
-    does not count as the month's scheduled one."""
+    """Queue the report of `month` to its recipients (HTML with the charts, the PDF attached), all in the
+    caller's transaction. The scheduled report of a month without any request is not sent; one asked for
+    `by_hand` always is, and does not count as the month's scheduled one."""
+    report = build_report(ctx.session, ctx.agency, ctx.sop, calendar, month, now)
+    queue_report(ctx, report, render_report(report, ctx.agency) if report.rows or by_hand else None,
+                 by_hand=by_hand)
+    return report
+
+
+def render_report(report: MonthlyReport, agency: AgencyConfig) -> tuple[Rendered, list[MailAttachment]]:
+    """The mail and its attachments, made without the database (seconds of work: the child process)."""
     from workflows.mailer import Rendered
 
-    report = build_report(ctx.session, ctx.agency, ctx.sop, calendar, month, now)
-    if not by_hand and not report.rows:
+    subject, text, html = render_mail(report, agency)
+    return Rendered(subject=subject, text=text, html=html), report_attachments(report, agency)
+
+
+def queue_report(ctx: Ctx, report: MonthlyReport, made: tuple[Rendered, list[MailAttachment]] | None, *,
+                 by_hand: bool = False) -> None:
+    """Write the report mail into the outbox (or, with nothing `made`, record a month without requests)."""
+    month = f"{report.month:%Y-%m}"
+    if made is None:
         # No request was received, closed or open that month (a month before the service began): nobody
         # needs a page of zeros. Recorded, so that the month is not looked at again.
-        audit(ctx, None, "report.empty", month=f"{month:%Y-%m}")
-        return report
-    subject, text, html = render_mail(report, ctx.agency)
+        audit(ctx, None, "report.empty", month=month)
+        return
+    rendered, attachments = made
     to = report_recipients(ctx.agency, ctx.sop)
-    ctx.mailer.queue_rendered(ctx.session, rendered=Rendered(subject=subject, text=text, html=html), to=to,
-                              purpose="report", attachments=report_attachments(report, ctx.agency))
-    audit(ctx, None, "report.sent_by_hand" if by_hand else "report.sent", to=to, month=f"{month:%Y-%m}",
+    ctx.mailer.queue_rendered(ctx.session, rendered=rendered, to=to, purpose="report", attachments=attachments)
+    audit(ctx, None, "report.sent_by_hand" if by_hand else "report.sent", to=to, month=month,
           received=report.received, finished=report.finished, rejected=report.rejected, open=report.open_at_end)
-    return report
+
+
+def run_scheduled(sessions: sessionmaker[Session], make_ctx: Callable[[Session], Ctx], calendar: WorkCalendar,
+                  now: datetime, at: time) -> bool:
+    """The daemon's monthly step: send last month's report if it is due. The store is read in one short
+    session and written in another; the drawing between them holds no transaction (on SQLite it would
+    hold the write lock for the seconds the charts take). True once this month's report is settled."""
+    with sessions() as s:
+        ctx = make_ctx(s)
+        month = report_due(s, ctx.agency.id, calendar, now, at)
+        if month is None:
+            return report_recorded(s, ctx.agency.id, calendar, now)
+        report = build_report(s, ctx.agency, ctx.sop, calendar, month, now)
+    made = render_report(report, ctx.agency) if report.rows else None
+    with sessions.begin() as s:
+        ctx = make_ctx(s)
+        if not report_recorded(s, ctx.agency.id, calendar, now):  # not sent meanwhile by another process
+            queue_report(ctx, report, made)
+    return True
 
 
 def report_due(session: Session, agency_id: str, calendar: WorkCalendar, now: datetime,
