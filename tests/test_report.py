@@ -383,6 +383,14 @@ def test_report_as_people_see_it(office: Office, tmp_path: Path) -> None:
             greens = sum(n for (cr, cg, cb), n in colors.items() if cg > 100 and cr < 60 and cb < 90)
             reds = sum(n for (cr, cg, cb), n in colors.items() if cr > 150 and cg < 60 and cb < 60)
             assert greens > 500 and reds > 500  # the compliance bars: 100% green, 67% red
+    if shutil.which("tesseract"):
+        # The figures as the eye reads them off the 800 px picture: the four boxes, the weeks, the median.
+        ocr = subprocess.run(["tesseract", str(ARTIFACTS / "report-800.png"), "-", "-l", "ind"], capture_output=True,
+                             text=True, timeout=120, check=False).stdout
+        seen = " ".join(ocr.replace("–", "-").split())
+        for needle in ("6 3 1 3", "Diterima Selesai Ditolak Terbuka", "3 hari 4 jam", "2-8 Nov 2 2 0",
+                       "9-15 Nov 1 1 1", "16-22 Nov 1 0 0", "30 Nov 1 0 0", "(2/3)", "(1/1)"):
+            assert needle in seen, (needle, seen[:2000])
     pdf = tmp_path / "laporan.pdf"
     pdf.write_bytes(render_pdf(r, cfg.agencies[0]))
     subprocess.run(["pdftoppm", "-r", "60", "-png", str(pdf), str(tmp_path / "page")], check=True, timeout=120)
