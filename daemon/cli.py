@@ -402,6 +402,68 @@ def cmd_resend(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_outbox(args: argparse.Namespace) -> int:
+    """Mail the outbox holds back: `held` (over the daily cap per address) until staff release or drop it;
+    `waiting` (the PIC's credentials until their letter is sent) is listed, and goes out by itself."""
+    from workflows.store import Outbox, utcnow
+
+    cfg = _load(args)
+    sessions = _sessions(cfg)
+    if args.action == "list":
+        with sessions() as s:
+            rows = s.execute(select(Outbox.id, Outbox.status, Outbox.created_at, Outbox.rcpts, Outbox.subject,
+                                    Outbox.last_error)
+                             .where(Outbox.status.in_(("held", "waiting"))).order_by(Outbox.id)).all()
+        if not rows:
+            print("tidak ada surel yang ditahan")
+            return 0
+        print(f"{'ID':>6} {'STATUS':<8} {'DIBUAT':<17} {'PENERIMA':<32} {'SUBJEK':<40} ALASAN")
+        for r in rows:
+            print(f"{r.id:>6} {r.status:<8} {r.created_at:%Y-%m-%d %H:%M}  {', '.join(r.rcpts):<32} "
+                  f"{r.subject[:40]:<40} {(r.last_error or '-')[:60]}")
+        return 0
+    if args.id is None:
+        print(f"sebutkan ID surel: subdomaind outbox {args.action} ID (lihat: subdomaind outbox list)",
+              file=sys.stderr)
+        return 2
+    with sessions.begin() as s:
+        row = s.get(Outbox, args.id)
+        if row is None:
+            print(f"surel {args.id} tidak ditemukan di outbox", file=sys.stderr)
+            return 1
+        if row.status != "held":
+            print(f"surel {row.id} berstatus {row.status}; hanya surel yang ditahan (held) yang dapat "
+                  f"{'dilepas' if args.action == 'release' else 'dibuang'}", file=sys.stderr)
+            return 1
+        who = os.environ.get("USER", "?")
+        if args.action == "release":
+            row.status, row.next_attempt_at = "queued", utcnow()
+            row.last_error = f"dilepas oleh staf ({who}) dari: {row.last_error or 'ditahan'}"[:2000]
+            print(f"surel {row.id} dilepas; dikirim pada putaran berikut daemon")
+        else:
+            row.status, row.raw = "dropped", None
+            row.last_error = f"dibuang oleh staf ({who}) dari: {row.last_error or 'ditahan'}"[:2000]
+            print(f"surel {row.id} dibuang; tidak akan dikirim")
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    """A new key for `[secrets] key_file`, mode 0600; an existing file is never overwritten."""
+    from workflows.secretbox import write_key_file
+
+    try:
+        write_key_file(Path(args.file))
+    except FileExistsError:
+        print(f"{args.file} sudah ada; kunci lama tidak ditimpa (kata sandi yang tersegel dengannya tidak "
+              f"akan dapat dibuka lagi)", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"{args.file} tidak dapat dibuat: {exc.strerror}", file=sys.stderr)
+        return 1
+    print(f"kunci dibuat: {args.file} (mode 0600); pasang sebagai [secrets] key_file")
+    return 0
+
+
 def cmd_form(args: argparse.Namespace) -> int:
     """The agency's fillable request form ("Formulir Pengajuan Layanan Sub-Domain"), PDF or DOCX."""
     from workflows.forms import form_docx, form_pdf
@@ -469,6 +531,13 @@ def build_parser() -> argparse.ArgumentParser:
     qa.add_argument("action", choices=("list", "show", "retry", "drop"))
     qa.add_argument("id", nargs="?", type=int)
     qa.set_defaults(func=cmd_quarantine)
+    ob = sub.add_parser("outbox", help="mail held back over the daily cap: list | release ID | drop ID")
+    ob.add_argument("action", choices=("list", "release", "drop"))
+    ob.add_argument("id", nargs="?", type=int)
+    ob.set_defaults(func=cmd_outbox)
+    kg = sub.add_parser("keygen", help="create the key that encrypts PIC passwords at rest ([secrets] key_file)")
+    kg.add_argument("file")
+    kg.set_defaults(func=cmd_keygen)
     cc = sub.add_parser("check-config", help="check a configuration file; non-zero exit on problems")
     cc.add_argument("file")
     cc.set_defaults(func=cmd_check_config)

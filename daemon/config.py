@@ -252,6 +252,13 @@ class LimitsConfig(_Strict):
     parse_timeout_seconds: float = Field(120.0, gt=0)
 
 
+class SecretsConfig(_Strict):
+    """The key that encrypts PIC passwords at rest (workflows/secretbox.py): a credential beside the IMAP,
+    SMTP and TSIG secrets, never in the state directory that backups take. `subdomaind keygen FILE`."""
+
+    key_file: Path | None = None
+
+
 class Config(_Strict):
     state_dir: Path = Path("/var/lib/subdomaind")
     database_url: str | None = None
@@ -260,6 +267,7 @@ class Config(_Strict):
     hosting: HostingConfig = HostingConfig()
     workflow: WorkflowConfig = WorkflowConfig()
     limits: LimitsConfig = LimitsConfig()
+    secrets: SecretsConfig = SecretsConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -354,7 +362,21 @@ def _semantic_problems(cfg: Config, base_dir: Path | None) -> list[str]:
         problems.append(f"smtp.tls: 'none' is only allowed to a loopback host, not {cfg.smtp.host!r}")
     if cfg.hosting.backend == "command" and not cfg.hosting.argv:
         problems.append("hosting.argv: the command backend needs an argv template")
+    problems += _key_problems(cfg.secrets)
     return problems
+
+
+def _key_problems(sec: SecretsConfig) -> list[str]:
+    from workflows.secretbox import SecretBox, SecretKeyError
+
+    if sec.key_file is None:
+        return ["secrets.key_file: name the key that encrypts PIC passwords at rest; create it with "
+                "`subdomaind keygen /etc/subdomaind/credentials/pic-secret-key`"]
+    try:
+        SecretBox.from_file(sec.key_file)
+    except SecretKeyError as exc:
+        return [f"secrets.key_file: {exc}"]
+    return []
 
 
 def _loopback(host: str) -> bool:
@@ -392,7 +414,7 @@ def load_config(path: str | Path) -> Config:
     return parse_config(data, path.parent)
 
 
-_PATH_KEYS = {"password_file", "tsig_secret_file", "ca_file", "state_dir", "holiday_overrides"}
+_PATH_KEYS = {"password_file", "tsig_secret_file", "ca_file", "state_dir", "holiday_overrides", "key_file"}
 
 
 def _resolve_paths(node: object, base: Path) -> None:

@@ -29,6 +29,7 @@ import tomli_w
 
 from daemon.config import Config, parse_config
 from daemon.devservers import Bind, Dovecot, MailUser, SmtpRelay
+from workflows.secretbox import write_key_file
 
 DOMAIN = "trenggalekkab.go.id"
 ROLES = ("sekretaris", "kadis", "kabid", "kasi")
@@ -65,6 +66,9 @@ def config_data(
     (base / "imap.pass").write_text(imap_password + "\n")
     secret_file = base / "tsig.secret"
     secret_file.write_text(tsig_secret or base64.b64encode(secrets.token_bytes(32)).decode())
+    key_file = base / "pic-secret.key"
+    if not key_file.exists():
+        write_key_file(key_file)
     agency: dict[str, Any] = {
         "id": agency_id,
         "name": "Dinas Komunikasi dan Informatika " + ("Kabupaten Trenggalek" if sop == "trenggalek"
@@ -92,6 +96,7 @@ def config_data(
                  "retry_max_seconds": 10},
         "agency": [agency],
         "workflow": {"undo_window_minutes": 0, **(workflow or {})},
+        "secrets": {"key_file": str(key_file)},
     }
     if database_url:
         data["database_url"] = database_url

@@ -3,7 +3,9 @@
 `Transport` is the interface (one method: send raw bytes to recipients); `SmtpTransport` the real one.
 `drain` claims due rows, sends each, and records the result in its own short transaction: a crash between
 send and record re-sends the same bytes, so the recipient sees one Message-ID twice at worst, never two
-different mails. A sensitive row (the PIC's password) is scrubbed once sent.
+different mails. A sensitive row (the PIC's password) is sealed at rest, opened only to be sent, and
+scrubbed once sent. A row that waits for another (`after_id`, status "waiting") is released when that one is
+sent, and fails with it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_expo
 
 from daemon.config import SmtpConfig
 from daemon.mailbox import tls_context
+from workflows.secretbox import SealedValueError, SecretBox
 from workflows.store import Outbox, PendingSecret, purge_freed_secrets
 
 log = logging.getLogger("subdomaind.outbox")
@@ -205,6 +208,18 @@ def _scrub(s: Session, row: Outbox) -> bool:
     return True
 
 
+def _fail_waiters(s: Session, after_id: int, clock: Callable[[], datetime]) -> bool:
+    """The mail they waited for will never go: neither do they (a credential mail without its letter)."""
+    scrubbed = False
+    for row in s.execute(select(Outbox).where(Outbox.after_id == after_id, Outbox.status == "waiting")).scalars():
+        row.status = "failed"
+        row.last_error = f"surel {after_id} yang harus terkirim lebih dulu gagal dikirim"
+        log.warning("outbox %s not sent: the mail it waited for failed", row.message_id)
+        if row.sensitive:
+            scrubbed = _scrub(s, row)
+    return scrubbed
+
+
 class _Claim(NamedTuple):
     """A row claimed for sending: what the send needs, without the ORM object (sent outside any session)."""
 
@@ -238,6 +253,11 @@ def _record(sessions: sessionmaker[Session], clock: Callable[[], datetime],
         if plain:
             s.execute(update(Outbox).where(Outbox.id.in_(plain))
                       .values(status="sent", sent_at=clock(), last_error=None))
+        sent = [c.id for c, error in zip(claimed, results, strict=True) if error is None]
+        if sent:
+            # What waited for these (the PIC's credentials for the letter) may go now: next in this pass.
+            s.execute(update(Outbox).where(Outbox.after_id.in_(sent), Outbox.status == "waiting")
+                      .values(status="queued", next_attempt_at=clock()))
         for c, error in zip(claimed, results, strict=True):
             message_id = c.message_id
             if error is None:
@@ -263,7 +283,8 @@ def _record(sessions: sessionmaker[Session], clock: Callable[[], datetime],
                 out.counts["failed"] += 1
                 log.warning("outbox %s failed permanently: %s", message_id, error)
                 if row.sensitive:
-                    out.scrubbed = _scrub(s, row)  # an undeliverable letter keeps no password: staff issue anew
+                    out.scrubbed = _scrub(s, row)  # an undeliverable mail keeps no password: staff issue anew
+                out.scrubbed = _fail_waiters(s, c.id, clock) or out.scrubbed
                 continue
             out.counts["retry"] += 1
             out.down = out.down or error.unreachable
@@ -282,6 +303,7 @@ def drain(
     stopping: Any = None,
     retry_base: float = 30.0,
     retry_max: float = MAX_BACKOFF.total_seconds(),
+    box: SecretBox | None = None,
 ) -> dict[str, int]:
     """Send due outbox rows, `chunk` at a time; returns counts {"sent", "retry", "failed"}.
 
@@ -289,7 +311,8 @@ def drain(
     anything is sent, so no other process sees those rows due meanwhile, and a database that cannot record
     the outcome afterwards delays the re-send instead of repeating it every pass. The chunk is sent outside
     any transaction, then every outcome recorded in one more. A crash in between re-sends at most one chunk,
-    each mail with its own Message-ID again. A server that proved unreachable ends the pass.
+    each mail with its own Message-ID again. A server that proved unreachable ends the pass. A sealed row
+    is opened with `box` in memory only; one that does not open fails at once (it never would).
     """
     import time
 
@@ -306,13 +329,30 @@ def drain(
             if pg:
                 q = q.with_for_update(skip_locked=True, of=Outbox)  # not the joined bytes (outer join)
             claimed: list[_Claim] = []
+            unopened = 0
             for due in s.execute(q).scalars():
-                if due.raw is None:
+                raw = due.raw
+                if raw is None:
                     continue
                 due.attempts += 1
                 due.next_attempt_at = clock() + backoff(due.attempts, retry_base, retry_max)
-                claimed.append(_Claim(due.id, due.mail_from, list(due.rcpts), due.raw, due.message_id, due.sensitive))
+                if due.sensitive:
+                    try:
+                        if box is None:
+                            raise SealedValueError("no key to open it")
+                        raw = box.open(raw, due.message_id)
+                    except SealedValueError as exc:
+                        log.error("outbox %s cannot be opened with [secrets] key_file: %s", due.message_id, exc)
+                        due.status, due.last_error = "failed", f"tidak dapat dibuka dengan kunci rahasia: {exc}"
+                        scrubbed = _scrub(s, due) or scrubbed
+                        scrubbed = _fail_waiters(s, due.id, clock) or scrubbed
+                        counts["failed"] += 1
+                        unopened += 1
+                        continue
+                claimed.append(_Claim(due.id, due.mail_from, list(due.rcpts), raw, due.message_id, due.sensitive))
         if not claimed:
+            if unopened:
+                continue  # rows that failed to open were skipped: look again past them
             break
         # 2. Send, outside any transaction.
         results = send_all(transport, [(c.mail_from, c.rcpts, c.raw) for c in claimed])

@@ -36,6 +36,7 @@ from workflows.mailer import Mailer
 from workflows.provision import CommandHosting, HostingBackend, NoHosting, Rfc2136Dns
 from workflows.rawmail import RawMail, discard, remove_stale
 from workflows.reminders import due_reminders
+from workflows.secretbox import SecretBox, SecretKeyError
 from workflows.sop import Sop, load_sop
 from workflows.store import QUARANTINE_STATUSES, Inbound, MailboxState, StepRun, utcnow, writer_sessions
 from workflows.worktime import WorkCalendar, calendar_for
@@ -88,6 +89,13 @@ def build_services(config: Config, agency: AgencyConfig) -> Services:
     return Services(dns=dns_backend, hosting=hosting)
 
 
+def _secret_box(config: Config) -> SecretBox:
+    """The key that seals PIC passwords at rest; the configuration check made sure it is there."""
+    if config.secrets.key_file is None:
+        raise SecretKeyError("secrets.key_file is not set")
+    return SecretBox.from_file(config.secrets.key_file)
+
+
 @dataclass
 class AgencyRuntime:
     agency: AgencyConfig
@@ -132,6 +140,7 @@ class Daemon:
         self._given_sources = sources or {}
         self._given_services = services or {}
         self.spool_dir = config.state_dir / "spool"  # large letters on their way in (mailbox.py, parsing.py)
+        self.box = _secret_box(config)
         self.transport, self.runtimes = self._build(config)
         self.parser: Parser = parser or make_parser(config.limits.parse_workers, config.limits.parse_timeout_seconds,
                                                     self.spool_dir)
@@ -161,6 +170,7 @@ class Daemon:
         load_sop.cache_clear()  # SOP files are read again too
         try:
             new = load_config(self.config_path)
+            box = _secret_box(new)
             transport, runtimes = self._build(new)
         except Exception as exc:  # noqa: BLE001 - any bad new config (holiday file, SOP, secrets) is refused
             problems = exc.problems if isinstance(exc, ConfigError) else [f"{type(exc).__name__}: {exc}"]
@@ -171,7 +181,7 @@ class Daemon:
                 rt.source.close()
             except Exception:  # noqa: BLE001 - the old connection is dropped either way
                 log.debug("close failed", exc_info=True)
-        self.config, self.transport, self.runtimes = new, transport, runtimes
+        self.config, self.transport, self.runtimes, self.box = new, transport, runtimes, box
         log.info("configuration reloaded from %s: %d agency(ies)", self.config_path, len(new.agencies))
         return True
 
@@ -186,10 +196,11 @@ class Daemon:
             sop=rt.sop,
             mailer=Mailer(agency_id=agency.id, agency_name=agency.name, address=agency.address,
                           zone=agency.zone, clock=self.clock,
-                          daily_cap=self.config.workflow.daily_cap_per_address),
+                          daily_cap=self.config.workflow.daily_cap_per_address, box=self.box),
             services=rt.services,
             clock=self.clock,
             parse_options=parse_options_for(agency, self.config.limits),
+            box=self.box,
         )
 
     def run_once(self, *, drain_inline: bool = True) -> dict[str, int]:
@@ -216,7 +227,7 @@ class Daemon:
         smtp = self.config.smtp
         return drain(self.sessions, self.transport, self.clock, deadline=time.monotonic() + DRAIN_BUDGET_SECONDS,
                      stopping=self.stopping, retry_base=smtp.retry_base_seconds,
-                     retry_max=smtp.retry_max_seconds)["sent"]
+                     retry_max=smtp.retry_max_seconds, box=self.box)["sent"]
 
     def start_sender(self) -> None:
         """The outbox on its own thread: mail goes out while intake goes on (on SQLite too: every
@@ -626,7 +637,8 @@ class Daemon:
                 t.join(timeout=DRAIN_BUDGET_SECONDS + 5)  # the transport is not shared between threads
         try:
             drain(self.sessions, self.transport, self.clock, deadline=time.monotonic() + flush_seconds,
-                  retry_base=self.config.smtp.retry_base_seconds, retry_max=self.config.smtp.retry_max_seconds)
+                  retry_base=self.config.smtp.retry_base_seconds, retry_max=self.config.smtp.retry_max_seconds,
+                  box=self.box)
         except Exception:  # noqa: BLE001 - what could not be sent stays queued for the next start
             log.exception("final outbox flush failed")
         for rt in self.runtimes.values():

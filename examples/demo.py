@@ -75,6 +75,9 @@ def main() -> int:
             say("-" * 78)
             say(body_text(final).rstrip())
             say("-" * 78)
+            creds = office.wait_mail(office.requester, lambda m: "Kata sandi akun" in str(m["Subject"]))
+            say(f"   <- the password goes to the PIC alone, in its own mail after the letter: "
+                f"\"{parse_mail(creds)['Subject']}\" (to {parse_mail(creds)['To']})")
             office.send(reply_to(final, office.requester.address, "BERHASIL, sudah dapat kami gunakan."),
                         office.requester.address)
             say(f"{len(PLAN) + 3}. The unit's IT admin replies \"BERHASIL\": the request is closed")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import replace
 
 from parsers.autoreply import detect_auto_reply, detect_bounce
 from parsers.mime import OverLimit, UnreadableMessage, parse_mime
-from parsers.model import ParseOptions, ParseResult
+from parsers.model import Limits, ParsedMessage, ParseOptions, ParseResult
 from parsers.reply import extract_reply
 from parsers.request import extract_request
 from parsers.tags import find_ticket, find_token
@@ -31,7 +32,42 @@ def parse(raw: bytes, options: ParseOptions | None = None) -> ParseResult:
         return ParseResult(kind="unreadable", message=None, reason=str(exc), over_limit=isinstance(exc, OverLimit))
     except (RecursionError, MemoryError, ValueError, LookupError, TypeError) as exc:
         return ParseResult(kind="unreadable", message=None, reason=f"pesan tidak dapat dibaca: {exc}")
+    result = _classify(msg, opts)
+    texts = attachment_texts(msg, opts.limits)
+    return replace(result, attachment_text=texts) if texts else result
 
+
+def _is_pdf(content_type: str, filename: str | None) -> bool:
+    return content_type == "application/pdf" or (filename or "").lower().endswith(".pdf")
+
+
+def attachment_texts(msg: ParsedMessage, limits: Limits) -> tuple[tuple[str, str], ...]:
+    """What a reader sees in each PDF attachment (its text layer) and each .eml file that is not a
+    message/rfc822 part (its text, HTML and PDFs), keyed by the attachment's SHA-256."""
+    from parsers.pdf import text_layer
+
+    out: dict[str, str] = {}
+    for m in (msg, *msg.attached_messages):
+        for att in m.attachments:
+            if not att.data:
+                continue
+            key = hashlib.sha256(att.data).hexdigest()
+            if key in out:
+                continue
+            if _is_pdf(att.content_type, att.filename):
+                out[key] = text_layer(att.data, limits)
+            elif (att.filename or "").lower().endswith(".eml") and not att.content_type.startswith("message/"):
+                try:
+                    inner = parse_mime(att.data, limits)
+                except Exception:  # noqa: BLE001, S112 - an unreadable file is just a file
+                    continue
+                parts = [inner.text or "", inner.html or ""]
+                parts += [text_layer(a.data, limits) for a in inner.attachments if _is_pdf(a.content_type, a.filename)]
+                out[key] = "\n".join(parts)
+    return tuple((k, v) for k, v in out.items() if v.strip())
+
+
+def _classify(msg: ParsedMessage, opts: ParseOptions) -> ParseResult:
     # A bounce is checked before an auto-reply: a DSN often carries Auto-Submitted too.
     bounce = detect_bounce(msg)
     if bounce is not None:

@@ -262,6 +262,9 @@ class ParseResult:
     bounce: BounceInfo | None = None
     reason: str | None = None
     over_limit: bool = False  # unreadable because a configured limit was passed (size, parts, depth)
+    # (SHA-256 hex of an attachment's bytes, the text a reader sees in it) for PDF and .eml attachments, also
+    # those of attached messages: where the daemon looks for a quoted password it must blank. Not in to_json.
+    attachment_text: tuple[tuple[str, str], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         msg = self.message

@@ -337,3 +337,35 @@ def _value(value: Any) -> str:
     if isinstance(value, list):
         return ", ".join(v for v in (_value(x) for x in value[:20]) if v)
     return _text(value)
+
+
+#: At most this much of one PDF's text layer is kept for looking into (a letter's pages are a few KB each).
+TEXT_LAYER_MAX = 200_000
+
+
+def text_layer(data: bytes, limits: Limits) -> str:
+    """The text layer of the first `max_pdf_pages` pages, as one string ("" when there is none or the file
+    cannot be read): what a person reading the PDF would see, for looking into, not for fields."""
+    if inflated_size_exceeds(data, limits.max_decompressed_bytes):
+        return ""
+    import pypdfium2 as pdfium  # comes with pdfplumber; pdfium reads a text layer in a few ms a page
+
+    try:
+        doc = pdfium.PdfDocument(data)
+    except Exception:  # noqa: BLE001 - any unreadable PDF simply has no text to look into
+        return ""
+    try:
+        texts: list[str] = []
+        for i in range(min(len(doc), limits.max_pdf_pages)):
+            page = doc[i]
+            textpage = page.get_textpage()
+            texts.append(textpage.get_text_range())
+            textpage.close()
+            page.close()
+            if sum(map(len, texts)) > TEXT_LAYER_MAX:
+                break
+        return "\n".join(texts)[:TEXT_LAYER_MAX]
+    except Exception:  # noqa: BLE001
+        return "\n".join(texts)[:TEXT_LAYER_MAX]
+    finally:
+        doc.close()

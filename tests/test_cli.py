@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.localoffice import config_data, request_mail, write_config
+from daemon.localoffice import config_data, parse_mail, request_mail, write_config
 
 SUBDOMAIND = Path(sys.executable).with_name("subdomaind")
 CONTRACT_KEYS = {"kind", "message_id", "from", "subject", "request", "reply", "reason"}
@@ -169,3 +169,87 @@ def test_loopback_guard_blocks_name_lookups_and_remote_addresses() -> None:
     with pytest.raises(OSError, match="loopback-only guard"):
         socket.create_connection(("192.0.2.1", 53), timeout=0.1)
     assert socket.getaddrinfo("127.0.0.1", 53)
+
+
+@pytest.mark.servers
+def test_outbox_list_release_drop_held_mail(tmp_path: Path, dovecot, smtp_relay) -> None:  # type: ignore[no-untyped-def]
+    """Mail over the daily cap is held: staff see it (list, digest), send it (release) or drop it."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import select
+
+    from daemon.config import load_config
+    from workflows.db import upgrade
+    from workflows.mailer import Mailer
+    from workflows.store import Outbox, make_engine, make_sessionmaker
+
+    office, unit = dovecot.new_user("layanan"), dovecot.new_user("unit")
+    cfg_path = write_config(tmp_path / "c.toml", config_data(
+        tmp_path, imap_port=dovecot.imap_port, imap_user=office.name, imap_password=office.password,
+        mailbox=office.address, smtp_port=smtp_relay.port))
+    cfg = load_config(cfg_path)
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(cfg.db_url)
+    upgrade(engine)
+    mailer = Mailer(agency_id="trenggalek", agency_name="Diskominfo", address=office.address,
+                    zone="trenggalekkab.go.id", clock=lambda: datetime.now(UTC), daily_cap=1)
+    with make_sessionmaker(engine).begin() as s:
+        for n in range(3):  # the first goes out, the next two are over the cap of 1
+            mailer.queue(s, to=[unit.address], template="staff_alert", purpose="ack", ticket=f"SD/2026/000{n}",
+                         context={"ticket": f"SD/2026/000{n}", "problem": f"uji {n}", "subdomain": "dinsos"})
+    with make_sessionmaker(engine)() as s:
+        ids = [o.id for o in s.execute(select(Outbox).order_by(Outbox.id)).scalars()]
+        statuses = [o.status for o in s.execute(select(Outbox).order_by(Outbox.id)).scalars()]
+    assert statuses == ["queued", "held", "held"]
+    sent_id, keep_id, drop_id = ids
+
+    def cli(*args: str) -> subprocess.CompletedProcess[bytes]:
+        proc = run("--config", str(cfg_path), *args)
+        assert b"Traceback" not in proc.stderr, proc.stderr
+        return proc
+
+    listed = cli("outbox", "list")
+    assert listed.returncode == 0 and listed.stdout.count(b"held") == 2 and unit.address.encode() in listed.stdout
+    digest = cli("digest", "--preview")
+    assert b"SUREL DITAHAN (2)" in digest.stdout and f"#{keep_id}".encode() in digest.stdout
+    assert b"Surel ditahan" in cli("digest", "--preview", "--html").stdout
+    # Bad input: a clear line each, never a traceback.
+    assert cli("outbox", "release").returncode == 2
+    assert cli("outbox", "release", "abc").returncode == 2
+    missing = cli("outbox", "drop", "99999")
+    assert missing.returncode == 1 and missing.stderr.count(b"\n") == 1 and b"tidak ditemukan" in missing.stderr
+    not_held = cli("outbox", "release", str(sent_id))
+    assert not_held.returncode == 1 and b"berstatus queued" in not_held.stderr
+    released = cli("outbox", "release", str(keep_id))
+    assert released.returncode == 0 and released.stdout.count(b"\n") == 1
+    dropped = cli("outbox", "drop", str(drop_id))
+    assert dropped.returncode == 0 and dropped.stdout.count(b"\n") == 1
+    assert cli("outbox", "release", str(drop_id)).returncode == 1  # dropped stays dropped
+    # The next pass sends the released mail and the first one, never the dropped one.
+    assert cli("once").returncode == 0
+    subjects = sorted(str(parse_mail(m)["Subject"]) for m in unit.messages())
+    assert len(subjects) == 2 and "SD/2026/0000" in subjects[0] and "SD/2026/0001" in subjects[1]
+    with make_sessionmaker(engine)() as s:
+        rows = {o.id: o for o in s.execute(select(Outbox)).scalars()}
+        assert rows[keep_id].status == "sent" and rows[drop_id].status == "dropped" and rows[drop_id].raw is None
+    assert b"tidak ada surel yang ditahan" in cli("outbox", "list").stdout
+
+
+def test_the_password_key_is_demanded_and_made_0600(tmp_path: Path) -> None:
+    data = config_data(tmp_path)
+    del data["secrets"]
+    proc = run("check-config", str(write_config(tmp_path / "nokey.toml", data)))
+    assert proc.returncode == 2 and b"secrets.key_file" in proc.stdout and b"subdomaind keygen" in proc.stdout
+    key = tmp_path / "credentials" / "pic-secret-key"
+    key.parent.mkdir()
+    made = run("keygen", str(key))
+    assert made.returncode == 0 and made.stdout.count(b"\n") == 1
+    assert key.stat().st_mode & 0o777 == 0o600
+    before = key.read_bytes()
+    again = run("keygen", str(key))
+    assert again.returncode == 1 and b"sudah ada" in again.stderr and key.read_bytes() == before
+    data["secrets"] = {"key_file": str(key)}
+    assert run("check-config", str(write_config(tmp_path / "key.toml", data))).returncode == 0
+    key.write_text("bukan kunci\n")
+    bad = run("check-config", str(write_config(tmp_path / "key.toml", data)))
+    assert bad.returncode == 2 and b"secrets.key_file" in bad.stdout and b"Traceback" not in bad.stdout + bad.stderr

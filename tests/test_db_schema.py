@@ -18,7 +18,7 @@ def test_head_is_alembics_newest_revision(tmp_path: Path) -> None:
 
     engine = make_engine(f"sqlite:///{tmp_path / 'x.db'}")
     assert ScriptDirectory.from_config(alembic_config(engine)).get_current_head() == HEAD
-    assert sorted(p.name[:4] for p in (MIGRATIONS / "versions").glob("0*.py"))[-1] == HEAD
+    assert HEAD.startswith(sorted(p.name[:4] for p in (MIGRATIONS / "versions").glob("0*.py"))[-1])
 
 
 def test_new_database_is_migrated_then_left_alone(tmp_path: Path) -> None:

@@ -54,9 +54,12 @@ def test_request_travels_the_whole_sop(office: Office) -> None:
     fqdn = f"{label}.trenggalekkab.go.id"
     assert fqdn in text and "203.0.113.10" in text
     assert "ns1.trenggalekkab.go.id" in text and "ns2.trenggalekkab.go.id" in text
-    assert re.search(r"Nama pengguna\s+:\s+" + label, text)
-    password = re.search(r"Kata sandi\s+:\s+(\S+)", text).group(1)  # type: ignore[union-attr]
-    assert len(password) >= 16
+    # The password comes to the PIC (here the requester) alone, in its own mail after the letter.
+    creds = office.wait_mail(office.requester, lambda m: "Kata sandi akun" in str(m["Subject"]))
+    assert office.requester.messages().index(creds) > office.requester.messages().index(final)
+    assert re.search(r"Nama pengguna\s*:\s*" + label, body_text(creds))
+    password = re.search(r"Kata sandi\s*:\s*(\S+)", body_text(creds)).group(1)  # type: ignore[union-attr]
+    assert len(password) >= 16 and password not in text
     assert any(p.get_content_type() == "application/pdf" for p in parse_mail(final).iter_attachments())
     assert office.bind.addresses(label) == ["203.0.113.10"]
     # The unit's IT admin confirms it works: the request is done.

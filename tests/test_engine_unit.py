@@ -11,14 +11,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from daemon.localoffice import ACTORS, MAILBOX, make_config, reply_to, request_mail
 from daemon.service import Daemon
 from workflows.db import upgrade
 from workflows.engine import Services
 from workflows.provision import NameInUse, NoHosting, PlannedRecord, format_diff
-from workflows.store import Audit, Inbound, Outbox, PendingSecret, Request, make_engine, make_sessionmaker
+from workflows.store import Audit, Inbound, Outbox, PendingSecret, Request, make_engine, make_sessionmaker, utcnow
 
 
 class ListSource:
@@ -162,11 +162,18 @@ def test_happy_path_reaches_final_reply(world) -> None:  # type: ignore[no-untyp
         assert req.status == "done", [a.event for a in s.execute(select(Audit)).scalars()]
         assert s.execute(select(PendingSecret)).first() is None
         final = s.execute(select(Outbox).where(Outbox.purpose == "final")).scalar_one()
-        assert final.raw is None and final.status == "sent"
+        creds = s.execute(select(Outbox).where(Outbox.purpose == "credentials")).scalar_one()
+        assert final.status == "sent" and creds.status == "sent" and creds.after_id == final.id
+        assert creds.raw is None and creds.sent_at >= final.sent_at  # the password left with its one mail
     final_mail = [m for m in tr.to("dinsos@example.org") if "telah aktif" in str(m["Subject"])][-1]
     text = final_mail.get_body(preferencelist=("plain",)).get_content()
     assert "dinsos.trenggalekkab.go.id" in text and "203.0.113.10" in text
-    assert "ns1.trenggalekkab.go.id" in text and "Kata sandi" in text
+    assert "ns1.trenggalekkab.go.id" in text
+    # The credentials: their own mail, to the PIC only, after the letter.
+    sent_to = [(rcpts, raw) for _, rcpts, raw in tr.sent]
+    i_letter = next(i for i, (_, raw) in enumerate(sent_to) if b"telah aktif" in raw)
+    i_creds = next(i for i, (_, raw) in enumerate(sent_to) if b"Kata sandi akun sub domain" in raw)
+    assert i_creds > i_letter and len(sent_to[i_creds][0]) == 1
 
 
 def test_tolak_sends_rejection_with_note(world) -> None:  # type: ignore[no-untyped-def]
@@ -428,3 +435,52 @@ def test_stale_spool_is_removed_at_start_without_parser_workers(world) -> None: 
     os.utime(stale, (time.time() - 7200, time.time() - 7200))
     d.run(max_passes=1)
     assert [f.name for f in d.spool_dir.iterdir()] == ["fetch-baru.eml"]
+
+
+@pytest.mark.parametrize("case", ["letter_later", "letter_never", "key_changed"])
+def test_credentials_wait_sealed_for_the_letter_and_fail_with_it(world, case: str) -> None:  # type: ignore[no-untyped-def]
+    """The password is sealed in the database until it leaves, and never leaves before its letter: while
+    the letter is refused for now the credential mail waits; refused for good, it fails with it, scrubbed;
+    sealed under a key the daemon no longer has, it fails, scrubbed, and the letter still goes."""
+    from daemon.outbox import SendError
+    from workflows.secretbox import SecretBox
+
+    d, src, tr, dns_, sessions = world
+    refuse = SendError("550 tidak diterima" if case == "letter_never" else "451 coba lagi",
+                       permanent=case == "letter_never")
+    real_send = tr.send
+    letter_refused = True
+
+    def send(mail_from: str, rcpts: Sequence[str], raw: bytes) -> None:
+        if letter_refused and b"telah aktif" in raw:
+            raise refuse
+        real_send(mail_from, rcpts, raw)
+
+    tr.send = send
+    src.add(request_mail("dinsos@example.org", pic="pic@dinsos.example.org"))
+    d.run_once()
+    for role in ("kadis", "kabid", "kasi", "kasi", "kabid"):
+        approve(d, src, tr, role)
+    with sessions() as s:
+        secret = s.execute(select(PendingSecret)).scalar_one()
+        assert secret.value.startswith("sdbox1:")  # sealed: a backup taken now holds no password
+    approve(d, src, tr, "kadis")
+    d.run_once()
+    if case == "key_changed":
+        d.box = SecretBox.ephemeral()  # the key file replaced while the letter waited
+        letter_refused = False
+        with sessions.begin() as s:  # its retry comes due now
+            s.execute(update(Outbox).where(Outbox.purpose == "final").values(next_attempt_at=utcnow()))
+        d.run_once()
+    with sessions() as s:
+        letter = s.execute(select(Outbox).where(Outbox.purpose == "final")).scalar_one()
+        creds = s.execute(select(Outbox).where(Outbox.purpose == "credentials")).scalar_one()
+        assert s.execute(select(PendingSecret)).first() is None  # it lives in the sealed mail alone now
+        assert creds.after_id == letter.id and creds.rcpts == ["pic@dinsos.example.org"]
+        if case == "letter_later":
+            assert letter.status == "queued" and creds.status == "waiting"
+            assert creds.raw is not None and creds.raw.startswith(b"sdbox1:")
+        else:
+            assert letter.status == ("sent" if case == "key_changed" else "failed")
+            assert creds.status == "failed" and creds.raw is None
+    assert not any("Kata sandi akun" in str(m["Subject"]) for m in tr.to("pic@dinsos.example.org"))

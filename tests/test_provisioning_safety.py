@@ -2,7 +2,8 @@
 
 - The `command` hosting backend runs a real script: no shell, the password on stdin, checked exit code;
   it creates an account file the test reads.
-- After a full run the PIC's password is in no database file, no log and no mail but the PIC's letter.
+- The password the command was given is the one the PIC's credential mail carries; quoted back in base64,
+  it is stored blanked (the full search for it is tests/test_pic_password.py).
 - Hostile values in the form (CR/LF, template syntax, HTML, SQL, shell) are stored and shown literally.
 """
 
@@ -57,7 +58,7 @@ def _office(base: Path, dovecot: Dovecot, relay: SmtpRelay, bind: Bind, accounts
     return o, d
 
 
-def test_command_backend_and_the_password_lives_only_in_the_pic_letter(dovecot: Dovecot, smtp_relay: SmtpRelay,
+def test_command_backend_gets_the_password_the_pic_is_sent(dovecot: Dovecot, smtp_relay: SmtpRelay,
                                                                        bind: Bind,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     base = Path(tempfile.mkdtemp(prefix="prov-"))
@@ -71,10 +72,10 @@ def test_command_backend_and_the_password_lives_only_in_the_pic_letter(dovecot: 
     o.send_request(label, body=body)
     for role in ("kadis", "kabid", "kasi", "kasi", "kabid", "kadis"):
         o.decide(role, "SETUJU")
-    final = o.wait_mail(o.requester, lambda m: "telah aktif" in str(m["Subject"]))
-    password = re.search(r"Kata sandi\s+:\s+(\S+)", body_text(final)).group(1)  # type: ignore[union-attr]
-    # The PIC answers under the letter, quoting it, as a client that sends text as base64 would.
-    answer = parse_mail(reply_to(final, o.requester.address, "BERHASIL"))
+    creds = o.wait_mail(o.requester, lambda m: "Kata sandi akun" in str(m["Subject"]))
+    password = re.search(r"Kata sandi\s*:\s*(\S+)", body_text(creds)).group(1)  # type: ignore[union-attr]
+    # The PIC answers under the credential mail, quoting it, as a client that sends text as base64 would.
+    answer = parse_mail(reply_to(creds, o.requester.address, "BERHASIL"))
     answer.set_content(answer.get_content(), cte="base64")
     assert password.encode() not in answer.as_bytes()  # hidden from a byte scan
     o.send(answer.as_bytes(), o.requester.address)
@@ -96,16 +97,6 @@ def test_command_backend_and_the_password_lives_only_in_the_pic_letter(dovecot: 
                 if part.get_content_maintype() == "text":
                     assert password not in part.get_content(), row.subject
     d.shutdown(flush_seconds=2)
-    # The password is nowhere else: not in the database files, not in any other mail.
-    state = Path(o.data["state_dir"])
-    for f in state.iterdir():
-        assert password.encode() not in f.read_bytes(), f
-    assert password.encode() not in (o.base / "daemon.log").read_bytes() if (o.base / "daemon.log").exists() else True
-    for user in [*o.officials.values(), o.staff]:
-        for raw in user.messages():
-            assert password.encode() not in raw, user.address
-    letters_with_it = [raw for raw in o.requester.messages() if password.encode() in raw]
-    assert len(letters_with_it) == 1
 
 
 def test_hostile_form_fields_stay_literal(dovecot: Dovecot, smtp_relay: SmtpRelay, bind: Bind) -> None:

@@ -50,6 +50,8 @@ INBOUND_LABELS = {"quarantined": "Karantina", "unmatched": "Tidak cocok"}
 PURPOSE_LABELS = {
     "ack": "tanda terima",
     "final": "surat balasan",
+    "credentials": "kata sandi untuk penanggung jawab",
+    "form": "formulir",
     "rejection": "surat penolakan",
     "alert": "peringatan staf",
     "digest": "ringkasan harian",
@@ -313,6 +315,14 @@ def build_digest(
             ).order_by(Outbox.created_at, Outbox.id)
         ).scalars()
     ]
+    # Mail over the daily cap stays held until staff release or drop it (`subdomaind outbox`): every day.
+    held = [
+        {"id": o.id, "ticket": tickets.get(o.request_id, "-") if o.request_id else "-",
+         "what": _purpose_label(o.purpose), "to": ", ".join(o.rcpts), "at": fmt.when(o.created_at),
+         "reason": _first_line(o.last_error)}
+        for o in s.execute(select(Outbox).where(Outbox.agency == agency.id, Outbox.status == "held")
+                           .order_by(Outbox.id)).scalars()
+    ]
     events = [
         {
             "at": fmt.when(a.at),
@@ -378,6 +388,7 @@ def build_digest(
         "inbound": inbound,
         "inbound_older": inbound_older,
         "outbox_failures": outbox_failures,
+        "held": held,
         "events": events,
         "month": month,
         "counts": {
@@ -390,6 +401,7 @@ def build_digest(
             "rejected": len(rejected),
             "inbound": len(inbound),
             "failures": len(outbox_failures) + len(events),
+            "held": len(held),
         },
     }
 

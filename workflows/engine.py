@@ -37,6 +37,7 @@ from workflows.provision import (
     records_from_json,
     records_to_json,
 )
+from workflows.secretbox import SealedValueError, SecretBox
 from workflows.sop import Sop, Step
 from workflows.store import (
     Account,
@@ -91,6 +92,8 @@ class Ctx:
     services: Services
     clock: Callable[[], datetime]
     parse_options: ParseOptions = field(default_factory=ParseOptions)
+    # Seals the PIC password at rest (`[secrets] key_file`); without it nothing is provisioned.
+    box: SecretBox | None = None
 
     def now(self) -> datetime:
         return self.clock()
@@ -359,14 +362,14 @@ def enter_step(ctx: Ctx, req: Request, key: str, *, note: str | None = None) -> 
                 # The draft reply letter goes up for approval; the password is never in a draft.
                 from workflows.letters import build_letter
 
-                draft = build_letter("final", letter_context(ctx, req, password=None), agency_id=ctx.agency.id)
+                draft = build_letter("final", letter_context(ctx, req), agency_id=ctx.agency.id)
                 slug = req.ticket.replace("/", "-")
                 attachments.append(MailAttachment(f"konsep-surat-balasan-{slug}.pdf", "application/pdf",
                                                   draft.to_pdf()))
             in_reply_to = None
         elif (step.template or "incomplete") == "incomplete":
             # Incomplete: the letter naming each gap, with the form to fill in again (issue 5).
-            out = queue_letter(ctx, req, "incomplete", {**letter_context(ctx, req, password=None),
+            out = queue_letter(ctx, req, "incomplete", {**letter_context(ctx, req),
                                                         "lampiran": "1 (satu) berkas formulir"},
                                purpose=f"step.{key}", to=requester_addresses(req), token=token,
                                extra=form_attachments(ctx))
@@ -637,6 +640,8 @@ def _provision(ctx: Ctx, req: Request, run: StepRun) -> str:
         return "ok"  # done before a crash; never twice
     if not req.subdomain:
         raise ActionFailed("permohonan tidak memuat nama sub domain")
+    if ctx.box is None:  # the password would have nowhere safe to wait: make nothing
+        raise ActionFailed("kunci enkripsi kata sandi ([secrets] key_file) tidak tersedia")
     try:
         records = planned_records(ctx, req)
     except PlanError as exc:
@@ -693,7 +698,9 @@ def _provision(ctx: Ctx, req: Request, run: StepRun) -> str:
     if existing_secret is not None:
         ctx.session.delete(existing_secret)
         ctx.session.flush()
-    ctx.session.add(PendingSecret(request_id=req.id, value=password, created_at=now))
+    assert ctx.box is not None  # checked before anything was made
+    ctx.session.add(PendingSecret(request_id=req.id, value=ctx.box.seal_text(password, pending_where(req.id)),
+                                  created_at=now))
     try:
         ns = list(ctx.agency.dns.name_servers) or ctx.services.dns.name_servers()
     except (DnsError, OSError, Exception):  # noqa: BLE001 - name servers are informative only
@@ -723,7 +730,9 @@ def _draft_letter(ctx: Ctx, req: Request, run: StepRun) -> str:
     return "ok"
 
 
-def letter_context(ctx: Ctx, req: Request, *, password: str | None) -> dict[str, Any]:
+def letter_context(ctx: Ctx, req: Request) -> dict[str, Any]:
+    """What a letter about `req` may print. Never the password: it goes to the PIC alone, in its own
+    mail after the letter (`_send_letter`)."""
     data = summary(ctx, req)
     p = req.provisioned or {}
     data.update(
@@ -734,7 +743,6 @@ def letter_context(ctx: Ctx, req: Request, *, password: str | None) -> dict[str,
         rdtype=p.get("rdtype"),
         name_servers=p.get("name_servers", []),
         username=p.get("username"),
-        password=password,
         record=p.get("record"),
     )
     return data
@@ -772,12 +780,44 @@ def form_attachments(ctx: Ctx) -> list[MailAttachment]:
     ]
 
 
+def pic_address(req: Request) -> str:
+    """Where the credentials go: the PIC named in the form, else the address that sent the letter."""
+    return str((req.fields or {}).get("pic_email") or req.requester)
+
+
 def _send_letter(ctx: Ctx, req: Request, run: StepRun) -> str:
+    """The reply letter (no password in it) to the unit, then the PIC's credential mail, which the outbox
+    holds back (status "waiting") until the letter is sent (daemon/outbox.py)."""
     secret = ctx.session.get(PendingSecret, req.id)
-    queue_letter(ctx, req, "final", letter_context(ctx, req, password=secret.value if secret else None),
-                 purpose="final", to=requester_addresses(req), sensitive=True)
+    password = None
+    if secret is not None:
+        if ctx.box is None:
+            raise ActionFailed("kunci enkripsi kata sandi ([secrets] key_file) tidak tersedia")
+        try:
+            password = ctx.box.open_text(secret.value, pending_where(req.id))
+        except SealedValueError as exc:
+            raise ActionFailed("kata sandi akun tidak dapat dibuka dengan kunci [secrets] key_file yang "
+                               "sekarang; buat akun ulang dan kirim kata sandi baru kepada penanggung "
+                               "jawab") from exc
+    letter = queue_letter(ctx, req, "final", letter_context(ctx, req), purpose="final", to=requester_addresses(req))
     audit(ctx, req, "letter.sent", number=req.letter_number)
+    if secret is not None and password is not None:
+        ctx.session.flush()  # the letter's row id, which the credential mail waits for
+        pic = pic_address(req)
+        ctx.mailer.queue(ctx.session, to=[pic], template="credentials",
+                         context={**summary(ctx, req), "letter_number": req.letter_number,
+                                  "username": (req.provisioned or {}).get("username"), "password": password},
+                         purpose="credentials", request_id=req.id, ticket=req.ticket, sensitive=True,
+                         after=letter, in_reply_to=req.source_message_id)
+        # From here the password lives only in the credential mail, sealed, until it is sent.
+        ctx.session.delete(secret)
+        audit(ctx, req, "credentials.queued", to=pic)
     return "ok"
+
+
+def pending_where(request_id: int) -> str:
+    """The associated data a pending password is sealed with: it opens on its own row only."""
+    return f"pending:{request_id}"
 
 
 def _send_rejection(ctx: Ctx, req: Request, run: StepRun) -> str:
@@ -794,7 +834,7 @@ def _send_rejection(ctx: Ctx, req: Request, run: StepRun) -> str:
             ctx.session.delete(secret)
             ctx.session.info["purge_secrets"] = True  # the caller purges the WAL after commit
     by = ctx.role_title(ctx.sop.steps[_step_key(ctx, last)].actor) if last else None
-    queue_letter(ctx, req, "rejection", {**letter_context(ctx, req, password=None), "by": by,
+    queue_letter(ctx, req, "rejection", {**letter_context(ctx, req), "by": by,
                                          "note": last.note if last else None},
                  purpose="rejection", to=requester_addresses(req))
     audit(ctx, req, "rejection.sent")

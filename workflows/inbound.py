@@ -83,25 +83,44 @@ def _quoted_in_text(ctx: Ctx, parsed: ParseResult | None) -> bool:
 _TEXT_SCAN_MAX = 2_000_000
 
 
+def _attachments_quoting(ctx: Ctx, parsed: ParseResult | None) -> set[str]:
+    """SHA-256 of each PDF or .eml attachment whose text (read by the parser) quotes a password we issued."""
+    if parsed is None or not parsed.attachment_text:
+        return set()
+    found = {key: {hashlib.sha256(t.encode()).hexdigest() for t in _PASSWORD_TEXT_RE.findall(text)}
+             for key, text in parsed.attachment_text}
+    issued = _issued(ctx, set().union(*found.values()))
+    return {key for key, digests in found.items() if digests & issued}
+
+
+_BLANKED_ATTACHMENT = ("Lampiran {name} dihapus oleh sistem layanan sub domain karena memuat kata sandi akun "
+                       "yang telah diterbitkan. Pesan lainnya disimpan seperti aslinya.\n")
+
+
 def redact_issued_passwords(ctx: Ctx, raw: RawMail, parsed: ParseResult | None = None) -> RawMail:
     """Blank out any password we issued that comes back quoted in a reply (the PIC answering BERHASIL
-    under the letter): the password must not reach the database after delivery (issue 5). Only its
+    under the credential mail): the password must not reach the database after delivery. Only its
     SHA-256 is kept to recognise it. `parsed` (the parse of `raw`) says whether a text part encoded as
-    base64 or quoted-printable holds one, so the message is only re-read when it does. A letter in a file
-    is read into memory only when it quotes one (workflows/rawmail.py)."""
+    base64 or quoted-printable holds one, or a PDF or .eml attachment does, so the message is only
+    re-read when it does. A text part, also inside a forwarded message (message/rfc822), is rewritten
+    with the password blanked; a PDF or .eml file that holds one is replaced by a short note saying so
+    (its bytes cannot be blanked in place). A letter in a file is read into memory only when it quotes
+    one (workflows/rawmail.py)."""
     candidates = _quoted_passwords(raw)
     issued = _issued(ctx, candidates.values())
+    in_files = _attachments_quoting(ctx, parsed)
     if isinstance(raw, Spooled):
-        if not issued and (len(raw) > _TEXT_SCAN_MAX or not _quoted_in_text(ctx, parsed)):
+        if not issued and not in_files and (len(raw) > _TEXT_SCAN_MAX or not _quoted_in_text(ctx, parsed)):
             return raw
         raw = raw.read()
     for token, digest in candidates.items():
         if digest in issued:
             raw = raw.replace(token, b"*" * len(token))
-    if len(raw) > _TEXT_SCAN_MAX or b"base64" not in raw.lower():
-        return raw
-    if not _quoted_in_text(ctx, parsed):
-        return raw  # the decoded text holds none of our passwords: nothing to rewrite
+    if not in_files:
+        if len(raw) > _TEXT_SCAN_MAX or b"base64" not in raw.lower():
+            return raw
+        if not _quoted_in_text(ctx, parsed):
+            return raw  # the decoded text holds none of our passwords: nothing to rewrite
     import email
     import email.policy
 
@@ -109,7 +128,15 @@ def redact_issued_passwords(ctx: Ctx, raw: RawMail, parsed: ParseResult | None =
         msg = email.message_from_bytes(raw, policy=email.policy.default)
         changed = False
         for part in msg.walk():
-            if part.is_multipart() or part.get_content_maintype() != "text":
+            if part.is_multipart():
+                continue  # a forwarded message (message/rfc822) is walked into: its text parts come next
+            if part.get_content_maintype() != "text":
+                data = part.get_payload(decode=True) if in_files else None
+                if isinstance(data, bytes) and hashlib.sha256(data).hexdigest() in in_files:
+                    name = part.get_filename() or "tanpa nama"
+                    part.set_content(_BLANKED_ATTACHMENT.format(name=name), disposition="attachment",
+                                     filename=f"{name}.dihapus.txt")
+                    changed = True
                 continue
             content = part.get_content()
             found = {t: hashlib.sha256(t.encode()).hexdigest() for t in set(_PASSWORD_TEXT_RE.findall(content))}

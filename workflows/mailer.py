@@ -24,6 +24,7 @@ from typing import Any
 import jinja2
 from sqlalchemy.orm import Session
 
+from workflows.secretbox import SecretBox
 from workflows.store import MailCount, Outbox
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -176,7 +177,9 @@ class Mailer:
         zone: str,
         clock: Callable[[], datetime],
         daily_cap: int = 0,
+        box: SecretBox | None = None,
     ) -> None:
+        self.box = box  # seals a sensitive mail's bytes at rest (workflows/secretbox.py)
         self.agency_id = agency_id
         self.agency_name = agency_name
         self.address = address
@@ -221,11 +224,12 @@ class Mailer:
         attachments: Sequence[MailAttachment] = (),
         sensitive: bool = False,
         cc: Sequence[str] = (),
+        after: Outbox | None = None,
     ) -> Outbox:
         return self.queue_rendered(
             session, rendered=self.render(template, context), to=to, purpose=purpose, request_id=request_id,
             ticket=ticket, token=token, in_reply_to=in_reply_to, references=references, attachments=attachments,
-            sensitive=sensitive, cc=cc,
+            sensitive=sensitive, cc=cc, after=after,
         )
 
     def queue_rendered(
@@ -243,8 +247,10 @@ class Mailer:
         attachments: Sequence[MailAttachment] = (),
         sensitive: bool = False,
         cc: Sequence[str] = (),
+        after: Outbox | None = None,
     ) -> Outbox:
-        """Queue a mail whose subject, text and HTML were made elsewhere (a letter)."""
+        """Queue a mail whose subject, text and HTML were made elsewhere (a letter). A `sensitive` mail is
+        sealed at rest; one given `after` (a flushed row) waits until that one is sent."""
         now = self.clock()
         subject = one_line(rendered.subject, 300)
         if ticket and f"[{ticket}]" not in subject:
@@ -274,7 +280,11 @@ class Mailer:
         if ticket:
             headers.append(("X-Subdomaind-Ticket", ticket))
         raw = compose(headers, rendered.text, rendered.html, attachments)
-        status, note = "queued", None
+        if sensitive:
+            if self.box is None:
+                raise ValueError("a sensitive mail needs the key of [secrets] key_file to be sealed")
+            raw = self.box.seal(raw, message_id)  # opened by the outbox sender, just before it goes out
+        status, note = ("waiting", None) if after is not None else ("queued", None)
         # The cap fences mail we send *in answer to* mail (a loop feeds on those); mail the SOP itself sends
         # (step mails, letters, alerts, digests) is bounded by the requests and must not be stalled by a
         # flood of strangers' letters filling an official's quota.
@@ -293,6 +303,7 @@ class Mailer:
             raw=raw,
             sensitive=sensitive,
             status=status,
+            after_id=after.id if after is not None else None,
             last_error=note,
             attempts=0,
             next_attempt_at=now,

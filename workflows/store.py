@@ -272,7 +272,7 @@ class InboundRaw(Base):
 
 class Outbox(Base):
     __tablename__ = "outbox"
-    __table_args__ = (Index("ix_outbox_due", "status", "next_attempt_at"),)
+    __table_args__ = (Index("ix_outbox_due", "status", "next_attempt_at"), Index("ix_outbox_after", "after_id"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     agency: Mapped[str] = mapped_column(String(32))
@@ -283,8 +283,12 @@ class Outbox(Base):
     rcpts: Mapped[list[Any]] = mapped_column(default=list)
     subject: Mapped[str] = mapped_column(Text)
     blob: Mapped[OutboxRaw | None] = relationship(cascade="all, delete-orphan", lazy="joined")
-    sensitive: Mapped[bool] = mapped_column(Boolean, default=False)  # scrubbed once sent
-    status: Mapped[str] = mapped_column(String(16), default="queued")  # queued | sent | failed
+    sensitive: Mapped[bool] = mapped_column(Boolean, default=False)  # sealed at rest, scrubbed once sent
+    # queued | sent | failed | held (over the daily cap) | waiting (for `after_id`) | dropped (by staff)
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    # A mail that must not leave before another one did (the PIC's credentials after the letter): it waits
+    # with status "waiting" until that row is sent, and fails with it.
+    after_id: Mapped[int | None] = mapped_column(Integer)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime]
     last_error: Mapped[str | None] = mapped_column(Text)
@@ -361,7 +365,8 @@ class Account(Base):
 
 
 class PendingSecret(Base):
-    """A password between its creation and the one mail that delivers it; deleted when that mail is sent."""
+    """A password between its creation and the credential mail that delivers it, sealed with the key of
+    `[secrets] key_file` (workflows/secretbox.py); deleted when that mail is queued (sealed too)."""
 
     __tablename__ = "pending_secrets"
 
