@@ -189,13 +189,14 @@ def build_report(session: Session, agency: AgencyConfig, sop: Sop, calendar: Wor
     sop_minutes = days * dm + minutes
 
     # --- step visits finished in the month ---
-    runs = list(s.execute(
-        select(StepRun).join(Request, Request.id == StepRun.request_id)
-        .where(Request.agency == agency.id, StepRun.status == "done", StepRun.closed_at >= start,
-               StepRun.closed_at < end, StepRun.kind != "end").order_by(StepRun.id)).scalars())
+    visits_in_month = (Request.agency == agency.id, StepRun.status == "done", StepRun.closed_at >= start,
+                       StepRun.closed_at < end, StepRun.kind != "end")
+    runs = list(s.execute(select(StepRun).join(Request, Request.id == StepRun.request_id)
+                          .where(*visits_in_month).order_by(StepRun.id)).scalars())
     decisions = {d.step_id: d for d in s.execute(
-        select(Decision).where(Decision.step_id.in_([r.id for r in runs] or [-1]), Decision.accepted.is_(True),
-                               Decision.decision != "cancel").order_by(Decision.id)).scalars()}
+        select(Decision).join(StepRun, StepRun.id == Decision.step_id).join(Request, Request.id == StepRun.request_id)
+        .where(*visits_in_month, Decision.accepted.is_(True), Decision.decision != "cancel")
+        .order_by(Decision.id)).scalars()}
     per_step: dict[str, list[tuple[float, bool]]] = defaultdict(list)
     per_official: dict[tuple[str, str, bool], list[tuple[float, bool]]] = defaultdict(list)
     for run in runs:
@@ -268,16 +269,17 @@ def build_report(session: Session, agency: AgencyConfig, sop: Sop, calendar: Wor
     for _, f in flagged:
         flagged_words[f.ticket].add(f.word)
     seen: dict[int, Request] = {r.id: r for r in (*received, *closed, *open_end)}
+    still_open = {r.id for r in open_end}
     rows = []
     for r in sorted(seen.values(), key=lambda r: r.id):
         spent = finish_minutes.get(r.id)
-        status = "terbuka" if r in open_end else {"done": "selesai", "rejected": "ditolak"}.get(r.status, r.status)
+        status = "terbuka" if r.id in still_open else {"done": "selesai", "rejected": "ditolak"}.get(r.status, r.status)
         rows.append({
             "tiket": r.ticket, "sub_domain": fqdn(r), "unit_kerja": r.unit or "", "pemohon": r.requester,
             "diterima": calendar.local(r.received_at).strftime("%Y-%m-%d %H:%M"),
             "status_akhir_bulan": status,
-            "ditutup": calendar.local(r.closed_at).strftime("%Y-%m-%d %H:%M") if r.closed_at and r not in open_end
-            else "",
+            "ditutup": calendar.local(r.closed_at).strftime("%Y-%m-%d %H:%M")
+            if r.closed_at and r.id not in still_open else "",
             "menit_kerja_penyelesaian": f"{spent:.0f}" if spent is not None else "",
             "dalam_mutu_baku_sop": ("ya" if spent <= sop_minutes else "tidak") if spent is not None else "",
             "perbaikan": "ya" if "PERBAIKI" in flagged_words[r.ticket] else "tidak",
