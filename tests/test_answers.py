@@ -145,7 +145,7 @@ def test_answer_templates_escape_what_units_wrote() -> None:
                                                           "closed": "-", "took": "0 menit"}]}
     item = {"no": 1, "ticket": "SD/2026/0001", "fqdn": hostile, "unit": hostile, "step_title": "T", "sop_no": "-",
             "acting": False, "role_title": "Kepala Dinas", "opened": "-", "age": "-", "mutu": None,
-            "overdue": False, "answers": []}
+            "overdue": False, "answers": ["SETUJU"], "step_mail": hostile}
     for rendered in (m.render("status", {"statuses": [status], "official": False}),
                      m.render("antrean", {"items": [item], "who": hostile, "tag_replies": False, "overdue": 0})):
         assert rendered.html is not None and "<script" not in rendered.html
@@ -280,6 +280,7 @@ def test_antrean_vouched_official_gets_the_list(office: Office, tmp_path: Path) 
     assert text.startswith(f"Yth. {KADIS_NAME}, {KADIS_TITLE},")
     assert ticket in text and f"Sebagai    : {KADIS_TITLE}" in text
     assert "Menjawab   : SETUJU / TOLAK" in text
+    assert f"(subjek: [{ticket}] Mohon keputusan: Mendisposisi surat permohonan" in text
     assert f'bersubjek "[{ticket}] SETUJU"' in text  # vouched replies may name the ticket alone
     items = re.findall(r"^\d+\. (\[TERLAMBAT\] )?(SD/\d{4}/\d{4})", text, re.MULTILINE)
     late = [t for flag, t in items if flag]

@@ -19,7 +19,7 @@ from workflows.engine import DECISION_WORDS, Ctx, delegates_of
 from workflows.mailer import format_tanggal
 from workflows.reminders import format_duration
 from workflows.sop import Sop
-from workflows.store import Decision, Request, StepRun
+from workflows.store import Decision, Outbox, Request, StepRun
 from workflows.worktime import WorkCalendar
 
 # What became of a step, as the timeline says it (StepRun.outcome).
@@ -172,4 +172,10 @@ def waiting_on_roles(ctx: Ctx, calendar: WorkCalendar, roles: dict[str, bool], n
         item["acting"] = roles.get(item["role"] or "", False)
         item["role_title"] = ctx.role_title(item["role"])
         item["answers"] = [DECISION_WORDS[o] for o in (step.on if step else {}) if o in DECISION_WORDS]
+        # The step mail to answer, by the subject the official will find it under in their mailbox.
+        item["step_mail"] = ctx.session.execute(
+            select(Outbox.subject).join(Request, Request.id == Outbox.request_id)
+            .where(Request.ticket == item["ticket"], Request.agency == ctx.agency.id,
+                   Outbox.purpose == f"step.{item['step_key']}").order_by(Outbox.id.desc()).limit(1)
+        ).scalar_one_or_none()
     return items
