@@ -6,7 +6,7 @@ PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.installed-stamp
 APT_PACKAGES := dovecot-imapd dovecot-lmtpd bind9 bind9-utils bind9-dnsutils postgresql \
                 tesseract-ocr tesseract-ocr-ind poppler-utils python3-venv ca-certificates \
-                chromium libpython3.11-testsuite systemd
+                chromium libpython3.11-testsuite systemd fonts-dejavu-core
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
@@ -62,4 +62,4 @@ soak: deps
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
 clean:
-	rm -rf var/demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf /tmp/subdomaind-demo-$$(id -u) .pytest_cache .mypy_cache .ruff_cache

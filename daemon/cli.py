@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
 
-from daemon.config import Config, ConfigError, load_config
+from daemon.config import Config, ConfigError
 
 DEFAULT_CONFIG = "/etc/subdomaind/config.toml"
 
@@ -23,14 +23,28 @@ def _config_path(args: argparse.Namespace) -> str:
     return args.config or os.environ.get("SUBDOMAIND_CONFIG") or DEFAULT_CONFIG
 
 
-def _load(args: argparse.Namespace) -> Config:
+EX_CONFIG = 78  # sysexits.h: the unit's RestartPreventExitStatus=78 stops systemd from retrying a bad config
+
+
+class CommandError(Exception):
+    """A command's plain answer to bad input or a missing prerequisite: printed as one line, exit `code`."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _load(args: argparse.Namespace, *, secrets: bool = True) -> Config:
+    """The checked configuration (daemon/validate.py); read-only commands pass secrets=False."""
+    from daemon.validate import load_checked
+
     try:
-        return load_config(_config_path(args))
+        return load_checked(_config_path(args), secrets=secrets)
     except ConfigError as exc:
         print(f"konfigurasi tidak valid ({_config_path(args)}):", file=sys.stderr)
         for p in exc.problems:
             print(f"  {p}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(EX_CONFIG) from None
 
 
 def _sessions(cfg: Config, upgrade: bool = True) -> Any:
@@ -45,7 +59,45 @@ def _sessions(cfg: Config, upgrade: bool = True) -> Any:
     return make_sessionmaker(engine)
 
 
+def _reader_sessions(cfg: Config) -> Any:
+    """Sessions for the read-only commands: never create or migrate a database.
+
+    SQLite is opened read-only, so a member of the `subdomaind` group (the database files are 0640) can read
+    it; with the daemon stopped there is no -wal file and the directory is not theirs to create one in, so the
+    file is then opened as immutable (nothing else is writing it).
+    """
+    from workflows.db import HEAD, current_revision
+    from workflows.store import make_engine, make_sessionmaker
+
+    url = cfg.db_url
+    if url.startswith("sqlite"):
+        path = cfg.state_dir / "subdomaind.db" if not cfg.database_url else Path(url.split("///", 1)[-1])
+        if not path.exists():
+            raise CommandError(f"belum ada basis data di {path}: daemon belum pernah berjalan "
+                               f"(atau jalankan: subdomaind db upgrade)")
+        wal = path.with_name(path.name + "-wal")
+        mode = "mode=ro" if wal.exists() or os.access(path.parent, os.W_OK) else "immutable=1"
+        url = f"sqlite:///file:{path}?{mode}&uri=true"
+    engine = make_engine(url, readonly=True)
+    rev = current_revision(engine)
+    if rev is None:
+        raise CommandError("basis data masih kosong: jalankan `subdomaind db upgrade` atau mulai daemon")
+    if rev != HEAD:
+        raise CommandError(f"basis data pada revisi {rev}, program ini butuh {HEAD}: jalankan "
+                           f"`subdomaind db upgrade`")
+    return make_sessionmaker(engine)
+
+
 _ADDRESS = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})")
+
+
+_BYTES_REPR = re.compile(r"\bb'(.*?)'")
+
+
+def plain_reason(text: str | None) -> str:
+    """A stored failure reason as words: the first line, without Python's b'...' around a server's reply."""
+    first = (text or "").strip().splitlines()
+    return _BYTES_REPR.sub(r"\1", first[0]) if first else "tanpa keterangan"
 
 
 def redact(text: str) -> str:
@@ -92,14 +144,24 @@ def setup_logging(level: str, fmt: str) -> None:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from daemon.validate import load_checked
+
     try:
-        cfg = load_config(args.file)
+        cfg = load_checked(args.file)
     except ConfigError as exc:
         for p in exc.problems:
             print(p)
-        return 2
+        return EX_CONFIG
     print(f"OK: {len(cfg.agencies)} agency(ies): " + ", ".join(f"{a.id} ({a.zone}, SOP {a.sop})" for a in cfg.agencies))
-    return 0
+    if not args.connect:
+        return 0
+    from daemon.connect import run_checks
+
+    failed = 0
+    for check in run_checks(cfg):
+        print(check.line())
+        failed += not check.ok
+    return 1 if failed else 0
 
 
 def cmd_db(args: argparse.Namespace) -> int:
@@ -146,11 +208,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_once(args: argparse.Namespace) -> int:
+    from workflows.store import MailboxState
+
     d = _daemon(args)
     totals = d.run_once()
     d.shutdown(flush_seconds=5)
     print(json.dumps(totals))
-    return 0
+    # A pass that could not read a mailbox did not do its job: say which and why, and exit 1.
+    with d.sessions() as s:
+        failing = list(s.execute(select(MailboxState).where(MailboxState.failing_since.is_not(None))).scalars())
+    for st in failing:
+        print(f"kotak surat {st.agency} ({st.mailbox}) tidak dapat dibaca: {plain_reason(st.last_error)[:300]}",
+              file=sys.stderr)
+    return 1 if failing else 0
 
 
 def status_data(cfg: Config, sessions: Any) -> dict[str, Any]:
@@ -161,12 +231,24 @@ def status_data(cfg: Config, sessions: Any) -> dict[str, Any]:
                            "bounced_7d": 0}
     with sessions() as s:
         for st in s.execute(select(MailboxState)).scalars():
+            backoff = getattr(st, "backoff_until", None)  # set by the login backoff, when present
             out["intake"].append({
                 "agency": st.agency, "mailbox": st.mailbox, "mode": st.mode, "last_uid": st.last_uid,
                 "last_ok_at": st.last_ok_at.isoformat() if st.last_ok_at else None,
                 "failing_since": st.failing_since.isoformat() if st.failing_since else None,
                 "last_error": st.last_error,
+                "backoff_until": backoff.isoformat() if backoff else None,
             })
+        seen = {(i["agency"]) for i in out["intake"]}
+        for conf in cfg.agencies:
+            if conf.id not in seen:  # configured but never read: the daemon has not reached it yet
+                out["intake"].append({"agency": conf.id, "mailbox": conf.imap.folder, "mode": None, "last_uid": 0,
+                                      "last_ok_at": None, "failing_since": None, "last_error": None,
+                                      "backoff_until": None})
+        out["failing_actions"] = [
+            {"request_id": r.request_id, "step": r.key, "attempts": r.attempts, "error": r.last_error}
+            for r in s.execute(select(StepRun).where(StepRun.status == "open", StepRun.kind == "action",
+                                                     StepRun.last_error.is_not(None))).scalars()]
         for status, n in s.execute(select(Outbox.status, func.count()).group_by(Outbox.status)).all():
             out["outbox"][status] = n
         out["outbox"]["failing"] = s.execute(
@@ -206,22 +288,113 @@ def status_data(cfg: Config, sessions: Any) -> dict[str, Any]:
     return out
 
 
+def _when(iso: str | None, tz: ZoneInfo) -> str:
+    """An ISO timestamp in the office's words: '2026-03-02 08:15 (12 menit lalu)'."""
+    from datetime import datetime
+
+    from workflows.store import utcnow
+
+    if not iso:
+        return "belum pernah"
+    at = datetime.fromisoformat(iso)
+    minutes = int((utcnow() - at).total_seconds() // 60)
+    ago = (f"{minutes} menit lalu" if minutes < 120 else f"{minutes // 60} jam lalu" if minutes < 2880
+           else f"{minutes // 1440} hari lalu")
+    return f"{at.astimezone(tz):%Y-%m-%d %H:%M} ({ago})"
+
+
+def intake_lines(cfg: Config, data: dict[str, Any]) -> list[str]:
+    """Each mailbox's state, reason and last success in words."""
+    lines = []
+    for i in data["intake"]:
+        try:
+            tz = ZoneInfo(cfg.agency(i["agency"]).timezone)
+        except KeyError:
+            tz = ZoneInfo("Asia/Jakarta")
+        if i["failing_since"]:
+            state = f"GAGAL sejak {_when(i['failing_since'], tz)}"
+        elif i["last_ok_at"]:
+            state = "OK" + (f" (menunggu surel dengan {'IDLE' if i['mode'] == 'idle' else 'polling'})"
+                            if i["mode"] else "")
+        else:
+            state = "belum pernah dibaca"
+        lines.append(f"Kotak surat {i['agency']} ({i['mailbox']}): {state}")
+        if i["failing_since"] and i["last_error"]:
+            lines.append(f"  alasan: {plain_reason(i['last_error'])[:300]}")
+        if i.get("backoff_until"):
+            lines.append(f"  dicoba lagi: {_when(i['backoff_until'], tz).split(' (')[0]}")
+        lines.append(f"  terakhir berhasil: {_when(i['last_ok_at'], tz)}")
+    return lines
+
+
+def health(cfg: Config, data: dict[str, Any]) -> tuple[int, str]:
+    """Nagios plugin convention: (0 OK | 1 WARNING | 2 CRITICAL, one line)."""
+    from datetime import datetime
+
+    from workflows.store import utcnow
+
+    crit: list[str] = []
+    warn: list[str] = []
+    limit = cfg.workflow.intake_alert_minutes * 60
+    for i in data["intake"]:
+        if i["failing_since"]:
+            age = (utcnow() - datetime.fromisoformat(i["failing_since"])).total_seconds()
+            why = plain_reason(i["last_error"])[:120]
+            (crit if age >= limit else warn).append(f"kotak surat {i['agency']} gagal {int(age // 60)} menit: {why}")
+        elif not i["last_ok_at"]:
+            warn.append(f"kotak surat {i['agency']} belum pernah dibaca")
+    if data.get("failing_actions"):
+        crit.append(f"{len(data['failing_actions'])} langkah otomatis gagal")
+    failed = data["outbox"].get("failed", 0)
+    if failed:
+        crit.append(f"{failed} surel gagal terkirim")
+    if data["outbox"].get("failing"):
+        warn.append(f"{data['outbox']['failing']} surel dicoba ulang")
+    if data["quarantine"]:
+        warn.append(f"{data['quarantine']} surel di karantina")
+    if data["bounced_7d"]:
+        warn.append(f"{data['bounced_7d']} surel terpental dalam 7 hari")
+    perf = (f"open={len(data['requests'])} queued={data['outbox'].get('queued', 0)} failed={failed} "
+            f"quarantine={data['quarantine']}")
+    if crit:
+        return 2, f"SUBDOMAIND KRITIS - {'; '.join(crit + warn)} | {perf}"
+    if warn:
+        return 1, f"SUBDOMAIND PERINGATAN - {'; '.join(warn)} | {perf}"
+    return 0, f"SUBDOMAIND OK - {len(data['requests'])} permohonan terbuka | {perf}"
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    cfg = _load(args)
-    data = status_data(cfg, _sessions(cfg))
+    if args.check:
+        # A monitor reads the exit code and one line; whatever goes wrong is CRITICAL, never a traceback.
+        try:
+            cfg = _load(args, secrets=False)
+            data = status_data(cfg, _reader_sessions(cfg))
+        except SystemExit:
+            print("SUBDOMAIND KRITIS - konfigurasi tidak valid (jalankan subdomaind check-config)")
+            return 2
+        except Exception as exc:  # noqa: BLE001 - the monitor gets one line
+            print(f"SUBDOMAIND KRITIS - {problem_text(exc)}")
+            return 2
+        code, line = health(cfg, data)
+        print(line)
+        return code
+    cfg = _load(args, secrets=False)
+    data = status_data(cfg, _reader_sessions(cfg))
+    # Exit 1 while a mailbox cannot be read (the whole picture, Nagios-style: status --check).
+    failing = 1 if any(i["failing_since"] for i in data["intake"]) else 0
     if args.json:
         print(json.dumps(data, ensure_ascii=False, indent=2))
-        return 0
-    for i in data["intake"]:
-        state = "GAGAL sejak " + i["failing_since"] if i["failing_since"] else "OK"
-        print(f"Intake {i['agency']} {i['mailbox']}: {state}, mode {i['mode']}, terakhir {i['last_ok_at']}")
+        return failing
+    print("\n".join(intake_lines(cfg, data)))
+    if data.get("failing_actions"):
+        print(f"Langkah otomatis gagal: {len(data['failing_actions'])} (lihat subdomaind show TIKET)")
     print(f"Outbox: {data['outbox']}  Karantina: {data['quarantine']}  Tak cocok: {data['unmatched']}  "
           f"Surel terpental (7 hari): {data['bounced_7d']}")
     print(f"{'TIKET':<16} {'SUB DOMAIN':<20} {'LANGKAH':<18} {'MENUNGGU':<50} SEJAK")
     for r in data["requests"]:
         print(f"{r['ticket']:<16} {r['subdomain'] or '-':<20} {r['step'] or '-':<18} "
               f"{(r['waiting_on'] or '-')[:50]:<50} {r['since'] or '-'}")
-    return 0
+    return failing
 
 
 def show_lines(cfg: Config, sessions: Any, ticket: str) -> list[str] | None:
@@ -245,8 +418,8 @@ def show_lines(cfg: Config, sessions: Any, ticket: str) -> list[str] | None:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    cfg = _load(args)
-    lines = show_lines(cfg, _sessions(cfg), args.ticket)
+    cfg = _load(args, secrets=False)
+    lines = show_lines(cfg, _reader_sessions(cfg), args.ticket)
     if lines is None:
         print(f"tiket {args.ticket} tidak ditemukan", file=sys.stderr)
         return 1
@@ -258,25 +431,40 @@ def cmd_digest(args: argparse.Namespace) -> int:
     from datetime import timedelta
 
     from workflows.digest import build_digest, render_digest, send_digest
+    from workflows.sop import load_sop
     from workflows.store import utcnow
+    from workflows.worktime import calendar_for
 
-    d = _daemon(args)
+    if not (0 < args.hours <= 24 * 366):  # also refuses nan and inf
+        raise CommandError(f"--hours {args.hours}: sebutkan jumlah jam antara 0 dan {24 * 366}", 2)
     now = utcnow()
     since = now - timedelta(hours=args.hours)
+    if args.preview:
+        # Read-only: no secrets, no database created; the same data the daily mail carries.
+        cfg = _load(args, secrets=False)
+        agencies = [a for a in cfg.agencies if not args.agency or a.id == args.agency]
+        if not agencies:
+            raise CommandError(f"tidak ada instansi {args.agency!r} (ada: {', '.join(a.id for a in cfg.agencies)})",
+                               2)
+        sessions = _reader_sessions(cfg)
+        for ag in agencies:
+            sop = load_sop(ag.sop)
+            if args.role and args.role not in sop.roles:
+                raise CommandError(f"peran {args.role!r} tidak ada dalam SOP {ag.sop} "
+                                   f"(ada: {', '.join(sorted(sop.roles))})", 2)
+            with sessions() as s:
+                data = build_digest(s, cfg, ag, sop, calendar_for(ag), now, since, role=args.role)
+            subject, text, html = render_digest(data, ag)
+            print(html if args.html else f"Subjek: {subject}\n\n{text}")
+        return 0
+    d = _daemon(args)
     for rt in d.runtimes.values():
         if args.agency and rt.agency.id != args.agency:
             continue
         with d.sessions.begin() as s:
-            ctx = d.ctx(s, rt.agency)
-            if args.send:
-                n = send_digest(ctx, rt.calendar, now, since)
-                print(f"{rt.agency.id}: {n} digest mail(s) queued")
-            else:
-                data = build_digest(s, d.config, rt.agency, ctx.sop, rt.calendar, now, since, role=args.role)
-                subject, text, html = render_digest(data, rt.agency)
-                print(html if args.html else f"Subjek: {subject}\n\n{text}")
-    if args.send:
-        d.shutdown(flush_seconds=30)
+            n = send_digest(d.ctx(s, rt.agency), rt.calendar, now, since)
+            print(f"{rt.agency.id}: {n} digest mail(s) queued")
+    d.shutdown(flush_seconds=30)
     return 0
 
 
@@ -339,9 +527,11 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     from workflows.inbound import retry_inbound
     from workflows.store import QUARANTINE_STATUSES, Inbound
 
+    if args.action in ("list", "show"):
+        cfg = _load(args, secrets=False)
+        sessions = _reader_sessions(cfg)
     if args.action == "list":
-        cfg = _load(args)
-        with _sessions(cfg)() as s:
+        with sessions() as s:
             rows = s.execute(select(Inbound).where(Inbound.status.in_(QUARANTINE_STATUSES))
                              .order_by(Inbound.id)).scalars().all()
             print(f"{'ID':>6} {'STATUS':<12} {'DITERIMA':<17} {'PENGIRIM':<32} ALASAN")
@@ -352,18 +542,22 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     if args.id is None:
         print("sebutkan ID pesan", file=sys.stderr)
         return 2
+    if args.action == "show":
+        with sessions() as s:
+            row = s.get(Inbound, args.id)
+            if row is None:
+                raise CommandError(f"pesan {args.id} tidak ditemukan")
+            print(f"ID {row.id}  status {row.status}  jenis {row.kind}  penangan {row.handler}")
+            print(f"Message-ID {row.message_id}\nPengirim {row.sender}\nSubjek {row.subject}")
+            print(f"Alasan:\n{row.error or '-'}\n--- pesan asli ({len(row.raw)} bita) ---")
+            print(row.raw[:4000].decode("utf-8", "replace"))
+        return 0
     d = _daemon(args)
     with d.sessions.begin() as s:
         row = s.get(Inbound, args.id)
         if row is None:
             print(f"pesan {args.id} tidak ditemukan", file=sys.stderr)
             return 1
-        if args.action == "show":
-            print(f"ID {row.id}  status {row.status}  jenis {row.kind}  penangan {row.handler}")
-            print(f"Message-ID {row.message_id}\nPengirim {row.sender}\nSubjek {row.subject}")
-            print(f"Alasan:\n{row.error or '-'}\n--- pesan asli ({len(row.raw)} bita) ---")
-            print(row.raw[:4000].decode("utf-8", "replace"))
-            return 0
         if args.action == "drop":
             row.status = "dropped"
             print(f"pesan {row.id} ditandai 'dropped' (isi asli tetap tersimpan)")
@@ -468,11 +662,18 @@ def cmd_form(args: argparse.Namespace) -> int:
     """The agency's fillable request form ("Formulir Pengajuan Layanan Sub-Domain"), PDF or DOCX."""
     from workflows.forms import form_docx, form_pdf
 
-    cfg = _load(args)
-    ag = cfg.agency(args.agency) if args.agency else cfg.agencies[0]
+    cfg = _load(args, secrets=False)
+    try:
+        ag = cfg.agency(args.agency) if args.agency else cfg.agencies[0]
+    except KeyError:
+        raise CommandError(f"tidak ada instansi {args.agency!r} (ada: {', '.join(a.id for a in cfg.agencies)})",
+                           2) from None
     data = form_docx(ag.name, ag.zone, ag.letter) if args.docx else form_pdf(ag.name, ag.zone, ag.letter)
     out = args.output or f"formulir-sub-domain-{ag.id}.{'docx' if args.docx else 'pdf'}"
-    Path(out).write_bytes(data)
+    try:
+        Path(out).write_bytes(data)
+    except OSError as exc:
+        raise CommandError(f"{out}: tidak dapat ditulis: {exc.strerror}") from None
     print(out)
     return 0
 
@@ -482,6 +683,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", "-c", help=f"configuration file (default $SUBDOMAIND_CONFIG or {DEFAULT_CONFIG})")
     p.add_argument("--log-level", default="info")
     p.add_argument("--log-format", choices=("text", "json"), default="text")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="run the daemon until SIGTERM").set_defaults(func=cmd_run)
     sub.add_parser("once", help="one pass (intake, due steps, outbox), then exit").set_defaults(func=cmd_once)
@@ -493,6 +695,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_parse)
     st = sub.add_parser("status", help="intake health, outbox and open requests")
     st.add_argument("--json", action="store_true")
+    st.add_argument("--check", action="store_true",
+                    help="one line and exit 0 OK, 1 warning, 2 critical (Nagios plugin convention)")
     st.set_defaults(func=cmd_status)
     sh = sub.add_parser("show", help="the audit timeline of one request")
     sh.add_argument("ticket")
@@ -540,6 +744,9 @@ def build_parser() -> argparse.ArgumentParser:
     kg.set_defaults(func=cmd_keygen)
     cc = sub.add_parser("check-config", help="check a configuration file; non-zero exit on problems")
     cc.add_argument("file")
+    cc.add_argument("--connect", action="store_true",
+                    help="also log in to each mailbox and SMTP, ask the zone's SOA with the TSIG key, and ask "
+                         "each verify server")
     cc.set_defaults(func=cmd_check_config)
     db = sub.add_parser("db", help="database maintenance")
     dbs = db.add_subparsers(dest="db_command", required=True)
@@ -547,7 +754,63 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("subdomaind")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
+def problem_text(exc: BaseException) -> str:
+    """One line for an error no command expected: what failed, in words, never a traceback."""
+    from sqlalchemy.exc import DatabaseError, OperationalError
+
+    if isinstance(exc, OperationalError | DatabaseError):
+        orig = getattr(exc, "orig", None)
+        first = (str(orig) if orig is not None else str(exc)).strip().splitlines()
+        reason = first[0] if first else exc.__class__.__name__
+        if "not a database" in reason or "malformed" in reason:
+            return (f"basis data rusak ({reason}); pulihkan dari cadangan atau pindahkan berkas itu lalu "
+                    f"jalankan subdomaind db upgrade")
+        return f"basis data tidak dapat dibuka: {reason}"
+    if isinstance(exc, OSError):
+        where = f" {exc.filename}" if exc.filename else ""
+        return f"galat sistem{where}: {exc.strerror or exc}"
+    return f"galat tak terduga {exc.__class__.__name__}: {exc} (jalankan dengan --log-level debug untuk rinciannya)"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The command line with its boundary: every command answers in one line and a non-zero exit, never a
+    traceback (a closed pipe, Ctrl-C, a broken or unreachable database, a bug)."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # inside the boundary: a reader that went away is noticed here, not at exit
+        return code
+    except KeyboardInterrupt:
+        print("dihentikan (Ctrl-C)", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader (head, less) went away: nothing more to say, and nothing to flush at exit either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except CommandError as exc:
+        print(str(exc), file=sys.stderr)
+        return exc.code
+    except ConfigError as exc:
+        print("konfigurasi tidak valid: " + "; ".join(exc.problems), file=sys.stderr)
+        return EX_CONFIG
+    except Exception as exc:  # noqa: BLE001 - the boundary of every command
+        from sqlalchemy.exc import DatabaseError, OperationalError
+
+        logging.getLogger("subdomaind").debug("command failed", exc_info=True)
+        print(problem_text(exc), file=sys.stderr)
+        # sysexits.h: 69 EX_UNAVAILABLE for a database that cannot be used, 70 EX_SOFTWARE for a bug.
+        return 69 if isinstance(exc, OperationalError | DatabaseError) else 70
+
+
+def _main(argv: list[str] | None = None) -> int:
     if os.environ.get("SUBDOMAIND_LOOPBACK_ONLY") == "1":
         from daemon import netguard
 

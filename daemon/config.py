@@ -15,6 +15,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from workflows.textfiles import TextFileError, read_utf8
+
 TlsMode = Literal["implicit", "starttls", "none"]
 
 
@@ -252,6 +254,12 @@ class LimitsConfig(_Strict):
     parse_timeout_seconds: float = Field(120.0, gt=0)
 
 
+class MetricsConfig(_Strict):
+    """Prometheus metrics over HTTP (daemon/metrics.py); unset, no port is opened."""
+
+    listen: str | None = Field(None, pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$")
+
+
 class SecretsConfig(_Strict):
     """The key that encrypts PIC passwords at rest (workflows/secretbox.py): a credential beside the IMAP,
     SMTP and TSIG secrets, never in the state directory that backups take. `subdomaind keygen FILE`."""
@@ -267,6 +275,7 @@ class Config(_Strict):
     hosting: HostingConfig = HostingConfig()
     workflow: WorkflowConfig = WorkflowConfig()
     limits: LimitsConfig = LimitsConfig()
+    metrics: MetricsConfig = MetricsConfig()
     secrets: SecretsConfig = SecretsConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -335,12 +344,7 @@ def _semantic_problems(cfg: Config, base_dir: Path | None) -> list[str]:
             problems.append(f"{key}.imap.tls: 'none' is only allowed to a loopback host, not {ag.imap.host!r}")
         if ag.imap.password_file is None and ag.imap.password_env is None:
             problems.append(f"{key}.imap: set password_file or password_env (never inline)")
-        elif ag.imap.password_file is not None and not _readable(ag.imap.password_file):
-            problems.append(f"{key}.imap.password_file: cannot read {ag.imap.password_file}")
-        elif ag.imap.password_env is not None and ag.imap.password_env not in os.environ:
-            problems.append(f"{key}.imap.password_env: environment variable {ag.imap.password_env} is not set")
-        if not _readable(ag.dns.tsig_secret_file):
-            problems.append(f"{key}.dns.tsig_secret_file: cannot read {ag.dns.tsig_secret_file}")
+        # Whether the secrets can be read is checked by daemon/validate.py: read-only commands need none.
         for label, path in (("imap.ca_file", ag.imap.ca_file),):
             if path is not None and not _readable(path):
                 problems.append(f"{key}.{label}: cannot read {path}")
@@ -356,8 +360,6 @@ def _semantic_problems(cfg: Config, base_dir: Path | None) -> list[str]:
         problems.append(f"smtp.ca_file: cannot read {cfg.smtp.ca_file}")
     if cfg.smtp.user and cfg.smtp.password_file is None and cfg.smtp.password_env is None:
         problems.append("smtp: a user is set; set password_file or password_env too")
-    if cfg.smtp.password_file is not None and not _readable(cfg.smtp.password_file):
-        problems.append(f"smtp.password_file: cannot read {cfg.smtp.password_file}")
     if cfg.smtp.tls == "none" and not _loopback(cfg.smtp.host):
         problems.append(f"smtp.tls: 'none' is only allowed to a loopback host, not {cfg.smtp.host!r}")
     if cfg.hosting.backend == "command" and not cfg.hosting.argv:
@@ -367,15 +369,10 @@ def _semantic_problems(cfg: Config, base_dir: Path | None) -> list[str]:
 
 
 def _key_problems(sec: SecretsConfig) -> list[str]:
-    from workflows.secretbox import SecretBox, SecretKeyError
-
+    # Whether the key file can be read is checked by daemon/validate.py: read-only commands need no secret.
     if sec.key_file is None:
         return ["secrets.key_file: name the key that encrypts PIC passwords at rest; create it with "
                 "`subdomaind keygen /etc/subdomaind/credentials/pic-secret-key`"]
-    try:
-        SecretBox.from_file(sec.key_file)
-    except SecretKeyError as exc:
-        return [f"secrets.key_file: {exc}"]
     return []
 
 
@@ -404,9 +401,9 @@ def _readable(path: Path) -> bool:
 def load_config(path: str | Path) -> Config:
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+        data = tomllib.loads(read_utf8(path))
+    except TextFileError as exc:
+        raise ConfigError([str(exc)]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
     # Relative paths in the file are relative to the file, so a config dir can be moved whole.

@@ -66,6 +66,8 @@ def config_data(
     (base / "imap.pass").write_text(imap_password + "\n")
     secret_file = base / "tsig.secret"
     secret_file.write_text(tsig_secret or base64.b64encode(secrets.token_bytes(32)).decode())
+    for f in (base / "imap.pass", secret_file):
+        f.chmod(0o600)  # secrets readable by others are refused (daemon/validate.py)
     key_file = base / "pic-secret.key"
     if not key_file.exists():
         write_key_file(key_file)

@@ -75,9 +75,12 @@ def parse_options_for(agency: AgencyConfig, limits: LimitsConfig | None = None) 
 
 
 def build_services(config: Config, agency: AgencyConfig) -> Services:
+    from daemon.validate import read_tsig
+
     d = agency.dns
+    key = read_tsig(d)  # a bare secret or a pasted tsig-keygen stanza (its algorithm wins)
     dns_backend = Rfc2136Dns(zone=agency.zone, primary=d.primary, port=d.port, key_name=d.tsig_key_name,
-                             secret=d.read_secret(), algorithm=d.tsig_algorithm,
+                             secret=key.secret, algorithm=key.algorithm,
                              verify_servers=d.verify_servers or None,
                              reserved=parse_options_for(agency).reserved_names)
     hosting: HostingBackend
@@ -162,14 +165,15 @@ class Daemon:
 
     def reload(self) -> bool:
         """SIGHUP: read the configuration again; a bad one is refused and the running one kept."""
-        from daemon.config import ConfigError, load_config
+        from daemon.config import ConfigError
+        from daemon.validate import load_checked
 
         if not self.config_path:
             log.warning("reload asked, but the daemon was not started from a configuration file")
             return False
         load_sop.cache_clear()  # SOP files are read again too
         try:
-            new = load_config(self.config_path)
+            new = load_checked(self.config_path)
             box = _secret_box(new)
             transport, runtimes = self._build(new)
         except Exception as exc:  # noqa: BLE001 - any bad new config (holiday file, SOP, secrets) is refused
@@ -521,6 +525,13 @@ class Daemon:
                         run.attempts += 1
                         run.last_error = f"{type(exc).__name__}: {exc}"[:2000]
                         run.due_at = self.clock() + timedelta(minutes=min(60, 2 ** run.attempts))
+                        if run.attempts == 1:  # staff hear of it once; status and the digest show it after
+                            from workflows.engine import alert_staff
+                            from workflows.store import Request
+
+                            alert_staff(self.ctx(s, rt.agency), s.get(Request, run.request_id),
+                                        f"Langkah otomatis {run.key} gagal ({type(exc).__name__}: {exc}); "
+                                        f"dicoba ulang berkala. Lihat subdomaind status.")
         return done
 
     def housekeeping(self, rt: AgencyRuntime) -> None:
@@ -589,6 +600,7 @@ class Daemon:
                 t.start()
                 self._watchers.append(t)
         self.start_sender()
+        self._metrics = self._serve_metrics()
         remove_stale(self.spool_dir)
         self.parser.warm()
         passes = 0
@@ -611,6 +623,15 @@ class Daemon:
             self._wake.wait(timeout=max(0.05, min([poll, *retry_in])))
         self.shutdown()
 
+    def _serve_metrics(self) -> Any:
+        from daemon.metrics import serve
+
+        try:
+            return serve(self.config, self.sessions)
+        except (OSError, OverflowError, ValueError) as exc:  # port taken or bad: the work matters more
+            log.error("metrics not served on %s: %s", self.config.metrics.listen, getattr(exc, "strerror", None) or exc)
+            return None
+
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
@@ -630,6 +651,11 @@ class Daemon:
 
     def shutdown(self, flush_seconds: float = 10.0) -> None:
         sd_notify("STOPPING=1")
+        metrics = getattr(self, "_metrics", None)
+        if metrics is not None:
+            metrics.shutdown()
+            metrics.server_close()
+            self._metrics = None
         self._sender_stop.set()
         self._outbox_wake.set()
         for t in self._watchers:

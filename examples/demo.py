@@ -1,6 +1,6 @@
 """`make demo`: one request letter travels the whole Trenggalek SOP against real local servers.
 
-Starts Dovecot (IMAP + LMTP), BIND 9 and an SMTP relay on 127.0.0.1 under ./var/demo, runs the real
+Starts Dovecot (IMAP + LMTP), BIND 9 and an SMTP relay on 127.0.0.1 under /tmp/subdomaind-demo-UID, runs the real
 `subdomaind run`, sends a sample request, plays each official reading their mailbox and answering, and
 prints every step, the final reply letter and the DNS answer. Nothing leaves this machine.
 """
@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -43,7 +44,9 @@ def main() -> int:
     if missing:
         say(f"missing: {', '.join(missing)} - run `make demo` (it installs them)")
         return 1
-    base = ROOT / "var" / "demo"
+    # Not under the clone: a home directory is 0700 on Debian 12 and Dovecot's and BIND's users could not
+    # reach their files there. A fixed name per user, so the next run clears the last one.
+    base = Path(tempfile.gettempdir()) / f"subdomaind-demo-{os.getuid()}"
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(parents=True)
     base.chmod(0o755)

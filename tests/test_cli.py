@@ -111,6 +111,9 @@ def test_quarantine_list_show_retry_drop(tmp_path: Path) -> None:
 
 def test_digest_preview_prints_the_queue(tmp_path: Path) -> None:
     cfg = write_config(tmp_path / "c.toml", config_data(tmp_path))
+    fresh = run("--config", str(cfg), "digest", "--preview")  # read-only: never creates the database
+    assert fresh.returncode == 1 and b"belum ada basis data" in fresh.stderr and not (tmp_path / "state").exists()
+    assert run("--config", str(cfg), "db", "upgrade").returncode == 0
     proc = run("--config", str(cfg), "digest", "--preview")
     assert proc.returncode == 0, proc.stderr
     assert b"Ringkasan harian" in proc.stdout and b"ANTREAN PERMOHONAN TERBUKA" in proc.stdout
@@ -239,7 +242,7 @@ def test_the_password_key_is_demanded_and_made_0600(tmp_path: Path) -> None:
     data = config_data(tmp_path)
     del data["secrets"]
     proc = run("check-config", str(write_config(tmp_path / "nokey.toml", data)))
-    assert proc.returncode == 2 and b"secrets.key_file" in proc.stdout and b"subdomaind keygen" in proc.stdout
+    assert proc.returncode == 78 and b"secrets.key_file" in proc.stdout and b"subdomaind keygen" in proc.stdout
     key = tmp_path / "credentials" / "pic-secret-key"
     key.parent.mkdir()
     made = run("keygen", str(key))
@@ -252,4 +255,4 @@ def test_the_password_key_is_demanded_and_made_0600(tmp_path: Path) -> None:
     assert run("check-config", str(write_config(tmp_path / "key.toml", data))).returncode == 0
     key.write_text("bukan kunci\n")
     bad = run("check-config", str(write_config(tmp_path / "key.toml", data)))
-    assert bad.returncode == 2 and b"secrets.key_file" in bad.stdout and b"Traceback" not in bad.stdout + bad.stderr
+    assert bad.returncode == 78 and b"secrets.key_file" in bad.stdout and b"Traceback" not in bad.stdout + bad.stderr

@@ -911,7 +911,7 @@ def test_sighup_unreadable_config_is_refused_not_fatal(harness: Callable[..., Ha
     if bad == "not_utf8":  # saved by an editor in Windows-1252
         o.config_path.write_bytes(o.config_path.read_bytes().replace(b"Kabupaten Trenggalek",
                                                                      b"Kabupaten Trenggalek \x96 Jawa Timur"))
-        why = "UnicodeDecodeError"
+        why = "simpan berkas sebagai UTF-8"
     else:
         Path(o.data["agency"][0]["dns"]["tsig_secret_file"]).write_text("bukan base64!\n")
         why = "TSIG"

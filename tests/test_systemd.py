@@ -32,4 +32,7 @@ def test_hardening_rates_ok() -> None:
     assert m, proc.stdout[-2000:]
     assert float(m.group(1)) <= 2.0 and m.group(2) == "OK", m.group(0)
     assert "Type=notify" in UNIT.read_text() and "WatchdogSec=" in UNIT.read_text()
-    assert "LoadCredential=" in UNIT.read_text() and "DynamicUser=yes" in UNIT.read_text()
+    assert "LoadCredential=" in UNIT.read_text() and "User=subdomaind" in UNIT.read_text()
+    assert "RestartPreventExitStatus=78" in UNIT.read_text()
+    # A refused configuration must end the main process with 78, not an ExecStartPre= (restarted regardless).
+    assert not [line for line in UNIT.read_text().splitlines() if line.startswith("ExecStartPre=")]

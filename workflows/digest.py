@@ -23,7 +23,7 @@ from workflows.engine import DECISION_WORDS, Ctx, audit, requester_addresses
 from workflows.mailer import Mailer, format_tanggal, one_line
 from workflows.reminders import format_duration
 from workflows.sop import Sop, Step
-from workflows.store import Audit, Decision, Inbound, Outbox, Request, StepRun
+from workflows.store import Audit, Decision, Inbound, MailboxState, Outbox, Request, StepRun
 from workflows.worktime import WorkCalendar
 
 _BULAN = (
@@ -336,6 +336,22 @@ def build_digest(
                                 Audit.at <= now).order_by(Audit.at, Audit.id)
         ).scalars()
     ]
+
+    # Failing now, whenever it began: a mailbox that cannot be read, an automatic step that keeps failing.
+    for st in s.execute(select(MailboxState).where(MailboxState.agency == agency.id,
+                                                   MailboxState.failing_since.is_not(None))).scalars():
+        events.insert(0, {"at": fmt.when(st.failing_since), "ticket": "-", "event": "intake.failing",
+                          "label": f"Kotak surat {st.mailbox} tidak dapat dibaca",
+                          "detail": _first_line(st.last_error or "tanpa keterangan")})
+    told = {e["ticket"] for e in events if e["event"] == "action.failed"}
+    for run in s.execute(select(StepRun).where(StepRun.status == "open", StepRun.kind == "action",
+                                               StepRun.last_error.is_not(None),
+                                               StepRun.request_id.in_(list(tickets)))).scalars():
+        if tickets.get(run.request_id) in told:
+            continue  # already listed by its action.failed event in this period
+        events.insert(0, {"at": fmt.when(run.opened_at), "ticket": tickets.get(run.request_id, "-"),
+                          "event": "action.failing", "label": "Proses otomatis gagal, dicoba ulang",
+                          "detail": _first_line(f"{run.key}: {run.last_error}")})
 
     # --- the month ---
     local_now = calendar.local(now)

@@ -659,17 +659,12 @@ def _provision(ctx: Ctx, req: Request, run: StepRun) -> str:
                 found = "; ".join(line for found in exc.existing.values() for line in found)
                 raise ActionFailed(f"nama {req.subdomain}.{zone} sudah dipakai di DNS: {found or exc}") from None
             audit(ctx, req, "dns.already_present", records=lines)
-        # The records are in the zone from here on: a later rejection must find them.
-        req.fields = {**(req.fields or {}), "dns": records_to_json(records)}
-        wait = ctx.agency.dns.verify_timeout_seconds
-        state = dns_.wait_served(records, wait)
-        lagging = [server for server, ok in state.items() if not ok]
-        if lagging:
-            # Keep the records (the primary serves them); staff check the server, SETUJU re-checks, TOLAK removes.
-            audit(ctx, req, "dns.lagging", records=lines, servers=lagging)
-            raise ActionFailed(f"rekaman DNS sudah dibuat tetapi belum dilayani oleh {', '.join(lagging)} setelah "
-                               f"{wait:.0f} detik; rekaman dibiarkan. Periksa server tersebut, lalu SETUJU untuk "
-                               f"memeriksa ulang atau TOLAK untuk membatalkan (rekaman akan dihapus).")
+            if "dns" not in (req.fields or {}):
+                # The zone has them, the database did not know: the process died between the update and
+                # its commit. Recorded as applied from here on; staff are told once.
+                alert_staff(ctx, req, f"Rekaman DNS {'; '.join(lines)} sudah ada di zona dari percobaan "
+                                      f"sebelumnya yang terhenti (mis. daemon dimatikan paksa); kini dicatat "
+                                      f"sebagai diterapkan dan permohonan dilanjutkan.")
     except RolledBack as exc:
         audit(ctx, req, "dns.rolled_back", records=lines, error=str(exc))
         raise ActionFailed(str(exc)) from exc
@@ -679,6 +674,34 @@ def _provision(ctx: Ctx, req: Request, run: StepRun) -> str:
         raise ActionFailed(str(exc)) from exc
     except DnsError as exc:  # guard, TSIG, REFUSED, unreachable: nothing was applied
         raise ActionFailed(str(exc)) from exc
+    # The records are in the zone from here on: a later rejection must find them, and any failure below
+    # either keeps them recorded (a lagging server) or removes them again, never leaves them unrecorded.
+    req.fields = {**(req.fields or {}), "dns": records_to_json(records)}
+    try:
+        return _after_dns(ctx, req, records, lines)
+    except ActionFailed:
+        raise
+    except Exception as exc:  # a bug or a backend error of a kind nobody expected: the zone must not drift
+        log.exception("provisioning %s failed after the DNS update", req.ticket)
+        _remove_dns(ctx, req, records, "dns.rolled_back")
+        raise ActionFailed(f"galat tak terduga setelah rekaman DNS dibuat ({type(exc).__name__}: {exc}); "
+                           f"rekaman DNS dibatalkan agar zona dan catatan tetap sama") from exc
+
+
+def _after_dns(ctx: Ctx, req: Request, records: list[PlannedRecord], lines: list[str]) -> str:
+    """Verification, the hosting account and the record of what was made, once the zone holds the records."""
+    assert req.subdomain is not None
+    zone = ctx.agency.zone
+    dns_ = ctx.services.dns
+    wait = ctx.agency.dns.verify_timeout_seconds
+    state = dns_.wait_served(records, wait)
+    lagging = [server for server, ok in state.items() if not ok]
+    if lagging:
+        # Keep the records (the primary serves them); staff check the server, SETUJU re-checks, TOLAK removes.
+        audit(ctx, req, "dns.lagging", records=lines, servers=lagging)
+        raise ActionFailed(f"rekaman DNS sudah dibuat tetapi belum dilayani oleh {', '.join(lagging)} setelah "
+                           f"{wait:.0f} detik; rekaman dibiarkan. Periksa server tersebut, lalu SETUJU untuk "
+                           f"memeriksa ulang atau TOLAK untuk membatalkan (rekaman akan dihapus).")
     taken = set(ctx.session.execute(select(Account.username).where(Account.agency == ctx.agency.id)).scalars())
     username = make_username(ctx.agency.username_pattern, req.subdomain, (req.fields or {}).get("pic_name"), taken)
     password = generate_password()

@@ -25,10 +25,12 @@ the two hosting backends; `generate_password` and `make_username` make the accou
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import re
 import secrets
+import signal
 import socket
 import subprocess
 import time
@@ -1159,7 +1161,11 @@ class CommandHosting:
     def create(self, *, username: str, password: str, fqdn: str, ip: str, subdomain: str) -> str:
         values = {"username": username, "fqdn": fqdn, "ip": ip, "subdomain": subdomain}
         # Substitution per argument: a value can never split into more arguments or reach a shell.
-        argv = [arg.format(**values) for arg in self.argv]
+        try:
+            argv = [arg.format(**values) for arg in self.argv]
+        except (KeyError, IndexError, ValueError, AttributeError) as exc:
+            raise HostingError(f"templat argv perintah akun hosting salah ({type(exc).__name__}: {exc}); "
+                               f"yang dikenal: {{username}} {{fqdn}} {{ip}} {{subdomain}}") from exc
         # A minimal environment: the daemon's own (CREDENTIALS_DIRECTORY with the IMAP, SMTP and TSIG
         # secrets among it) is none of the panel command's business.
         env = {k: os.environ[k] for k in ("PATH", "LANG", "LC_ALL", "TZ", "HOME") if k in os.environ}
@@ -1169,12 +1175,21 @@ class CommandHosting:
         else:
             stdin = password + "\n"
         try:
-            proc = subprocess.run(argv, input=stdin, env=env, capture_output=True, text=True,
-                                  timeout=self.timeout, check=False, shell=False)
-        except subprocess.TimeoutExpired as exc:
-            raise HostingError(f"perintah akun hosting melewati batas waktu {self.timeout:.0f} detik") from exc
+            # Its own process group: on timeout the whole group is killed, so a child the script started
+            # cannot keep our pipes open and hang us past the timeout.
+            proc_ = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     env=env, text=True, shell=False, start_new_session=True)
         except OSError as exc:
             raise HostingError(f"perintah akun hosting tidak dapat dijalankan: {exc.strerror}") from exc
+        try:
+            stdout, stderr = proc_.communicate(stdin, timeout=self.timeout)
+        except subprocess.TimeoutExpired as exc:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc_.pid, signal.SIGKILL)
+            proc_.communicate()
+            raise HostingError(f"perintah akun hosting melewati batas waktu {self.timeout:.0f} detik dan "
+                               f"dihentikan") from exc
+        proc = subprocess.CompletedProcess(argv, proc_.returncode, stdout, stderr)
         out = (proc.stdout + proc.stderr).replace(password, "********")[-2000:]
         if proc.returncode != 0:
             raise HostingError(f"perintah akun hosting gagal (kode {proc.returncode}): {out.strip()}")

@@ -14,6 +14,8 @@ from functools import cache
 from pathlib import Path
 from typing import Literal
 
+from workflows.textfiles import TextFileError, read_utf8
+
 SOP_DIR = Path(__file__).parent / "sops"
 
 StepKind = Literal["approval", "notification", "action", "wait_requester", "end"]
@@ -228,4 +230,13 @@ def load_sop(name: str) -> Sop:
     if not path.exists():
         known = ", ".join(sorted(p.stem for p in SOP_DIR.glob("*.toml")))
         raise SopError(f"no SOP named {name!r} (known: {known})")
-    return parse_sop(path.read_text(encoding="utf-8"), path)
+    try:
+        text = read_utf8(path)
+    except TextFileError as exc:
+        raise SopError(str(exc)) from None
+    try:
+        return parse_sop(text, path)
+    except (TypeError, AttributeError, KeyError, ValueError) as exc:
+        # A value of the wrong type (a number where a table or text belongs): the file, never a traceback.
+        raise SopError(f"{path}: a value has the wrong type ({type(exc).__name__}: {exc}); compare with "
+                       f"workflows/sops/trenggalek.toml") from None

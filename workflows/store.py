@@ -430,6 +430,13 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def _sqlite_reader_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.close()
+
+
 def _sqlite_begin(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("sqlite_immediate") else "BEGIN")
 
@@ -446,11 +453,13 @@ def writer_sessions(sessions: sessionmaker[Any]) -> sessionmaker[Any]:
     return sessionmaker(bind.execution_options(sqlite_immediate=True), expire_on_commit=False)
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, readonly: bool = False) -> Engine:
+    """The engine for `url`; `readonly` (status, show: a read-only SQLite URI) leaves the journal mode alone,
+    since setting it is a write."""
     # hide_parameters: a database error must not write a row's values (a password) into the log.
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 10}, hide_parameters=True)
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", _sqlite_reader_pragmas if readonly else _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
     return create_engine(url, pool_pre_ping=True, hide_parameters=True)

@@ -32,6 +32,7 @@ from zoneinfo import ZoneInfo
 import holidays
 
 from workflows.sop import MutuBaku
+from workflows.textfiles import TextFileError, read_utf8
 
 WEEKDAYS = (0, 1, 2, 3, 4)  # Monday-Friday
 # A year of working days comes well within this many calendar days; bounds every search loop.
@@ -283,9 +284,9 @@ def _minutes_between(a: time, b: time) -> int:
 def _read_toml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     try:
-        return tomllib.loads(p.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise CalendarError(f"{p}: cannot read: {exc.strerror}") from None
+        return tomllib.loads(read_utf8(p))
+    except TextFileError as exc:
+        raise CalendarError(str(exc)) from None
     except tomllib.TOMLDecodeError as exc:
         raise CalendarError(f"{p}: not valid TOML: {exc}") from None
 
