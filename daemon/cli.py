@@ -475,18 +475,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     from workflows.store import utcnow
     from workflows.worktime import calendar_for
 
-    cfg = _load(args)
+    # --preview and --csv only read: no secrets, no database created (as `digest --preview`).
+    cfg = _load(args, secrets=bool(args.send))
     agencies = [a for a in cfg.agencies if not args.agency or a.id == args.agency]
     if not agencies:
-        print(f"instansi {args.agency!r} tidak ada dalam konfigurasi", file=sys.stderr)
-        return 2
+        raise CommandError(f"tidak ada instansi {args.agency!r} (ada: {', '.join(a.id for a in cfg.agencies)})", 2)
     now = utcnow()
     try:
         months = {a.id: parse_month(args.month) if args.month else previous_month(calendar_for(a), now)
                   for a in agencies}
     except ValueError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+        raise CommandError(str(exc), 2) from None
     if args.send:
         from workflows.report import send_report
 
@@ -499,7 +498,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             print(f"{rt.agency.id}: laporan {r.month_name} diantrekan")
         d.shutdown(flush_seconds=30)
         return 0
-    sessions = _sessions(cfg)
+    sessions = _reader_sessions(cfg)
     for agency in agencies:
         with sessions() as s:
             r = build_report(s, agency, load_sop(agency.sop), calendar_for(agency), months[agency.id], now)

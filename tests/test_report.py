@@ -419,6 +419,9 @@ def test_cli_preview_writes_html_and_pdf_and_csv(tmp_path: Path, capsys: pytest.
     data = config_data(tmp_path / "cfg", agency_extra={"names": NAMES, "delegates": {"kadis": [PLT]}})
     path = write_config(tmp_path / "config.toml", data)
     state = Path(data["state_dir"])
+    # Read-only: before the daemon made a database, it says so and creates nothing.
+    assert main(["--config", str(path), "report", "--preview"]) == 1
+    assert "belum ada basis data" in capsys.readouterr().err and not state.exists()
     state.mkdir(parents=True)
     engine = make_engine(f"sqlite:///{state / 'subdomaind.db'}")
     upgrade(engine)
