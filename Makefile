@@ -6,7 +6,7 @@ PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.installed-stamp
 APT_PACKAGES := dovecot-imapd dovecot-lmtpd bind9 bind9-utils bind9-dnsutils postgresql \
                 tesseract-ocr tesseract-ocr-ind poppler-utils python3-venv ca-certificates \
-                chromium libpython3.11-testsuite systemd fonts-dejavu-core
+                chromium libpython3.11-testsuite systemd fonts-dejavu-core softhsm2 libnss3-tools zbar-tools
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
@@ -54,7 +54,7 @@ corpora: deps
 
 # Each bench prints one summary line (figure and target) and exits non-zero on a miss; run them all.
 bench: deps
-	@rc=0; for b in parse.py backlog.py latency.py idle.py "backlog.py --memory" scaleout.py; do \
+	@rc=0; for b in parse.py backlog.py latency.py idle.py "backlog.py --memory" scaleout.py letters.py; do \
 	  $(PY) bench/$$b || rc=1; \
 	done; exit $$rc
 

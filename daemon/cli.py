@@ -153,6 +153,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             print(p)
         return EX_CONFIG
     print(f"OK: {len(cfg.agencies)} agency(ies): " + ", ".join(f"{a.id} ({a.zone}, SOP {a.sop})" for a in cfg.agencies))
+    if _check_signing(cfg):
+        return EX_CONFIG
     if not args.connect:
         return 0
     from daemon.connect import run_checks
@@ -162,6 +164,36 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(check.line())
         failed += not check.ok
     return 1 if failed else 0
+
+
+def _check_signing(cfg: Config) -> bool:
+    """Each agency's letter certificate loaded once: who signs, or a warning that letters go out unsigned.
+    True when a certificate cannot be used."""
+    from datetime import UTC, datetime
+
+    from workflows.signing import SigningError, load_signer
+
+    failed = False
+    for ag in cfg.agencies:
+        try:
+            signer = load_signer(ag.letter.signing, location=ag.letter.city)
+        except SigningError as exc:
+            print(f"agency {ag.id}: letter.signing: {exc}")
+            failed = True
+            continue
+        if signer is None:
+            print(f"WARNING: agency {ag.id}: no signing certificate ([agency.letter.signing] pkcs12_file or "
+                  "pkcs11_module): letters go out UNSIGNED")
+        else:
+            print(f"agency {ag.id}: letters signed by {signer.describe()}")
+            left = signer.not_after - datetime.now(UTC)
+            if left.total_seconds() <= 0:
+                print(f"agency {ag.id}: letter.signing: the certificate has EXPIRED; letters it signs are not valid")
+                failed = True
+            elif left.days < 30:
+                print(f"WARNING: agency {ag.id}: the signing certificate expires in {left.days} day(s); renew it")
+            signer.close()
+    return failed
 
 
 def cmd_db(args: argparse.Namespace) -> int:
@@ -195,10 +227,15 @@ def cmd_parse(args: argparse.Namespace) -> int:
 
 def _daemon(args: argparse.Namespace) -> Any:
     from daemon.service import Daemon
+    from workflows.signing import SigningError
 
     cfg = _load(args)
     sessions = _sessions(cfg)
-    return Daemon(cfg, sessions, config_path=_config_path(args))
+    try:
+        return Daemon(cfg, sessions, config_path=_config_path(args))
+    except SigningError as exc:
+        print(f"sertifikat tanda tangan surat tidak dapat dipakai ({_config_path(args)}): {exc}", file=sys.stderr)
+        raise SystemExit(EX_CONFIG) from None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -424,6 +461,29 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"tiket {args.ticket} tidak ditemukan", file=sys.stderr)
         return 1
     print("\n".join(lines))
+    return 0
+
+
+def cmd_letters(args: argparse.Namespace) -> int:
+    """The register of outgoing letters (agenda surat keluar) of one year, in number order."""
+    from workflows.store import LetterRecord, Request, utcnow
+
+    cfg = _load(args)
+    sessions = _sessions(cfg)
+    year = args.year or utcnow().astimezone(ZoneInfo(cfg.agencies[0].timezone)).year
+    with sessions() as s:
+        rows = s.execute(
+            select(LetterRecord, Request.ticket).outerjoin(Request, Request.id == LetterRecord.request_id)
+            .where(LetterRecord.year == year, *([LetterRecord.agency == args.agency] if args.agency else []))
+            .order_by(LetterRecord.agency, LetterRecord.seq)
+        ).all()
+        for rec, ticket in rows:
+            when = rec.issued_at or rec.created_at
+            tte = "TTE" if rec.signed else ("-" if rec.status == "konsep" else "tanpa TTE")
+            print(f"{rec.agency}  {rec.number:<28} {when:%Y-%m-%d}  {rec.status:<9} {rec.kind:<10} {tte:<9} "
+                  f"{ticket or '-':<14} {rec.hal or ''}")
+    if not rows:
+        print(f"belum ada surat keluar tahun {year}")
     return 0
 
 
@@ -720,6 +780,10 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--pdf", help="with --preview: also write the PDF to this file")
     rp.add_argument("-o", "--output", help="with --csv: write to this file instead of standard output")
     rp.set_defaults(func=cmd_report)
+    lt = sub.add_parser("letters", help="the register of outgoing letters (numbers, kinds, signed or not)")
+    lt.add_argument("--year", type=int)
+    lt.add_argument("--agency")
+    lt.set_defaults(func=cmd_letters)
     rs = sub.add_parser("resend", help="send the open step's mail again with a fresh token")
     rs.add_argument("ticket")
     rs.set_defaults(func=cmd_resend)

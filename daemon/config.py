@@ -101,6 +101,57 @@ class DnsConfig(_Strict):
         return path.read_text(encoding="utf-8").strip()
 
 
+class LetterSigningConfig(SecretSource):
+    """The agency's signing certificate for letters (PAdES): a PKCS#12 file or a PKCS#11 token.
+
+    The PKCS#12 password or the token PIN comes from `password_file` / `password_env` (a credential).
+    `verify_url` is what the QR code in the signature block encodes; `{id}` becomes the letter's
+    register id, `{sha256}` the SHA-256 of the letter before signing and `{number}` its number.
+    Empty: the QR code carries the document id and hash themselves.
+    """
+
+    pkcs12_file: Path | None = None
+    pkcs11_module: Path | None = None  # e.g. /usr/lib/softhsm/libsofthsm2.so, or the vendor's token library
+    pkcs11_token: str = ""  # the token label
+    pkcs11_key: str = ""  # the key (and certificate) label on the token
+    verify_url: str = ""
+    reason: str = "Surat dinas elektronik"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> LetterSigningConfig:
+        if self.pkcs12_file is not None and self.pkcs11_module is not None:
+            raise ValueError("give pkcs12_file or pkcs11_module, not both")
+        if self.pkcs11_module is not None and not (self.pkcs11_token and self.pkcs11_key):
+            raise ValueError("pkcs11_module needs pkcs11_token and pkcs11_key (the labels on the token)")
+        if (self.pkcs12_file or self.pkcs11_module) and self.password_file is None and self.password_env is None:
+            raise ValueError("set password_file or password_env for the PKCS#12 password or token PIN")
+        return self
+
+    @property
+    def configured(self) -> bool:
+        return self.pkcs12_file is not None or self.pkcs11_module is not None
+
+
+class LetterSignerConfig(_Strict):
+    """Who signs one kind of letter: the head's jabatan, or "a.n." the head with the signer's own jabatan,
+    optionally "u.b." a lower official (Tata Naskah Dinas). Empty fields fall back to the agency's signer."""
+
+    prefix: Literal["", "a.n.", "Plh.", "Plt."] = ""
+    own_title: str = ""  # with "a.n.": the jabatan signing on behalf of the head ("Kepala Bidang Aplikasi Informatika")
+    ub_title: str = ""  # "u.b.": the jabatan that signs for `own_title` ("Kepala Seksi Tata Kelola")
+    name: str = ""
+    rank: str = ""
+    nip: str = ""
+
+    @model_validator(mode="after")
+    def _ub_needs_an(self) -> LetterSignerConfig:
+        if self.ub_title and not (self.prefix == "a.n." and self.own_title):
+            raise ValueError('"u.b." needs prefix = "a.n." and own_title (whom the u.b. signer signs for)')
+        if self.own_title and self.prefix != "a.n.":
+            raise ValueError('own_title is only printed with prefix = "a.n."')
+        return self
+
+
 class LetterConfig(_Strict):
     """The kop surat and signature block of the agency's letters (Tata Naskah Dinas)."""
 
@@ -113,6 +164,10 @@ class LetterConfig(_Strict):
     signer_rank: str = ""
     signer_nip: str = ""
     tembusan: list[str] = []
+    logo: Path | None = None  # the coat of arms (lambang daerah) at the left of the kop, a PNG
+    # Who signs each kind of letter ("final", "rejection", "incomplete"); unnamed kinds: the agency's signer.
+    signers: dict[Literal["final", "rejection", "incomplete"], LetterSignerConfig] = {}
+    signing: LetterSigningConfig = LetterSigningConfig()
 
 
 class AuthConfig(_Strict):
@@ -356,6 +411,7 @@ def _semantic_problems(cfg: Config, base_dir: Path | None) -> list[str]:
             problems.append(f"{key}.dns.hosting_ip: {ag.dns.hosting_ip!r} is not an IP address")
         if not ag.digest_recipients:
             problems.append(f"{key}.digest_recipients: name at least one staff address for the daily digest")
+        problems += [f"{key}.letter.{p}" for p in _letter_problems(ag.letter)]
     if cfg.smtp.ca_file is not None and not _readable(cfg.smtp.ca_file):
         problems.append(f"smtp.ca_file: cannot read {cfg.smtp.ca_file}")
     if cfg.smtp.user and cfg.smtp.password_file is None and cfg.smtp.password_env is None:
@@ -366,6 +422,20 @@ def _semantic_problems(cfg: Config, base_dir: Path | None) -> list[str]:
         problems.append("hosting.argv: the command backend needs an argv template")
     problems += _key_problems(cfg.secrets)
     return problems
+
+
+def _letter_problems(letter: LetterConfig) -> list[str]:
+    out: list[str] = []
+    sig = letter.signing
+    for label, path in (("logo", letter.logo), ("signing.pkcs12_file", sig.pkcs12_file),
+                        ("signing.pkcs11_module", sig.pkcs11_module)):
+        if path is not None and not _readable(path):
+            out.append(f"{label}: cannot read {path}")
+    if sig.configured and sig.password_file is not None and not _readable(sig.password_file):
+        out.append(f"signing.password_file: cannot read {sig.password_file}")
+    if sig.configured and sig.password_env is not None and sig.password_env not in os.environ:
+        out.append(f"signing.password_env: environment variable {sig.password_env} is not set")
+    return out
 
 
 def _key_problems(sec: SecretsConfig) -> list[str]:
@@ -411,14 +481,15 @@ def load_config(path: str | Path) -> Config:
     return parse_config(data, path.parent)
 
 
-_PATH_KEYS = {"password_file", "tsig_secret_file", "ca_file", "state_dir", "holiday_overrides", "key_file"}
+_PATH_KEYS = {"password_file", "tsig_secret_file", "ca_file", "state_dir", "holiday_overrides", "key_file",
+              "pkcs12_file", "logo"}
 
 
 def _resolve_paths(node: object, base: Path) -> None:
     if isinstance(node, dict):
         for key, value in list(node.items()):
             if key in _PATH_KEYS and isinstance(value, str) and not os.path.isabs(value):
-                if key not in ("state_dir", "holiday_overrides") and os.environ.get("CREDENTIALS_DIRECTORY") \
+                if key not in ("state_dir", "holiday_overrides", "logo") and os.environ.get("CREDENTIALS_DIRECTORY") \
                         and "/" not in value:
                     continue  # a bare credential name: looked up in $CREDENTIALS_DIRECTORY
                 node[key] = str((base / value).resolve())

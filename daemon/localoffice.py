@@ -37,6 +37,7 @@ ACTORS = {role: [f"{role}@{DOMAIN}"] for role in ROLES}
 STAFF = f"staf@{DOMAIN}"
 MAILBOX = f"layanan@{DOMAIN}"
 SUBDOMAIND = Path(sys.executable).with_name("subdomaind")
+DEMO_LOGO = Path(__file__).resolve().parent.parent / "examples" / "lambang-contoh.png"
 
 # --- configuration --------------------------------------------------------------------------------
 
@@ -60,8 +61,13 @@ def config_data(
     workflow: dict[str, Any] | None = None,
     agency_extra: dict[str, Any] | None = None,
     hosting: dict[str, Any] | None = None,
+    signing: bool = False,
 ) -> dict[str, Any]:
-    """A Trenggalek configuration pointing at local servers; secrets written to files beside it."""
+    """A Trenggalek configuration pointing at local servers; secrets written to files beside it.
+
+    With `signing`, a demo CA and signing certificate are made under `base/tte` and every letter is signed,
+    with the placeholder coat of arms in the kop.
+    """
     base.mkdir(parents=True, exist_ok=True)
     (base / "imap.pass").write_text(imap_password + "\n")
     secret_file = base / "tsig.secret"
@@ -91,6 +97,14 @@ def config_data(
                    "signer_nip": "197106091992011002", "tembusan": ["Sekretaris Daerah Kabupaten Trenggalek"]},
         **(agency_extra or {}),
     }
+    if signing:
+        from workflows.signing import make_demo_pki
+
+        pki = make_demo_pki(base / "tte", signer_name="Drs. Contoh Pejabat, M.Si",
+                            organization=agency["name"])
+        agency["letter"] = {**agency["letter"], "logo": str(DEMO_LOGO), "signing": {
+            "pkcs12_file": str(pki.pkcs12), "password_file": str(pki.password_file),
+            "verify_url": f"https://tte.{zone}/verifikasi/{{id}}"}}
     data: dict[str, Any] = {
         "state_dir": str(base / "state"),
         # Local servers restart in milliseconds: retry after a second, not half a minute.
@@ -114,6 +128,42 @@ def make_config(base: Path, **kwargs: Any) -> Config:
 def write_config(path: Path, data: dict[str, Any]) -> Path:
     path.write_text(tomli_w.dumps(data), encoding="utf-8")
     return path
+
+
+# --- checking signed letters as a recipient would ------------------------------------------------------
+
+
+def nss_trusting(ca_pem: Path, directory: Path) -> Path:
+    """An NSS database (what pdfsig reads trust from) that trusts `ca_pem` for signed documents."""
+    directory.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["certutil", "-N", "-d", f"sql:{directory}", "--empty-password"], check=True,
+                   capture_output=True, timeout=60)
+    subprocess.run(["certutil", "-A", "-d", f"sql:{directory}", "-n", "demo-ca", "-t", "C,C,C", "-i", str(ca_pem)],
+                   check=True, capture_output=True, timeout=60)
+    return directory
+
+
+def pdfsig(path: Path, nss_dir: Path | None = None) -> str:
+    """`pdfsig`'s report on a PDF (poppler-utils). It exits 0 even for a bad signature: read the lines."""
+    argv = ["pdfsig", *(["-nssdir", f"sql:{nss_dir}"] if nss_dir else []), str(path)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60).stdout
+
+
+def pdfsig_valid(report: str) -> bool:
+    """One valid signature over the whole file, by a trusted certificate."""
+    return ("Signature Validation: Signature is Valid." in report and "Total document signed" in report
+            and "Certificate Validation: Certificate is Trusted." in report)
+
+
+def pdf_attachments(raw: bytes) -> list[tuple[str, bytes]]:
+    """(file name, bytes) of each PDF attached to a mail."""
+    out: list[tuple[str, bytes]] = []
+    for part in parse_mail(raw).walk():
+        if part.get_content_type() == "application/pdf":
+            data = part.get_payload(decode=True)
+            if isinstance(data, bytes):
+                out.append((part.get_filename() or "lampiran.pdf", data))
+    return out
 
 
 # --- the people's mail ----------------------------------------------------------------------------

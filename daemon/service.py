@@ -37,6 +37,7 @@ from workflows.provision import CommandHosting, HostingBackend, NoHosting, Rfc21
 from workflows.rawmail import RawMail, discard, remove_stale
 from workflows.reminders import due_reminders
 from workflows.secretbox import SecretBox, SecretKeyError
+from workflows.signing import load_signer
 from workflows.sop import Sop, load_sop
 from workflows.store import QUARANTINE_STATUSES, Inbound, MailboxState, StepRun, utcnow, writer_sessions
 from workflows.worktime import WorkCalendar, calendar_for
@@ -89,7 +90,14 @@ def build_services(config: Config, agency: AgencyConfig) -> Services:
                                  timeout=config.hosting.timeout_seconds)
     else:
         hosting = NoHosting()
-    return Services(dns=dns_backend, hosting=hosting)
+    # No certificate configured: letters go out unsigned (check-config warns); a broken one stops the start.
+    signer = load_signer(agency.letter.signing, location=agency.letter.city)
+    if signer is None:
+        log.warning("agency %s: no signing certificate; letters go out unsigned", agency.id)
+    elif (left := signer.not_after - utcnow()).days < 30:
+        log.warning("agency %s: the letter signing certificate expires in %d day(s) (%s)", agency.id,
+                    max(left.days, 0), signer.describe())
+    return Services(dns=dns_backend, hosting=hosting, signer=signer)
 
 
 def _secret_box(config: Config) -> SecretBox:
@@ -183,6 +191,8 @@ class Daemon:
         for rt in self.runtimes.values():
             try:
                 rt.source.close()
+                if rt.services.signer is not None:
+                    rt.services.signer.close()  # a PKCS#11 session; the new config opened its own
             except Exception:  # noqa: BLE001 - the old connection is dropped either way
                 log.debug("close failed", exc_info=True)
         self.config, self.transport, self.runtimes, self.box = new, transport, runtimes, box

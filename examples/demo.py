@@ -2,7 +2,9 @@
 
 Starts Dovecot (IMAP + LMTP), BIND 9 and an SMTP relay on 127.0.0.1 under /tmp/subdomaind-demo-UID, runs the real
 `subdomaind run`, sends a sample request, plays each official reading their mailbox and answering, and
-prints every step, the final reply letter and the DNS answer. Nothing leaves this machine.
+prints every step, the final reply letter and the DNS answer. Every letter is signed with a demo certificate
+(a local CA made for the run), and at the end each letter PDF in every mailbox is checked with `pdfsig`.
+Nothing leaves this machine.
 """
 
 from __future__ import annotations
@@ -20,7 +22,17 @@ sys.path.insert(0, str(ROOT))
 
 from daemon import netguard  # noqa: E402
 from daemon.devservers import Bind, Dovecot, SmtpRelay, missing_binaries  # noqa: E402
-from daemon.localoffice import DOMAIN, Office, body_text, parse_mail, reply_to  # noqa: E402
+from daemon.localoffice import (  # noqa: E402
+    DOMAIN,
+    Office,
+    body_text,
+    nss_trusting,
+    parse_mail,
+    pdf_attachments,
+    pdfsig,
+    pdfsig_valid,
+    reply_to,
+)
 
 ZONE_RECORDS = "ns1 IN A 192.0.2.1\nns2 IN A 192.0.2.2\nwww IN A 203.0.113.5\nmail IN A 203.0.113.6\n"
 PLAN = [
@@ -54,7 +66,7 @@ def main() -> int:
     with Dovecot(base, DOMAIN) as dovecot, Bind(base, DOMAIN, ZONE_RECORDS) as bind:
         relay = SmtpRelay(dovecot.host, dovecot.lmtp_port, base=base)
         relay.start()
-        office = Office.create(base / "office", dovecot, relay, bind)
+        office = Office.create(base / "office", dovecot, relay, bind, signing=True)
         say(f"Local servers up: IMAP 127.0.0.1:{dovecot.imap_port}, SMTP 127.0.0.1:{relay.port}, "
             f"DNS 127.0.0.1:{bind.port} (zone {DOMAIN}); config {office.config_path}")
         office.start()
@@ -91,13 +103,35 @@ def main() -> int:
             if ticket:
                 say(f"\n$ subdomaind show {ticket.group(1)}")
                 say(office.cli("show", ticket.group(1)).stdout.rstrip())
-            ok = bool(answer)
+            ok = bool(answer) and check_letters(office, base)
         finally:
             rc = office.stop()
             relay.stop()
     say(f"\nDemo finished in {time.monotonic() - started:.1f} s (daemon exit code {rc}). "
         f"Everything it made is under {base}.")
     return 0 if ok and rc == 0 else 1
+
+
+def check_letters(office: Office, base: Path) -> bool:
+    """Every letter PDF in every demo mailbox, checked with pdfsig against the demo CA (and kept on disk)."""
+    nss = nss_trusting(office.base / "tte" / "ca.pem", base / "nssdb")
+    out = base / "letters"
+    out.mkdir(exist_ok=True)
+    users = [office.mailbox, office.requester, office.staff, *office.officials.values()]
+    good = bad = 0
+    say("\nLetters in the mailboxes, checked with pdfsig (the demo CA trusted):")
+    for user in users:
+        for raw in user.messages():
+            for name, data in pdf_attachments(raw):
+                if not name.startswith(("surat-", "konsep-surat-")):
+                    continue  # the blank request form, or the unit's own attachments: not our letters
+                path = out / f"{user.name}-{name}"
+                path.write_bytes(data)
+                valid = pdfsig_valid(pdfsig(path, nss))
+                good, bad = good + valid, bad + (not valid)
+                say(f"   {'OK ' if valid else 'BAD'} {path.relative_to(base)}")
+    say(f"   {good} signed and valid, {bad} not")
+    return good > 0 and bad == 0
 
 
 if __name__ == "__main__":

@@ -54,6 +54,8 @@ def test_request_travels_the_whole_sop(office: Office) -> None:
     fqdn = f"{label}.trenggalekkab.go.id"
     assert fqdn in text and "203.0.113.10" in text
     assert "ns1.trenggalekkab.go.id" in text and "ns2.trenggalekkab.go.id" in text
+    # The account's user name and password reach the PIC in a mail of their own, never in the letter.
+    assert "Kata sandi :" not in text and "kata sandi telah dikirim terpisah" in " ".join(text.split())
     # The password comes to the PIC (here the requester) alone, in its own mail after the letter.
     creds = office.wait_mail(office.requester, lambda m: "Kata sandi akun" in str(m["Subject"]))
     assert office.requester.messages().index(creds) > office.requester.messages().index(final)

@@ -168,7 +168,7 @@ def test_happy_path_reaches_final_reply(world) -> None:  # type: ignore[no-untyp
     final_mail = [m for m in tr.to("dinsos@example.org") if "telah aktif" in str(m["Subject"])][-1]
     text = final_mail.get_body(preferencelist=("plain",)).get_content()
     assert "dinsos.trenggalekkab.go.id" in text and "203.0.113.10" in text
-    assert "ns1.trenggalekkab.go.id" in text
+    assert "ns1.trenggalekkab.go.id" in text and "kata sandi telah dikirim terpisah" in " ".join(text.split())
     # The credentials: their own mail, to the PIC only, after the letter.
     sent_to = [(rcpts, raw) for _, rcpts, raw in tr.sent]
     i_letter = next(i for i, (_, raw) in enumerate(sent_to) if b"telah aktif" in raw)

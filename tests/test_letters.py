@@ -13,7 +13,7 @@ import pdfplumber
 import pytest
 
 from daemon.config import LetterConfig
-from workflows.letters import KINDS, MASKED_PASSWORD, Letter, build_letter, clean, format_nip
+from workflows.letters import KINDS, Letter, build_letter, clean, format_nip
 from workflows.provision import generate_password
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -54,6 +54,7 @@ def make_ctx(**over: Any) -> dict[str, Any]:
             "letter_number": "400.9/123/406.011/2026",
             "letter_date": "12 November 2026",
             "letter_subject": "Permohonan Sub Domain",
+            "pic_email": "lukman.hakim@dinsos.trenggalekkab.go.id",
             "service": "subdomain",
             "check": {
                 "missing": ["pic_phone", "purpose"],
@@ -108,8 +109,7 @@ KIND_PARTS = {
         "dinsos.trenggalekkab.go.id",
         "203.0.113.10",
         "ns1.trenggalekkab.go.id, ns2.trenggalekkab.go.id",
-        "Nama pengguna dinsos",
-        f"Kata sandi {PASSWORD}",
+        "Nama pengguna dan kata sandi telah dikirim terpisah ke alamat surel penanggung jawab",
         "dengan kata BERHASIL",
         "dengan kata KENDALA diikuti uraian kendalanya",
     ],
@@ -219,27 +219,31 @@ def test_control_characters_and_line_breaks_in_user_text_cannot_reach_the_letter
     letter = build_letter("rejection", make_ctx(note=note, unit="Dinas\x0bSosial\n\nPalsu", fields=fields))
     for value in (*letter.paragraphs, *(v for _, v in letter.details), letter.addressee):
         assert not re.search(r"[\x00-\x1f\x7f\u202a-\u202e\u2066-\u2069]", value)
-    assert ("Alasan", "Baris satu 1. bukan butir baris dua akhir") in letter.details
+    assert ("Alasan", "Baris satu 1. bukan butir baris dua akhir.") in letter.details
     assert letter.addressee == "Kepala Dinas Sosial Palsu"
     text = pdf_text(letter.to_pdf())
     assert "Baris satu 1. bukan butir baris dua akhir" in text
     assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f]", letter.to_text())
 
 
-def test_password_none_prints_stars_and_no_password() -> None:
+def test_no_letter_shows_the_password_and_each_says_it_went_to_the_pic_separately() -> None:
     real = generate_password()
-    shown = build_letter("final", make_ctx(password=real))
-    masked = build_letter("final", make_ctx(password=None))
-    assert ("Kata sandi", real) in shown.details
-    assert ("Kata sandi", MASKED_PASSWORD) in masked.details
-    outputs = [masked.to_text(), masked.to_html(), pdf_text(masked.to_pdf())]
-    for out in outputs:
-        assert MASKED_PASSWORD in out
-        assert real not in out and PASSWORD not in out
-        # Nothing shaped like a generated password (mixed case and digits, no separators) anywhere.
-        looks = [t for t in re.findall(r"[A-Za-z0-9]{10,}", out)
-                 if re.search(r"[a-z]", t) and re.search(r"[A-Z]", t) and re.search(r"\d", t)]
-        assert looks == []
+    fields = {**make_ctx()["fields"], "pic_email": "lukman@dinsos.trenggalekkab.go.id"}
+    for password in (real, None):
+        letter = build_letter("final", make_ctx(password=password, fields=fields))
+        assert not any(label == "Kata sandi" for label, _ in letter.details)
+        assert ("Akun hosting", "Nama pengguna dan kata sandi telah dikirim terpisah ke alamat surel penanggung jawab "
+                "(lukman@dinsos.trenggalekkab.go.id) dan tidak dicantumkan dalam surat ini; kata sandi mohon segera "
+                "diganti setelah masuk pertama kali.") in letter.details
+        outputs = [letter.to_text(), letter.to_html(), pdf_text(letter.to_pdf())]
+        for out in outputs:
+            assert real not in out and PASSWORD not in out
+            assert ("Nama pengguna dan kata sandi telah dikirim terpisah ke alamat surel penanggung jawab "
+                    "(lukman@dinsos.trenggalekkab.go.id) dan tidak dicantumkan dalam surat ini;") in flat(out)
+            # Nothing shaped like a generated password (mixed case and digits, no separators) anywhere.
+            looks = [t for t in re.findall(r"[A-Za-z0-9]{10,}", out)
+                     if re.search(r"[a-z]", t) and re.search(r"[A-Z]", t) and re.search(r"\d", t)]
+            assert looks == []
 
 
 def test_acting_signer_and_defaults_without_letter_config() -> None:
@@ -271,6 +275,85 @@ def test_acting_signer_and_defaults_without_letter_config() -> None:
     )
     assert ("Alasan", "Tidak disertai catatan. Untuk keterangan lebih lanjut, Saudara dapat menghubungi kami "
             "melalui surel ini.") in bare.details
+
+
+def test_each_kind_has_its_configured_signer_with_an_and_ub() -> None:
+    letter_cfg = LetterConfig(**{**LETTER.model_dump(), "signers": {
+        "incomplete": {"prefix": "a.n.", "own_title": "Kepala Bidang Aplikasi Informatika",
+                       "ub_title": "Kepala Seksi Tata Kelola", "name": "RINA KUSUMA, S.Kom.",
+                       "rank": "Penata (III/c)", "nip": "198503152010012004"},
+        "rejection": {"prefix": "a.n.", "own_title": "Sekretaris", "name": "SRI WAHYUNI, S.E.",
+                      "nip": "197501012000032002"},
+    }})
+    incomplete = build_letter("incomplete", make_ctx(letter=letter_cfg))
+    assert incomplete.signature.jabatan_lines() == (
+        "a.n. Kepala Dinas Komunikasi dan Informatika",
+        "Kabupaten Trenggalek",
+        "Kepala Bidang Aplikasi Informatika",
+        "u.b.",
+        "Kepala Seksi Tata Kelola,",
+    )
+    text = flat(incomplete.to_text())
+    assert "u.b. Kepala Seksi Tata Kelola, RINA KUSUMA, S.Kom. Penata (III/c) NIP. 19850315 201001 2 004" in text
+    pdf = pdf_text(incomplete.to_pdf())
+    assert "Kepala Seksi Tata Kelola, RINA KUSUMA, S.Kom." in pdf and "BUDI SANTOSO" not in pdf, \
+        "the head's name never stands under another official's jabatan"
+    rejection = build_letter("rejection", make_ctx(letter=letter_cfg))
+    assert rejection.signature.jabatan_lines()[-1] == "Sekretaris,"
+    assert rejection.signature.name == "SRI WAHYUNI, S.E." and rejection.signature.rank == ""
+    final = build_letter("final", make_ctx(letter=letter_cfg))  # not configured: the head signs
+    assert final.signature.jabatan_lines()[0] == "Kepala Dinas Komunikasi dan Informatika"
+    assert final.signature.name == "Drs. BUDI SANTOSO, M.Si."
+
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="u.b."):
+        LetterConfig(signers={"final": {"ub_title": "Kepala Seksi"}})
+    with pytest.raises(ValidationError, match="own_title is only printed"):
+        LetterConfig(signers={"final": {"own_title": "Sekretaris"}})
+
+
+def test_the_note_becomes_a_sentence_and_lampiran_counts_the_files() -> None:
+    from workflows.letters import as_sentence, lampiran_text
+
+    assert as_sentence("nama sub domain belum sesuai nomenklatur") == "Nama sub domain belum sesuai nomenklatur."
+    assert as_sentence("Sudah dipakai OPD lain!") == "Sudah dipakai OPD lain!"
+    assert as_sentence("  dns sudah ada (lihat www)") == "Dns sudah ada (lihat www)."  # words kept as written
+    assert as_sentence("") == ""
+    assert [lampiran_text(n) for n in (0, 1, 2, 12)] == ["-", "1 (satu) berkas", "2 (dua) berkas", "12 berkas"]
+    rejection = build_letter("rejection", make_ctx(note="nama tidak sesuai nomenklatur perangkat daerah"))
+    assert ("Alasan", "Nama tidak sesuai nomenklatur perangkat daerah.") in rejection.details
+    incomplete = build_letter("incomplete", make_ctx(lampiran="2 (dua) berkas"))
+    assert incomplete.lampiran == "2 (dua) berkas"
+    assert "Lampiran : 2 (dua) berkas" in pdf_text(incomplete.to_pdf())
+
+
+def test_text_and_html_say_where_the_electronic_signature_is() -> None:
+    signed = build_letter("rejection", make_ctx(electronic=True))
+    assert "(ditandatangani secara elektronik pada berkas PDF terlampir)" in flat(signed.to_text())
+    assert "(ditandatangani secara elektronik pada berkas PDF terlampir)" in signed.to_html()
+    plain = build_letter("rejection", make_ctx())
+    assert "elektronik" not in plain.to_text() + plain.to_html()
+
+
+def test_the_coat_of_arms_sits_left_of_the_kop(tmp_path: Path) -> None:
+    from daemon.localoffice import DEMO_LOGO
+
+    with_logo = build_letter("final", make_ctx(letter=LetterConfig(**{**LETTER.model_dump(), "logo": DEMO_LOGO})))
+    with pdfplumber.open(io.BytesIO(with_logo.to_pdf())) as doc:
+        page = doc.pages[0]
+        assert len(page.images) == 1
+        image = page.images[0]
+        kop = next(w for w in page.extract_words() if w["text"] == "PEMERINTAH")
+        assert float(image["x1"]) < float(kop["x0"]), "the emblem is left of the kop text"
+        assert float(image["top"]) < 120 and 50 < float(image["height"]) < 62, "about 2 cm high, at the top"
+    broken = tmp_path / "lambang.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really an image")
+    for path in (Path("/nonexistent/lambang.png"), broken):
+        without = LetterConfig(**{**LETTER.model_dump(), "logo": path})
+        with pdfplumber.open(io.BytesIO(build_letter("final", make_ctx(letter=without)).to_pdf())) as doc:
+            assert doc.pages[0].images == []
+            assert "PEMERINTAH KABUPATEN TRENGGALEK" in (doc.pages[0].extract_text() or "")
 
 
 def test_hosting_wording_and_plt_addressee() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -38,6 +39,7 @@ from workflows.provision import (
     records_to_json,
 )
 from workflows.secretbox import SealedValueError, SecretBox
+from workflows.signing import LetterSigner, SigningError
 from workflows.sop import Sop, Step
 from workflows.store import (
     Account,
@@ -45,6 +47,7 @@ from workflows.store import (
     Decision,
     Inbound,
     InboundRaw,
+    LetterRecord,
     PendingSecret,
     Request,
     StepRun,
@@ -80,6 +83,8 @@ class Services:
     hosting: HostingBackend
     # How DKIM public keys are looked up (dkimpy's dnsfunc); None = the system resolver.
     dkim_txt: Callable[..., bytes | None] | None = None
+    # Signs every letter PDF (workflows/signing.py); None only when no certificate is configured.
+    signer: LetterSigner | None = None
 
 
 @dataclass
@@ -362,15 +367,16 @@ def enter_step(ctx: Ctx, req: Request, key: str, *, note: str | None = None) -> 
                 # The draft reply letter goes up for approval; the password is never in a draft.
                 from workflows.letters import build_letter
 
-                draft = build_letter("final", letter_context(ctx, req), agency_id=ctx.agency.id)
+                draft = build_letter("final", {**letter_context(ctx, req), "draft": True}, agency_id=ctx.agency.id)
+                record = _open_reply_record(ctx, req)
                 slug = req.ticket.replace("/", "-")
                 attachments.append(MailAttachment(f"konsep-surat-balasan-{slug}.pdf", "application/pdf",
-                                                  draft.to_pdf()))
+                                                  draft.to_pdf(ctx.services.signer,
+                                                               doc_id=record.doc_id if record else "")))
             in_reply_to = None
         elif (step.template or "incomplete") == "incomplete":
             # Incomplete: the letter naming each gap, with the form to fill in again (issue 5).
-            out = queue_letter(ctx, req, "incomplete", {**letter_context(ctx, req),
-                                                        "lampiran": "1 (satu) berkas formulir"},
+            out = queue_letter(ctx, req, "incomplete", letter_context(ctx, req),
                                purpose=f"step.{key}", to=requester_addresses(req), token=token,
                                extra=form_attachments(ctx))
             run.mail_message_id = out.message_id
@@ -558,7 +564,7 @@ def run_action(ctx: Ctx, run: StepRun) -> None:
     run.attempts += 1
     try:
         outcome = ACTIONS[step.action](ctx, req, run)
-    except ActionFailed as exc:
+    except (ActionFailed, SigningError) as exc:  # a letter that cannot be signed waits, as a failed action
         run.last_error = str(exc)
         audit(ctx, req, "action.failed", step=run.key, action=step.action, error=str(exc))
         alert_staff(ctx, req, f"{step.title}: {exc}")
@@ -747,10 +753,29 @@ def _after_dns(ctx: Ctx, req: Request, records: list[PlannedRecord], lines: list
 
 def _draft_letter(ctx: Ctx, req: Request, run: StepRun) -> str:
     if not req.letter_number:
-        year, seq = next_number(ctx, "letter")
-        req.letter_number = ctx.agency.letter.number_pattern.format(seq=seq, year=year)
+        req.letter_number = register_letter(ctx, req, "final", status="konsep").number
     audit(ctx, req, "letter.drafted", number=req.letter_number)
     return "ok"
+
+
+def register_letter(ctx: Ctx, req: Request | None, kind: str, *, status: str) -> LetterRecord:
+    """The next number of the agency's letter register, recorded in the caller's transaction (so a letter
+    that is rolled back gives its number back and a year's numbers have no gaps)."""
+    year, seq = next_number(ctx, "letter")
+    record = LetterRecord(agency=ctx.agency.id, year=year, seq=seq, kind=kind, status=status,
+                          number=ctx.agency.letter.number_pattern.format(seq=seq, year=year),
+                          request_id=req.id if req is not None else None, doc_id=secrets.token_hex(8),
+                          created_at=ctx.now(), signed=False)
+    ctx.session.add(record)
+    return record
+
+
+def _open_reply_record(ctx: Ctx, req: Request) -> LetterRecord | None:
+    """The request's reply letter number taken with its draft and not yet issued."""
+    return ctx.session.execute(
+        select(LetterRecord).where(LetterRecord.request_id == req.id, LetterRecord.status == "konsep")
+        .order_by(LetterRecord.id.desc())
+    ).scalars().first()
 
 
 def letter_context(ctx: Ctx, req: Request) -> dict[str, Any]:
@@ -774,13 +799,32 @@ def letter_context(ctx: Ctx, req: Request) -> dict[str, Any]:
 def queue_letter(ctx: Ctx, req: Request, kind: str, letter_ctx: dict[str, Any], *, purpose: str,
                  to: list[str], sensitive: bool = False, token: str | None = None,
                  extra: list[MailAttachment] | None = None) -> Any:
-    """A letter (Tata Naskah Dinas) as the mail itself, text and HTML, with its PDF attached."""
-    from workflows.letters import build_letter
+    """A letter (Tata Naskah Dinas) as the mail itself, text and HTML, with its signed PDF attached.
+
+    Its number comes from the register in this transaction: a reply letter (final or rejection) takes the
+    number its draft reserved, if any; any other letter takes the next one. Lampiran counts `extra`.
+    """
+    from workflows.letters import build_letter, lampiran_text
     from workflows.mailer import Rendered
 
-    letter = build_letter(kind, letter_ctx, agency_id=ctx.agency.id)
+    # A savepoint: a letter that cannot be signed leaves neither a number nor a register row behind.
+    with ctx.session.begin_nested():
+        record = _open_reply_record(ctx, req) if kind in ("final", "rejection") else None
+        if record is None:
+            record = register_letter(ctx, req, kind, status="terkirim")
+        record.kind, record.status = kind, "terkirim"
+        if kind in ("final", "rejection"):
+            req.letter_number = record.number
+        letter_ctx = {**letter_ctx, "letter_number": record.number, "lampiran": lampiran_text(len(extra or [])),
+                      "electronic": ctx.services.signer is not None}
+        letter = build_letter(kind, letter_ctx, agency_id=ctx.agency.id)
+        pdf = letter.render_pdf(ctx.services.signer, doc_id=record.doc_id)
+        record.hal, record.addressee = letter.hal[:255], letter.addressee[:255]
+        record.issued_at = ctx.now()
+        record.content_sha256, record.pdf_sha256 = pdf.content_sha256, hashlib.sha256(pdf.data).hexdigest()
+        record.signed = pdf.signed
     slug = req.ticket.replace("/", "-")
-    attachments = [MailAttachment(f"surat-{kind}-{slug}.pdf", "application/pdf", letter.to_pdf()), *(extra or [])]
+    attachments = [MailAttachment(f"surat-{kind}-{slug}.pdf", "application/pdf", pdf.data), *(extra or [])]
     return ctx.mailer.queue_rendered(
         ctx.session,
         rendered=Rendered(subject=letter.subject, text=letter.to_text(), html=letter.to_html()),

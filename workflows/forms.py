@@ -113,8 +113,8 @@ def _instructions(zone: str) -> tuple[str, ...]:
         f"hubung, sesuai nama atau singkatan resmi unit kerja.",
         "Jenis layanan Sub Domain dipilih bila situs berjalan di server unit kerja sendiri (alamat IP server wajib "
         "diisi); Hosting dipilih bila situs ditempatkan di pusat data Diskominfo.",
-        "Nama pengguna dan kata sandi layanan disampaikan melalui surat balasan kepada alamat surel pengirim "
-        "permohonan.",
+        "Nama pengguna dan kata sandi layanan hosting dikirim terpisah ke alamat surel penanggung jawab (isian "
+        "Email); surat balasan tidak memuat kata sandi.",
     )
 
 
@@ -185,7 +185,8 @@ def form_pdf(agency_name: str, zone: str, letter: LetterConfig) -> bytes:
                           bulletIndent=0)
 
     kop = [clean(x) for x in letter.kop if clean(x)] or ([agency.upper()] if agency else [])
-    story: list[Flowable] = kop_flowables(kop, clean(letter.address_line), width)
+    logo = letter.logo if letter.logo is not None and letter.logo.is_file() else None
+    story: list[Flowable] = kop_flowables(kop, clean(letter.address_line), width, logo=logo)
     story += [
         Spacer(1, 0.3 * cm),
         Paragraph(FORM_TITLE, title),

@@ -12,7 +12,7 @@ variables*; the body output of the template is ignored. The variables a letter t
 ``di``              the addressee's place, after "di" (default: the kop city, else "Tempat")
 ``pembuka``         paragraphs before the details table (required)
 ``rincian``         the details table: a list of ``[label, value]`` or ``[label, value, "kode"]`` rows
-                    ("kode" prints the value in a fixed-width font: passwords, user names, host names)
+                    ("kode" prints the value in a fixed-width font: user names, host names)
 ``isi``             paragraphs after the details table
 ``penutup``         the closing paragraph (required)
 ==================  ======================================================================================
@@ -24,10 +24,15 @@ the template sees it (control characters removed, whitespace collapsed to single
 user text can neither start a paragraph nor be evaluated: ``{{ 7*7 }}`` in a unit name stays literally that.
 The HTML and PDF renderers escape every string again, whatever built the `Letter`.
 
-The signature block comes from `LetterConfig` (``signer_*``). An acting or delegated signer is given with
-``ctx["signer"]``, a mapping with any of ``prefix`` ("a.n.", "Plh." or "Plt."), ``own_title`` (with
-"a.n.": the signer's own jabatan, e.g. "Sekretaris"), ``name``, ``rank`` and ``nip``; attributes
-``signer_prefix`` / ``signer_own_title`` on the letter config are honoured when present.
+The signature block comes from `LetterConfig` (``signer_*``), overridden per kind of letter by
+``[agency.letter.signers.<kind>]`` (Tata Naskah Dinas "a.n." and "u.b.": who signs on the head's behalf).
+An acting or delegated signer is given with ``ctx["signer"]``, a mapping with any of ``prefix`` ("a.n.",
+"Plh." or "Plt."), ``own_title`` (with "a.n.": the signer's own jabatan, e.g. "Sekretaris"), ``ub_title``,
+``name``, ``rank`` and ``nip``.
+
+`Letter.render_pdf(signer)` leaves room under the jabatan for the signature and, given a
+`workflows.signing.LetterSigner`, signs the PDF (PAdES) with the visible stamp in that room; without one
+the room stays for a wet signature.
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ from reportlab.platypus import (
     Flowable,
     Frame,
     HRFlowable,
+    Image,
     KeepTogether,
     PageTemplate,
     Paragraph,
@@ -70,11 +76,13 @@ from reportlab.platypus import (
 )
 
 from daemon.config import LetterConfig
+from workflows.signing import LetterSigner, SignatureBox, Stamp, content_hash, qr_payload
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 KINDS: tuple[str, ...] = ("final", "rejection", "incomplete")
-MASKED_PASSWORD = "********"
 SIGNER_PREFIXES: tuple[str, ...] = ("a.n.", "Plh.", "Plt.")
+_NUMBER_WORDS = ("nol", "satu", "dua", "tiga", "empat", "lima", "enam", "tujuh", "delapan", "sembilan", "sepuluh")
+ELECTRONIC_NOTE = "(ditandatangani secara elektronik pada berkas PDF terlampir)"
 TEXT_WIDTH = 72  # characters per line of the plain-text letter
 
 _LIST_ITEM_RE = re.compile(r"^(\d{1,2}|[a-z])\.\s+")
@@ -98,6 +106,7 @@ class Signature:
     nip: str = ""
     prefix: str = ""  # "", "a.n.", "Plh." or "Plt."
     own_title: str = ""  # with "a.n.": the signer's own jabatan, printed under the head's
+    ub_title: str = ""  # "u.b.": the jabatan signing for `own_title`, printed under "u.b."
 
     def jabatan_lines(self) -> tuple[str, ...]:
         """The jabatan lines as printed, the last one ending with a comma."""
@@ -105,6 +114,8 @@ class Signature:
         lines = [line for line in (first, self.agency) if line]
         if self.prefix == "a.n." and self.own_title:
             lines.append(self.own_title)
+            if self.ub_title:
+                lines += ["u.b.", self.ub_title]
         if lines:
             lines[-1] = lines[-1].rstrip(",") + ","
         return tuple(lines)
@@ -135,6 +146,9 @@ class Letter:
     signature: Signature
     tembusan: tuple[str, ...] = ()
     code_labels: frozenset[str] = field(default_factory=frozenset)  # rows whose value prints fixed-width
+    logo: Path | None = None  # the coat of arms at the left of the kop (PDF only)
+    draft: bool = False  # a konsep for approval: marked KONSEP
+    electronic: bool = False  # its PDF is signed electronically: the text and HTML say so where a pen would sign
 
     @property
     def paragraphs(self) -> tuple[str, ...]:
@@ -145,7 +159,8 @@ class Letter:
 
     def to_text(self) -> str:
         w = TEXT_WIDTH
-        out: list[str] = [line.center(w).rstrip() for line in self.kop]
+        out: list[str] = ["KONSEP".rjust(w), ""] if self.draft else []
+        out += [line.center(w).rstrip() for line in self.kop]
         if self.address_line:
             out.extend(line.center(w).rstrip() for line in textwrap.wrap(self.address_line, w))
         out += ["=" * w, ""]
@@ -174,7 +189,10 @@ class Letter:
         sig = self.signature
         for line in sig.jabatan_lines():
             out.extend(textwrap.wrap(line, w, initial_indent=indent, subsequent_indent=indent))
-        out += ["", "", ""]
+        if self.electronic:
+            out += ["", *textwrap.wrap(ELECTRONIC_NOTE, w, initial_indent=indent, subsequent_indent=indent), ""]
+        else:
+            out += ["", "", ""]
         out.extend(indent + line for line in (sig.name, sig.rank, sig.nip_line()) if line)
         if self.tembusan:
             out += ["", "Tembusan:"]
@@ -197,13 +215,23 @@ class Letter:
             opening=paragraphs[0],
             body=paragraphs[1],
             jabatan=self.signature.jabatan_lines(),
+            electronic_note=ELECTRONIC_NOTE if self.electronic else "",
             nip_line=self.signature.nip_line(),
         )
 
     # -- PDF --
 
-    def to_pdf(self) -> bytes:
-        """The letter as an A4 PDF: kop with a double rule, header, body, signature block, tembusan."""
+    def to_pdf(self, signer: LetterSigner | None = None, *, doc_id: str = "") -> bytes:
+        """The letter as an A4 PDF, signed when a signer is given."""
+        return self.render_pdf(signer, doc_id=doc_id).data
+
+    def render_pdf(self, signer: LetterSigner | None = None, *, doc_id: str = "") -> RenderedPdf:
+        """The letter as an A4 PDF: kop with a double rule, header, body, signature block, tembusan.
+
+        With `signer`, the PDF is signed (PAdES) and the stamp fills the room under the jabatan; its QR code
+        carries the signer's verification URL filled with `doc_id`, the hash of the unsigned PDF and the
+        number. `content_sha256` is that hash (what a verification page looks the letter up by).
+        """
         fonts = pdf_fonts()
         indent = 2.8 * cm  # the body lines up with the value column of Nomor/Hal
         st = _styles(fonts, indent)
@@ -215,15 +243,23 @@ class Letter:
             canvas.drawCentredString(A4[0] / 2, A4[1] - 1.0 * cm, f"- {doc_.page} -")
             canvas.restoreState()
 
+        def first_page(canvas: Canvas, doc_: Any) -> None:
+            if self.draft:  # in the top margin: a konsep has the same layout as the letter it becomes
+                canvas.saveState()
+                canvas.setFont(fonts[1], 12)
+                canvas.drawRightString(A4[0] - 2.0 * cm, A4[1] - 0.8 * cm, "KONSEP")
+                canvas.restoreState()
+
         doc = a4_document(
             buf,
             title=self.hal,
             author=" ".join(self.kop[-1:]) or self.signature.title,
             subject=self.subject,
             later_pages=later_page,
+            first_page=first_page,
         )
         width = doc.width
-        story: list[Flowable] = kop_flowables(self.kop, self.address_line, width)
+        story: list[Flowable] = kop_flowables(self.kop, self.address_line, width, logo=self.logo)
         story.append(Spacer(1, 0.3 * cm))
 
         def cell(text: str, style: ParagraphStyle) -> Paragraph:
@@ -287,7 +323,8 @@ class Letter:
         sig = self.signature
         sig_width = 8.4 * cm
         sig_cells: list[Flowable] = [Paragraph(_pdf_escape(line), st["center"]) for line in sig.jabatan_lines()]
-        sig_cells.append(Spacer(1, 1.8 * cm))
+        spots: list[SignatureBox] = []
+        sig_cells.append(_SignatureSpot(sig_width, 1.9 * cm, spots))
         if sig.name:
             sig_cells.append(Paragraph(f"<u>{_pdf_escape(sig.name)}</u>", st["center_bold"]))
         sig_cells += [Paragraph(_pdf_escape(x), st["center"]) for x in (sig.rank, sig.nip_line()) if x]
@@ -310,7 +347,45 @@ class Letter:
             story.append(KeepTogether([Spacer(1, 0.4 * cm), tembusan]))
 
         doc.build(story)
-        return buf.getvalue()
+        unsigned = buf.getvalue()
+        digest = content_hash(unsigned)
+        if signer is None:
+            return RenderedPdf(unsigned, digest, signed=False)
+        stamp = Stamp(lines=self.stamp_lines(signer.holder),
+                      qr=qr_payload(signer.verify_url, doc_id=doc_id or digest[:16], sha256=digest, number=self.nomor))
+        return RenderedPdf(signer.sign(unsigned, spots[-1] if spots else None, stamp), digest, signed=True)
+
+    def stamp_lines(self, holder: str) -> tuple[str, ...]:
+        """The words of the visible signature, next to its QR code. The name, pangkat and NIP of the official
+        are printed under it as in every surat dinas; the stamp names the certificate's holder."""
+        if self.draft:
+            lines = ["KONSEP untuk persetujuan: belum", "ditandatangani pejabat.", "Segel elektronik:", holder]
+        else:
+            lines = ["Ditandatangani secara elektronik", "dengan sertifikat:", holder]
+        lines += [self.place_date, "Pindai kode QR untuk verifikasi."]
+        return tuple(_ascii(line) for line in lines if line)
+
+
+@dataclass(frozen=True)
+class RenderedPdf:
+    data: bytes
+    content_sha256: str  # SHA-256 of the PDF before signing
+    signed: bool
+
+
+class _SignatureSpot(Flowable):
+    """Empty room for the signature; records where it landed (page, rectangle) for the signature stamp."""
+
+    def __init__(self, width: float, height: float, spots: list[SignatureBox]) -> None:
+        super().__init__()
+        self.width, self.height, self._spots = width, height, spots
+
+    def wrap(self, avail_width: float, avail_height: float) -> tuple[float, float]:
+        return self.width, self.height
+
+    def draw(self) -> None:
+        x, y = self.canv.absolutePosition(0, 0)
+        self._spots.append(SignatureBox(self.canv.getPageNumber() - 1, x + 4, y, x + self.width - 4, y + self.height))
 
 
 # --- building a letter from the engine's context ----------------------------------------------------------
@@ -320,7 +395,8 @@ def build_letter(kind: str, ctx: Mapping[str, Any], *, agency_id: str | None = N
     """The letter of `kind` ("final", "rejection", "incomplete") for the engine's `ctx`.
 
     `ctx` holds what `workflows.engine.letter_context` builds (for rejection and incomplete letters:
-    `summary` plus `note`/`by`/`letter`/...); every key is optional. `password=None` prints "********".
+    `summary` plus `note`/`by`/`letter`/...); every key is optional. A password in `ctx` is never
+    printed: the PIC receives it in a mail of its own, and a letter only says so.
     With `agency_id`, `templates/<agency_id>/letters/<kind>.j2` is used when it exists.
     """
     if kind not in KINDS:
@@ -363,9 +439,12 @@ def build_letter(kind: str, ctx: Mapping[str, Any], *, agency_id: str | None = N
         details=tuple(details),
         body=split_paragraphs(str(exported.get("isi") or "")),
         closing=" ".join(split_paragraphs(str(exported["penutup"]))),
-        signature=_signature(cfg, ctx.get("signer"), agency_name),
+        signature=_signature(cfg, ctx.get("signer"), agency_name, kind),
         tembusan=tuple(clean(t) for t in cfg.tembusan if clean(t)),
         code_labels=frozenset(code_labels),
+        logo=cfg.logo if cfg.logo is not None and cfg.logo.is_file() else None,
+        draft=bool(ctx.get("draft")),
+        electronic=bool(ctx.get("electronic")),
     )
 
 
@@ -379,7 +458,6 @@ def template_context(ctx: Mapping[str, Any]) -> dict[str, Any]:
     problems = check.get("problems", fields.get("problems")) or ()
     unit = clean(ctx.get("unit") or fields.get("unit"))
     unit_head = clean(fields.get("unit_head"))
-    password = ctx.get("password")
     cleaned_fields = {str(k): clean(v) for k, v in fields.items() if isinstance(v, str | int | float)}
     return {
         "agency_name": clean(ctx.get("agency_name")),
@@ -406,13 +484,13 @@ def template_context(ctx: Mapping[str, Any]) -> dict[str, Any]:
         "rdtype": clean(ctx.get("rdtype")),
         "name_servers": [clean(ns).rstrip(".") for ns in ctx.get("name_servers") or () if clean(ns)],
         "username": clean(ctx.get("username")),
-        "password": MASKED_PASSWORD if password is None else clean(password),
-        "password_shown": password is not None,
-        "note": clean(ctx.get("note"), _MAX_NOTE),
+        "pic_email": clean(fields.get("pic_email")),
+        "note": as_sentence(clean(ctx.get("note"), _MAX_NOTE)),
         "by": clean(ctx.get("by")),
         "missing": [clean(m) for m in missing if clean(m)],
         "problems": [
-            {"field": clean(_get(p, "field")), "reason": clean(_get(p, "reason"), _MAX_NOTE)} for p in problems
+            {"field": clean(_get(p, "field")), "reason": as_sentence(clean(_get(p, "reason"), _MAX_NOTE))}
+            for p in problems
         ],
     }
 
@@ -437,6 +515,25 @@ def clean(value: object, limit: int = _MAX_VALUE) -> str:
 def split_paragraphs(block: str) -> tuple[str, ...]:
     """Paragraphs of a template block: split on blank lines, each one's lines joined by single spaces."""
     return tuple(p for p in (" ".join(part.split()) for part in re.split(r"\n\s*\n", block)) if p)
+
+
+def as_sentence(text: str) -> str:
+    """An official's note as a sentence, the words kept: first letter capitalised, a full stop when the note
+    has no closing punctuation ("nama belum sesuai" -> "Nama belum sesuai.")."""
+    text = text.strip()
+    if not text:
+        return ""
+    text = text[0].upper() + text[1:]
+    # A full stop inside closing quotes or brackets ends the sentence too: 'kata "TOLAK."'.
+    return text if text.rstrip("\"')]”’")[-1:] in (".", "!", "?", "…") else text + "."
+
+
+def lampiran_text(count: int) -> str:
+    """The Lampiran line for `count` attached files: "-", "1 (satu) berkas", "2 (dua) berkas", ..."""
+    if count <= 0:
+        return "-"
+    word = _NUMBER_WORDS[count] if count < len(_NUMBER_WORDS) else ""
+    return f"{count} ({word}) berkas" if word else f"{count} berkas"
 
 
 def format_nip(nip: str) -> str:
@@ -497,11 +594,13 @@ def a4_document(
     subject: str,
     keywords: str = "",
     later_pages: PageHook | None = None,
+    first_page: PageHook | None = None,
     margins: tuple[float, float, float, float] = (2.5 * cm, 2.0 * cm, 1.2 * cm, 1.5 * cm),
 ) -> BaseDocTemplate:
     """An A4 document whose frame has no padding, so `doc.width` is exactly the usable width.
 
-    `margins` are (left, right, top, bottom); `later_pages` draws on pages 2 and up (a page number).
+    `margins` are (left, right, top, bottom); `later_pages` draws on pages 2 and up (a page number),
+    `first_page` on page 1.
     """
     left, right, top, bottom = margins
     doc = BaseDocTemplate(
@@ -527,25 +626,36 @@ def a4_document(
 
     doc.addPageTemplates(
         [
-            PageTemplate(id="first", frames=[frame()], onPage=nothing, autoNextPageTemplate="later"),
+            PageTemplate(id="first", frames=[frame()], onPage=first_page or nothing, autoNextPageTemplate="later"),
             PageTemplate(id="later", frames=[frame()], onPage=later_pages or nothing),
         ]
     )
     return doc
 
 
-def kop_flowables(kop: Sequence[str], address_line: str, width: float) -> list[Flowable]:
-    """The kop surat: lines centred and bold (the last one, the office, largest), address, double rule."""
+def kop_flowables(kop: Sequence[str], address_line: str, width: float, *,
+                  logo: Path | None = None) -> list[Flowable]:
+    """The kop surat: the coat of arms at the left (when given), lines centred and bold (the last one, the
+    office, largest), address, double rule."""
     regular, bold, _ = pdf_fonts()
-    out: list[Flowable] = []
+    text: list[Flowable] = []
     lines = [line for line in kop if line]
     for i, line in enumerate(lines):
         size = 16 if i == len(lines) - 1 and len(lines) > 1 else 14
         style = ParagraphStyle(f"kop{i}", fontName=bold, fontSize=size, leading=size + 3, alignment=TA_CENTER)
-        out.append(Paragraph(_pdf_escape(line.upper()), style))
+        text.append(Paragraph(_pdf_escape(line.upper()), style))
     if address_line:
         style = ParagraphStyle("kop-address", fontName=regular, fontSize=9.5, leading=12, alignment=TA_CENTER)
-        out.append(Paragraph(_pdf_escape(address_line), style))
+        text.append(Paragraph(_pdf_escape(address_line), style))
+    out: list[Flowable] = text
+    emblem = _logo_image(logo) if logo is not None else None
+    if emblem is not None:
+        # The emblem at the left, the kop text centred in the room to its right (as printed kop surat do).
+        side = 2.5 * cm
+        table = Table([[emblem, text]], colWidths=[side, width - side])
+        table.setStyle(TableStyle([*_plain_table().getCommands(), ("VALIGN", (0, 0), (-1, -1), "MIDDLE"),
+                                   ("ALIGN", (0, 0), (0, 0), "LEFT")]))
+        out = [table]
     out.append(HRFlowable(width=width, thickness=2.2, color=colors.black, spaceBefore=4, spaceAfter=1.2))
     out.append(HRFlowable(width=width, thickness=0.7, color=colors.black, spaceBefore=0, spaceAfter=2))
     return out
@@ -573,21 +683,58 @@ def _today() -> str:
     return format_tanggal(datetime.now(ZoneInfo("Asia/Jakarta")))
 
 
-def _signature(cfg: LetterConfig, override: object, agency_name: str) -> Signature:
+def _signature(cfg: LetterConfig, override: object, agency_name: str, kind: str = "") -> Signature:
+    """The kaki surat: the agency's signer, replaced by the kind's configured signer, then by `override`."""
     over: Mapping[str, Any] = override if isinstance(override, Mapping) else {}
-    prefix = clean(over.get("prefix", getattr(cfg, "signer_prefix", "")))
+    per_kind = cfg.signers.get(kind)  # type: ignore[call-overload]
+    base: dict[str, str] = {"prefix": "", "own_title": "", "ub_title": "", "name": cfg.signer_name,
+                            "rank": cfg.signer_rank, "nip": cfg.signer_nip}
+    if per_kind is not None:
+        base.update({k: v for k, v in per_kind.model_dump().items() if v})
+        if per_kind.prefix == "a.n." or per_kind.name:
+            # Another official signs: the head's name, rank and NIP must not stay under their jabatan.
+            base.update(name=per_kind.name, rank=per_kind.rank, nip=per_kind.nip)
+    prefix = clean(over.get("prefix", base["prefix"]))
     normal = {p.lower().rstrip("."): p for p in SIGNER_PREFIXES}
     prefix = normal.get(prefix.lower().replace(" ", "").rstrip("."), "") if prefix else ""
     title = clean(cfg.signer_title)
     return Signature(
         title=title,
         agency=_agency_remainder(title, agency_name),
-        name=clean(over.get("name") or cfg.signer_name),
-        rank=clean(over.get("rank") or cfg.signer_rank),
-        nip=clean(over.get("nip") or cfg.signer_nip),
+        name=clean(over.get("name") or base["name"]),
+        rank=clean(over.get("rank") or base["rank"]),
+        nip=clean(over.get("nip") or base["nip"]),
         prefix=prefix,
-        own_title=clean(over.get("own_title", getattr(cfg, "signer_own_title", ""))),
+        own_title=clean(over.get("own_title", base["own_title"])),
+        ub_title=clean(over.get("ub_title", base["ub_title"])),
     )
+
+
+def _logo_image(path: Path) -> Image | None:
+    """The coat of arms at most 2 cm high, its proportions kept; None when the file is not an image (a
+    missing or broken logo leaves the kop without one; check-config reports a missing file)."""
+    size = _image_size(path)
+    if size is None:
+        return None
+    scale = 2.0 * cm / max(size)
+    return Image(str(path), width=size[0] * scale, height=size[1] * scale)
+
+
+@lru_cache(maxsize=8)
+def _image_size(path: Path) -> tuple[int, int] | None:
+    from reportlab.lib.utils import ImageReader
+
+    try:
+        width, height = ImageReader(str(path)).getSize()
+    except Exception:  # noqa: BLE001 - reportlab raises many kinds for a bad image
+        return None
+    return (int(width), int(height)) if width and height else None
+
+
+def _ascii(text: str) -> str:
+    """Text for the signature stamp's built-in Courier (Latin-1 only): accents dropped, the rest kept."""
+    folded = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+    return folded or text.encode("latin-1", "replace").decode("latin-1")
 
 
 def _agency_remainder(title: str, agency: str) -> str:
@@ -635,7 +782,7 @@ def _pdf_escape(text: str) -> str:
 def _styles(fonts: tuple[str, str, str], indent: float) -> dict[str, ParagraphStyle]:
     """Paragraph styles; body paragraphs and list items start `indent` from the left margin."""
     regular, bold, mono = fonts
-    base = ParagraphStyle("base", fontName=regular, fontSize=_FONT_SIZE, leading=_FONT_SIZE * 1.27)
+    base = ParagraphStyle("base", fontName=regular, fontSize=_FONT_SIZE, leading=_FONT_SIZE * 1.22)
     return {
         "body": base,
         "left": ParagraphStyle("left", parent=base, alignment=TA_LEFT),
@@ -706,14 +853,16 @@ def _html_env() -> jinja2.Environment:
 
 __all__ = [
     "KINDS",
-    "MASKED_PASSWORD",
     "a4_document",
     "Letter",
+    "RenderedPdf",
     "Signature",
+    "as_sentence",
     "build_letter",
     "clean",
     "format_nip",
     "kop_flowables",
+    "lampiran_text",
     "pdf_fonts",
     "split_paragraphs",
     "template_context",

@@ -347,6 +347,35 @@ class Counter(Base):
     last: Mapped[int] = mapped_column(Integer, default=0)
 
 
+class LetterRecord(Base):
+    """The agency's register of outgoing letters (agenda surat keluar): one row per number, no gaps in a year.
+
+    A number is taken in the transaction that records the letter, so a rolled-back letter gives its number
+    back. The final letter's number is taken when its draft is made (status "konsep"); whichever reply
+    letter then goes out for the request (the final one, or a rejection) is issued under it ("terkirim").
+    """
+
+    __tablename__ = "letters"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    agency: Mapped[str] = mapped_column(String(32))
+    year: Mapped[int] = mapped_column(Integer)
+    seq: Mapped[int] = mapped_column(Integer)
+    number: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))  # final | rejection | incomplete
+    status: Mapped[str] = mapped_column(String(16))  # konsep | terkirim
+    request_id: Mapped[int | None] = mapped_column(ForeignKey("requests.id"), index=True)
+    doc_id: Mapped[str] = mapped_column(String(32), unique=True)  # what the QR code's verification URL names
+    hal: Mapped[str | None] = mapped_column(String(255))
+    addressee: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime]
+    issued_at: Mapped[datetime | None]
+    content_sha256: Mapped[str | None] = mapped_column(String(64))  # the PDF before signing (the QR's hash)
+    pdf_sha256: Mapped[str | None] = mapped_column(String(64))  # the PDF as sent
+    signed: Mapped[bool] = mapped_column(Boolean, default=False)
+    __table_args__ = (UniqueConstraint("agency", "year", "seq"),)
+
+
 class Account(Base):
     """The hosting/DNS account made for a request; the password is never stored here."""
 
