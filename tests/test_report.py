@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.config import Config
 from daemon.devservers import Postgres
-from daemon.localoffice import ACTORS, STAFF, make_config
+from daemon.localoffice import ACTORS, DEMO_LOGO, STAFF, make_config
 from tests.test_reminders import FrozenClock, make_ctx, seed_request, wib
 from workflows.db import upgrade
 from workflows.reminders import format_duration
@@ -58,9 +58,15 @@ CHROMIUM = "/usr/bin/chromium"
 Office = tuple[Config, sessionmaker[Session]]
 
 
+# The PDF's kop as the letters have it, with the coat of arms.
+LETTER = {"kop": ["PEMERINTAH KABUPATEN TRENGGALEK", "DINAS KOMUNIKASI DAN INFORMATIKA"], "city": "Trenggalek",
+          "address_line": "Jl. Panglima Sudirman No. 1 Trenggalek", "logo": str(DEMO_LOGO)}
+
+
 @pytest.fixture
 def office(tmp_path: Path) -> Iterator[Office]:
-    cfg = make_config(tmp_path / "cfg", agency_extra={"names": NAMES, "delegates": {"kadis": [PLT]}})
+    cfg = make_config(tmp_path / "cfg", agency_extra={"names": NAMES, "delegates": {"kadis": [PLT]},
+                                                       "letter": LETTER})
     engine = make_engine(f"sqlite:///{tmp_path / 'test.db'}")
     upgrade(engine)
     yield cfg, make_sessionmaker(engine)

@@ -457,7 +457,8 @@ def render_pdf(report: MonthlyReport, agency: AgencyConfig) -> bytes:
     width = doc.width
     story: list[Any] = []
     if agency.letter.kop:
-        story += kop_flowables(agency.letter.kop, agency.letter.address_line, width)
+        logo = agency.letter.logo if agency.letter.logo is not None and agency.letter.logo.is_file() else None
+        story += kop_flowables(agency.letter.kop, agency.letter.address_line, width, logo=logo)
         story.append(Spacer(1, 0.3 * cm))
     story += [p(f"Laporan Bulanan Layanan Sub Domain — {report.month_name}", "title"),
               p(f"{report.sop_title} · disusun {report.generated}", "sub"), Spacer(1, 0.35 * cm)]
