@@ -219,17 +219,25 @@ def hand_pdf(objects: Sequence[bytes]) -> bytes:
     return out.getvalue()
 
 
-def scanned_pdf(text: bytes, image: bytes, *, width: int, height: int, image_filter: str) -> bytes:
-    """One page: a text layer (`text`, the content stream's text operators) over a "scanned" image stored
-    with `image_filter` (DCTDecode as scanners write it, or FlateDecode)."""
-    content = text + b" q 400 0 0 400 100 200 cm /Im1 Do Q"
+def text_pdf(content: bytes, *, xobjects: bytes = b"", extra: Sequence[bytes] = ()) -> bytes:
+    """One page whose content stream is `content` (text operators in Helvetica, font /F1); `xobjects` names
+    the page's XObjects among the `extra` objects, numbered from 6."""
+    resources = b"/Font << /F1 5 0 R >>" + (b" /XObject << " + xobjects + b" >>" if xobjects else b"")
     return hand_pdf([
         b"<< /Type /Catalog /Pages 2 0 R >>",
         b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Contents 4 0 R "
-        b"/Resources << /Font << /F1 5 0 R >> /XObject << /Im1 6 0 R >> >> >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Contents 4 0 R /Resources << " + resources
+        + b" >> >>",
         b"<< /Length %d >>\nstream\n" % len(content) + content + b"\nendstream",
         b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+        *extra,
+    ])
+
+
+def scanned_pdf(text: bytes, image: bytes, *, width: int, height: int, image_filter: str) -> bytes:
+    """One page: a text layer (`text`, the content stream's text operators) over a "scanned" image stored
+    with `image_filter` (DCTDecode as scanners write it, or FlateDecode)."""
+    return text_pdf(text + b" q 400 0 0 400 100 200 cm /Im1 Do Q", xobjects=b"/Im1 6 0 R", extra=[
         b"<< /Type /XObject /Subtype /Image /Width %d /Height %d /ColorSpace /DeviceRGB /BitsPerComponent 8 "
         b"/Filter /%s /Length %d >>\nstream\n" % (width, height, image_filter.encode(), len(image))
         + image + b"\nendstream",

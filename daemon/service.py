@@ -214,6 +214,7 @@ class Daemon:
             services=rt.services,
             clock=self.clock,
             parse_options=parse_options_for(agency, self.config.limits),
+            calendar=rt.calendar,
             box=self.box,
         )
 

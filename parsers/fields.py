@@ -848,7 +848,7 @@ _PLACE_DATE_RE = re.compile(rf"^(?P<place>[A-Z][A-Za-z .]{{2,30}}),\s*(?P<date>\
 _SMALL_WORDS = frozenset({"dan", "di", "ke", "dari", "pada", "untuk", "yang", "atau"})
 
 
-def _title(text: str) -> str:
+def title_case(text: str) -> str:
     """ "KEPALA DINAS KOMUNIKASI DAN INFORMATIKA" → "Kepala Dinas Komunikasi dan Informatika"."""
     if not text.isupper():
         return text
@@ -879,7 +879,7 @@ def find_signatory(records: Sequence[Sequence[str | None]]) -> Hit | None:
             and not _ADDRESSEE_RE.match(previous)
             and not _ADDRESSEE_RE.match(text)
         ):
-            jabatan = _title(m.group("jabatan").strip(" ,."))
+            jabatan = title_case(m.group("jabatan").strip(" ,."))
             if m.group("behalf") and m.group("behalf").lower().startswith("pl"):
                 jabatan = f"{m.group('behalf').strip().capitalize()} {jabatan}"
             window = [x for x in lines[i + 1 : i + 9] if x]
@@ -902,30 +902,6 @@ def find_place_date(records: Sequence[Sequence[str | None]]) -> Hit | None:
             m = _PLACE_DATE_RE.match(" ".join(str(cell).split()))
             if m:
                 return Hit("letter_date", m.group("place"), m.group("date"), 2)
-    return None
-
-
-_PROSE_CUE_RE = re.compile(r"sub[\s\-]?domain|\bdomain\b|alamat\s+(?:website|situs|web)", re.IGNORECASE)
-
-
-def find_prose_subdomain(records: Sequence[Sequence[str | None]], zone: str | None) -> Hit | None:
-    """ "…mengajukan sub domain dinsos.trenggalekkab.go.id untuk…": a name under our zone in a sentence about
-    a sub-domain. Used only when no labelled value exists."""
-    if not zone:
-        return None
-    name_re = re.compile(
-        r"(?<![@\w.\-])((?:https?://)?(?:www\.)?[a-z0-9][a-z0-9_\-]{0,62}\."
-        + re.escape(zone.lower().strip("."))
-        + r")\b",
-        re.IGNORECASE,
-    )
-    for record in records:
-        line = " ".join(str(c) for c in record if c)
-        if not _PROSE_CUE_RE.search(line):
-            continue
-        m = name_re.search(line)
-        if m:
-            return Hit("subdomain", "kalimat surat", m.group(1), 5)
     return None
 
 

@@ -190,6 +190,9 @@ class RequestFields:
     letter_subject: str | None = None  # the letter's "Hal"
     unit_head: str | None = None  # jabatan of the signatory ("Kepala Dinas Sosial")
     source: Source = "body"
+    # Added: every name the letter asks for, `subdomain` first; several when a letter lists more than one
+    # ("sub domain ppid dan jdih"): the daemon opens one request per name, linked to the same letter.
+    subdomains: tuple[str, ...] = ()
     missing: tuple[str, ...] = ()
     problems: tuple[Problem, ...] = ()
     origins: tuple[FieldOrigin, ...] = ()
@@ -205,6 +208,7 @@ class RequestFields:
         out["letter_subject"] = self.letter_subject
         out["unit_head"] = self.unit_head
         out["source"] = self.source
+        out["subdomains"] = list(self.subdomains or ((self.subdomain,) if self.subdomain else ()))
         out["missing"] = list(self.missing)
         out["problems"] = [{"field": p.field, "reason": p.reason} for p in self.problems]
         # The fields with a problem, in order, without the reasons: what a fixture or a dashboard compares.

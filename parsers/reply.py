@@ -4,12 +4,22 @@ Two steps, both pure: `strip_quoted` cuts the quoted original, the signature and
 instructions away; `extract_reply` applies an ordered list of small named rules to what is left and keeps
 the names of the rules that fired in `ReplyDecision.rules`.
 
-Why our own trimmer: talon, email_reply_parser and Discourse's email_reply_trimmer know English and some
-European quote headers, but none knows the Indonesian ones that Gmail ("Pada tanggal ... menulis:", also
-split over two lines), Outlook ("Dari:/Dikirim:/Kepada:/Subjek:"), Thunderbird ("-------- Pesan Asli
---------") and Zimbra ("----- Pesan Asli -----" with "Terkirim:/Perihal:") write, and none knows that the
-step mail's own instructions ("Balas surel ini dengan SETUJU atau TOLAK") may come back quoted without ">"
-and must never count as the official's answer.
+Why our own trimmer: talon, quotequail, mail-parser-reply, email_reply_parser and Discourse's
+email_reply_trimmer know English and some European quote headers, but none knows the Indonesian ones that
+Gmail ("Pada tanggal ... menulis:", also split over two lines), Outlook ("Dari:/Dikirim:/Kepada:/Subjek:"),
+Thunderbird ("-------- Pesan Asli --------") and Zimbra ("----- Pesan Asli -----" with "Terkirim:/
+Perihal:") write, and none knows that the step mail's own instructions ("Balas surel ini dengan SETUJU atau
+TOLAK") may come back quoted without ">" and must never count as the official's answer. Their public test
+suites are scored against this module by tests/test_public_corpora.py.
+
+Trimming never loses the sender's words: a quote that is a ">" block (with or without an attribution or a
+forward line above it) ends where the block ends, and the unquoted lines after it are new text again
+(bottom-posting, interleaving, a forwarder's words under a forward); a quote with no ">" block (Outlook's
+header block, an inline forward) runs to the end, since the original follows unmarked. Cut as quote starts:
+attributions in every language Gmail writes (one line or wrapped over two, with or without a verb),
+Outlook/Exchange separators (a dash line, "-----Original Message-----" and translations, the header block
+on several lines or on one), forward lines in many languages; cut as signatures: "-- ", "Sent from my ..."
+in the languages phones use, and government confidentiality footers ("PERNYATAAN: surel ini ... rahasia").
 
 Choices, so the daemon never acts on an ambiguous reply:
 - Keywords are whole words, case-insensitive, punctuation around them ignored ("*SETUJU*", "Setuju.",
@@ -43,11 +53,16 @@ OPENING_LINES = 3
 # ---------------------------------------------------------------------------------------------------------
 
 _QUOTE_PREFIX_RE = re.compile(r"^(?:[ \t]*>)+[ \t]?")
-# Attribution openers: Indonesian "Pada", English "On", and the European ones talon's corpus shows.
-_OPENER = r"(?:pada|on|le|am|el|il|em|op|w dniu|den|dne|the|vào)"
+# Attribution openers: Indonesian "Pada", English "On", and those of every language Gmail writes its
+# "On ... wrote:" in (Italian "Il giorno", Greek "Στις", Thai "เมื่อ", Arabic "في", Hebrew "בתאריך", ...).
+_OPENER = r"(?:pada|on|le|am|el|il|em|op|w dniu|den|dne|the|vào|il giorno|στις|เมื่อ|في|בתאריך|dana|dňa|la)"
+# The verb: Indonesian/Malay "menulis", then Gmail's and the desktop clients' in their other languages.
 _WROTE = (
     r"(?:menulis|wrote|a\s+écrit|schrieb|escribió|escribio|ha\s+scritto|scrisse|escreveu|schreef|skrev|"
-    r"geschreven|napisał|написал(?:\(а\))?|kirjoitti|írta|đã\s+viết)"
+    r"geschreven|napisał(?:\(a\)|a)?|написал(?:\(а\)|а)?|написав(?:\(ла\)|ла)?|пише|kirjoitti|írta|"
+    r"đã\s+viết|napsal(?:\(a\)|a)?|napisal(?:\(a\)|a|o)?|napisao(?:/la)?|yazdı|a\s+scris|έγραψε|כתב(?:\(ה\))?|"
+    r"كتب|เขียนว่า|"
+    r"写道|寫道|작성)"
 )
 # "sent:" ends an attribution only after an opener and a date ("On 11-Apr-2011, ... X <x@y> sent:").
 _WROTE_OR_SENT = rf"(?:{_WROTE}|sent)"
@@ -56,30 +71,55 @@ _WROTE_OR_SENT = rf"(?:{_WROTE}|sent)"
 _ATTRIBUTION_RE = re.compile(rf"^{_OPENER}\b.{{0,500}}?\b{_WROTE_OR_SENT}(?:\s.{{0,200}})?\s*:\s*$", re.I)
 _OPENER_RE = re.compile(rf"^{_OPENER}\s+\S", re.IGNORECASE)
 # Thunderbird "#1 menulis:" / "#1 menulis di #2 #3:", Gmail "Nama <a@b> wrote:", Samsung "... wrote:".
-_NAME_WROTE_RE = re.compile(rf"^.{{1,200}}\b{_WROTE}(?:\s+(?:di|pada|on|at)\b.{{0,80}})?\s*:\s*$", re.I)
-_FROM_LABEL_RE = re.compile(r"^\*?\s*(?:from|dari|von|de|van|da|od|от|fra|från)\s*:\s*\*?\s*\S", re.IGNORECASE)
+# The verb needs no word boundary before it: Chinese writes it right after the time ("09:12写道：").
+_NAME_WROTE_RE = re.compile(
+    rf"^.{{1,200}}(?<![A-Za-z]){_WROTE}(?:\s+(?:di|pada|on|at)\b.{{0,80}}|\s*\(.{{0,80}}\))?\s*[:：]\s*$", re.I
+)
+# Outlook/Exchange and Thunderbird header blocks, labels in Indonesian, English and the European languages.
+_FROM_LABEL_RE = re.compile(
+    r"^\*?\s*(?:from|dari|von|de|van|da|od|от|від|fra|från|lähettäjä|feladó|gönderen|expeditor)\s*:\s*\*?\s*\S",
+    re.IGNORECASE,
+)
 _OTHER_LABEL_RE = re.compile(
     r"^\*?\s*(sent|date|to|cc|bcc|subject|dikirim|tanggal|kepada|subjek|perihal|terkirim|tembusan|ke|"
-    r"gesendet|datum|an|betreff|envoyé|à|objet|enviado|para|asunto|verzonden|aan|onderwerp|"
-    r"inviato|oggetto|a|sendt|til|emne|skickat|till|ämne)\s*\*?:",
+    r"gesendet|datum|an|betreff|envoyé|à|objet|sujet|pour|enviado|enviada|para|asunto|fecha|assunto|data|"
+    r"verzonden|aan|onderwerp|inviato|oggetto|a|sendt|til|emne|dato|skickat|till|ämne|wysłano|do|temat|"
+    r"отправлено|кому|тема|дата|надіслано|lähetetty|vastaanottaja|aihe|päivämäärä|elküldve|címzett|tárgy|"
+    r"dátum|odesláno|komu|předmět|kime|konu|tarih|répondre à|reply-to|balas ke)\s*\*?:",
     re.IGNORECASE,
 )
 # A header block may open with its date ("Date: ... / To: ..."); then one address label must follow.
 _DATE_LABEL_RE = re.compile(r"^\*?\s*(?:date|sent|tanggal|dikirim|terkirim)\s*\*?:\s*\S", re.IGNORECASE)
-_ADDRESS_LABELS = frozenset({"to", "from", "kepada", "ke", "dari", "cc", "an", "à", "para", "aan", "til", "till"})
+_ADDRESS_LABELS = frozenset(
+    {"to", "from", "kepada", "ke", "dari", "cc", "an", "à", "pour", "para", "aan", "til", "till", "do", "кому",
+     "vastaanottaja", "címzett", "komu", "kime"}
+)
 # "2014-10-17 11:28 GMT+03:00 Postmaster <p@x>:", "2011/4/7 Nathan <s@x>", "02.04.2012 14:20 ... написал:"
 # (Gmail in several locales, Android): a date first, then the sender.
 _DATE_LED_RE = re.compile(r"^\d{1,4}[./-]\d{1,2}[./-]\d{1,4}[\sT,]")
 # Android and some webmails: "---- Budi wrote ----", "------On 12/29/1987 17:32 PM, Budi wrote-----".
 _DASHED_ATTRIBUTION_RE = re.compile(rf"^-{{2,}}\s*.{{1,200}}?\b{_WROTE}\s*-{{2,}}\s*$", re.IGNORECASE)
+# "-----Original Message-----", "---------- Forwarded message ---------" and their translations (Gmail
+# writes the forward line in the reader's language: "Pesan terusan", "Weitergeleitete Nachricht",
+# "Пересланное сообщение", ...): a dashed line whose words name a message.
+_MESSAGE_WORDS = (
+    r"(?:message|pesan|nachricht|mensaje|mensagem|messaggio|bericht|melding|meddelelse|meddelande|viesti|"
+    r"wiadomość|wiadomosc|сообщение|повідомлення|zpráva|správa|üzenet|ileti|mesaj|tin nhắn|mesej|"
+    r"original|asli|email|e-mail|surel)"
+)
 _SEPARATOR_RE = re.compile(
     r"^(?:_{10,}"
-    r"|-{2,}\s*(?:original message|pesan asli|pesan diteruskan|pesan terusan|forwarded message|"
-    r"mensaje original|message d'origine|ursprüngliche nachricht|oorspronkelijk bericht|"
-    r"messaggio originale|mensagem original|reply message|balasan pesan)\s*-{2,}"
-    r"|(?:begin forwarded message|awal pesan (?:yang )?(?:diteruskan|terusan))\s*:?)\s*$",
+    rf"|-{{2,}}\s*(?:[^\s-][^-]{{0,40}}\s)?{_MESSAGE_WORDS}(?:\s[^-]{{0,40}}[^\s-])?\s*-{{2,}}"
+    r"|(?:begin forwarded message|forwarded message|début du message réexpédié|awal pesan (?:yang )?"
+    r"(?:diteruskan|terusan)|anfang der weitergeleiteten nachricht|inicio del mensaje reenviado|"
+    r"inizio messaggio inoltrato|início da mensagem reencaminhada|doorgestuurd bericht)\s*:?"
+    # Outlook on the web and Exchange: the whole header block on one line.
+    r"|\*?(?:from|dari|von|de|van)\s*:.{1,200}?\b(?:sent|dikirim|terkirim|gesendet|envoyé|enviado|date|"
+    r"tanggal|datum)\s*:.{1,120}?\b(?:to|kepada|an|à|para|aan|subject|subjek|perihal|betreff|objet)\s*:.*)\s*$",
     re.IGNORECASE,
 )
+# Outlook's plain-text separator: a bare line of dashes right above the "From:" block.
+_DASH_LINE_RE = re.compile(r"^-{5,}\s*$")
 # RFC 3676 section 4.3: the signature separator is "-- " (many clients drop the space).
 _SIG_DASHES_RE = re.compile(r"^--\s*$")
 _DEVICE = (
@@ -87,12 +127,42 @@ _DEVICE = (
     r"seluler|smartphone|windows|gmail|xiaomi|redmi|oppo|vivo|huawei|realme|nokia|tablet|sparrow|"
     r"perangkat|device|phone|ipod|mac|superhuman|spark|proton|zimbra|my|saya)"
 )
+# "Sent from my iPhone" as the phones of Indonesian officials write it, and in the European and Asian
+# languages of phones a unit's staff may have set: verb first ("Envoyé de mon", "Sendt fra min", "Enviado
+# desde mi", "Отправлено с", "Gửi từ", "发自我的") or device first ("Von meinem iPhone gesendet",
+# "iPhoneから送信", "나의 iPhone에서 보냄").
+_SENT_WORD = (
+    r"(?:sent|dikirim|terkirim|dikirimkan|dihantar|diketik|kirim|sent\s+using|envoyé|sendt|enviado|inviato|"
+    r"verzonden|verstuurd|skickat|lähetetty|wysłane|wysłano|отправлено|надіслано|gửi|odesláno|odoslané|"
+    r"elküldve|trimis|poslano|gönderildi)"
+)
+_SENT_VIA = (
+    r"(?:from|dari|via|with|melalui|menggunakan|using|lewat|on|di|pakai|de|fra|från|desde|da|dal|do|dal\s+mio|"
+    r"vanaf|met|z|ze|с|со|з|từ|z\s+mojego|iz|din|från\s+min|av|saka|ti)"
+)
 _MOBILE_SIG_RE = re.compile(
-    rf"^(?:sent|dikirim|terkirim|dikirimkan|diketik|kirim|sent\s+using)\s+"
-    rf"(?:from|dari|via|with|melalui|menggunakan|using|lewat|on|di|pakai)\s+.{{0,50}}\b{_DEVICE}\b.{{0,40}}$"
+    rf"^{_SENT_WORD}\s+{_SENT_VIA}\s+.{{0,50}}\b{_DEVICE}\b.{{0,40}}$"
+    rf"|^(?:{_SENT_WORD}|lähetetty)\s+{_DEVICE}\w{{0,8}}\b.{{0,40}}$"
+    r"|^(?:发自|發自|从|從)我的\s*\w{2,20}\s*$|^ส่งจาก\s*\w{2,20}"
     r"|^(?:get|dapatkan|unduh|download)\s+outlook\s+(?:for|untuk)\b.{0,40}$",
     re.IGNORECASE,
 )
+_DISCLAIMER_HEAD_RE = re.compile(
+    r"^\W{0,3}(?:(?:pernyataan|disclaimer|penafian|pemberitahuan\s+kerahasiaan|catatan\s+kerahasiaan|"
+    r"confidentiality(?:\s+notice)?|kerahasiaan(?:\s+informasi)?|peringatan\s+kerahasiaan)\b\W{0,3}\s*[:：.\-–—]?"
+    r"|(?:surel|e-?mail|pesan|informasi)\s+(?:ini|elektronik\s+ini)\b)",
+    re.IGNORECASE,
+)
+_CONFIDENTIAL_RE = re.compile(
+    r"\b(?:rahasia|kerahasiaan|confidential|privileged|penerima\s+yang\s+(?:dituju|dimaksud|berhak)|"
+    r"intended\s+recipient|bukan\s+penerima)", re.IGNORECASE,
+)
+# Device first, verb last; tried only on lines ending with one of `_DEVICE_FIRST_ENDS` (it scans).
+_DEVICE_FIRST_SIG_RE = re.compile(
+    rf"^(?:von\s+meinem\s+)?.{{0,20}}\b{_DEVICE}\w{{0,8}}\s*(?:gesendet|gönderildi|から送信|에서\s*보냄)\s*$",
+    re.IGNORECASE,
+)
+_DEVICE_FIRST_ENDS = ("gesendet", "gönderildi", "送信", "보냄")
 _GREETING_RE = re.compile(
     r"^(?:yth\.?|kepada\s+yth|dengan\s+hormat|selamat\s+(?:pagi|siang|sore|malam)|assalamu.?alaikum"
     r"|salam|halo|hallo|hai|hi|dear|pak|bu|bapak|ibu|mas|mbak|sdr\.?|saudara|kpd)\b.{0,80}$",
@@ -102,6 +172,10 @@ _GREETING_RE = re.compile(
 _VALEDICTION_RE = re.compile(
     r"^(?:terima\s*kasih|terimakasih|trims|tks|thx|thanks|thank\s+you|salam|hormat\s+(?:saya|kami)|"
     r"wassalam\w*|regards|best\s+regards|kind\s+regards|matur\s+nuwun|salam\s+hormat)\b.{0,40}$",
+    re.IGNORECASE,
+)
+_NO_OBJECTION_RE = re.compile(
+    r"\b(?:tidak|tdk|tak|gak|nggak|ga|no)\s+(?:ada\s+)?(?:masalah|keberatan|problem|kendala\s+apa\W?pun)\b",
     re.IGNORECASE,
 )
 _CONNECTOR_RE = re.compile(r"[\s,*_\"'()]*(?:atau|or|maupun|/|\|)[\s,*_\"'()]*", re.IGNORECASE)
@@ -196,7 +270,7 @@ def _is_attribution(bare: list[str], i: int) -> bool:
 
 def _is_name_wrote(bare: list[str], quoted: list[bool], i: int) -> bool:
     line = bare[i]
-    if not line or len(line) > 250 or not _NAME_WROTE_RE.match(line):
+    if not line.endswith((":", "：")) or len(line) > 250 or not _NAME_WROTE_RE.match(line):
         return False
     if re.search(r"\d|@", line):
         return True
@@ -293,9 +367,42 @@ def _legend_item(line: str, vocabulary: Vocabulary) -> str | None:
 def _signature_at(line: str, raw_line: str) -> str | None:
     if _SIG_DASHES_RE.match(raw_line.strip("\ufeff")):
         return "signature_delimiter"
-    if line and len(line) <= 90 and _MOBILE_SIG_RE.match(line):
+    if line and len(line) <= 90 and (
+        _MOBILE_SIG_RE.match(line)
+        or line.lower().endswith(_DEVICE_FIRST_ENDS) and _DEVICE_FIRST_SIG_RE.match(line)
+    ):
         return "signature_mobile"
     return None
+
+
+def _disclaimer_at(bare: list[str], i: int) -> bool:
+    """A government mail footer ("PERNYATAAN: surel ini ... rahasia ... mohon tidak menindaklanjuti ..."):
+    a heading or an opening about this mail, then words about confidentiality within the paragraph. It is
+    never the official's answer, whatever words it holds ("setuju", "tidak"), so it is cut like a signature."""
+    if not _DISCLAIMER_HEAD_RE.match(bare[i]):
+        return False
+    paragraph = " ".join(bare[i : i + 8])
+    return _CONFIDENTIAL_RE.search(paragraph[:700]) is not None
+
+
+def _is_generic_attribution(bare: list[str], quoted: list[bool], i: int) -> bool:
+    """Gmail's attribution in a language with no verb we know ("пн, 1 янв. 2024 г. в 10:00, Имя <a@b>:",
+    Polish "pon., 1 sty 2024 o 10:00 Imię <a@b> napisał(a):" wrapped): one or two lines carrying an address
+    and a time, ending with a colon, right above a ">" block. The ">" block is what makes it safe."""
+    if quoted[i] or len(bare[i]) > 300 or "@" not in " ".join(bare[i : i + 3]):
+        return False
+    if i > 0 and bare[i - 1] and not quoted[i - 1]:
+        return False  # an attribution stands apart from the text above it; this line is the sender's own
+    if not re.search(r"[\d@<]", bare[i]):
+        return False
+    joined = bare[i]
+    j = i
+    while not joined.endswith((":", "：")) and j + 1 < len(bare) and j < i + 2 and bare[j + 1] and not quoted[j + 1]:
+        j += 1
+        joined = f"{joined} {bare[j]}"
+    if not joined.endswith((":", "：")) or "@" not in joined or len(joined) > 400 or not re.search(r"\d", joined):
+        return False
+    return _next_is_quoted(bare, quoted, j)
 
 
 def _quote_start(lines: list[str], bare: list[str], quoted: list[bool], i: int, vocab: Vocabulary) -> str | None:
@@ -306,33 +413,70 @@ def _quote_start(lines: list[str], bare: list[str], quoted: list[bool], i: int, 
         return None
     if _SEPARATOR_RE.match(bare[i]):
         return "quote_separator"
+    if _DASH_LINE_RE.match(bare[i]) and any(
+        _FROM_LABEL_RE.match(bare[j]) or _DATE_LABEL_RE.match(bare[j]) for j in range(i + 1, min(i + 3, len(bare)))
+    ):
+        return "quote_separator"
     if _is_attribution(bare, i):
         return "quote_attribution"
     if _is_name_wrote(bare, quoted, i) or _DASHED_ATTRIBUTION_RE.match(bare[i]):
         return "quote_name_wrote"
-    if _is_date_led(bare, quoted, i):
+    if _is_date_led(bare, quoted, i) or _is_generic_attribution(bare, quoted, i):
         return "quote_attribution"
     if _is_header_block(bare, i):
         return "quote_header_block"
     sig = _signature_at(bare[i], lines[i])
     if sig:
         return sig
+    if _disclaimer_at(bare, i):
+        return "signature_disclaimer"
     if _template_at(bare, i, vocab):
         return "template_instructions"
     return None
 
 
-def _bottom_posted_block(cut: int, quoted: list[bool], rules: list[str]) -> int | None:
-    """Where the ">" block starts when the text opens with it (or with an attribution right above it)."""
-    if cut >= len(quoted) or not rules:
+# A quote that starts with one of these may end: the text after its ">" block is the sender's again.
+_HEADED_RULES = frozenset({"quote_angle", "quote_attribution", "quote_name_wrote", "quote_separator"})
+
+
+def _quote_end(bare: list[str], quoted: list[bool], start: int, rule: str) -> int | None:
+    """The first line after the quote that starts at `start`, or None when it runs to the end.
+
+    Only a ">" block ends: after it, unquoted lines are the sender's (bottom-posting, interleaving, the
+    forwarder's words under a forward). A header, separator or signature with no ">" block under it
+    (Outlook, a forward inline) is followed by the original itself, which runs to the end.
+    """
+    if rule not in _HEADED_RULES:
         return None
-    if rules[0] == "quote_angle":
-        return cut
-    if rules[0] in ("quote_attribution", "quote_name_wrote"):
-        for j in range(cut + 1, min(cut + 7, len(quoted))):
-            if quoted[j]:
-                return j
-    return None
+    j = start
+    if not quoted[start]:
+        # The header's own lines (a wrapped attribution, a forward's header block), then blank lines.
+        limit = min(start + 8, len(bare))
+        j = start + 1
+        while j < limit and not quoted[j]:
+            j += 1
+        if j >= limit or not quoted[j]:
+            return None
+        if any(bare[k] and not (_FWD_HEADER_LINE_RE.match(bare[k]) or k <= start + 2)
+               for k in range(start + 1, j)):
+            return None
+        if _WROTE_TAIL_RE.match(bare[j]):
+            return None  # "> wrote:": the attribution's own wrapped tail, not a quote; the original follows
+    while j < len(bare):
+        if quoted[j] or not bare[j]:
+            j += 1
+        elif quoted[j - 1] and bare[j - 1] and j + 1 < len(bare) and quoted[j + 1]:
+            j += 1  # one line between two ">" lines with no blank line: a quoted line wrapped (a long link)
+        else:
+            break
+    return j if j < len(bare) else None
+
+
+_WROTE_TAIL_RE = re.compile(rf"^.{{0,60}}\b{_WROTE}\s*:\s*$", re.IGNORECASE)
+
+
+# A forward's own header lines between its separator and its ">" block (Apple Mail).
+_FWD_HEADER_LINE_RE = re.compile(r"^\S[^:]{0,30}:\s*\S")
 
 
 def _trim(text: str, vocabulary: Vocabulary) -> _Trimmed:
@@ -341,32 +485,28 @@ def _trim(text: str, vocabulary: Vocabulary) -> _Trimmed:
     bare = [_QUOTE_PREFIX_RE.sub("", ln).strip() for ln in lines]
     quoted = [bool(_QUOTE_PREFIX_RE.match(ln)) for ln in lines]
     rules: list[str] = []
-    cut = len(lines)
-    for i in range(len(lines)):
+    segments: list[list[str]] = []
+    start = i = 0
+    while i < len(lines):
         rule = _quote_start(lines, bare, quoted, i, vocabulary)
-        if rule:
-            cut = i
-            rules.append(rule)
-            break
-    new = lines[:cut]
-    block = _bottom_posted_block(cut, quoted, rules)
-    if not "\n".join(new).strip() and block is not None:
-        # Bottom-posting: the quote comes first, the answer below it. Take the unquoted lines after the
-        # first ">" block, up to the next quote header, quote or signature. Only a ">" block qualifies:
-        # after an unquoted original (Outlook) nothing tells the answer from the original.
-        i = block
-        while i < len(lines) and (quoted[i] or not bare[i]):
+        if not rule:
             i += 1
-        start = i
-        end = len(lines)
-        for j in range(start, len(lines)):
-            if _quote_start(lines, bare, quoted, j, vocabulary):
-                end = j
-                break
-        new = lines[start:end]
-        if "\n".join(new).strip():
-            rules.append("bottom_posted")
-    out = "\n".join(ln.rstrip() for ln in new).strip()
+            continue
+        segments.append(lines[start:i])
+        if rule not in rules:
+            rules.append(rule)
+        end = _quote_end(bare, quoted, i, rule)
+        if end is None:
+            start = i = len(lines)
+            break
+        start = i = end
+    segments.append(lines[start:])
+    kept = [seg for seg in segments if "\n".join(seg).strip()]
+    if kept and not "\n".join(segments[0]).strip():
+        rules.append("bottom_posted")  # the quote came first, the answer below it
+    elif len(kept) > 1:
+        rules.append("interleaved")  # new text above and below (or between) quotes: all of it is kept
+    out = "\n\n".join("\n".join(ln.rstrip() for ln in seg).strip() for seg in kept)
     out = re.sub(r"\n{3,}", "\n\n", out)
     return _Trimmed(out, tuple(rules))
 
@@ -435,7 +575,9 @@ def _decide(text: str, vocabulary: Vocabulary) -> tuple[Decision, str | None, st
     for m in matches:
         if m.category in _POSITIVE:
             line_start = text.rfind("\n", 0, m.start) + 1
-            if negation.search(text[line_start : m.start]):
+            # "tidak ada masalah setuju": "no objection" ends a negator's reach like a comma does.
+            before = _NO_OBJECTION_RE.sub(",", text[line_start : m.start])
+            if negation.search(before):
                 negated.append(m)
                 continue
         effective.append(m)

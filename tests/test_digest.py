@@ -1,12 +1,10 @@
 """The daily digest over a seeded queue: order, overdue marks, inbound problems, failures, month figures,
-HTML escaping, the per-role "Menunggu Anda" mails, and a headless Chromium screenshot of the HTML."""
+HTML escaping, the per-role "Menunggu Anda" mails, and headless Chromium pictures of the HTML."""
 
 from __future__ import annotations
 
 import email
 import email.policy
-import shutil
-import subprocess
 from datetime import datetime, time
 from email.message import EmailMessage
 from pathlib import Path
@@ -18,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.config import Config
 from daemon.localoffice import ACTORS, STAFF
+from tests.chromium import measure, needs_chromium, screenshot
 from tests.test_reminders import REQUESTER, FrozenClock, make_ctx, office, seed_request, wib
 from workflows.digest import build_digest, digest_due, render_digest, send_digest
 from workflows.reminders import format_duration
@@ -31,8 +30,6 @@ CAL = WorkCalendar("Asia/Jakarta")
 NOW = wib(2026, 11, 10, 9, 0)  # Tuesday
 SINCE = wib(2026, 11, 9, 7, 0)  # Monday's digest
 HOSTILE = "<script>alert(1)</script>"
-ARTIFACTS = Path(__file__).parent / "artifacts"
-CHROMIUM = "/usr/bin/chromium"
 
 Office = tuple[Config, sessionmaker[Session]]
 
@@ -283,33 +280,20 @@ def test_empty_digest_renders(office: Office) -> None:
     assert "Median waktu penyelesaian: -" in text
 
 
+@needs_chromium
 def test_html_digest_screenshot(office: Office, tmp_path: Path) -> None:
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is not installed (apt-get install -y --no-install-recommends chromium)")
+    """The whole digest laid out 800 and 390 px wide (a phone), never wider than the screen."""
     pil = pytest.importorskip("PIL.Image")
     cfg, sessions = office
     seed_queue(sessions)
     _, _, html = render_digest(digest(sessions, cfg, role="kasi"), cfg.agencies[0])
-    page = tmp_path / "digest.html"
-    page.write_text(html, encoding="utf-8")
-    ARTIFACTS.mkdir(exist_ok=True)
-    shots = {"digest.png": "800,1200", "digest-phone.png": "390,1400"}
-    for name, size in shots.items():
-        out = ARTIFACTS / name
-        out.unlink(missing_ok=True)
-        profile = tmp_path / f"profile-{name}"
-        proc = subprocess.run(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--hide-scrollbars", f"--user-data-dir={profile}", f"--window-size={size}", f"--screenshot={out}",
-             page.as_uri()],
-            capture_output=True, text=True, timeout=120, check=False,
-        )
-        shutil.rmtree(profile, ignore_errors=True)
-        assert out.exists(), proc.stderr[-2000:]
+    for width in (800, 390):
+        scroll, inner, height = measure(html, width, tmp_path, "digest")
+        assert scroll <= inner == width, (width, scroll)
+        out = screenshot(html, width, height, tmp_path, "digest")
         assert out.stat().st_size > 20_000, out.stat().st_size
         with pil.open(out) as img:
-            assert img.size == tuple(int(v) for v in size.split(","))
+            assert img.size == (width, height)
             rgb = img.convert("RGB")
             colors = rgb.getcolors(maxcolors=1 << 20) or []
             assert len(colors) > 200  # text, the header bar, the red TERLAMBAT marks: not a blank page

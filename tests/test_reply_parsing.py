@@ -239,6 +239,45 @@ _HEADERS = [
     "________________________________\nDari: Layanan <layanan@x.go.id>\nDikirim: Sabtu\nKepada: Kadis\nSubjek: x",
     "From: Layanan <layanan@x.go.id>\nSent: Saturday\nTo: Kadis\nSubject: x",
     "----- Pesan Asli -----\nDari: Layanan\nKepada: Kasi\nTerkirim: Sabtu\nPerihal: x",
+    # Gmail's attribution in its other languages, on one line or wrapped over two.
+    "Am Mo., 23. Nov. 2026 um 09:12 Uhr schrieb Layanan <layanan@trenggalekkab.go.id>:",
+    "Le lun. 23 nov. 2026 à 09:12, Layanan <layanan@trenggalekkab.go.id> a écrit :",
+    "El lun, 23 nov 2026 a las 09:12, Layanan (<layanan@trenggalekkab.go.id>) escribió:",
+    "Il giorno lun 23 nov 2026 alle ore 09:12 Layanan <layanan@trenggalekkab.go.id> ha scritto:",
+    "Em seg., 23 de nov. de 2026 às 09:12, Layanan <layanan@trenggalekkab.go.id> escreveu:",
+    "Op ma 23 nov 2026 om 09:12 schreef Layanan <layanan@trenggalekkab.go.id>:",
+    "pon., 23 lis 2026 o 09:12 Layanan <layanan@trenggalekkab.go.id> napisał(a):",
+    "pon., 23 lis 2026 o 09:12 Layanan <layanan@\ntrenggalekkab.go.id> napisał(a):",
+    "пн, 23 нояб. 2026 г. в 09:12, Layanan <layanan@trenggalekkab.go.id>:",
+    "пн, 23 лист. 2026 р. о 09:12 Layanan <layanan@trenggalekkab.go.id> пише:",
+    "Den mån 23 nov. 2026 kl 09:12 skrev Layanan <layanan@trenggalekkab.go.id>:",
+    "man. 23. nov. 2026 kl. 09:12 skrev Layanan <layanan@trenggalekkab.go.id>:",
+    "ma 23. marrask. 2026 klo 9.12 Layanan (layanan@trenggalekkab.go.id) kirjoitti:",
+    "po 23. 11. 2026 v 9:12 odesílatel Layanan <layanan@trenggalekkab.go.id> napsal:",
+    "Layanan <layanan@trenggalekkab.go.id> ezt írta (időpont: 2026. nov. 23., H, 9:12):",
+    "Layanan <layanan@trenggalekkab.go.id>, 23 Kas 2026 Pzt, 09:12 tarihinde şunu yazdı:",
+    "Vào Th 2, 23 thg 11, 2026 vào lúc 09:12 Layanan <layanan@trenggalekkab.go.id> đã viết:",
+    "2026年11月23日(月) 9:12 Layanan <layanan@trenggalekkab.go.id>:",
+    "Pada Isn, 23 Nov 2026 pada 9:12 PG Layanan <layanan@trenggalekkab.go.id> menulis:",
+    "On Mon, Nov 23, 2026, 09:12 Layanan <layanan@trenggalekkab.go.id> wrote:",
+    "2026년 11월 23일 (월) 오전 9:12, Layanan <layanan@trenggalekkab.go.id>님이 작성:",
+    "Layanan <layanan@trenggalekkab.go.id> 于2026年11月23日周一 09:12写道：",
+    "Layanan <layanan@t\nrenggalekkab.go.id> 於 2026年11月23日 週一 上午9:12寫道：",
+    "เมื่อ วันจันทร์ที่ 23 พ.ย. 2026 เวลา 09:12 Layanan <layanan@trenggalekkab.go.id> เขียนว่า:",
+    "في الاثنين، 23 نوفمبر 2026 9:12 ص Layanan <layanan@trenggalekkab.go.id> كتب:",
+    "Στις Δευ 23 Νοε 2026 στις 9:12 π.μ., ο/η Layanan <layanan@trenggalekkab.go.id> έγραψε:",
+    "Layanan <layanan@t\nrenggalekkab.go.id> a scris (lun., 23 nov. 2026, 09:12):",
+    "pon, 23. stu 2026. u 09:12 Layanan <layanan@trenggalekkab.go.id> je napisao/la:",
+    # Outlook and Exchange: a bare dash line, the block on one line, forwards in several languages.
+    "-----\nFrom: Layanan <layanan@x.go.id>\nSent: Monday\nTo: Kadis\nSubject: x",
+    "Dari: Layanan <layanan@x.go.id> Dikirim: Senin, 23 November 2026 Kepada: Kadis Subjek: x",
+    "From: Layanan <layanan@x.go.id> Sent: Monday, November 23, 2026 To: Kadis Subject: x",
+    "---------- Forwarded message ---------\nFrom: Layanan <layanan@x.go.id>\nSubject: x",
+    "---------- Pesan terusan ---------\nDari: Layanan <layanan@x.go.id>\nSubjek: x",
+    "---------- Weitergeleitete Nachricht ---------\nVon: Layanan <layanan@x.go.id>\nBetreff: x",
+    "---------- Пересланное сообщение ---------\nОт: Layanan <layanan@x.go.id>\nТема: x",
+    "-----Ursprüngliche Nachricht-----\nVon: Layanan\nGesendet: Montag\nAn: Kadis\nBetreff: x",
+    "Begin forwarded message:",
 ]
 _quote_body = st.lists(
     st.one_of(st.sampled_from(_WORDS), st.sampled_from([" ", ", ", "\n", " atau ", " — "]), st.just(TEMPLATE)),
@@ -263,7 +302,7 @@ def _is_plain_new_text(text: str) -> bool:
 def test_quoted_block_never_changes_the_decision(text: str, header: str, body: str, angle: bool) -> None:
     assume(_is_plain_new_text(text))
     alone = decide_text(text)
-    with_quote = decide_text(f"{text}\n\n{header}\n{_as_quote(body, angle or header.endswith(':'))}")
+    with_quote = decide_text(f"{text}\n\n{header}\n{_as_quote(body, angle or header.endswith((':', '：')))}")
     assert (with_quote.decision, with_quote.note, with_quote.keyword) == (alone.decision, alone.note, alone.keyword)
 
 
@@ -289,4 +328,86 @@ def test_tidak_setuju_in_new_text_is_never_approval(before: str, after: str, upp
     text = f"{before} {phrase} {after}"
     new = " ".join(strip_quoted(text).lower().split())
     assume("tidak setuju" in new)
+    assert decide_text(text).decision != "approve"
+
+
+# "Sent from my ..." as phones write it in the languages Indonesian officials' phones use, and others.
+_MOBILE_SIGNATURES = [
+    "Sent from my iPhone", "Dikirim dari iPhone saya", "Dikirim dari ponsel cerdas Samsung Galaxy saya.",
+    "Dikirim dari Yahoo Mail di Android", "Sent from Yahoo Mail on Android", "Dapatkan Outlook untuk Android",
+    "Get Outlook for iOS", "Dihantar dari iPhone saya", "Dikirim saka HP Samsung kula", "Dikirim ti iPhone abdi", "Envoyé de mon iPhone", "Sendt fra min iPhone",
+    "Von meinem iPhone gesendet", "Enviado desde mi iPhone", "Inviato da iPhone", "Enviado do meu iPhone",
+    "Verzonden met mijn iPhone", "Skickat från min iPhone", "Lähetetty iPhonesta", "Wysłane z mojego iPhone",
+    "Отправлено с iPhone", "Gửi từ iPhone của tôi", "iPhoneから送信", "发自我的iPhone",
+]
+_DISCLAIMERS = [
+    "PERNYATAAN: Surel ini beserta lampirannya bersifat rahasia dan hanya ditujukan kepada penerima yang\n"
+    "dimaksud. Apabila Saudara bukan penerima yang dimaksud, mohon tidak menindaklanjuti dan segera\n"
+    "menghapus surel ini. Setuju atau tidaknya permohonan hanya sah dari pejabat berwenang.",
+    "DISCLAIMER: This e-mail is confidential and intended only for the named recipient. If you are not the\n"
+    "intended recipient, do not act on it; OK or not, delete it.",
+    "Surel ini bersifat RAHASIA dan hanya untuk penerima yang dituju. Tidak setuju? Jangan diproses; hapus.",
+]
+
+
+def _same_answer(text: str, with_more: str) -> None:
+    alone, more = decide_text(text), decide_text(with_more)
+    assert (more.decision, more.note, more.keyword, more.text) == (alone.decision, alone.note, alone.keyword,
+                                                                 alone.text)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much], deadline=None)
+@given(text=_new_text, sig=st.sampled_from(_MOBILE_SIGNATURES), body=_quote_body, quote=st.booleans())
+def test_mobile_signature_in_any_language_is_cut(text: str, sig: str, body: str, quote: bool) -> None:
+    assume(_is_plain_new_text(text) and text.strip())
+    _same_answer(text, f"{text}\n\n{sig}" + (f"\n\n{quoted(body)}" if quote else ""))
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much], deadline=None)
+@given(text=_new_text, footer=st.sampled_from(_DISCLAIMERS), body=_quote_body, quote=st.booleans())
+def test_government_disclaimer_never_changes_the_decision(text: str, footer: str, body: str, quote: bool) -> None:
+    assume(_is_plain_new_text(text) and text.strip())
+    _same_answer(text, f"{text}\n\n{footer}" + (f"\n\n{quoted(body)}" if quote else ""))
+
+
+_SAFE_WORDS = ["mohon", "nama", "dinsos", "catatan", "dengan", "saya", "sudah", "Pak", "Bu", "segera", "server",
+               "alamat", "kantor", "minggu", "depan", "terima", "kasih", "PIC", "dihubungi"]
+_plain_words = st.lists(st.sampled_from(_SAFE_WORDS), min_size=1, max_size=8).map(" ".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(top=_plain_words, below=_plain_words, body=_quote_body, layout=st.sampled_from(["bottom", "between"]))
+def test_new_text_below_or_between_quotes_is_never_lost(top: str, below: str, body: str, layout: str) -> None:
+    quote = quoted(body)
+    if layout == "bottom":
+        text, expected = f"{quote}\n\n{below}", below
+    else:
+        text, expected = f"{top}\n\n{quote}\n\n{below}\n\n{quoted('lagi')}", f"{top} {below}"
+    assert " ".join(strip_quoted(text).split()) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(top=_plain_words, body=_quote_body,
+       header=st.sampled_from([h for h in _HEADERS if "orward" in h or "terusan" in h or "Weitergeleitete" in h]))
+def test_forwarder_words_are_kept(top: str, header: str, body: str) -> None:
+    assert " ".join(strip_quoted(f"{top}\n\n{header}\n\n{body}").split()) == top
+
+
+@settings(max_examples=300, deadline=None)
+@given(no_objection=st.sampled_from(["tidak ada masalah", "Tidak ada masalah", "tdk ada masalah", "tidak masalah",
+                                     "tidak keberatan", "Tidak ada keberatan"]),
+       sep=st.sampled_from([", ", " ", ". ", ",\n"]), word=st.sampled_from(["setuju", "SETUJU", "acc", "oke"]),
+       after=st.sampled_from(["", ".", " Pak.", ", mohon segera.", "\n\nTerima kasih."]), body=_quote_body)
+def test_no_objection_then_setuju_approves(no_objection: str, sep: str, word: str, after: str, body: str) -> None:
+    assert decide_text(f"{no_objection}{sep}{word}{after}\n\n{quoted(body)}").decision == "approve"
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.filter_too_much], deadline=None)
+@given(before=_new_text, after=_new_text, phrase=st.sampled_from(
+    ["belum setuju", "BELUM SETUJU", "Belum setuju", "setuju tapi", "Setuju, tapi", "SETUJU TETAPI", "setuju namun",
+     "setuju dengan catatan"]))
+def test_belum_setuju_and_setuju_tapi_never_approve(before: str, after: str, phrase: str) -> None:
+    text = f"{before} {phrase} {after}"
+    new = " ".join(strip_quoted(text).lower().split())
+    assume(" ".join(phrase.lower().split()) in new)
     assert decide_text(text).decision != "approve"

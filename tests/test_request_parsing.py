@@ -938,3 +938,66 @@ def test_inflate_check_ends_on_a_stream_with_trailing_bytes() -> None:
     t.join(timeout=20)
     assert result == [False], "inflated_size_exceeds did not return"
     assert inflated_size_exceeds(pdf, 1 << 20) is True
+
+
+# --- letters in sentences (parsers/prose.py) ---------------------------------------------------------------
+
+def _not_a_word(label: str) -> bool:
+    from parsers.prose import _FUNCTION_WORDS, _STOP_LABELS
+
+    return label not in _STOP_LABELS | _FUNCTION_WORDS | {"domain", "mail", "ftp"}
+
+
+_LABELS = st.from_regex(r"[a-z][a-z0-9]{2,9}", fullmatch=True).filter(_not_a_word)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(names=st.lists(_LABELS, min_size=1, max_size=3, unique=True), fqdn=st.booleans(),
+       joiner=st.sampled_from([" dan ", ", ", " serta "]), spaced_nip=st.booleans())
+def test_prose_letter_gives_every_name_and_the_person(names: list[str], fqdn: bool, joiner: str,
+                                                     spaced_nip: bool) -> None:
+    """Whatever the names and however they are joined, a letter in sentences gives each of them, in order, and
+    the penanggung jawab's NIP, spaced or not, as the same 18 digits."""
+    from parsers import parse
+
+    zone = "trenggalekkab.go.id"
+    written = [f"{n}.{zone}" if fqdn else n for n in names]
+    listed = joiner.join(written[:-1]) + (" dan " if len(written) > 1 else "") + written[-1]
+    nip = "19900305 201503 2 001" if spaced_nip else "199003052015032001"
+    body = (
+        "Dengan hormat,\n\nBersama ini kami mengajukan permohonan pembuatan sub domain "
+        f"{listed} untuk layanan informasi publik.\n"
+        f"Sebagai penanggung jawab kami tunjuk Sdr. Rina Marlina, S.T. (NIP {nip}), jabatan Pranata Komputer, "
+        "surel rina@example.org, telepon 0812-7788-1122.\n\nDemikian permohonan kami.\n"
+    )
+    raw = (
+        "From: Sekretariat Daerah <setda@trenggalekkab.go.id>\nTo: layanan@trenggalekkab.go.id\n"
+        "Subject: Surat permohonan\nMessage-ID: <p@x>\nContent-Type: text/plain; charset=utf-8\n\n" + body
+    ).encode()
+    req = parse(raw, ParseOptions(zone=zone)).request
+    assert req is not None
+    assert list(req.subdomains) == names
+    assert (req.pic_name, req.pic_nip, req.pic_email, req.unit) == (
+        "Rina Marlina, S.T.", "199003052015032001", "rina@example.org", "Sekretariat Daerah")
+
+
+@pytest.mark.parametrize(("sentence", "names"), [
+    ("Bersama ini kami mengajukan permohonan sub domain dinsos untuk website dinas.", ["dinsos"]),
+    ("Kami mohon dibuatkan sub domain dengan nama dinkes sesuai SOP.", ["dinkes"]),
+    ("Kami mengajukan sub domain baru bernama ppdb.", ["ppdb"]),
+    ("Kami mengajukan sub domain ppid dan jdih pada domain trenggalekkab.go.id.", ["ppid", "jdih"]),
+    ("Kami mengajukan sub domain \u201csipakde\u201d bagi dinas kami.", ["sipakde"]),
+    # Descriptions, not names: "dinas sosial", "baru untuk kantor", "website resmi".
+    ("Bersama ini kami mengajukan permohonan sub domain dinas sosial untuk website.", []),
+    ("Kami mengajukan sub domain baru untuk kantor.", []),
+    ("Mohon sub domain website resmi kami.", []),
+    # A question about the rules asks for nothing.
+    ("Apakah nama sub domain boleh memakai garis bawah, misalnya dinas_sosial?", []),
+    ("Mohon dibuatkan sub domain ppid.trenggalekkab.go.id. Apakah bisa selesai minggu ini?",
+     ["ppid.trenggalekkab.go.id"]),
+])
+def test_prose_names_only_what_a_sentence_names(sentence: str, names: list[str]) -> None:
+    from parsers.prose import find_prose
+
+    hits = [h for h in find_prose([[sentence]], "trenggalekkab.go.id") if h.field == "subdomains"]
+    assert (hits[0].value.split("\n") if hits else []) == names

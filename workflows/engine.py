@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -20,8 +20,18 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from daemon.config import AgencyConfig, Config
-from parsers.model import ParseOptions
-from workflows.mailer import MailAttachment, Mailer, format_tanggal, new_token, token_hash
+from parsers.model import Attachment, ParseOptions
+from workflows.mailer import (
+    MailAttachment,
+    Mailer,
+    format_deadline,
+    format_tanggal,
+    letter_files,
+    new_token,
+    openable_files,
+    token_hash,
+)
+from workflows.mailto import answer_links
 from workflows.provision import (
     DnsError,
     DnsStateUnknown,
@@ -54,6 +64,7 @@ from workflows.store import (
     pending_audit,
     raw_in_memory,
 )
+from workflows.worktime import WorkCalendar, calendar_for
 
 log = logging.getLogger("subdomaind.engine")
 
@@ -97,11 +108,27 @@ class Ctx:
     services: Services
     clock: Callable[[], datetime]
     parse_options: ParseOptions = field(default_factory=ParseOptions)
+    # The agency's working time (Mutu Baku deadlines in the step mails); built from the config when not given.
+    calendar: WorkCalendar | None = None
     # Seals the PIC password at rest (`[secrets] key_file`); without it nothing is provisioned.
     box: SecretBox | None = None
 
     def now(self) -> datetime:
         return self.clock()
+
+    def work_calendar(self) -> WorkCalendar:
+        if self.calendar is None:
+            self.calendar = calendar_for(self.agency)
+        return self.calendar
+
+    def person(self, address: str, role: str | None, *, acting: bool = False) -> dict[str, str]:
+        """Who an official is, as a mail names them: name (from `names` in the config) and jabatan (the SOP
+        role's title, "Plt./Plh." for an acting official); never a bare mailbox address."""
+        jabatan = self.role_title(role) if role else "Pejabat"
+        if acting:
+            jabatan = f"Plt./Plh. {jabatan}"
+        name = self.agency.names.get(address.lower(), "")
+        return {"name": name, "jabatan": jabatan, "who": f"{name}, {jabatan}" if name else jabatan}
 
     def role_title(self, role: str | None) -> str:
         if role is None:
@@ -179,18 +206,24 @@ def summary(ctx: Ctx, req: Request) -> dict[str, Any]:
     f = req.fields or {}
     # A request opened in this transaction has no decisions yet: no query (and no flush) for its mails.
     opened_now = req.id in ctx.session.info.get("opened", ())
-    history = [] if opened_now else [
-        {
-            "at": format_tanggal(d.at.astimezone(_tz(ctx)), with_time=True),
-            "actor": d.actor,
-            "role": ctx.role_title(d.on_behalf_of) if d.on_behalf_of else d.actor,
-            "decision": DECISION_WORDS.get(d.decision, d.decision.upper()),
-            "note": d.note,
-        }
-        for d in ctx.session.execute(
-            select(Decision).where(Decision.request_id == req.id, Decision.accepted.is_(True)).order_by(Decision.id)
-        ).scalars()
-    ]
+    history: list[dict[str, Any]] = []
+    if not opened_now:
+        rows = ctx.session.execute(
+            select(Decision, StepRun.role, StepRun.key).outerjoin(StepRun, StepRun.id == Decision.step_id)
+            .where(Decision.request_id == req.id, Decision.accepted.is_(True)).order_by(Decision.id)
+        ).all()
+        for d, role, key in rows:
+            # The official by name and jabatan: the role of the step decided, "Plt./Plh." for a delegate.
+            person = ctx.person(d.actor, d.on_behalf_of or role, acting=bool(d.on_behalf_of))
+            history.append({
+                "at": format_tanggal(d.at.astimezone(_tz(ctx)), with_time=True),
+                "actor": d.actor,
+                **person,
+                "role": person["who"],
+                "step_title": ctx.sop.steps[key].title if key in ctx.sop.steps else "",
+                "decision": DECISION_WORDS.get(d.decision, d.decision.upper()),
+                "note": d.note,
+            })
     return {
         "ticket": req.ticket,
         "zone": ctx.agency.zone,
@@ -212,7 +245,12 @@ def open_request(
     fields: dict[str, Any],
     source_message_id: str | None,
     inbound: Inbound | None,
+    attachments: Sequence[Attachment] | None = None,
+    ack: bool = True,
+    start: bool = True,
 ) -> Request:
+    """Open a request; `attachments` are the letter's files as the parser read them (when at hand, the
+    step mails attach them without parsing the letter again)."""
     now = ctx.now()
     year, seq = next_number(ctx, "ticket")
     ticket = f"{ctx.agency.ticket_prefix}/{year}/{seq:04d}"
@@ -241,31 +279,124 @@ def open_request(
         if held is not None:
             ctx.session.info.setdefault("original_attachment", {})[source_message_id] = (
                 held if len(held) <= ORIGINAL_ATTACH_LIMIT else None)
+            files = openable_files(attachments) if attachments is not None and len(held) <= ORIGINAL_ATTACH_LIMIT \
+                else None
+            if files is not None:
+                ctx.session.info.setdefault("original_files", {})[source_message_id] = files
     audit(ctx, req, "request.received", actor=requester, message_id=source_message_id,
           subdomain=req.subdomain, unit=req.unit, source=fields.get("source"))
+    if ack:
+        ctx.mailer.queue(
+            ctx.session,
+            to=[requester],
+            template="ack",
+            context=summary(ctx, req),
+            purpose="ack",
+            request_id=req.id,
+            ticket=ticket,
+            in_reply_to=source_message_id,
+        )
+    if start:
+        enter_step(ctx, req, ctx.sop.start)
+    return req
+
+
+def letter_siblings_waiting(ctx: Ctx, req: Request) -> list[tuple[Request, StepRun]]:
+    """The other open requests opened from the same letter that wait for the requester, with their steps."""
+    if not req.source_message_id:
+        return []
+    # Autoflush on: the first name's waiting step may have been added in this very transaction.
+    rows = ctx.session.execute(
+        select(Request, StepRun).join(StepRun, StepRun.request_id == Request.id).where(
+            Request.agency == ctx.agency.id, Request.source_message_id == req.source_message_id,
+            Request.id != req.id, Request.status == "open", StepRun.status == "open",
+            StepRun.kind == "wait_requester")
+    ).all()
+    return [(r, run) for r, run in rows]
+
+
+def letter_sibling_waiting(ctx: Ctx, req: Request) -> StepRun | None:
+    """Another request from the same letter already asking the requester for the same gaps (its own
+    name's problems aside), or None."""
+
+    def gaps(r: Request) -> tuple[list[str], list[str]]:
+        check = (r.fields or {}).get("check") or {}
+        return (sorted(check.get("missing") or []),
+                sorted(p.get("reason", "") for p in check.get("problems") or [] if p.get("field") != "subdomain"))
+
+    if any(p.get("field") == "subdomain" for p in ((req.fields or {}).get("check") or {}).get("problems") or []):
+        return None  # this name has a problem of its own: its own mail says so
+    for other, run in letter_siblings_waiting(ctx, req):
+        if run.mail_message_id and gaps(other) == gaps(req):
+            return run
+    return None
+
+
+def open_letter_requests(
+    ctx: Ctx,
+    *,
+    requester: str,
+    fields: dict[str, Any],
+    names: list[str],
+    source_message_id: str | None,
+    inbound: Inbound | None,
+    attachments: Sequence[Attachment] | None = None,
+) -> list[Request]:
+    """One letter asking for several sub-domains: one request per name, each running its own SOP, all
+    linked to the letter (the same source message, and each other's tickets in `letter_tickets`), and one
+    acknowledgement that lists them all."""
+    # Every ticket exists before any SOP starts: the first step's mails (the incomplete letter) name them.
+    opened = [
+        open_request(ctx, requester=requester, fields={**fields, "subdomain": name}, ack=False, start=False,
+                     source_message_id=source_message_id, inbound=inbound, attachments=attachments)
+        for name in names
+    ]
+    tickets = [r.ticket for r in opened]
+    for req in opened:
+        req.fields = {**(req.fields or {}), "letter_tickets": tickets}
+        audit(ctx, req, "request.letter", actor=requester, message_id=source_message_id, tickets=tickets)
+    if inbound is not None:
+        inbound.request_id = opened[0].id
+    first = summary(ctx, opened[0])
     ctx.mailer.queue(
         ctx.session,
         to=[requester],
-        template="ack",
-        context=summary(ctx, req),
+        template="ack_letter",
+        context={**first, "requests": [summary(ctx, r) for r in opened]},
         purpose="ack",
-        request_id=req.id,
-        ticket=ticket,
+        request_id=opened[0].id,
+        ticket=opened[0].ticket,
         in_reply_to=source_message_id,
     )
-    enter_step(ctx, req, ctx.sop.start)
-    return req
+    for req in opened:
+        enter_step(ctx, req, ctx.sop.start)
+    return opened
 
 
 ORIGINAL_ATTACH_LIMIT = 5 * 1024 * 1024
 
 
 def _original_attachment(ctx: Ctx, req: Request) -> list[MailAttachment]:
-    """The letter as it came, for the official; a very large one (a high-resolution scan) is not copied
-    into every step mail (it would multiply the daemon's memory and the officials' mailboxes): the mail
-    says where it is instead. Read once per transaction (a new request sends it in two mails)."""
+    """The unit's letter for the official: the files it came with, each as itself (a PDF as a PDF, a DOCX as
+    a DOCX, which phone mail apps open), not the raw message. A very large letter (a high-resolution scan)
+    is not copied into every step mail (it would multiply the daemon's memory and the officials' mailboxes):
+    the mail says where it is instead. Read once per transaction (a new request sends it in two mails)."""
     if not req.source_message_id:
         return []
+    files = ctx.session.info.setdefault("original_files", {})
+    if req.source_message_id not in files:
+        raw = _original_raw(ctx, req)
+        files[req.source_message_id] = letter_files(raw, ctx.parse_options.limits) if raw else []
+    return list(files[req.source_message_id])
+
+
+def _too_large(ctx: Ctx, req: Request) -> bool:
+    """A letter too large to copy into every step mail: the mail says where it is instead."""
+    return bool(req.source_message_id) and _original_raw(ctx, req) is None
+
+
+def _original_raw(ctx: Ctx, req: Request) -> bytes | None:
+    assert req.source_message_id is not None
     cache = ctx.session.info.setdefault("original_attachment", {})
     if req.source_message_id not in cache:
         # The size is checked in the query: a large letter's bytes are never read.
@@ -276,19 +407,31 @@ def _original_attachment(ctx: Ctx, req: Request) -> list[MailAttachment]:
                 func.length(InboundRaw.raw) <= ORIGINAL_ATTACH_LIMIT)
         ).scalar_one_or_none()
     raw = cache[req.source_message_id]
-    if not raw:
-        return []
-    return [MailAttachment(filename="surat-permohonan.eml", content_type="message/rfc822", data=raw)]
+    return bytes(raw) if raw else None
 
 
-def step_context(ctx: Ctx, req: Request, step: Step, run: StepRun) -> dict[str, Any]:
+def step_context(ctx: Ctx, req: Request, step: Step, run: StepRun, *, token: str | None = None,
+                 attachments: list[MailAttachment] | None = None) -> dict[str, Any]:
+    """What a step mail shows. With the step's token, the one-tap answer links (RFC 6068 mailto:) to the
+    step's reply address; the deadline is the step's Mutu Baku in working time, never the token's expiry."""
     data = summary(ctx, req)
     answers = [
         {"word": DECISION_WORDS[o], "then": ctx.sop.steps[target].title}
         for o, target in step.on.items()
         if o in DECISION_WORDS
     ]
+    deadline = None
+    if step.time is not None and run.opened_at is not None:
+        cal = ctx.work_calendar()
+        deadline = format_deadline(cal.local(cal.deadline(run.opened_at, step.time)))
+    files = attachments or []
     data.update(
+        deadline=deadline,
+        buttons=answer_links(ctx.mailer.reply_address(token), req.ticket, step.title, answers) if token else [],
+        reply_address=ctx.mailer.reply_address(token),
+        attached=[a.filename for a in files],
+        draft_name=next((a.filename for a in files if a.filename.startswith("konsep-surat")), None),
+        original_too_large=False,
         step_title=step.title,
         step_key=step.key,
         sop_no=step.sop_no,
@@ -341,15 +484,18 @@ def enter_step(ctx: Ctx, req: Request, key: str, *, note: str | None = None) -> 
         audit(ctx, req, "request.closed", outcome=req.status)
     elif step.kind == "notification":
         assert step.actor is not None
+        to_requester = ctx.sop.roles[step.actor].requester
+        files = [] if to_requester else _original_attachment(ctx, req)
         ctx.mailer.queue(
             ctx.session,
-            to=requester_addresses(req) if ctx.sop.roles[step.actor].requester else ctx.addresses(step.actor),
+            to=requester_addresses(req) if to_requester else ctx.addresses(step.actor),
             template=step.template or "notify",
-            context=step_context(ctx, req, step, run),
+            context={**step_context(ctx, req, step, run, attachments=files),
+                     "original_too_large": not to_requester and _too_large(ctx, req)},
             purpose=f"notify.{key}",
             request_id=req.id,
             ticket=req.ticket,
-            attachments=[] if ctx.sop.roles[step.actor].requester else _original_attachment(ctx, req),
+            attachments=files,
         )
         finish_step(ctx, run, "ok", note=note)
     elif step.kind == "wait_requester" and step.silent:
@@ -375,6 +521,11 @@ def enter_step(ctx: Ctx, req: Request, key: str, *, note: str | None = None) -> 
                                                                doc_id=record.doc_id if record else "")))
             in_reply_to = None
         elif (step.template or "incomplete") == "incomplete":
+            if letter_sibling_waiting(ctx, req) is not None:
+                # One letter, several names, the same gaps: asked once, in the mail of the first name; the
+                # answer completes every request of the letter (RequesterReplyHandler).
+                audit(ctx, req, "request.incomplete_asked_once", step=key)
+                return run
             # Incomplete: the letter naming each gap, with the form to fill in again (issue 5).
             out = queue_letter(ctx, req, "incomplete", letter_context(ctx, req),
                                purpose=f"step.{key}", to=requester_addresses(req), token=token,
@@ -390,8 +541,9 @@ def enter_step(ctx: Ctx, req: Request, key: str, *, note: str | None = None) -> 
             ctx.session,
             to=to,
             template=template,
-            context={**step_context(ctx, req, step, run),
-                     "original_attached": any(a.filename == "surat-permohonan.eml" for a in attachments)},
+            context={**step_context(ctx, req, step, run, token=token if step.kind == "approval" else None,
+                                    attachments=attachments),
+                     "original_too_large": step.kind == "approval" and _too_large(ctx, req)},
             purpose=f"step.{key}",
             request_id=req.id,
             ticket=req.ticket,
@@ -503,8 +655,8 @@ def apply_decision(
         template="echo",
         context={**summary(ctx, req), "decision": DECISION_WORDS.get(decision, decision.upper()),
                  "actor": actor, "note": note, "step_title": step.title,
-                 "next_title": ctx.sop.steps[nxt_key].title,
-                 "delegate_for": ctx.role_title(on_behalf_of) if on_behalf_of else None},
+                 "who": ctx.person(actor, on_behalf_of or run.role, acting=bool(on_behalf_of))["who"],
+                 "next_title": ctx.sop.steps[nxt_key].title},
         purpose=f"echo.{run.key}",
         request_id=req.id,
         ticket=req.ticket,

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
 from parsers.model import ParseResult
 from workflows.answers import request_status, roles_of, waiting_on_roles, who_is
@@ -23,6 +23,8 @@ from workflows.engine import (
     cancel_decision,
     delegates_of,
     finish_step,
+    letter_siblings_waiting,
+    open_letter_requests,
     open_request,
     requester_addresses,
 )
@@ -68,7 +70,9 @@ def match_step(ctx: Ctx, parsed: ParseResult) -> StepMatch | None:
         return None
     s = ctx.session
     if parsed.token:
-        run = s.execute(select(StepRun).where(StepRun.token_hash == token_hash(parsed.token))).scalar_one_or_none()
+        digest = token_hash(parsed.token)
+        run = s.execute(select(StepRun).where(
+            or_(StepRun.token_hash == digest, StepRun.reminder_token_hash == digest))).scalars().first()
         if run is not None:
             req = s.get(Request, run.request_id)
             if req is not None and req.agency == ctx.agency.id:
@@ -300,7 +304,23 @@ class RequesterReplyHandler:
         audit(ctx, req, "request.corrected", actor=_sender(parsed), message_id=inbound.message_id,
               fields=sorted(k for k, v in new.items() if v and k in MERGE_KEYS))
         finish_step(ctx, waiting, "ok")
+        self._complete_letter_siblings(ctx, parsed, inbound, req, new)
         return "handled"
+
+    def _complete_letter_siblings(self, ctx: Ctx, parsed: ParseResult, inbound: Inbound, req: Request,
+                                  new: dict[str, Any]) -> None:
+        """One letter asking for several names was asked for its gaps once: the answer completes each of
+        its requests still waiting for the requester (every field but the name, which is each one's own)."""
+        shared = {k: v for k, v in new.items() if k not in ("subdomain", "subdomains")}
+        for sibling, run in letter_siblings_waiting(ctx, req):
+            step = ctx.sop.step(run.key)
+            if "problem" in step.on or "confirm" in step.on:
+                continue
+            sibling.fields = merge_fields(sibling.fields or {}, shared)
+            sibling.unit = sibling.fields.get("unit")
+            audit(ctx, sibling, "request.corrected", actor=_sender(parsed), message_id=inbound.message_id,
+                  fields=sorted(k for k, v in shared.items() if v and k in MERGE_KEYS), via=req.ticket)
+            finish_step(ctx, run, "ok")
 
 
     def _admin_answer(self, ctx: Ctx, parsed: ParseResult, inbound: Inbound, req: Request, waiting: StepRun) -> str:
@@ -596,7 +616,7 @@ class NewRequestHandler:
         requester = (msg.forwarded_from or msg.from_addr or "").lower()
         if not _PLAIN_ADDRESS.match(requester):
             # One plain address or nothing: an encoded From that decodes to a list must not become our
-            # recipient list (security review, gap 10).
+            # recipient list.
             inbound.error = f"alamat pengirim tidak sah: {requester[:100]!r}"
             audit(ctx, None, "mail.bad_sender", message_id=inbound.message_id, sender=requester[:200])
             return "unmatched"
@@ -606,18 +626,29 @@ class NewRequestHandler:
             from parsers.model import MANDATORY_FIELDS, RequestFields
 
             fields = RequestFields(missing=MANDATORY_FIELDS).to_json()
-        label = fields.get("subdomain")
-        if label:
-            dup = ctx.session.execute(
+        # A letter may ask for several names ("sub domain ppid dan jdih"): one request each.
+        names = [n for n in fields.get("subdomains") or [] if n] or [fields.get("subdomain")]
+        fresh: list[str | None] = []
+        dup = None
+        for label in names:
+            same = ctx.session.execute(
                 select(Request).where(Request.agency == ctx.agency.id, Request.subdomain == label,
                                       Request.status == "open", Request.requester == requester)
-            ).scalars().first()
-            if dup is not None:
-                inbound.request_id = dup.id
-                raise AlreadyRequested(f"permohonan {label} sudah ada ({dup.ticket})", ticket=dup.ticket,
-                                       subdomain=label)
-        open_request(ctx, requester=requester, fields=fields, source_message_id=inbound.message_id,
-                     inbound=inbound)
+            ).scalars().first() if label else None
+            if same is None:
+                fresh.append(label)
+            dup = dup or same
+        if dup is not None and not fresh:
+            inbound.request_id = dup.id
+            raise AlreadyRequested(f"permohonan {dup.subdomain} sudah ada ({dup.ticket})", ticket=dup.ticket,
+                                   subdomain=dup.subdomain or "")
+        files = msg.attachments
+        if len(fresh) > 1:
+            open_letter_requests(ctx, requester=requester, fields=fields, names=[str(n) for n in fresh],
+                                 source_message_id=inbound.message_id, inbound=inbound, attachments=files)
+            return "handled"
+        open_request(ctx, requester=requester, fields={**fields, "subdomain": fresh[0]},
+                     source_message_id=inbound.message_id, inbound=inbound, attachments=files)
         return "handled"
 
 

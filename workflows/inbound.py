@@ -250,7 +250,7 @@ def run_handler(ctx: Ctx, parsed: ParseResult, row: Inbound, handler: Handler | 
 def forget_cached(s: Session, audited: int) -> None:
     """What the engine remembered for this transaction (delegates, new requests, mail counts) may come
     from what a rollback just undid; so do the audit rows past the first `audited`."""
-    for key in ("delegates", "opened", "original_attachment", "mail_counts"):
+    for key in ("delegates", "opened", "original_attachment", "original_files", "mail_counts"):
         s.info.pop(key, None)
     del pending_audit(s)[audited:]
 

@@ -488,6 +488,8 @@ def template_context(ctx: Mapping[str, Any]) -> dict[str, Any]:
         "note": as_sentence(clean(ctx.get("note"), _MAX_NOTE)),
         "by": clean(ctx.get("by")),
         "missing": [clean(m) for m in missing if clean(m)],
+        # The tickets of every request opened from the same letter (several names in one letter).
+        "letter_tickets": [clean(t) for t in fields.get("letter_tickets") or () if clean(t)],
         "problems": [
             {"field": clean(_get(p, "field")), "reason": as_sentence(clean(_get(p, "reason"), _MAX_NOTE))}
             for p in problems

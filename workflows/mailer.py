@@ -11,6 +11,7 @@ import base64
 import binascii
 import functools
 import hashlib
+import posixpath
 import re
 import secrets
 from collections.abc import Callable, Iterable, Sequence
@@ -24,6 +25,7 @@ from typing import Any
 import jinja2
 from sqlalchemy.orm import Session
 
+from parsers.model import Attachment, Limits
 from workflows.secretbox import SecretBox
 from workflows.store import MailCount, Outbox
 
@@ -58,6 +60,64 @@ class MailAttachment:
     content_id: str | None = None
 
 
+# Content types phone mail apps open, by what a file is (its first bytes) or, failing that, its name: a unit's
+# mail client often labels a PDF application/octet-stream, which an official's phone will not preview.
+_KNOWN_TYPES = {
+    ".pdf": "application/pdf",
+    ".docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    ".doc": "application/msword",
+    ".odt": "application/vnd.oasis.opendocument.text",
+    ".xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png",
+}
+
+
+# A part that may be a file: without one of these headers a letter is body text only, and is not parsed.
+_MAY_HOLD_FILES = re.compile(
+    rb"(?im)^content-(?:type:[ \t]*(?:application|image|audio|video)/|disposition:[ \t]*attachment)")
+
+
+def letter_files(raw: bytes, limits: Limits | None = None) -> list[MailAttachment]:
+    """The files a unit's letter came with (those of a forwarded letter too), each with a content type by
+    what it is; the body text is summarised in the mail itself."""
+    from parsers.mime import UnreadableMessage, parse_mime
+
+    if not _MAY_HOLD_FILES.search(raw):
+        return []
+    try:
+        msg = parse_mime(raw, limits)
+    except (UnreadableMessage, ValueError, LookupError, RecursionError):
+        return []
+    return openable_files(msg.attachments) or []
+
+
+def openable_files(attachments: Sequence[Attachment]) -> list[MailAttachment] | None:
+    """The parser's attachments as files to attach; None when one of them came back without its bytes
+    (a parser worker leaves large ones behind): the letter is then read again from the database."""
+
+    out: list[MailAttachment] = []
+    # The files of a forwarded letter are listed with the outer ones; the forwarded message itself is not a
+    # file anyone opens, and a text part without a name is body text, summarised in the mail.
+    for att in attachments:
+        ctype = att.content_type.lower()
+        if ctype.startswith("message/") or (ctype.startswith("text/") and not att.filename):
+            continue
+        if not att.data:
+            if att.filename:
+                return None
+            continue
+        name = posixpath.basename((att.filename or "").replace("\\", "/")).strip() or f"lampiran-{len(out) + 1}"
+        ext = posixpath.splitext(name)[1].lower()
+        if att.data.startswith(b"%PDF-"):
+            ctype = "application/pdf"
+        elif ctype in ("application/octet-stream", "application/x-download", "binary/octet-stream", ""):
+            ctype = _KNOWN_TYPES.get(ext, "application/octet-stream")
+        if ctype == "application/pdf" and not ext:
+            name += ".pdf"
+        out.append(MailAttachment(filename=name, content_type=ctype, data=att.data))
+    return out
+
+
 @functools.cache
 def template_env(agency_id: str | None = None) -> jinja2.Environment:
     """Templates of the agency's own folder first (`templates/<agency>/`), then the shared ones."""
@@ -82,6 +142,18 @@ _BULAN = (
     "Januari", "Februari", "Maret", "April", "Mei", "Juni",
     "Juli", "Agustus", "September", "Oktober", "November", "Desember",
 )
+
+
+_HARI = ("Senin", "Selasa", "Rabu", "Kamis", "Jumat", "Sabtu", "Minggu")
+# Indonesia's three time zones as letters name them (UU 1987 / Keppres 41/1987); others by their offset.
+_ZONE_NAMES = {"Asia/Jakarta": "WIB", "Asia/Pontianak": "WIB", "Asia/Makassar": "WITA", "Asia/Jayapura": "WIT"}
+
+
+def format_deadline(value: datetime) -> str:
+    """A local deadline as officials read it: "Senin, 7 Desember 2026 pukul 16.00 WIB"."""
+    key = getattr(value.tzinfo, "key", None)
+    zone = _ZONE_NAMES.get(key or "") or value.strftime("UTC%z")
+    return f"{_HARI[value.weekday()]}, {format_tanggal(value, with_time=True)} {zone}"
 
 
 def format_tanggal(value: datetime, with_time: bool = False) -> str:

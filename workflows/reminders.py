@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import select
 
 from workflows.engine import Ctx, audit, requester_addresses, step_context
-from workflows.mailer import format_tanggal
+from workflows.mailer import format_deadline, format_tanggal, new_token, token_hash
 from workflows.store import Outbox, Request, StepRun
 from workflows.worktime import WorkCalendar
 
@@ -84,7 +84,12 @@ def due_reminders(ctx: Ctx, calendar: WorkCalendar, now: datetime | None = None)
                     and not _same_local_day(calendar, run.escalated_at, now))
         if not (remind or escalate):
             continue  # the common case on every pass: nothing new today
-        data = _context(ctx, calendar, req, run, due, now)
+        token = None
+        if remind and run.kind == "approval" and ctx.addresses(step.actor):
+            # The reminder's one-tap links open a new mail (no In-Reply-To): its own token names the step.
+            token = new_token()
+            run.reminder_token_hash = token_hash(token)
+        data = _context(ctx, calendar, req, run, due, now, token=token)
         if remind:
             to = requester_addresses(req) if role.requester else ctx.addresses(step.actor)
             if to:
@@ -96,6 +101,7 @@ def due_reminders(ctx: Ctx, calendar: WorkCalendar, now: datetime | None = None)
                     purpose=f"reminder.{run.key}",
                     request_id=req.id,
                     ticket=req.ticket,
+                    token=token,
                     # Threaded under the step mail: a reply to the reminder finds the step by References.
                     in_reply_to=_thread_parent(ctx, req, run, to),
                 )
@@ -118,8 +124,8 @@ def due_reminders(ctx: Ctx, calendar: WorkCalendar, now: datetime | None = None)
             ctx.session,
             to=to,
             template="escalation",
-            context={**data, "superior_title": superior.title, "actor_addresses": ctx.addresses(step.actor),
-                     "escalate_at": format_tanggal(calendar.local(escalate_at), with_time=True)},
+            context={**data, "superior_title": superior.title, "official": _official(ctx, step.actor),
+                     "escalate_at": format_deadline(calendar.local(escalate_at))},
             purpose=f"escalation.{run.key}",
             request_id=req.id,
             ticket=req.ticket,
@@ -129,6 +135,12 @@ def due_reminders(ctx: Ctx, calendar: WorkCalendar, now: datetime | None = None)
         audit(ctx, req, "step.escalated", step=run.key, role=step.actor, superior=superior.key, to=sorted(to),
               deadline=escalate_at.isoformat(), overdue_minutes=round(calendar.working_minutes(due, now)))
     return queued
+
+
+def _official(ctx: Ctx, role: str) -> str:
+    """Who holds a step, by name and jabatan (never by mailbox address)."""
+    whos = list(dict.fromkeys(ctx.person(a, role)["who"] for a in ctx.addresses(role)))
+    return "; ".join(whos) or ctx.role_title(role)
 
 
 def _thread_parent(ctx: Ctx, req: Request, run: StepRun, to: list[str]) -> str | None:
@@ -149,13 +161,13 @@ def _thread_parent(ctx: Ctx, req: Request, run: StepRun, to: list[str]) -> str |
 
 
 def _context(ctx: Ctx, calendar: WorkCalendar, req: Request, run: StepRun, due: datetime,
-             now: datetime) -> dict[str, Any]:
+             now: datetime, token: str | None = None) -> dict[str, Any]:
     step = ctx.sop.step(run.key)
     assert step.time is not None
-    data = step_context(ctx, req, step, run)
+    data = step_context(ctx, req, step, run, token=token)
     data.update(
         opened=format_tanggal(calendar.local(run.opened_at), with_time=True),
-        deadline=format_tanggal(calendar.local(due), with_time=True),
+        deadline=format_deadline(calendar.local(due)),
         overdue=format_duration(calendar.working_minutes(due, now), calendar.day_minutes),
         elapsed=format_duration(calendar.working_minutes(run.opened_at, now), calendar.day_minutes),
         field_labels=FIELD_LABELS,

@@ -105,6 +105,8 @@ class StepRun(Base):
     due_at: Mapped[datetime | None]  # for actions: not before (the undo window)
     token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
     token_expires_at: Mapped[datetime | None]
+    # The latest reminder's own token (its one-tap links cannot thread to the step mail); same expiry.
+    reminder_token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
     mail_message_id: Mapped[str | None] = mapped_column(String(998), index=True)
     outcome: Mapped[str | None] = mapped_column(String(16))
     note: Mapped[str | None] = mapped_column(Text)
