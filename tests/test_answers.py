@@ -9,6 +9,7 @@ nothing: no mail, no change, one audit row.
 
 from __future__ import annotations
 
+import html as html_lib
 import re
 import secrets
 import tempfile
@@ -18,6 +19,7 @@ from datetime import datetime
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
+from urllib.parse import unquote
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -145,7 +147,7 @@ def test_answer_templates_escape_what_units_wrote() -> None:
                                                           "closed": "-", "took": "0 menit"}]}
     item = {"no": 1, "ticket": "SD/2026/0001", "fqdn": hostile, "unit": hostile, "step_title": "T", "sop_no": "-",
             "acting": False, "role_title": "Kepala Dinas", "opened": "-", "age": "-", "mutu": None,
-            "overdue": False, "answers": ["SETUJU"], "step_mail": hostile}
+            "overdue": False, "answers": ["SETUJU"], "step_mail": hostile, "links": []}
     for rendered in (m.render("status", {"statuses": [status], "official": False}),
                      m.render("antrean", {"items": [item], "who": hostile, "tag_replies": False, "overdue": 0})):
         assert rendered.html is not None and "<script" not in rendered.html
@@ -282,6 +284,18 @@ def test_antrean_vouched_official_gets_the_list(office: Office, tmp_path: Path) 
     assert "Menjawab   : SETUJU / TOLAK" in text
     assert f"(subjek: [{ticket}] Mohon keputusan: Mendisposisi surat permohonan" in text
     assert f'bersubjek "[{ticket}] SETUJU"' in text  # vouched replies may name the ticket alone
+    # One tap: the link's mail (office mailbox, ticket in the subject, the word first), vouched, decides.
+    html = parse_mail(next(m for m in reversed(kadis.messages()) if b"Antrean Anda" in m)).get_body(
+        preferencelist=("html",))
+    assert html is not None
+    link = next(h for h in re.findall(r'href="(mailto:[^"]+)"', html.get_content()) if "SETUJU" in unquote(h)
+                and ticket in unquote(h))
+    to, _, query = html_lib.unescape(link).removeprefix("mailto:").partition("?")
+    fields = {k: unquote(v) for k, v in (p.split("=", 1) for p in query.split("&"))}
+    assert unquote(to) == office.mailbox.address and fields["body"].startswith("SETUJU")
+    tapped = vouch(new_mail(kadis.address, unquote(to), fields["subject"], fields["body"]), kadis.address)
+    send(office, tapped, kadis.address)
+    assert step_of(office, ticket) == ("disposisi_kabid", 1)
     items = re.findall(r"^\d+\. (\[TERLAMBAT\] )?(SD/\d{4}/\d{4})", text, re.MULTILINE)
     late = [t for flag, t in items if flag]
     assert [t for _, t in items[:len(late)]] == late  # overdue ones first

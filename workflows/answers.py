@@ -17,6 +17,7 @@ from daemon.config import AgencyConfig
 from workflows.digest import KIND_LABELS, ZONE_LABELS, queue_items
 from workflows.engine import DECISION_WORDS, Ctx, delegates_of
 from workflows.mailer import format_tanggal
+from workflows.mailto import answer_links
 from workflows.reminders import format_duration
 from workflows.sop import Sop
 from workflows.store import Decision, Outbox, Request, StepRun
@@ -163,15 +164,21 @@ def request_status(ctx: Ctx, calendar: WorkCalendar, req: Request, now: datetime
     }
 
 
-def waiting_on_roles(ctx: Ctx, calendar: WorkCalendar, roles: dict[str, bool], now: datetime) -> list[dict[str, Any]]:
-    """The open steps waiting on any of `roles`, overdue first, each with how to answer it."""
+def waiting_on_roles(ctx: Ctx, calendar: WorkCalendar, roles: dict[str, bool], now: datetime, *,
+                     one_tap: bool = False) -> list[dict[str, Any]]:
+    """The open steps waiting on any of `roles`, overdue first, each with how to answer it. With `one_tap`
+    (only where our MTA vouches for senders: the link names the step by the ticket in its subject, which
+    counts for nobody else), each answer is also a mailto: link to the office mailbox."""
     items = queue_items(ctx.session, ctx.agency, ctx.sop, calendar, now, roles=set(roles))
     for no, item in enumerate(items, start=1):
         step = ctx.sop.steps.get(item["step_key"])
         item["no"] = no
         item["acting"] = roles.get(item["role"] or "", False)
         item["role_title"] = ctx.role_title(item["role"])
-        item["answers"] = [DECISION_WORDS[o] for o in (step.on if step else {}) if o in DECISION_WORDS]
+        offered = [(DECISION_WORDS[o], t) for o, t in (step.on if step else {}).items() if o in DECISION_WORDS]
+        item["answers"] = [word for word, _ in offered]
+        then = [{"word": w, "then": ctx.sop.steps[t].title} for w, t in offered]
+        item["links"] = answer_links(ctx.agency.address, item["ticket"], item["step_title"], then) if one_tap else []
         # The step mail to answer, by the subject the official will find it under in their mailbox.
         item["step_mail"] = ctx.session.execute(
             select(Outbox.subject).join(Request, Request.id == Outbox.request_id)

@@ -516,7 +516,7 @@ class QueueHandler:
                 raise NotVouched("ANTREAN tanpa token langkah yang berlaku dan pengirim tidak terverifikasi",
                                  **ctx_info)
         calendar = calendar_for(ctx.agency)
-        items = waiting_on_roles(ctx, calendar, roles, ctx.now())
+        items = waiting_on_roles(ctx, calendar, roles, ctx.now(), one_tap=auth.require != "none")
         audit(ctx, None, "queue.answered", actor=sender, message_id=inbound.message_id, roles=sorted(roles),
               tickets=[it["ticket"] for it in items])
         ctx.mailer.queue(
