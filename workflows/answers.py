@@ -67,10 +67,11 @@ def person_label(agency: AgencyConfig, sop: Sop, address: str, role: str | None,
 
 
 def who_is(ctx: Ctx, address: str, role: str | None = None, *, acting: bool = False) -> str:
-    """`person_label` of `address` in `role`, or in the first role the address holds now."""
+    """`Ctx.person` of `address` in `role`, or in the first role the address holds now (the address itself
+    for someone who holds none)."""
     if role is None:
         role, acting = next(iter(roles_of(ctx, address).items()), (None, False))
-    return person_label(ctx.agency, ctx.sop, address, role, acting=acting)
+    return ctx.person(address, role, acting=acting)["who"] if role in ctx.sop.roles else address
 
 
 class _Fmt:
