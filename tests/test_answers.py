@@ -26,7 +26,7 @@ import pytest
 
 from daemon.devservers import Bind, Dovecot, MailUser, SmtpRelay
 from daemon.localoffice import Office, body_text, parse_mail, reply_to, request_mail, vouch, write_config
-from tests.test_report import CHROMIUM, screenshot
+from tests.chromium import ARTIFACTS, CHROMIUM, measure, screenshot
 from tests.test_security import db, wait_handled
 from workflows.worktime import WorkCalendar
 
@@ -35,7 +35,6 @@ pytestmark = pytest.mark.servers
 KADIS_NAME, KABID_NAME, PLT_NAME = "Drs. Bambang Sutejo, M.Si", "Dra. Endah Lestari", "Ir. Hadi Prasetyo"
 KADIS_TITLE = "Kepala Dinas Komunikasi dan Informatika"
 KABID_TITLE = "Kepala Bidang e-Government dan Statistik"
-ARTIFACTS = Path(__file__).parent / "artifacts"
 
 
 def _office(base: str, dovecot: Dovecot, relay: SmtpRelay, bind: Bind, plt: MailUser | None,
@@ -128,11 +127,11 @@ def see_on_a_phone(office: Office, user: MailUser, subject: str, name: str, tmp:
     raw = next(m for m in reversed(user.messages()) if subject in str(parse_mail(m)["Subject"]))
     part = parse_mail(raw).get_body(preferencelist=("html",))
     assert part is not None
-    out = ARTIFACTS / name
-    screenshot(part.get_content(), 390, 1600, out, tmp)
+    scroll, inner, _ = measure(part.get_content(), 390, tmp, name)
+    assert scroll <= inner == 390, f"{name}: {scroll} px wide on a 390 px phone"
+    out = screenshot(part.get_content(), 390, 1600, tmp, name)
     with pil.open(out) as img:
         colors = dict((c, n) for n, c in (img.convert("RGB").getcolors(maxcolors=1 << 22) or []))
-    assert colors.get((255, 0, 255), 0) == 0, f"{name}: wider than 390 px"
     assert colors.get((30, 58, 95), 0) > 5_000  # the office-blue header bar is there
 
 
@@ -196,7 +195,7 @@ def test_status_by_ticket_shows_who_decided(office: Office, tmp_path: Path) -> N
     text = status_mail(office, me, ticket, n)
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "status.txt").write_text(text, encoding="utf-8")  # to be read as the requester reads it
-    see_on_a_phone(office, me, f"Status permohonan {ticket}", "status-390.png", tmp_path)
+    see_on_a_phone(office, me, f"Status permohonan {ticket}", "status", tmp_path)
     assert f"Disetujui oleh {KADIS_NAME}, {KADIS_TITLE}" in text
     # The Kabid's step is waiting, on the Kabid and on the acting Kabid (Plt) from the config.
     assert f"Menunggu  : {KABID_NAME}, {KABID_TITLE}; {PLT_NAME}, Plt./Plh. {KABID_TITLE}" in text
@@ -278,7 +277,7 @@ def test_antrean_vouched_official_gets_the_list(office: Office, tmp_path: Path) 
     text = antrean_mail(office, kadis, n)
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "antrean.txt").write_text(text, encoding="utf-8")
-    see_on_a_phone(office, kadis, "Antrean Anda:", "antrean-390.png", tmp_path)
+    see_on_a_phone(office, kadis, "Antrean Anda:", "antrean", tmp_path)
     assert text.startswith(f"Yth. {KADIS_NAME}, {KADIS_TITLE},")
     assert ticket in text and f"Sebagai    : {KADIS_TITLE}" in text
     assert "Menjawab   : SETUJU / TOLAK" in text

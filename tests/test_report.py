@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from daemon.config import Config
 from daemon.devservers import Postgres
 from daemon.localoffice import ACTORS, DEMO_LOGO, STAFF, make_config
+from tests.chromium import ARTIFACTS, CHROMIUM, measure, screenshot
 from tests.test_reminders import FrozenClock, make_ctx, seed_request, wib
 from workflows.db import upgrade
 from workflows.reminders import format_duration
@@ -52,8 +53,6 @@ PLT = "plt.kadis@trenggalekkab.go.id"
 NAMES = {KADIS: "Drs. Bambang Sutejo, M.Si", KASI: "Sri Wahyuni, S.Kom", PLT: "Ir. Hadi Prasetyo"}
 KADIS_TITLE = "Kepala Dinas Komunikasi dan Informatika"
 KASI_TITLE = "Kepala Seksi Layanan Infrastruktur TIK"
-ARTIFACTS = Path(__file__).parent / "artifacts"
-CHROMIUM = "/usr/bin/chromium"
 
 Office = tuple[Config, sessionmaker[Session]]
 
@@ -337,37 +336,6 @@ def test_empty_month_renders(office: Office) -> None:
 
 # --- as people see it ------------------------------------------------------------------------------
 
-_HARNESS = """<!DOCTYPE html><html><head><meta charset="utf-8"></head>
-<body style="margin:0;background:#ffffff;"><iframe id="m" style="border:0;width:{width}px;height:{height}px;display:block;"
-srcdoc="{srcdoc}"></iframe>
-<script>
-document.getElementById('m').addEventListener('load', function () {{
-  var d = this.contentDocument.documentElement;
-  // Headless Chromium lays a page out at least 500 px wide; the frame is exactly the width asked for.
-  if (d.scrollWidth > {width}) document.body.style.background = '#ff00ff';
-  document.title = 'scrollWidth=' + d.scrollWidth;
-}});
-</script></body></html>"""
-
-
-def screenshot(html: str, width: int, height: int, out: Path, tmp: Path) -> None:
-    import html as html_lib
-
-    page = tmp / f"harness-{width}.html"
-    page.write_text(_HARNESS.format(width=width, height=height, srcdoc=html_lib.escape(html, quote=True)),
-                    encoding="utf-8")
-    profile = tmp / f"profile-{width}"
-    out.unlink(missing_ok=True)
-    proc = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
-         f"--user-data-dir={profile}", f"--window-size={width},{height}", "--virtual-time-budget=5000",
-         f"--screenshot={out}", page.as_uri()],
-        capture_output=True, text=True, timeout=120, check=False)
-    shutil.rmtree(profile, ignore_errors=True)
-    assert out.exists(), proc.stderr[-2000:]
-
-
 def test_report_as_people_see_it(office: Office, tmp_path: Path) -> None:
     if not Path(CHROMIUM).exists() or shutil.which("pdftoppm") is None:
         pytest.skip("chromium and pdftoppm (poppler-utils) are needed: apt-get install chromium poppler-utils")
@@ -375,15 +343,14 @@ def test_report_as_people_see_it(office: Office, tmp_path: Path) -> None:
     cfg, _ = office
     r = report(office)
     _, _, html = render_mail(r, cfg.agencies[0], inline=False)
-    ARTIFACTS.mkdir(exist_ok=True)
     for width, height in ((390, 4200), (800, 3000)):
-        out = ARTIFACTS / f"report-{width}.png"
-        screenshot(html, width, height, out, tmp_path)
+        scroll, inner, _ = measure(html, width, tmp_path, "report")
+        assert scroll <= inner == width, f"horizontal overflow at {width} px: {scroll}"
+        out = screenshot(html, width, height, tmp_path, "report")
         with pil.open(out) as img:
             rgb = img.convert("RGB")
             assert rgb.size == (width, height)
             colors = dict((c, n) for n, c in (rgb.getcolors(maxcolors=1 << 22) or []))
-            assert colors.get((255, 0, 255), 0) == 0, f"horizontal overflow at {width} px"
             navy = sum(n for c, n in colors.items() if c == (30, 58, 95))
             assert navy > 10_000  # the header bar and the chart bars
             greens = sum(n for (cr, cg, cb), n in colors.items() if cg > 100 and cr < 60 and cb < 90)
