@@ -6,7 +6,8 @@ PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.installed-stamp
 APT_PACKAGES := dovecot-imapd dovecot-lmtpd bind9 bind9-utils bind9-dnsutils postgresql \
                 tesseract-ocr tesseract-ocr-ind poppler-utils python3-venv ca-certificates \
-                chromium libpython3.11-testsuite systemd fonts-dejavu-core softhsm2 libnss3-tools zbar-tools
+                chromium libpython3.11-testsuite systemd fonts-dejavu-core softhsm2 libnss3-tools zbar-tools \
+                postfix opendkim opendkim-tools
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
@@ -20,6 +21,7 @@ apt:
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
+	  echo "postfix postfix/main_mailer_type select No configuration" | $(SUDO) debconf-set-selections; \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends --no-upgrade $$missing; \
 	fi

@@ -42,7 +42,7 @@ def guard() -> None:
 guard()  # importing this module is enough: each bench script imports it first
 
 from daemon.devservers import Bind, Dovecot, MailUser, Postgres, SmtpRelay  # noqa: E402
-from daemon.localoffice import DOMAIN, SUBDOMAIND, Office, scanned_pdf, write_config  # noqa: E402, F401
+from daemon.localoffice import DOMAIN, SUBDOMAIND, UNVOUCHED, Office, scanned_pdf, write_config  # noqa: E402, F401
 
 ZONE_RECORDS = """\
 ns1   IN A 192.0.2.1
@@ -112,7 +112,7 @@ def make_office(srv: Servers, name: str = "office", *, database_url: str | None 
                 poll_seconds: float | None = None, **workflow: Any) -> Office:
     """An office (mailbox, officials, requester, staff) with undo window 0 and the daily cap raised."""
     base = srv.base / name
-    office = Office.create(base, srv.dovecot, srv.relay, srv.bind, database_url=database_url,
+    office = Office.create(base, srv.dovecot, srv.relay, srv.bind, database_url=database_url, auth=UNVOUCHED,
                            workflow={"undo_window_minutes": 0, "daily_cap_per_address": BENCH_DAILY_CAP, **workflow})
     if poll_seconds is not None:
         office.data["agency"][0]["imap"]["poll_seconds"] = poll_seconds

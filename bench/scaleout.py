@@ -29,7 +29,7 @@ from sqlalchemy.exc import ProgrammingError  # noqa: E402
 
 from daemon import netguard  # noqa: E402
 from daemon.devservers import Bind, Dovecot, Postgres, SmtpRelay  # noqa: E402
-from daemon.localoffice import SUBDOMAIND, Office, request_mail, write_config  # noqa: E402
+from daemon.localoffice import SUBDOMAIND, UNVOUCHED, Office, request_mail, write_config  # noqa: E402
 
 ZONE_RECORDS = "ns1 IN A 192.0.2.1\nns2 IN A 192.0.2.2\n"
 
@@ -39,7 +39,7 @@ def run(processes: int, per_agency: int, base: Path, dovecot: Dovecot, relay: Sm
     """Messages per second for `processes` daemons on a fresh two-agency backlog."""
     url = pg.create_database(f"bench_{processes}_{secrets.token_hex(3)}")
     offices = [Office.create(base / f"p{processes}a{i}", dovecot, relay, bind, agency_id=f"ag{i}",
-                             database_url=url, workflow={"daily_cap_per_address": 100000})
+                             database_url=url, workflow={"daily_cap_per_address": 100000}, auth=UNVOUCHED)
                for i in range(2)]
     data = dict(offices[0].data)
     data["agency"] = [o.data["agency"][0] for o in offices]

@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
 
-from daemon.config import Config, ConfigError
+from daemon.config import Config, ConfigError, config_warnings
 
 DEFAULT_CONFIG = "/etc/subdomaind/config.toml"
 
@@ -153,6 +153,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             print(p)
         return EX_CONFIG
     print(f"OK: {len(cfg.agencies)} agency(ies): " + ", ".join(f"{a.id} ({a.zone}, SOP {a.sop})" for a in cfg.agencies))
+    for warning in config_warnings(cfg, advice=False):
+        print(f"WARNING: {warning}")
     if _check_signing(cfg):
         return EX_CONFIG
     if not args.connect:
@@ -240,6 +242,8 @@ def _daemon(args: argparse.Namespace) -> Any:
 
 def cmd_run(args: argparse.Namespace) -> int:
     d = _daemon(args)
+    for warning in config_warnings(d.config):
+        logging.getLogger("subdomaind").warning("%s", warning)
     d.run()
     return 0
 

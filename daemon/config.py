@@ -171,16 +171,36 @@ class LetterConfig(_Strict):
 
 
 class AuthConfig(_Strict):
-    """Issue 4 rule 4: whether a decision must be vouched for by the receiving server (see workflows/vouch.py)."""
+    """Whether a decision must be vouched for by the receiving server (see workflows/vouch.py).
 
-    require: Literal["none", "authres", "dkim", "authres_or_dkim"] = "none"
+    Safe by default: unless `require = "none"` is written, a decision needs our MTA's Authentication-Results
+    (with the pinned `authserv_id`) or a DKIM signature that verifies here. Without `authserv_id`,
+    `authres_or_dkim` means DKIM checked here only."""
+
+    require: Literal["none", "authres", "dkim", "authres_or_dkim"] = "authres_or_dkim"
     authserv_id: str | None = None  # our MTA's id in Authentication-Results, e.g. "mx.trenggalekkab.go.id"
 
     @model_validator(mode="after")
     def _pinned(self) -> AuthConfig:
-        if self.require in ("authres", "authres_or_dkim") and not self.authserv_id:
+        if self.require == "authres" and not self.authserv_id:
             raise ValueError("authserv_id is required when Authentication-Results are trusted")
         return self
+
+
+def config_warnings(cfg: Config, *, advice: bool = True) -> list[str]:
+    """What is allowed but unsafe (`check-config` prints it), and with `advice` what is safe but could be
+    better (the log at start): `"key.path: why"` lines."""
+    warnings: list[str] = []
+    for i, ag in enumerate(cfg.agencies):
+        if ag.auth.require == "none":
+            warnings.append(
+                f"agency[{i}].auth.require: 'none': decisions are not vouched for by the mail server; anyone "
+                "holding a copy of a step mail can approve with a forged From (the daily digest says so too)")
+        elif advice and ag.auth.require == "authres_or_dkim" and not ag.auth.authserv_id:
+            warnings.append(
+                f"agency[{i}].auth.authserv_id: not set: only DKIM signatures verified here vouch for a sender; "
+                "set the office MTA's authserv-id to trust its Authentication-Results (SPF, DMARC) too")
+    return warnings
 
 
 class VocabularyConfig(_Strict):
@@ -282,6 +302,17 @@ class HostingConfig(_Strict):
     timeout_seconds: float = Field(60.0, gt=0)
 
 
+class UnverifiedMailConfig(_Strict):
+    """Mail sent because of a message from a sender no official is (a unit, an outsider, a forger): at most
+    this many per clock hour (UTC) for one sender address, for one sender domain, and for the whole agency.
+    Over a cap, the message is handled and its request stored, but its mail is held and listed in the
+    digest."""
+
+    per_sender_per_hour: int = Field(30, ge=1)
+    per_domain_per_hour: int = Field(60, ge=1)
+    per_agency_per_hour: int = Field(200, ge=1)
+
+
 class WorkflowConfig(_Strict):
     undo_window_minutes: float = Field(10.0, ge=0)
     token_days: float = Field(7.0, gt=0)
@@ -289,6 +320,7 @@ class WorkflowConfig(_Strict):
     # Staff get one alert mail when intake has failed for this long (status shows it at once).
     intake_alert_minutes: float = Field(30.0, gt=0)
     quarantine_max_retries: int = Field(3, ge=1)
+    unverified_mail: UnverifiedMailConfig = UnverifiedMailConfig()
 
 
 class LimitsConfig(_Strict):

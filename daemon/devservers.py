@@ -12,6 +12,8 @@ explicitly everywhere, so there are no ``getfqdn()`` DNS lookups either.
   or (:meth:`Bind.secondary`) as a secondary that transfers the zone from a primary and can be frozen.
 * :class:`Postgres` -- a throwaway PostgreSQL cluster in the foreground.
 * :class:`SmtpRelay` -- an in-process aiosmtpd server that relays every message into Dovecot over LMTP.
+* :class:`Postfix` with :class:`OpenDkim` -- the office's inbound MTA: verifies DKIM signatures (test keys
+  made by :class:`DkimKey`), adds Authentication-Results, delivers into Dovecot over LMTP.
 
 Each class has ``start()``, ``stop()``, ``restart()`` (same ports, same data), context-manager support and
 ``log_text()`` for diagnostics. When run as root, Dovecot and PostgreSQL drop to their Debian system users
@@ -73,7 +75,8 @@ UPDATE_POLICY_TEMPLATE = """update-policy {
 };"""
 
 #: Apt packages that provide the binaries :func:`missing_binaries` looks for.
-APT_PACKAGES = "dovecot-imapd dovecot-lmtpd bind9 bind9-utils bind9-dnsutils postgresql util-linux"
+APT_PACKAGES = ("dovecot-imapd dovecot-lmtpd bind9 bind9-utils bind9-dnsutils postgresql util-linux "
+                "postfix opendkim opendkim-tools")
 
 _SBIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _READY_TIMEOUT = 15.0
@@ -129,7 +132,8 @@ def postgres_bindir() -> Path | None:
 
 
 def missing_binaries(*servers: str) -> list[str]:
-    """Names of the binaries that ``servers`` (any of "dovecot", "bind", "postgres"; all if none) need."""
+    """Names of the binaries that ``servers`` (any of "dovecot", "bind", "postgres", "postfix"; all but
+    "postfix" if none) need."""
     wanted = set(servers) or {"dovecot", "bind", "postgres"}
     need = ["setpriv"]
     if "dovecot" in wanted:
@@ -137,6 +141,8 @@ def missing_binaries(*servers: str) -> list[str]:
     if "bind" in wanted:
         need += ["named", "named-checkconf"]
     missing = [b for b in need if _which(b) is None]
+    if "postfix" in wanted:
+        need += ["postfix", "opendkim", "script"]
     if "postgres" in wanted:
         bindir = postgres_bindir()
         missing += [b for b in ("initdb", "postgres") if bindir is None or not (bindir / b).exists()]
@@ -1257,3 +1263,224 @@ class SmtpRelay:
 
     def __repr__(self) -> str:
         return f"<SmtpRelay {'running' if self.running else 'stopped'} port={self.port}>"
+
+
+# ----------------------------------------------------------------------------------------------------
+# The office MTA: Postfix with OpenDKIM as its milter
+
+
+@dataclass(frozen=True)
+class DkimKey:
+    """A test DKIM key of one domain (RSA 2048, RFC 6376): it signs the mail of that domain's users, and
+    its public half is what a verifier is given as the domain's ``selector._domainkey`` TXT record."""
+
+    domain: str
+    selector: str
+    private_pem: bytes
+
+    @classmethod
+    def generate(cls, domain: str, selector: str = "test") -> DkimKey:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                serialization.NoEncryption())
+        return cls(domain, selector, pem)
+
+    @property
+    def record_name(self) -> str:
+        return f"{self.selector}._domainkey.{self.domain}"
+
+    @property
+    def txt(self) -> str:
+        from cryptography.hazmat.primitives import serialization
+
+        key = serialization.load_pem_private_key(self.private_pem, password=None)
+        der = key.public_key().public_bytes(serialization.Encoding.DER,
+                                            serialization.PublicFormat.SubjectPublicKeyInfo)
+        return f"v=DKIM1; k=rsa; p={base64.b64encode(der).decode()}"
+
+    def sign(self, raw: bytes) -> bytes:
+        """``raw`` with a DKIM-Signature (rsa-sha256, relaxed/relaxed) prepended, as the domain's MTA adds it."""
+        import dkim
+
+        headers = [b"from", b"to", b"cc", b"subject", b"date", b"message-id", b"in-reply-to", b"references"]
+        signature = dkim.sign(raw, self.selector.encode(), self.domain.encode(), self.private_pem,
+                              canonicalize=(b"relaxed", b"relaxed"), include_headers=headers)
+        return signature + raw
+
+
+class OpenDkim(_Server):
+    """OpenDKIM as a verifying milter (``Mode v``) on 127.0.0.1:``port``: it checks each DKIM signature
+    against the keys given (``TestPublicKeys``: no DNS is asked), removes any Authentication-Results that
+    carry its own ``authserv_id`` (RFC 8601 section 5) and adds its own. Run as root it drops to the
+    ``opendkim`` user."""
+
+    name = "opendkim"
+
+    def __init__(self, base: Path, authserv_id: str, keys: Iterable[DkimKey] = ()) -> None:
+        super().__init__(base, "opendkim")
+        self.authserv_id = authserv_id
+        self.port = free_port()
+        self.conf_path = self.dir / "opendkim.conf"
+        (self.dir / "testkeys.txt").write_text("".join(f"{k.record_name} {k.txt}\n" for k in keys))
+        user = "UserID opendkim:opendkim\n" if _is_root() else ""
+        self.conf_path.write_text(
+            f"Mode v\nSocket inet:{self.port}@{LOOPBACK}\nPidFile {self.dir}/opendkim.pid\n{user}"
+            f"AuthservID {authserv_id}\nSyslog no\nAlwaysAddARHeader yes\nOn-NoSignature accept\n"
+            f"On-BadSignature accept\nOn-KeyNotFound accept\nOn-DNSError accept\n"
+            f"TestPublicKeys {self.dir}/testkeys.txt\n")
+        if _is_root():
+            _check_traversable(self.dir, "opendkim")
+
+    def start(self) -> None:
+        if self.running:
+            return
+        binary = _which("opendkim")
+        if binary is None:
+            raise FileNotFoundError("opendkim not found (apt-get install opendkim opendkim-tools)")
+        self.proc = _spawn([binary, "-f", "-x", str(self.conf_path)], self.dir / "opendkim.log", "TERM")
+
+        def listening() -> bool:
+            with socket.create_connection((LOOPBACK, self.port), timeout=1.0):
+                return True
+
+        _wait_ready(self.proc, listening, "opendkim", self.log_text)
+
+    def stop(self) -> None:
+        # OpenDKIM takes seconds to finish after SIGTERM; nothing of it needs to be kept.
+        _terminate(self.proc, signal.SIGKILL)
+        self.proc = None
+        with contextlib.suppress(FileNotFoundError):
+            (self.dir / "opendkim.pid").unlink()
+
+    def log_text(self) -> str:
+        return _tail(self.dir / "opendkim.log")
+
+
+class Postfix(_Server):
+    """Postfix as the office's inbound MTA on 127.0.0.1:``port``, with its own config directory, queue and
+    log under its directory (no system instance or file is touched). Mail for ``domain`` (sub-addresses
+    included) goes through the ``milter`` (OpenDKIM, which adds Authentication-Results) and is delivered by
+    LMTP into Dovecot; mail for any other domain is refused. Headers are not rewritten and nothing is
+    added but ``Received`` and the milter's header, so the mail arrives as a real office MTA passes it on.
+    Needs root (``postfix start-fg``); its daemons drop to the ``postfix`` user."""
+
+    name = "postfix"
+
+    def __init__(self, base: Path, domain: str, lmtp_host: str, lmtp_port: int, milter: OpenDkim) -> None:
+        super().__init__(base, "postfix")
+        self.domain = domain
+        self.milter = milter
+        self.port = free_port()
+        self.etc = self.dir / "etc"
+        self.spool = self.dir / "spool"
+        data = self.dir / "data"
+        for d in (self.etc, self.spool, data):
+            d.mkdir(mode=0o755)
+        if _is_root():
+            _check_traversable(self.dir, "postfix")
+            pw = pwd.getpwnam("postfix")
+            os.chown(data, pw.pw_uid, pw.pw_gid)
+        self.log_path = self.dir / "postfix.log"
+        (self.etc / "main.cf").write_text(f"""# generated by daemon/devservers.py
+compatibility_level = 3.6
+queue_directory = {self.spool}
+data_directory = {data}
+maillog_file = {self.log_path}
+maillog_file_prefixes = {self.dir}
+syslog_name = subdomaind-postfix-{self.port}
+mail_owner = postfix
+myhostname = {milter.authserv_id}
+mydomain = {domain}
+myorigin = {domain}
+inet_interfaces = {LOOPBACK}
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+mydestination =
+alias_maps =
+alias_database =
+local_recipient_maps =
+relay_domains = {domain}
+relay_recipient_maps =
+relay_transport = lmtp:inet:{lmtp_host}:{lmtp_port}
+default_transport = error:this test MTA delivers only to {domain}
+smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
+smtpd_milters = inet:{LOOPBACK}:{milter.port}
+non_smtpd_milters =
+milter_default_action = tempfail
+local_header_rewrite_clients =
+always_add_missing_headers = no
+message_size_limit = 104857600
+biff = no
+smtp_dns_support_level = disabled
+smtputf8_enable = yes
+""")
+        (self.etc / "master.cf").write_text(f"""# generated by daemon/devservers.py
+{LOOPBACK}:{self.port} inet n - n - - smtpd
+pickup    unix  n - n 60 1 pickup
+cleanup   unix  n - n - 0 cleanup
+qmgr      unix  n - n 300 1 qmgr
+tlsmgr    unix  - - n 1000? 1 tlsmgr
+rewrite   unix  - - n - - trivial-rewrite
+bounce    unix  - - n - 0 bounce
+defer     unix  - - n - 0 bounce
+trace     unix  - - n - 0 bounce
+verify    unix  - - n - 1 verify
+flush     unix  n - n 1000? 0 flush
+proxymap  unix  - - n - - proxymap
+proxywrite unix - - n - 1 proxymap
+smtp      unix  - - n - - smtp
+relay     unix  - - n - - smtp
+showq     unix  n - n - - showq
+error     unix  - - n - - error
+retry     unix  - - n - - error
+discard   unix  - - n - - discard
+lmtp      unix  - - n - - lmtp
+anvil     unix  - - n - 1 anvil
+scache    unix  - - n - 1 scache
+postlog   unix-dgram n - n - 1 postlogd
+""")
+
+    def _postfix(self, *args: str) -> subprocess.CompletedProcess[bytes]:
+        binary = _which("postfix")
+        if binary is None:
+            raise FileNotFoundError("postfix not found (apt-get install postfix)")
+        # Postfix reports a fatal start-up error only to syslog when stderr is no terminal: `script` gives
+        # it one, so that the error lands in the exception.
+        return subprocess.run(["script", "-qec", " ".join([binary, "-c", str(self.etc), *args]), "/dev/null"],
+                              capture_output=True, timeout=60, check=False)
+
+    def start(self) -> None:
+        if self.running:
+            return
+        if not _is_root():
+            raise PermissionError("the Postfix test server must be started by root")
+        check = self._postfix("check")  # also makes the queue directories with their owners
+        if check.returncode != 0:
+            raise RuntimeError(f"postfix check failed: {check.stdout.decode(errors='replace')}")
+        binary = _which("postfix")
+        assert binary is not None
+        self.proc = _spawn([binary, "-c", str(self.etc), "start-fg"], self.dir / "master.log", "TERM")
+        _wait_ready(self.proc, lambda: _greeting(self.port, b"220"), "postfix", self.log_text)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self._postfix("stop")
+        _terminate(self.proc, signal.SIGTERM)
+        self.proc = None
+
+    def log_text(self) -> str:
+        return _tail(self.dir / "master.log") + _tail(self.log_path)
+
+    def flushed(self, timeout: float = 10.0) -> None:
+        """Wait until the queue is empty (every accepted message delivered or bounced)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not any(any(d.iterdir()) for name in ("incoming", "active", "deferred", "maildrop")
+                       if (d := self.spool / name).is_dir()):
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"postfix queue not empty after {timeout} s:\n{self.log_text()[-3000:]}")

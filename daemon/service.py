@@ -65,6 +65,11 @@ def sd_notify(message: str) -> None:
         log.debug("sd_notify failed", exc_info=True)
 
 
+def official_addresses(agency: AgencyConfig) -> frozenset[str]:
+    """The officials and acting officials of the configuration."""
+    return frozenset(a for addrs in (*agency.actors.values(), *agency.delegates.values()) for a in addrs)
+
+
 def parse_options_for(agency: AgencyConfig, limits: LimitsConfig | None = None) -> ParseOptions:
     base = ParseOptions()
     reserved = frozenset(base.reserved_names | {n.lower() for n in agency.reserved_names})
@@ -210,7 +215,8 @@ class Daemon:
             sop=rt.sop,
             mailer=Mailer(agency_id=agency.id, agency_name=agency.name, address=agency.address,
                           zone=agency.zone, clock=self.clock,
-                          daily_cap=self.config.workflow.daily_cap_per_address, box=self.box),
+                          daily_cap=self.config.workflow.daily_cap_per_address, box=self.box,
+                          uncapped=official_addresses(agency)),
             services=rt.services,
             clock=self.clock,
             parse_options=parse_options_for(agency, self.config.limits),

@@ -1,10 +1,12 @@
 """`make demo`: one request letter travels the whole Trenggalek SOP against real local servers.
 
-Starts Dovecot (IMAP + LMTP), BIND 9 and an SMTP relay on 127.0.0.1 under /tmp/subdomaind-demo-UID, runs the real
-`subdomaind run`, sends a sample request, plays each official reading their mailbox and answering, and
-prints every step, the final reply letter and the DNS answer. Every letter is signed with a demo certificate
-(a local CA made for the run), and at the end each letter PDF in every mailbox is checked with `pdfsig`.
-Nothing leaves this machine.
+Starts Dovecot (IMAP + LMTP), BIND 9, the office MTA (Postfix with OpenDKIM verifying the officials'
+DKIM signatures and adding Authentication-Results) and an SMTP relay for the daemon's own mail on
+127.0.0.1 under /tmp/subdomaind-demo-UID, runs the real `subdomaind run`, sends a sample request, plays
+each official reading their mailbox and answering (their mail signed with their domain's test key, as
+their MTA does), and prints every step, the final reply letter and the DNS answer. A forged reply is
+refused on the way. Every letter is signed with a demo certificate (a local CA made for the run), and at
+the end each letter PDF in every mailbox is checked with `pdfsig`. Nothing leaves this machine.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from daemon import netguard  # noqa: E402
-from daemon.devservers import Bind, Dovecot, SmtpRelay, missing_binaries  # noqa: E402
+from daemon.devservers import Bind, DkimKey, Dovecot, OpenDkim, Postfix, SmtpRelay, missing_binaries  # noqa: E402
 from daemon.localoffice import (  # noqa: E402
     DOMAIN,
     Office,
@@ -49,10 +51,23 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
+def forge(office: Office, role: str) -> str:
+    """Someone outside holding a copy of the step mail answers it with the official's From: the office
+    MTA finds no signature of the officials' domain, so the daemon refuses it. Returns the refusal."""
+    official = office.officials[role]
+    step_mail = office.wait_mail(official, lambda m: "Mohon keputusan" in str(m["Subject"]))
+    subject = str(parse_mail(step_mail)["Subject"])
+    ticket = re.search(r"\[([A-Z]+/\d{4}/\d{4})\]", subject)
+    assert ticket is not None
+    office.send(reply_to(step_mail, official.address, "SETUJU"), "penyusup@example.net")
+    office.wait_until(lambda: "not_vouched" in office.cli("show", ticket.group(1), check=False).stdout)
+    return "not_vouched (the office MTA did not vouch for the sender)"
+
+
 def main() -> int:
     os.environ[netguard.ENV] = "1"  # this process and the daemon it starts talk to 127.0.0.1 only
     netguard.install()
-    missing = missing_binaries("dovecot", "bind")
+    missing = missing_binaries("dovecot", "bind", "postfix")
     if missing:
         say(f"missing: {', '.join(missing)} - run `make demo` (it installs them)")
         return 1
@@ -63,11 +78,15 @@ def main() -> int:
     base.mkdir(parents=True)
     base.chmod(0o755)
     started = time.monotonic()
-    with Dovecot(base, DOMAIN) as dovecot, Bind(base, DOMAIN, ZONE_RECORDS) as bind:
+    key = DkimKey.generate(DOMAIN)
+    with Dovecot(base, DOMAIN) as dovecot, Bind(base, DOMAIN, ZONE_RECORDS) as bind, \
+            OpenDkim(base, f"mx.{DOMAIN}", [key]) as milter, \
+            Postfix(base, DOMAIN, dovecot.host, dovecot.lmtp_port, milter) as mta:
         relay = SmtpRelay(dovecot.host, dovecot.lmtp_port, base=base)
         relay.start()
-        office = Office.create(base / "office", dovecot, relay, bind, signing=True)
-        say(f"Local servers up: IMAP 127.0.0.1:{dovecot.imap_port}, SMTP 127.0.0.1:{relay.port}, "
+        office = Office.create(base / "office", dovecot, relay, bind, mta=mta, dkim=key, signing=True)
+        say(f"Local servers up: IMAP 127.0.0.1:{dovecot.imap_port}, office MTA (Postfix + OpenDKIM) "
+            f"127.0.0.1:{mta.port}, SMTP relay for the daemon 127.0.0.1:{relay.port}, "
             f"DNS 127.0.0.1:{bind.port} (zone {DOMAIN}); config {office.config_path}")
         office.start()
         try:
@@ -81,6 +100,10 @@ def main() -> int:
             note = office.wait_mail(office.officials["sekretaris"], lambda m: "Pemberitahuan" in str(m["Subject"]))
             say(f"   -> Sekretaris informed (step 3): \"{parse_mail(note)['Subject']}\"")
             for n, (role, word, what) in enumerate(PLAN, start=2):
+                if n == 2:
+                    forged = forge(office, role)
+                    say(f"   !! a forged SETUJU with From: {office.officials[role].address}, sent from outside, "
+                        f"is refused: {forged}")
                 step_mail = office.decide(role, word)
                 say(f"\n{n}. {what}")
                 say(f"   -> {office.officials[role].address} was asked: \"{parse_mail(step_mail)['Subject']}\"")

@@ -18,7 +18,18 @@ from pathlib import Path
 import pytest
 
 from daemon import netguard
-from daemon.devservers import APT_PACKAGES, Bind, Dovecot, MailUser, Postgres, SmtpRelay, missing_binaries
+from daemon.devservers import (
+    APT_PACKAGES,
+    Bind,
+    DkimKey,
+    Dovecot,
+    MailUser,
+    OpenDkim,
+    Postfix,
+    Postgres,
+    SmtpRelay,
+    missing_binaries,
+)
 
 DOMAIN = "trenggalekkab.go.id"
 ZONE = DOMAIN
@@ -29,7 +40,8 @@ www   IN A 203.0.113.5
 mail  IN A 203.0.113.6
 """
 
-Server = Dovecot | Bind | Postgres | SmtpRelay
+AUTHSERV_ID = f"mx.{DOMAIN}"
+Server = Dovecot | Bind | Postgres | SmtpRelay | OpenDkim | Postfix
 _STARTED: list[Server] = []
 
 
@@ -116,6 +128,25 @@ def smtp_relay_tls(servers_root: Path, dovecot: Dovecot) -> Iterator[SmtpRelay]:
 
 
 @pytest.fixture(scope="session")
+def dkim_key() -> DkimKey:
+    """The officials' domain's test DKIM key: their mail is signed with it, and the office MTA knows it."""
+    return DkimKey.generate(DOMAIN)
+
+
+@pytest.fixture(scope="session")
+def postfix(servers_root: Path, dovecot: Dovecot, dkim_key: DkimKey) -> Iterator[Postfix]:
+    """The office MTA: Postfix on 127.0.0.1:`postfix.port` with OpenDKIM (`postfix.milter`) verifying the
+    officials' DKIM signatures and adding `Authentication-Results: mx.trenggalekkab.go.id`, then LMTP into
+    `dovecot`."""
+    _require("postfix")
+    milter = _started(OpenDkim(servers_root, AUTHSERV_ID, [dkim_key]))
+    server = Postfix(servers_root, DOMAIN, dovecot.host, dovecot.lmtp_port, milter)
+    with _started(server):
+        yield server
+    milter.stop()
+
+
+@pytest.fixture(scope="session")
 def postgres(servers_root: Path) -> Iterator[Postgres]:
     """A throwaway PostgreSQL cluster; `postgres.create_database(name)` returns a SQLAlchemy URL."""
     _require("postgres")
@@ -158,7 +189,7 @@ def pytest_runtest_makereport(
     report = yield
     if report.failed:
         for name, value in getattr(item, "funcargs", {}).items():
-            if isinstance(value, Dovecot | Bind | Postgres | SmtpRelay):
+            if isinstance(value, Dovecot | Bind | Postgres | SmtpRelay | Postfix):
                 report.sections.append((f"{name} log (tail)", value.log_text()[-6000:]))
     return report
 

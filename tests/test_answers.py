@@ -68,7 +68,8 @@ def office(dovecot: Dovecot, smtp_relay: SmtpRelay, bind: Bind, plt: MailUser) -
 @pytest.fixture(scope="module")
 def open_office(dovecot: Dovecot, smtp_relay: SmtpRelay, bind: Bind) -> Iterator[Office]:
     """No MTA vouching configured, and a daily cap of 4 mails per address."""
-    o = _office("answers-open-", dovecot, smtp_relay, bind, None, workflow={"daily_cap_per_address": 4})
+    o = _office("answers-open-", dovecot, smtp_relay, bind, None, workflow={"daily_cap_per_address": 4},
+                auth={"require": "none"})
     yield o
     o.stop()
 

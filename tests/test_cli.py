@@ -174,6 +174,31 @@ def test_loopback_guard_blocks_name_lookups_and_remote_addresses() -> None:
     assert socket.getaddrinfo("127.0.0.1", 53)
 
 
+def test_decisions_are_vouched_for_unless_none_is_written_and_none_is_warned(tmp_path: Path) -> None:
+    from daemon.config import load_config
+
+    data = config_data(tmp_path)
+    assert "auth" not in data["agency"][0]
+    default = write_config(tmp_path / "default.toml", data)
+    assert load_config(default).agencies[0].auth.require == "authres_or_dkim"  # safe by default
+    proc = run("check-config", str(default))
+    assert proc.returncode == 0
+    assert b"auth" not in proc.stdout + proc.stderr  # safe: DKIM verified here (the log at start advises)
+    data["agency"][0]["auth"] = {"require": "none"}
+    proc = run("check-config", str(write_config(tmp_path / "none.toml", data)))
+    assert proc.returncode == 0
+    assert b"WARNING: agency[0].auth.require: 'none': decisions are not vouched for" in proc.stdout
+    data["agency"][0]["auth"] = {"require": "authres_or_dkim", "authserv_id": "mx.trenggalekkab.go.id"}
+    proc = run("check-config", str(write_config(tmp_path / "pinned.toml", data)))
+    assert proc.returncode == 0 and b"auth" not in proc.stdout + proc.stderr
+    from daemon.config import config_warnings
+
+    assert [w.split(":")[0] for w in config_warnings(load_config(default))] == ["agency[0].auth.authserv_id"]
+    data["agency"][0]["auth"] = {"require": "authres"}
+    proc = run("check-config", str(write_config(tmp_path / "bad.toml", data)))
+    assert proc.returncode != 0 and b"authserv_id is required" in proc.stdout
+
+
 @pytest.mark.servers
 def test_outbox_list_release_drop_held_mail(tmp_path: Path, dovecot, smtp_relay) -> None:  # type: ignore[no-untyped-def]
     """Mail over the daily cap is held: staff see it (list, digest), send it (release) or drop it."""

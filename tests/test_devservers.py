@@ -27,8 +27,10 @@ import sqlalchemy as sa
 from daemon.devservers import (
     UPDATE_POLICY_TEMPLATE,
     Bind,
+    DkimKey,
     Dovecot,
     MailUser,
+    Postfix,
     Postgres,
     SmtpRelay,
     free_port,
@@ -265,6 +267,49 @@ def test_smtp_starttls_needs_the_test_ca(smtp_relay_tls: SmtpRelay, unique_user:
 
 # ----------------------------------------------------------------------------------------------------
 # BIND
+
+
+def _through_postfix(postfix: Postfix, user: MailUser, raw: bytes, mail_from: str) -> str:
+    """Send `raw` through the office MTA to `user`; the Authentication-Results of what lands, unfolded."""
+    before = len(user.messages())
+    with smtplib.SMTP(postfix.host, postfix.port, timeout=10) as s:
+        s.sendmail(mail_from, [user.plus("tabc")], raw)
+    deadline = time.monotonic() + 10
+    while len(user.messages()) <= before:
+        assert time.monotonic() < deadline, postfix.log_text()[-2000:]
+        time.sleep(0.05)
+    got = email.message_from_bytes(user.messages()[-1], policy=email.policy.default)
+    return " | ".join(" ".join(str(v).split()) for v in got.get_all("Authentication-Results") or [])
+
+
+def _plain(sender: str, to: str) -> bytes:
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = sender, to, "SETUJU"
+    msg["Message-ID"] = f"<{secrets.token_hex(6)}@trenggalekkab.go.id>"
+    msg.set_content("SETUJU")
+    return msg.as_bytes().replace(b"\n", b"\r\n")
+
+
+def test_postfix_with_opendkim_vouches_only_for_a_valid_signature(
+        postfix: Postfix, dkim_key: DkimKey, unique_user: MailUser) -> None:
+    authserv = postfix.milter.authserv_id
+    raw = _plain(unique_user.address, unique_user.plus("tabc"))
+    signed = _through_postfix(postfix, unique_user, dkim_key.sign(raw), unique_user.address)
+    assert signed.startswith(f"{authserv}; dkim=pass") and f"header.d={ZONE}" in signed
+    assert _through_postfix(postfix, unique_user, raw, "x@example.net").startswith(f"{authserv}; dkim=none")
+    tampered = dkim_key.sign(raw).replace(b"SETUJU\r\n", b"TOLAK\r\n")
+    assert "dkim=fail" in _through_postfix(postfix, unique_user, tampered, "x@example.net")
+    other = DkimKey.generate(ZONE, selector="lain")  # a key the officials' domain never published
+    assert "dkim=pass" not in _through_postfix(postfix, unique_user, other.sign(raw), "x@example.net")
+    # A forged header naming our MTA is removed on the way in (RFC 8601 section 5); only the MTA's own stays.
+    forged = f"Authentication-Results: {authserv}; dkim=pass header.d={ZONE}\r\n".encode() + raw
+    results = _through_postfix(postfix, unique_user, forged, "x@example.net")
+    assert results.count(authserv) == 1 and "dkim=pass" not in results
+
+
+def test_postfix_relays_only_the_office_domain(postfix: Postfix) -> None:
+    with smtplib.SMTP(postfix.host, postfix.port, timeout=10) as s, pytest.raises(smtplib.SMTPRecipientsRefused):
+        s.sendmail("a@example.net", ["b@example.org"], _plain("a@example.net", "b@example.org"))
 
 
 def test_update_policy_is_the_documented_one(bind: Bind) -> None:

@@ -299,3 +299,32 @@ def test_html_digest_screenshot(office: Office, tmp_path: Path) -> None:
             assert len(colors) > 200  # text, the header bar, the red TERLAMBAT marks: not a blank page
             reds = sum(n for n, (r, g, b) in colors if r > 150 and g < 60 and b < 60)
             assert reds > 200  # the overdue marks are visible
+
+
+def test_unvouched_decisions_and_capped_mail_are_said_every_day(tmp_path: Path) -> None:
+    """With `require = "none"` the digest says so, every day; mail held by the caps on mail caused by
+    unverified senders is listed with its ticket and sender (the requests themselves are stored)."""
+    from daemon.localoffice import UNVOUCHED, make_config
+    from tests.test_reminders import seed_request
+    from workflows.db import upgrade
+    from workflows.mailer import CAP_NOTE
+    from workflows.store import make_engine, make_sessionmaker
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'test.db'}")
+    upgrade(engine)
+    sessions = make_sessionmaker(engine)
+    with sessions.begin() as s:
+        req, _ = seed_request(s, ticket="SD/2026/0020", step="disposisi", kind="approval", role="kadis",
+                              opened=wib(2026, 11, 10, 8, 0), received=wib(2026, 11, 10, 8, 0), subdomain="palsu")
+        for n in range(3):
+            _outbox(s, 10 + n, "held", 0, wib(2026, 11, 10, 8, 0),
+                    f"{CAP_NOTE} (sender 6/6): penyusup@palsu.example", req.id, "ack" if n == 0 else "step.disposisi")
+    for auth, said in ((UNVOUCHED, True), (None, False)):
+        cfg = make_config(tmp_path / f"cfg{said}", **({"auth": auth} if auth else {}))
+        data = digest(sessions, cfg)
+        assert data["auth_unvouched"] is said
+        assert data["capped_total"] == 3 and {c["sender"] for c in data["capped"]} == {"penyusup@palsu.example"}
+        _, text, html = render_digest(data, cfg.agencies[0])
+        assert ('auth.require = "none"' in text) is said and ("<b>Perhatian:</b>" in html) is said
+        assert "SUREL DITAHAN: BATAS PENGIRIM TAK TERVERIFIKASI (3)" in text
+        assert "SD/2026/0020" in text and "penyusup@palsu.example" in html

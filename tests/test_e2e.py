@@ -16,20 +16,23 @@ from pathlib import Path
 
 import pytest
 
-from daemon.devservers import Bind, Dovecot, Postgres, SmtpRelay
+from daemon.devservers import Bind, DkimKey, Dovecot, Postfix, Postgres, SmtpRelay
 from daemon.localoffice import Office, body_text, parse_mail, reply_to
 
 pytestmark = pytest.mark.servers
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def office(request: pytest.FixtureRequest, dovecot: Dovecot, smtp_relay: SmtpRelay, bind: Bind) -> Iterator[Office]:
+def office(request: pytest.FixtureRequest, dovecot: Dovecot, smtp_relay: SmtpRelay, bind: Bind, postfix: Postfix,
+           dkim_key: DkimKey) -> Iterator[Office]:
+    """The office with people's mail going through the office MTA (Postfix + OpenDKIM), as in production:
+    the officials' decisions count because the MTA vouches for them (the default `[agency.auth]`)."""
     base = Path(tempfile.mkdtemp(prefix="office-"))
     url = None
     if request.param == "postgresql":
         pg: Postgres = request.getfixturevalue("postgres")
         url = pg.create_database(f"e2e_{secrets.token_hex(4)}")
-    o = Office.create(base, dovecot, smtp_relay, bind, database_url=url)
+    o = Office.create(base, dovecot, smtp_relay, bind, database_url=url, mta=postfix, dkim=dkim_key)
     o.start()
     yield o
     o.stop()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
-from daemon.localoffice import ACTORS, MAILBOX, hand_pdf, make_config, reply_to, request_mail
+from daemon.localoffice import ACTORS, MAILBOX, UNVOUCHED, hand_pdf, make_config, reply_to, request_mail
 from daemon.service import Daemon
 from workflows.db import upgrade
 from workflows.engine import Services
@@ -111,7 +111,7 @@ class DictDns:
 
 @pytest.fixture
 def world(tmp_path: Path):  # type: ignore[no-untyped-def]
-    cfg = make_config(tmp_path)
+    cfg = make_config(tmp_path, auth=UNVOUCHED)
     engine = make_engine(cfg.db_url)
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
     upgrade(engine)
@@ -280,7 +280,7 @@ def test_agency_vocabulary_replaces_the_keywords(tmp_path: Path) -> None:
     from daemon.service import parse_options_for
     from parsers import parse
 
-    cfg = make_config(tmp_path, agency_extra={"vocabulary": {"approve": ["laksanakan", "siap laksanakan"]}})
+    cfg = make_config(tmp_path, auth=UNVOUCHED, agency_extra={"vocabulary": {"approve": ["laksanakan", "siap laksanakan"]}})
     opts = parse_options_for(cfg.agencies[0])
     raw = (b"From: kadis@trenggalekkab.go.id\nSubject: Re: [SD/2026/0001] x\nIn-Reply-To: <a@b>\n\n"
            b"Laksanakan.\n")

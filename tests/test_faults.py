@@ -37,7 +37,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.devservers import Bind, Dovecot, MailUser, Postgres, SmtpRelay
-from daemon.localoffice import SUBDOMAIND, Office, parse_mail, request_mail, write_config
+from daemon.localoffice import SUBDOMAIND, UNVOUCHED, Office, parse_mail, request_mail, write_config
 from workflows.store import (
     Account,
     Inbound,
@@ -294,7 +294,7 @@ def harness(tmp_path: Path, dovecot: Dovecot, smtp_relay: SmtpRelay, bind: Bind)
     def make(*, edit: Callable[[dict[str, Any]], None] | None = None, base: Path | None = None,
              **kwargs: Any) -> Harness:
         b = base or tmp_path / f"office{len(made)}"
-        o = Office.create(b, dovecot, smtp_relay, bind, **kwargs)
+        o = Office.create(b, dovecot, smtp_relay, bind, **{"auth": UNVOUCHED, **kwargs})
         if edit is not None:
             edit(o.data)
             write_config(o.config_path, o.data)
@@ -669,7 +669,7 @@ def test_bind_dies_mid_provisioning_then_the_kasi_decides(
     from daemon.service import Daemon, build_services
     from workflows.db import upgrade
 
-    o = Office.create(tmp_path / "office", dovecot, smtp_relay, bind)
+    o = Office.create(tmp_path / "office", dovecot, smtp_relay, bind, auth=UNVOUCHED)
     cfg = load_config(o.config_path)
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(cfg.db_url)

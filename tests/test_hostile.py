@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import select
 
 from daemon.devservers import Bind, Dovecot, SmtpRelay
-from daemon.localoffice import hand_pdf, make_config, request_mail
+from daemon.localoffice import UNVOUCHED, hand_pdf, make_config, request_mail
 from daemon.service import Daemon
 from workflows.db import upgrade
 from workflows.store import Inbound, Request, make_engine, make_sessionmaker
@@ -87,7 +87,8 @@ def test_hostile_mail_ends_with_a_reason_and_the_daemon_goes_on(dovecot: Dovecot
     mailbox = dovecot.new_user("layanan")
     base = Path(tempfile.mkdtemp(prefix="hostile-"))
     cfg = make_config(base, imap_port=dovecot.imap_port, imap_user=mailbox.name, imap_password=mailbox.password,
-                      mailbox=mailbox.address, smtp_port=smtp_relay.port, dns_port=bind.port, tsig_secret=bind.secret)
+                      mailbox=mailbox.address, smtp_port=smtp_relay.port, dns_port=bind.port, tsig_secret=bind.secret,
+                      auth=UNVOUCHED)
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(cfg.db_url)
     upgrade(engine)

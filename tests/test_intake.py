@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from daemon.config import ImapConfig, SmtpConfig
 from daemon.devservers import Bind, Dovecot, MailUser, SmtpRelay
-from daemon.localoffice import make_config, request_mail
+from daemon.localoffice import UNVOUCHED, make_config, request_mail
 from daemon.mailbox import ImapSource, MailSourceError
 from daemon.outbox import SendError, SmtpTransport
 from daemon.service import Daemon
@@ -99,7 +99,7 @@ def daemon_on(dovecot: Dovecot, smtp_relay: SmtpRelay, bind: Bind):  # type: ign
     base = Path(tempfile.mkdtemp(prefix="intake-"))
     cfg = make_config(base, imap_port=dovecot.imap_port, imap_user=mailbox.name, imap_password=mailbox.password,
                       mailbox=mailbox.address, smtp_port=smtp_relay.port, dns_port=bind.port,
-                      tsig_secret=bind.secret)
+                      tsig_secret=bind.secret, auth=UNVOUCHED)
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(cfg.db_url)
     upgrade(engine)
@@ -201,7 +201,7 @@ def test_over_limit_mail_is_answered_in_indonesian_and_kept(dovecot: Dovecot, sm
 
     data = config_data(base, imap_port=dovecot.imap_port, imap_user=mailbox.name, imap_password=mailbox.password,
                        mailbox=mailbox.address, smtp_port=smtp_relay.port, dns_port=bind.port,
-                       tsig_secret=bind.secret)
+                       tsig_secret=bind.secret, auth=UNVOUCHED)
     data["limits"] = {"max_attachment_bytes": 50_000}
     cfg = parse_config(data)
     cfg.state_dir.mkdir(parents=True, exist_ok=True)

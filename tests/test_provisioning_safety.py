@@ -21,7 +21,7 @@ from sqlalchemy import select
 
 from daemon.config import load_config
 from daemon.devservers import Bind, Dovecot, SmtpRelay
-from daemon.localoffice import REQUEST_BODY, Office, body_text, parse_mail, reply_to
+from daemon.localoffice import REQUEST_BODY, UNVOUCHED, Office, body_text, parse_mail, reply_to
 from daemon.service import Daemon
 from workflows.db import upgrade
 from workflows.store import Request, make_engine, make_sessionmaker
@@ -44,7 +44,7 @@ def _office(base: Path, dovecot: Dovecot, relay: SmtpRelay, bind: Bind, accounts
     base.mkdir(parents=True, exist_ok=True)
     script.write_text(SCRIPT)
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
-    o = Office.create(base, dovecot, relay, bind,
+    o = Office.create(base, dovecot, relay, bind, auth=UNVOUCHED,
                       hosting={"backend": "command",
                                "argv": [str(script), str(accounts), "{username}", "{fqdn}", "{ip}"],
                                "secret_via": "stdin", "timeout_seconds": 20},

@@ -20,7 +20,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import ProgrammingError
 
 from daemon.devservers import Bind, Dovecot, Postgres, SmtpRelay
-from daemon.localoffice import SUBDOMAIND, Office, parse_mail, reply_to, write_config
+from daemon.localoffice import SUBDOMAIND, UNVOUCHED, Office, parse_mail, reply_to, write_config
 
 pytestmark = pytest.mark.servers
 AGENCIES = 4
@@ -31,7 +31,8 @@ def test_three_processes_four_agencies_one_killed(dovecot: Dovecot, smtp_relay: 
                                                   postgres: Postgres) -> None:
     url = postgres.create_database(f"scale_{secrets.token_hex(4)}")
     base = Path(tempfile.mkdtemp(prefix="scaleout-"))
-    offices = [Office.create(base / f"ag{i}", dovecot, smtp_relay, bind, agency_id=f"ag{i}", database_url=url)
+    offices = [Office.create(base / f"ag{i}", dovecot, smtp_relay, bind, agency_id=f"ag{i}", database_url=url,
+                             auth=UNVOUCHED)
                for i in range(AGENCIES)]
     data = dict(offices[0].data)
     data["agency"] = [o.data["agency"][0] for o in offices]

@@ -1,7 +1,11 @@
-"""Decisions only the right official can make (issue 4), attacked against the real daemon and servers.
+"""Decisions only the right official can make, attacked against the real daemon and servers.
 
-Each attack must change nothing (same step, no accepted decision, nothing provisioned) and leave exactly
-one audit row carrying the attacking message's Message-ID; an unknown outsider is never answered.
+People's mail goes through the office MTA (Postfix, with OpenDKIM verifying DKIM signatures and adding
+Authentication-Results) into Dovecot, as in production; the officials' domain signs its users' mail with
+its test key, a forger outside cannot. The daemon runs with the default `[agency.auth]` (vouching
+required, the MTA's authserv-id pinned). Each attack must change nothing (same step, no accepted
+decision, nothing provisioned) and leave exactly one audit row carrying the attacking message's
+Message-ID; an unknown outsider is never answered.
 """
 
 from __future__ import annotations
@@ -17,17 +21,17 @@ from pathlib import Path
 
 import pytest
 
-from daemon.devservers import Bind, Dovecot, SmtpRelay
-from daemon.localoffice import Office, parse_mail, reply_to, vouch
+from daemon.devservers import Bind, DkimKey, Dovecot, Postfix, SmtpRelay
+from daemon.localoffice import AUTHSERV_ID, Office, parse_mail, reply_to, vouch
 
 pytestmark = pytest.mark.servers
 
 
 @pytest.fixture(scope="module")
-def office(dovecot: Dovecot, smtp_relay: SmtpRelay, bind: Bind) -> Iterator[Office]:
+def office(dovecot: Dovecot, smtp_relay: SmtpRelay, bind: Bind, postfix: Postfix, dkim_key: DkimKey) -> Iterator[Office]:
     base = Path(tempfile.mkdtemp(prefix="security-"))
-    o = Office.create(base, dovecot, smtp_relay, bind,
-                      agency_extra={"auth": {"require": "authres", "authserv_id": "mx.trenggalekkab.go.id"}})
+    o = Office.create(base, dovecot, smtp_relay, bind, mta=postfix, dkim=dkim_key)
+    assert "auth" not in o.data["agency"][0] or o.data["agency"][0]["auth"]["authserv_id"] == AUTHSERV_ID
     o.start()
     yield o
     o.stop()
@@ -96,8 +100,13 @@ def test_forged_from_with_a_valid_token_is_refused(office: Office) -> None:
     forged2 = vouch(reply_to(step_mail, kadis, "SETUJU"), kadis, authserv="mx.example.net")
     mid2 = send(office, forged2, "penyusup@example.net")
     assert_refused(office, ticket, before, mid2)
-    # The genuine reply, vouched for by our MTA, is accepted.
-    genuine = vouch(reply_to(step_mail, kadis, "SETUJU"), kadis)
+    # Nor is one that names our own MTA: OpenDKIM removes it (RFC 8601 section 5) and adds its own.
+    forged3 = vouch(reply_to(step_mail, kadis, "SETUJU"), kadis)
+    mid3 = send(office, forged3, "penyusup@example.net")
+    assert_refused(office, ticket, before, mid3)
+    assert "not_vouched" in audit_rows(office, mid3)[0][1]
+    # The genuine reply, signed by the officials' domain and vouched for by our MTA, is accepted.
+    genuine = reply_to(step_mail, kadis, "SETUJU")
     send(office, genuine, kadis)
     assert state(office, ticket)[0] == "disposisi_kabid"
 
@@ -106,7 +115,7 @@ def test_stranger_with_the_token_is_refused_and_not_answered(office: Office) -> 
     ticket, step_mail = new_request(office)
     before = state(office, ticket)
     stranger = office.dovecot.new_user("orang")
-    raw = vouch(reply_to(step_mail, stranger.address, "SETUJU"), stranger.address)
+    raw = reply_to(step_mail, stranger.address, "SETUJU")  # signed: a colleague of the officials' domain
     mid = send(office, raw, stranger.address)
     assert_refused(office, ticket, before, mid)
     time.sleep(0.5)
@@ -121,17 +130,17 @@ def test_right_sender_without_token_or_thread_changes_nothing(office: Office) ->
     msg["From"], msg["To"], msg["Subject"] = kadis, office.mailbox.address, "SETUJU"
     msg["Date"], msg["Message-ID"] = formatdate(), make_msgid(domain="trenggalekkab.go.id")
     msg.set_content("SETUJU")
-    mid = send(office, vouch(msg.as_bytes(), kadis), kadis)
+    mid = send(office, msg.as_bytes(), kadis)
     assert_refused(office, ticket, before, mid)
 
 
 def test_token_replayed_and_closed_step(office: Office) -> None:
     ticket, step_mail = new_request(office)
     kadis = office.officials["kadis"].address
-    send(office, vouch(reply_to(step_mail, kadis, "SETUJU"), kadis), kadis)
+    send(office, reply_to(step_mail, kadis, "SETUJU"), kadis)
     before = state(office, ticket)
     assert before[0] == "disposisi_kabid"
-    mid = send(office, vouch(reply_to(step_mail, kadis, "TOLAK"), kadis), kadis)
+    mid = send(office, reply_to(step_mail, kadis, "TOLAK"), kadis)
     assert_refused(office, ticket, before, mid)
     assert "step_closed" in audit_rows(office, mid)[0][1]
 
@@ -140,7 +149,7 @@ def test_token_of_another_step_and_another_official(office: Office) -> None:
     ticket, step_mail = new_request(office)
     before = state(office, ticket)
     kabid = office.officials["kabid"].address
-    mid = send(office, vouch(reply_to(step_mail, kabid, "SETUJU"), kabid), kabid)
+    mid = send(office, reply_to(step_mail, kabid, "SETUJU"), kabid)
     assert_refused(office, ticket, before, mid)
     assert "not_actor" in audit_rows(office, mid)[0][1]
 
@@ -149,7 +158,7 @@ def test_requester_cannot_approve_their_own_request(office: Office) -> None:
     ticket, step_mail = new_request(office)
     before = state(office, ticket)
     me = office.requester.address
-    mid = send(office, vouch(reply_to(step_mail, me, "SETUJU"), me), me)
+    mid = send(office, reply_to(step_mail, me, "SETUJU"), me)
     assert_refused(office, ticket, before, mid)
     assert "requester" in audit_rows(office, mid)[0][1]
 
@@ -161,7 +170,7 @@ def test_a_cc_d_colleague_replying_all_is_refused(office: Office) -> None:
     raw = reply_to(step_mail, colleague.address, "SETUJU, atas arahan Kadis")
     msg = parse_mail(raw)
     msg["Cc"] = office.officials["kadis"].address
-    mid = send(office, vouch(msg.as_bytes(), colleague.address), colleague.address)
+    mid = send(office, msg.as_bytes(), colleague.address)
     assert_refused(office, ticket, before, mid)
 
 
@@ -177,7 +186,7 @@ def test_out_of_office_from_an_official_is_ignored(office: Office) -> None:
     msg["In-Reply-To"] = str(orig["Message-ID"])
     msg["Date"], msg["Message-ID"] = formatdate(), make_msgid(domain="trenggalekkab.go.id")
     msg.set_content("Saya sedang cuti sampai 1 Desember. SETUJU untuk hal mendesak hubungi Sekretaris.")
-    mid = send(office, vouch(msg.as_bytes(), kadis), kadis)
+    mid = send(office, msg.as_bytes(), kadis)
     assert_refused(office, ticket, before, mid)
     assert audit_rows(office, mid)[0][0] == "mail.auto_reply"
 
@@ -214,3 +223,95 @@ def test_bounce_of_a_step_mail_alerts_staff_and_changes_nothing(office: Office) 
     rows = audit_rows(office, mid)
     assert [r[0] for r in rows] == ["mail.bounced"], rows
     office.wait_mail(office.staff, lambda m: "Perlu tindakan" in str(m["Subject"]))
+
+
+def new_mail(sender: str, to: str, subject: str, text: str) -> bytes:
+    """A new mail (no In-Reply-To, no References), as an official writes one from scratch."""
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = sender, to, subject
+    msg["Date"], msg["Message-ID"] = formatdate(), make_msgid(domain="trenggalekkab.go.id")
+    msg.set_content(text)
+    return msg.as_bytes()
+
+
+def reply_address(step_mail: bytes) -> str:
+    return parseaddr(str(parse_mail(step_mail)["Reply-To"]))[1]
+
+
+def notices(office: Office, role: str, code_subject: str) -> list[str]:
+    return [str(parse_mail(m)["Subject"]) for m in office.officials[role].messages()
+            if code_subject in str(parse_mail(m)["Subject"])]
+
+
+WRONG_REQUEST = "nomor tiket tidak sesuai"
+
+
+def test_autocompleted_plus_address_of_another_request_changes_nothing(office: Office) -> None:
+    """The Kadis writes "[SD/…/A] SETUJU" and the mail client autocompletes the reply address of request
+    B's step mail: neither request moves, and the Kadis is told which request the address belonged to."""
+    ticket_a, mail_a = new_request(office)
+    ticket_b, mail_b = new_request(office)
+    before_a, before_b = state(office, ticket_a), state(office, ticket_b)
+    kadis = office.officials["kadis"].address
+    mid = send(office, new_mail(kadis, reply_address(mail_b), f"[{ticket_a}] SETUJU", "SETUJU"), kadis)
+    assert_refused(office, ticket_a, before_a, mid)
+    assert state(office, ticket_b) == before_b
+    assert "wrong_request" in audit_rows(office, mid)[0][1]
+    told = office.wait_mail(office.officials["kadis"], lambda m: WRONG_REQUEST in str(m["Subject"])
+                            and str(m["In-Reply-To"]) == mid)
+    line = next(t for t in parse_mail(told).get_body(preferencelist=("plain",)).get_content().splitlines()  # type: ignore[union-attr]
+                if ticket_a in t)
+    assert ticket_b in line and "Balas" in line  # one line: the ticket the address belongs to, the one named, how
+    # The same with the thread: a reply to A's step mail, sent to B's address, changes nothing either.
+    mid2 = send(office, _retarget(reply_to(mail_a, kadis, "SETUJU"), reply_address(mail_b)), kadis)
+    assert_refused(office, ticket_a, before_a, mid2)
+    assert state(office, ticket_b) == before_b
+    assert "wrong_request" in audit_rows(office, mid2)[0][1]
+    # The reply as the client makes it, to the step mail's own address, is taken.
+    send(office, reply_to(mail_a, kadis, "SETUJU"), kadis)
+    assert state(office, ticket_a)[0] == "disposisi_kabid"
+    assert state(office, ticket_b) == before_b
+
+
+def _retarget(raw: bytes, to: str) -> bytes:
+    msg = parse_mail(raw)
+    del msg["To"]
+    msg["To"] = to
+    return msg.as_bytes()
+
+
+def test_token_alone_naming_no_request_changes_nothing(office: Office) -> None:
+    """A new mail to a step mail's reply address that names no ticket and no thread: the token alone may
+    be an autocompleted address, so it decides nothing, and the official is told how to answer."""
+    ticket, step_mail = new_request(office)
+    before = state(office, ticket)
+    kadis = office.officials["kadis"].address
+    mid = send(office, new_mail(kadis, reply_address(step_mail), "Persetujuan", "SETUJU"), kadis)
+    assert_refused(office, ticket, before, mid)
+    assert "wrong_request" in audit_rows(office, mid)[0][1]
+    office.wait_mail(office.officials["kadis"], lambda m: WRONG_REQUEST in str(m["Subject"])
+                     and str(m["In-Reply-To"]) == mid)
+
+
+def test_an_official_hears_back_on_every_request_once_a_day_each(office: Office) -> None:
+    """Unclear replies from the Kabid on three requests: three notices, one per request; the same unclear
+    reply again on one of them the same day: no fourth."""
+    kadis, kabid = office.officials["kadis"].address, office.officials["kabid"]
+    tickets = []
+    for _ in range(3):
+        ticket, step_mail = new_request(office)
+        send(office, reply_to(step_mail, kadis, "SETUJU"), kadis)
+        kabid_mail = office.wait_mail(kabid, lambda m, t=ticket: t in str(m["Subject"])
+                                      and "Mohon keputusan" in str(m["Subject"]))
+        tickets.append((ticket, kabid_mail))
+    before = len(notices(office, "kabid", "belum dapat dipahami"))
+    for _ticket, kabid_mail in tickets:
+        mid = send(office, reply_to(kabid_mail, kabid.address, "Bagaimana kalau minggu depan saja?"), kabid.address)
+        assert "unclear" in audit_rows(office, mid)[0][1]
+    office.wait_until(lambda: len(notices(office, "kabid", "belum dapat dipahami")) == before + 3)
+    told = notices(office, "kabid", "belum dapat dipahami")[before:]
+    assert sorted(t.split("]")[0].lstrip("[") for t in told) == sorted(t for t, _ in tickets)
+    mid = send(office, reply_to(tickets[0][1], kabid.address, "Mungkin besok?"), kabid.address)
+    assert "unclear" in audit_rows(office, mid)[0][1]
+    time.sleep(1.0)
+    assert len(notices(office, "kabid", "belum dapat dipahami")) == before + 3

@@ -29,7 +29,7 @@ import pytest
 from sqlalchemy import select
 
 from daemon.devservers import Bind, Dovecot, MailUser, Postgres, SmtpRelay
-from daemon.localoffice import SUBDOMAIND, Office, parse_mail, reply_to
+from daemon.localoffice import SUBDOMAIND, UNVOUCHED, Office, parse_mail, reply_to
 from workflows.store import (
     Decision,
     Inbound,
@@ -119,7 +119,7 @@ def office(request: pytest.FixtureRequest, tmp_path: Path, dovecot: Dovecot, smt
     if request.param == "postgresql":
         pg: Postgres = request.getfixturevalue("postgres")
         url = pg.create_database(f"soak_{secrets.token_hex(4)}")
-    o = Office.create(tmp_path / "office", dovecot, smtp_relay, bind, database_url=url,
+    o = Office.create(tmp_path / "office", dovecot, smtp_relay, bind, database_url=url, auth=UNVOUCHED,
                       workflow={"daily_cap_per_address": 10000})
     yield o
     if o.proc is not None and o.proc.poll() is None:

@@ -17,8 +17,8 @@ import pytest
 from sqlalchemy import select
 
 from daemon.config import load_config
-from daemon.devservers import Bind, Dovecot, SmtpRelay
-from daemon.localoffice import AUTHSERV_ID, Office, body_text, parse_mail, reply_to, vouch, write_config
+from daemon.devservers import Bind, DkimKey, Dovecot, Postfix, SmtpRelay
+from daemon.localoffice import AUTHSERV_ID, UNVOUCHED, Office, body_text, parse_mail, reply_to, vouched_by, write_config
 from daemon.service import Daemon
 from workflows.db import upgrade
 from workflows.store import Audit, Decision, Request, make_engine, make_sessionmaker
@@ -57,8 +57,8 @@ def make_office(sop: str, dovecot: Dovecot, relay: SmtpRelay, bind: Bind, **extr
     base = Path(tempfile.mkdtemp(prefix=f"sop-{sop}-"))
     if sop == "kalbar":
         return Office.create(base, dovecot, relay, bind, roles=KALBAR_ROLES, agency_id="kalbar", sop="kalbar",
-                             zone=KALBAR_ZONE, **extra)
-    return Office.create(base, dovecot, relay, bind, **extra)
+                             zone=KALBAR_ZONE, **{"auth": UNVOUCHED, **extra})
+    return Office.create(base, dovecot, relay, bind, **{"auth": UNVOUCHED, **extra})
 
 
 @pytest.fixture(params=["trenggalek", "kalbar"])
@@ -154,15 +154,18 @@ def test_perbaiki_loops_back_as_the_sop_says(office: tuple[Office, Daemon]) -> N
     o.wait_until(lambda: requests_of(d)[0].status == "done")
 
 
-def test_delegate_from_config_and_by_the_kadis(dovecot: Dovecot, smtp_relay: SmtpRelay, bind: Bind) -> None:
+def test_delegate_from_config_and_by_the_kadis(dovecot: Dovecot, smtp_relay: SmtpRelay, bind: Bind,
+                                               postfix: Postfix, dkim_key: DkimKey) -> None:
     plt = dovecot.new_user("pltkadis")
-    # Naming an acting official by mail needs a sender our MTA vouched for (Authentication-Results).
-    o = make_office("trenggalek", dovecot, smtp_relay, bind, agency_extra={
-        "delegates": {"kadis": [plt.address]}, "auth": {"require": "authres", "authserv_id": AUTHSERV_ID}})
+    # Naming an acting official by mail needs a sender our MTA vouched for: people's mail goes through
+    # the office MTA (Postfix + OpenDKIM), which verifies the officials' domain's DKIM signatures.
+    o = make_office("trenggalek", dovecot, smtp_relay, bind, mta=postfix, dkim=dkim_key, auth=vouched_by(postfix),
+                    agency_extra={"delegates": {"kadis": [plt.address]}})
+    assert o.data["agency"][0]["auth"]["authserv_id"] == AUTHSERV_ID
     d = pumped(o)
     o.send_request(f"d{secrets.token_hex(3)}")
     step_mail = o.wait_mail(o.officials["kadis"], lambda m: "Mohon keputusan" in str(m["Subject"]))
-    o.send(vouch(reply_to(step_mail, plt.address, "SETUJU"), plt.address), plt.address)
+    o.send(reply_to(step_mail, plt.address, "SETUJU"), plt.address)
     o.wait_until(lambda: requests_of(d)[0].step == "disposisi_kabid")
     with d.sessions() as s:
         dec = s.execute(select(Decision).where(Decision.accepted.is_(True))).scalar_one()
@@ -177,13 +180,13 @@ def test_delegate_from_config_and_by_the_kadis(dovecot: Dovecot, smtp_relay: Smt
     cmd["From"], cmd["To"], cmd["Subject"] = kadis, o.mailbox.address, "Penunjukan Plh"
     cmd["Date"], cmd["Message-ID"] = formatdate(), make_msgid(domain="trenggalekkab.go.id")
     cmd.set_content(f"PLH kabid {plh.address} sampai 2099-12-31\n")
-    o.send(cmd.as_bytes(), kadis)  # not vouched: refused, nothing registered
+    o.send(cmd.as_bytes(), "penyusup@example.net")  # from outside, no signature: refused, nothing registered
     o.wait_until(lambda: _audit_events(d, "mail.refused") >= 1)
     cmd.replace_header("Message-ID", make_msgid(domain="trenggalekkab.go.id"))
-    o.send(vouch(cmd.as_bytes(), kadis), kadis)
+    o.send(cmd.as_bytes(), kadis)  # the Kadis's own mail, signed by the officials' domain
     o.wait_mail(plh, lambda m: "Dicatat: PLH" in str(m["Subject"]))
     step_mail = o.wait_mail(o.officials["kabid"], lambda m: "Mohon keputusan" in str(m["Subject"]))
-    o.send(vouch(reply_to(step_mail, plh.address, "SETUJU"), plh.address), plh.address)
+    o.send(reply_to(step_mail, plh.address, "SETUJU"), plh.address)
     o.wait_until(lambda: requests_of(d)[0].step == "periksa")
     d.shutdown(flush_seconds=1)
 

@@ -15,7 +15,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 # The newest migration (tests/test_db_schema.py checks that it is Alembic's head). A database already
 # there needs no Alembic: `run` then never loads it, 15 MB it would keep resident (bench/backlog.py
 # --memory), and the unit's ExecStartPre has already run `db upgrade`.
-HEAD = "0009_reminder_token"
+HEAD = "0010_sender_mail_caps"
 
 
 def alembic_config(engine: Engine) -> AlembicConfig:

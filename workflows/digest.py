@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from daemon.config import AgencyConfig, Config
 from workflows.engine import DECISION_WORDS, Ctx, audit, requester_addresses
-from workflows.mailer import Mailer, format_tanggal, one_line
+from workflows.mailer import CAP_NOTE, Mailer, format_tanggal, one_line
 from workflows.reminders import format_duration
 from workflows.sop import Sop, Step
 from workflows.store import Audit, Decision, Inbound, MailboxState, Outbox, Request, StepRun
@@ -65,6 +65,7 @@ DEFAULT_DIGEST_TIME = time(7, 0)
 # a message whose HTML passes about 102 KB. The plain-text part always lists everything.
 HTML_FULL_CARDS = 10
 HTML_COMPACT_ROWS = 40
+CAPPED_LISTED = 50  # held mail listed one by one; past that, a count
 
 
 def _first_line(text: str | None, limit: int = _REASON_LIMIT) -> str:
@@ -320,9 +321,29 @@ def build_digest(
         {"id": o.id, "ticket": tickets.get(o.request_id, "-") if o.request_id else "-",
          "what": _purpose_label(o.purpose), "to": ", ".join(o.rcpts), "at": fmt.when(o.created_at),
          "reason": _first_line(o.last_error)}
-        for o in s.execute(select(Outbox).where(Outbox.agency == agency.id, Outbox.status == "held")
+        for o in s.execute(select(Outbox).where(Outbox.agency == agency.id, Outbox.status == "held",
+                                                or_(Outbox.last_error.is_(None),
+                                                    ~Outbox.last_error.startswith(CAP_NOTE)))
                            .order_by(Outbox.id)).scalars()
     ]
+    # Mail held by the hourly caps on mail caused by unverified senders (the requests are stored, nothing
+    # was sent), every day until staff release or drop it: a flood can hold thousands, so the list is
+    # bounded and the rest counted.
+    held_by_cap = (Outbox.agency == agency.id, Outbox.status == "held", Outbox.last_error.startswith(CAP_NOTE))
+    capped = [
+        {
+            "id": o.id,
+            "at": fmt.when(o.created_at),
+            "ticket": tickets.get(o.request_id, "-") if o.request_id else "-",
+            "what": _purpose_label(o.purpose),
+            "to": ", ".join(o.rcpts),
+            "sender": (o.last_error or "").rpartition(": ")[2] or "-",
+        }
+        for o in s.execute(
+            select(Outbox).where(*held_by_cap).order_by(Outbox.created_at, Outbox.id).limit(CAPPED_LISTED)
+        ).scalars()
+    ]
+    capped_total = s.execute(select(func.count()).select_from(Outbox).where(*held_by_cap)).scalar_one()
     events = [
         {
             "at": fmt.when(a.at),
@@ -406,6 +427,10 @@ def build_digest(
         "outbox_failures": outbox_failures,
         "held": held,
         "events": events,
+        "capped": capped,
+        "capped_total": capped_total,
+        # Said every day while it is so: decisions are then not vouched for by the mail server.
+        "auth_unvouched": agency.auth.require == "none",
         "month": month,
         "counts": {
             "open": len(queue),

@@ -82,6 +82,12 @@ class NotParty(Refusal):
     notify = False
 
 
+class RequestMismatch(Refusal):
+    """The reply's token names one request, and its thread or subject ticket another (or none at all)."""
+
+    code = "wrong_request"
+
+
 class AlreadyRequested(Refusal):
     """The same unit already has an open request for the same sub-domain."""
 
@@ -104,6 +110,7 @@ ALL_REFUSALS: tuple[type[Refusal], ...] = (
     TooLateToCancel,
     NotVouched,
     NotParty,
+    RequestMismatch,
     AlreadyRequested,
     TooLarge,
 )

@@ -36,6 +36,7 @@ from workflows.errors import (
     NotStepActor,
     NotVouched,
     RequesterCannotApprove,
+    RequestMismatch,
     StepNotOpen,
     TokenExpired,
     TooLateToCancel,
@@ -61,6 +62,40 @@ class StepMatch:
     run: StepRun
     request: Request
     via: str  # "token" | "message-id" | "subject"
+    # For a token match: the ticket that the thread or the subject names when it is another request's, or
+    # "" when neither names any request. None: they agree with the token.
+    named: str | None = None
+
+
+def _thread_requests(ctx: Ctx, parsed: ParseResult) -> set[int]:
+    """The requests that our mails named in In-Reply-To/References belong to (RFC 5322 section 3.6.4)."""
+    msg = parsed.message
+    mids = [m for m in (msg.in_reply_to, *msg.references) if m] if msg is not None else []
+    if not mids:
+        return set()
+    s = ctx.session
+    found = set(s.execute(select(Outbox.request_id).where(Outbox.message_id.in_(mids),
+                                                          Outbox.request_id.is_not(None))).scalars())
+    found |= set(s.execute(select(StepRun.request_id).where(StepRun.mail_message_id.in_(mids))).scalars())
+    return {r for r in found if r is not None}
+
+
+def _named_elsewhere(ctx: Ctx, parsed: ParseResult, req: Request) -> str | None:
+    """Whether the thread and the subject ticket agree with the request a token names.
+
+    A mail client that autocompletes the plus-address of another request's step mail sends a token for
+    the wrong request; the thread and the ticket the official wrote are what they meant. So a token
+    counts only when the thread or the ticket names its request, and neither names another."""
+    thread = _thread_requests(ctx, parsed)
+    other = sorted(thread - {req.id})
+    if other:
+        row = ctx.session.get(Request, other[0])
+        return row.ticket if row is not None else ""
+    if parsed.ticket and parsed.ticket.upper() != (req.ticket or "").upper():
+        return parsed.ticket.upper()
+    if not thread and not parsed.ticket:
+        return ""  # names no request at all: the token alone may be an autocompleted address
+    return None
 
 
 def match_step(ctx: Ctx, parsed: ParseResult) -> StepMatch | None:
@@ -76,7 +111,7 @@ def match_step(ctx: Ctx, parsed: ParseResult) -> StepMatch | None:
         if run is not None:
             req = s.get(Request, run.request_id)
             if req is not None and req.agency == ctx.agency.id:
-                return StepMatch(run, req, "token")
+                return StepMatch(run, req, "token", _named_elsewhere(ctx, parsed, req))
     for mid in (msg.in_reply_to, *reversed(msg.references)):
         if not mid:
             continue
@@ -94,7 +129,9 @@ def match_step(ctx: Ctx, parsed: ParseResult) -> StepMatch | None:
         if run is not None:
             req = s.get(Request, run.request_id)
             if req is not None and req.agency == ctx.agency.id:
-                return StepMatch(run, req, "message-id")
+                ticket = (parsed.ticket or "").upper()
+                return StepMatch(run, req, "message-id",
+                                 ticket if ticket and ticket != (req.ticket or "").upper() else None)
     if parsed.ticket:
         req = s.execute(
             select(Request).where(Request.agency == ctx.agency.id, Request.ticket == parsed.ticket)
@@ -137,10 +174,14 @@ def _allowed(ctx: Ctx, role: str) -> set[str]:
 
 
 def known_address(ctx: Ctx, address: str | None) -> bool:
-    """An official or delegate of this agency (someone we may tell why a reply was refused)."""
+    """An official or delegate of this agency, from config or registered by mail and still in force
+    (someone we may tell why a reply was refused)."""
     if not address:
         return False
-    return any(address in addrs for addrs in (*ctx.agency.actors.values(), *ctx.agency.delegates.values()))
+    address = address.lower()
+    if any(address in addrs for addrs in (*ctx.agency.actors.values(), *ctx.agency.delegates.values())):
+        return True
+    return any(address in delegates_of(ctx, role) for role in ctx.sop.roles if not ctx.sop.roles[role].requester)
 
 
 class OwnMailHandler:
@@ -235,6 +276,13 @@ class DecisionReplyHandler:
                           ctx.services.dkim_txt)
         if not ok:
             raise NotVouched(how, **ctx_info)
+        if m.named is not None:
+            # The token (or thread) and what the official wrote name different requests, or the token
+            # names nothing they wrote: decide nothing, and say which request the reply was addressed to.
+            raise RequestMismatch(
+                f"balasan ditujukan ke {req.ticket} tetapi "
+                + (f"menyebut {m.named}" if m.named else "tidak menyebut nomor tiket maupun utas surel"),
+                named=m.named, **ctx_info)
         if m.via == "subject" and auth.require == "none":
             # The ticket number alone is guessable (SD/2026/0042): without a server vouching for From, a
             # tag-only reply would be From-only authorisation, the hole peers were reported for.

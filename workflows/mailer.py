@@ -33,6 +33,8 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 LOOP_HEADER = "X-Subdomaind-Loop"
 # Mail sent in reaction to an inbound message: what a mail loop would multiply.
 CAPPED_PURPOSES = frozenset({"ack", "refusal", "echo", "form", "delegation", "cancelled", "status", "antrean"})
+# The note of mail held by the hourly caps on mail caused by unverified senders (workflows/inbound.py).
+CAP_NOTE = "batas surel per jam untuk pengirim tak terverifikasi"
 
 
 def one_line(value: object, limit: int = 200) -> str:
@@ -249,6 +251,7 @@ class Mailer:
         zone: str,
         clock: Callable[[], datetime],
         daily_cap: int = 0,
+        uncapped: Iterable[str] = (),
         box: SecretBox | None = None,
     ) -> None:
         self.box = box  # seals a sensitive mail's bytes at rest (workflows/secretbox.py)
@@ -258,6 +261,9 @@ class Mailer:
         self.zone = zone
         self.clock = clock
         self.daily_cap = daily_cap
+        # Officials: what we send them in answer is bounded per request (one notice per request, reason and
+        # day; one echo per decision), and they must always hear back, so the per-address cap is not theirs.
+        self.uncapped = frozenset(a.lower() for a in uncapped)
         self.env = template_env(agency_id)
 
     def reply_address(self, token: str | None) -> str:
@@ -360,7 +366,8 @@ class Mailer:
         # The cap fences mail we send *in answer to* mail (a loop feeds on those); mail the SOP itself sends
         # (step mails, letters, alerts, digests) is bounded by the requests and must not be stalled by a
         # flood of strangers' letters filling an official's quota.
-        capped = self._over_cap(session, [*to, *cc], now) if purpose.split(".")[0] in CAPPED_PURPOSES else []
+        rcpts = [a for a in (*to, *cc) if a.lower() not in self.uncapped]
+        capped = self._over_cap(session, rcpts, now) if purpose.split(".")[0] in CAPPED_PURPOSES else []
         if capped:
             # The last fence against a mail loop (issue 4): the mail is kept, not sent, and staff see it.
             status, note = "held", f"batas harian {self.daily_cap} surel per alamat tercapai: {', '.join(capped)}"
@@ -382,6 +389,11 @@ class Mailer:
             created_at=now,
         )
         session.add(row)
+        # The mail one inbound message makes us queue, while its handler runs (workflows/inbound.py,
+        # charge_unverified: the caps on mail caused by unverified senders).
+        queued = session.info.get("queued")
+        if queued is not None:
+            queued.append(row)
         return row
 
     def _over_cap(self, session: Session, rcpts: Sequence[str], now: datetime) -> list[str]:

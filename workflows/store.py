@@ -417,6 +417,19 @@ class MailCount(Base):
     count: Mapped[int] = mapped_column(Integer, default=0)
 
 
+class SenderMailCount(Base):
+    """Mail sent in one clock hour because of messages from unverified senders: per sender address
+    (`scope` "sender"), per sender domain ("domain") and for the whole agency ("agency", key "*")."""
+
+    __tablename__ = "sender_mail_counts"
+
+    agency: Mapped[str] = mapped_column(String(32), primary_key=True)
+    scope: Mapped[str] = mapped_column(String(8), primary_key=True)
+    key: Mapped[str] = mapped_column(String(320), primary_key=True)
+    hour: Mapped[str] = mapped_column(String(13), primary_key=True)  # "2026-12-06T07", UTC
+    count: Mapped[int] = mapped_column(Integer, default=0)
+
+
 class Delegation(Base):
     """An acting official (Plt/Plh) registered by the Kepala Dinas by mail, valid until a date."""
 
