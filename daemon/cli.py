@@ -534,6 +534,59 @@ def cmd_digest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """The monthly report of one month: --preview (text; --html / --pdf write those), --send, --csv."""
+    from workflows.report import build_report, parse_month, previous_month, render_csv, render_mail, render_pdf
+    from workflows.sop import load_sop
+    from workflows.store import utcnow
+    from workflows.worktime import calendar_for
+
+    # --preview and --csv only read: no secrets, no database created (as `digest --preview`).
+    cfg = _load(args, secrets=bool(args.send))
+    agencies = [a for a in cfg.agencies if not args.agency or a.id == args.agency]
+    if not agencies:
+        raise CommandError(f"tidak ada instansi {args.agency!r} (ada: {', '.join(a.id for a in cfg.agencies)})", 2)
+    now = utcnow()
+    try:
+        months = {a.id: parse_month(args.month) if args.month else previous_month(calendar_for(a), now)
+                  for a in agencies}
+    except ValueError as exc:
+        raise CommandError(str(exc), 2) from None
+    if args.send:
+        from workflows.report import send_report
+
+        d = _daemon(args)
+        for rt in d.runtimes.values():
+            if rt.agency.id not in months:
+                continue
+            with d.sessions.begin() as s:
+                r = send_report(d.ctx(s, rt.agency), rt.calendar, months[rt.agency.id], now, by_hand=True)
+            print(f"{rt.agency.id}: laporan {r.month_name} diantrekan")
+        d.shutdown(flush_seconds=30)
+        return 0
+    sessions = _reader_sessions(cfg)
+    for agency in agencies:
+        with sessions() as s:
+            r = build_report(s, agency, load_sop(agency.sop), calendar_for(agency), months[agency.id], now)
+        if args.csv:
+            text = render_csv(r)
+            if args.output:
+                Path(args.output).write_text(text, encoding="utf-8")
+                print(args.output)
+            else:
+                sys.stdout.write(text)
+            continue
+        subject, body, html = render_mail(r, agency, inline=False)
+        print(f"Subjek: {subject}\n\n{body}")
+        if args.html:
+            Path(args.html).write_text(html, encoding="utf-8")
+            print(f"HTML: {args.html}")
+        if args.pdf:
+            Path(args.pdf).write_bytes(render_pdf(r, agency))
+            print(f"PDF: {args.pdf}")
+    return 0
+
+
 def cmd_quarantine(args: argparse.Namespace) -> int:
     """Staff's view of mail the daemon kept aside: list, show, retry (at most N times), drop (kept, marked)."""
     from workflows.inbound import retry_inbound
@@ -764,6 +817,17 @@ def build_parser() -> argparse.ArgumentParser:
     dg.add_argument("--role", help="with --preview: the 'menunggu Anda' digest of one role")
     dg.add_argument("--hours", type=float, default=24.0, help="cover this many hours back (default 24)")
     dg.set_defaults(func=cmd_digest)
+    rp = sub.add_parser("report", help="the monthly report: --preview prints it, --send sends it, --csv the records")
+    rmode = rp.add_mutually_exclusive_group(required=True)
+    rmode.add_argument("--preview", action="store_true")
+    rmode.add_argument("--send", action="store_true")
+    rmode.add_argument("--csv", action="store_true", help="one row per request of the month")
+    rp.add_argument("--month", help="YYYY-MM (default: last month)")
+    rp.add_argument("--agency")
+    rp.add_argument("--html", help="with --preview: also write the HTML (charts embedded) to this file")
+    rp.add_argument("--pdf", help="with --preview: also write the PDF to this file")
+    rp.add_argument("-o", "--output", help="with --csv: write to this file instead of standard output")
+    rp.set_defaults(func=cmd_report)
     lt = sub.add_parser("letters", help="the register of outgoing letters (numbers, kinds, signed or not)")
     lt.add_argument("--year", type=int)
     lt.add_argument("--agency")

@@ -363,6 +363,8 @@ class AgencyConfig(_Strict):
     holiday_overrides: Path | None = None
     digest_time: str = Field("07:00", pattern=r"^\d{2}:\d{2}$")
     vocabulary: VocabularyConfig = VocabularyConfig()
+    # The monthly report goes out on the first working day of each month, at digest_time.
+    monthly_report: bool = True
 
     @field_validator("zone")
     @classmethod

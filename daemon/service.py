@@ -191,6 +191,10 @@ class AgencyRuntime:
     gate: LoginGate = field(default_factory=LoginGate)
     tokens: TokenSource | None = None  # the mailbox's OAuth tokens, shared by intake and the watcher
     restored: bool = False
+    # The local month ("2026-12") whose monthly report (of the month before) is settled, and when a
+    # failed one may be tried again: so that a pass costs no query, and a failure no retry storm.
+    report_month: str | None = None
+    report_retry_at: float = 0.0
     wake: threading.Event = field(default_factory=threading.Event)
     lease_changed: threading.Event = field(default_factory=threading.Event)  # wakes its IDLE watcher
     watcher: ImapSource | None = None  # the IDLE connection, cut by `interrupt` on a stop or a lost lease
@@ -697,20 +701,33 @@ class Daemon:
         return done
 
     def housekeeping(self, rt: AgencyRuntime) -> None:
-        """Reminders and escalations past the Mutu Baku, and the daily digest when its time has come."""
+        """Reminders and escalations past the Mutu Baku, and the daily digest and the monthly report when
+        their time has come."""
         from datetime import time as dtime
 
+        hh, mm = (int(x) for x in rt.agency.digest_time.split(":"))
         try:
             with self.sessions.begin() as s:
                 ctx = self.ctx(s, rt.agency)
                 now = self.clock()
                 due_reminders(ctx, rt.calendar, now)
-                hh, mm = (int(x) for x in rt.agency.digest_time.split(":"))
                 since = digest_due(s, rt.agency.id, rt.calendar, now, dtime(hh, mm))
                 if since is not None:
                     send_digest(ctx, rt.calendar, now, since)
         except Exception:  # the housekeeping boundary: a bad digest must not stop intake
             log.exception("reminders/digest for %s failed", rt.agency.id)
+        now = self.clock()
+        this_month = f"{rt.calendar.local(now):%Y-%m}"
+        if not rt.agency.monthly_report or rt.report_month == this_month or time.monotonic() < rt.report_retry_at:
+            return
+        try:  # its own transactions: a failing report must not take the digest with it
+            from workflows.report import run_scheduled
+
+            if run_scheduled(self.sessions, lambda s: self.ctx(s, rt.agency), rt.calendar, now, dtime(hh, mm)):
+                rt.report_month = this_month
+        except Exception:
+            log.exception("monthly report for %s failed; tried again in an hour", rt.agency.id)
+            rt.report_retry_at = time.monotonic() + 3600
 
     # --- the loop ---------------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ next one is due, so the daemon can send it once per working day.
 from __future__ import annotations
 
 import statistics
+from collections.abc import Collection
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
@@ -54,6 +55,9 @@ PURPOSE_LABELS = {
     "rejection": "surat penolakan",
     "alert": "peringatan staf",
     "digest": "ringkasan harian",
+    "status": "jawaban STATUS",
+    "antrean": "jawaban ANTREAN",
+    "report": "laporan bulanan",
 }
 _REASON_LIMIT = 300
 DEFAULT_DIGEST_TIME = time(7, 0)
@@ -191,6 +195,30 @@ def _request_row(fmt: _Fmt, agency: AgencyConfig, req: Request, *, at: datetime 
     }
 
 
+def queue_items(
+    session: Session,
+    agency: AgencyConfig,
+    sop: Sop,
+    calendar: WorkCalendar,
+    now: datetime,
+    roles: Collection[str] | None = None,
+) -> list[dict[str, Any]]:
+    """The open requests with the step each waits at, overdue first; with `roles`, only those waiting on them."""
+    fmt = _Fmt(agency, calendar)
+    open_reqs = list(session.execute(
+        select(Request).where(Request.agency == agency.id, Request.status == "open").order_by(Request.id)
+    ).scalars())
+    runs: dict[int, StepRun] = {}
+    if open_reqs:
+        for run in session.execute(
+            select(StepRun).where(StepRun.request_id.in_([r.id for r in open_reqs]), StepRun.status == "open")
+            .order_by(StepRun.id)
+        ).scalars():
+            runs[run.request_id] = run  # the latest open step of each request
+    items = (_queue_item(sop, agency, fmt, r, runs.get(r.id), now) for r in open_reqs)
+    return sorted((it for it in items if roles is None or it["role"] in roles), key=_sort_key)
+
+
 def build_digest(
     session: Session,
     config: Config,
@@ -206,17 +234,7 @@ def build_digest(
     s = session
 
     # --- the open queue ---
-    open_reqs = list(s.execute(
-        select(Request).where(Request.agency == agency.id, Request.status == "open").order_by(Request.id)
-    ).scalars())
-    runs: dict[int, StepRun] = {}
-    if open_reqs:
-        for run in s.execute(
-            select(StepRun).where(StepRun.request_id.in_([r.id for r in open_reqs]), StepRun.status == "open")
-            .order_by(StepRun.id)
-        ).scalars():
-            runs[run.request_id] = run  # the latest open step of each request
-    queue = sorted((_queue_item(sop, agency, fmt, r, runs.get(r.id), now) for r in open_reqs), key=_sort_key)
+    queue = queue_items(s, agency, sop, calendar, now)
     for i, item in enumerate(queue, start=1):
         item["no"] = i
     waiting_you = [dict(it) for it in queue if role is not None and it["role"] == role]

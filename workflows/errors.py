@@ -74,6 +74,14 @@ class NotVouched(Refusal):
     notify = False  # a forged sender must not learn anything, nor make us mail the real one
 
 
+class NotParty(Refusal):
+    """STATUS or ANTREAN from an address that takes no part in the request (or holds no role): nothing is
+    said, not even that the request exists (a ticket number is guessable)."""
+
+    code = "not_party"
+    notify = False
+
+
 class RequestMismatch(Refusal):
     """The reply's token names one request, and its thread or subject ticket another (or none at all)."""
 
@@ -101,6 +109,7 @@ ALL_REFUSALS: tuple[type[Refusal], ...] = (
     DecisionNotOffered,
     TooLateToCancel,
     NotVouched,
+    NotParty,
     RequestMismatch,
     AlreadyRequested,
     TooLarge,

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from sqlalchemy import or_, select
 
 from parsers.model import ParseResult
+from workflows.answers import request_status, roles_of, waiting_on_roles, who_is
 from workflows.engine import (
     Ctx,
     alert_staff,
@@ -31,6 +32,7 @@ from workflows.errors import (
     AlreadyRequested,
     DecisionNotOffered,
     DecisionUnclear,
+    NotParty,
     NotStepActor,
     NotVouched,
     RequesterCannotApprove,
@@ -42,6 +44,7 @@ from workflows.errors import (
 from workflows.mailer import LOOP_HEADER, token_hash
 from workflows.store import Delegation, Inbound, Outbox, Request, StepRun
 from workflows.vouch import AuthPolicy, vouched
+from workflows.worktime import calendar_for
 
 _PLAIN_ADDRESS = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
 _REQUEST_WORDS = re.compile(r"\b(sub[\s-]?domain|subdomain|hosting)\b", re.IGNORECASE)
@@ -456,6 +459,122 @@ class DelegationHandler:
         return "handled"
 
 
+_SUBJECT_PREFIX = re.compile(r"^\s*((re|balas|bls|aw|sv|fw|fwd|tr)\s*:\s*)+", re.IGNORECASE)
+_STATUS_RE = re.compile(r"^\s*STATUS(?:\s+(?P<ticket>[A-Z]{1,6}/\d{4}/\d{4,6}))?\s*[.!?]?\s*$", re.IGNORECASE)
+_QUEUE_RE = re.compile(r"^\s*ANTR[EI]AN\s*[.!?]?\s*$", re.IGNORECASE)
+# Requests one STATUS without a ticket answers for (the sender's own, newest first).
+STATUS_MAX_REQUESTS = 10
+
+
+def _command(parsed: ParseResult, pattern: re.Pattern[str]) -> re.Match[str] | None:
+    """A one-word command as the first line the sender wrote (not the quoted mail), or as the subject."""
+    msg = parsed.message
+    if msg is None:
+        return None
+    text = parsed.reply.text if parsed.reply is not None else (msg.text or "")
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    subject = _SUBJECT_PREFIX.sub("", msg.subject or "")
+    return pattern.match(first) or pattern.match(subject)
+
+
+class StatusHandler:
+    """STATUS: the timeline of a request, for anyone who takes part in it (its requester, an official or
+    an acting one). Named by a reply to any of the request's mails or by "STATUS SD/2026/0042"; a requester
+    sees only their own requests (all open ones when no ticket is named). The answer goes to the From
+    address alone, so a forged From learns nothing: it only makes us write to the real party, under the
+    daily cap. Anyone else gets nothing."""
+
+    name = "status"
+
+    def can_handle(self, ctx: Ctx, parsed: ParseResult) -> bool:
+        return parsed.kind in ("reply", "request", "unrelated") and _command(parsed, _STATUS_RE) is not None
+
+    def execute(self, ctx: Ctx, parsed: ParseResult, inbound: Inbound) -> str:
+        m = _command(parsed, _STATUS_RE)
+        assert m is not None
+        sender = _sender(parsed)
+        if not _PLAIN_ADDRESS.match(sender):
+            raise NotParty(f"alamat pengirim tidak sah: {sender[:100]!r}")
+        official = bool(roles_of(ctx, sender))
+        named = (m.group("ticket") or "").upper() or None
+        reqs: list[Request] = []
+        if named is not None:
+            req = ctx.session.execute(
+                select(Request).where(Request.agency == ctx.agency.id, Request.ticket == named)).scalar_one_or_none()
+            reqs = [req] if req is not None else []
+        else:
+            req = match_request(ctx, parsed)
+            if req is None and parsed.ticket:
+                req = ctx.session.execute(select(Request).where(
+                    Request.agency == ctx.agency.id, Request.ticket == parsed.ticket)).scalar_one_or_none()
+            if req is not None:
+                reqs = [req]
+            elif not official:
+                reqs = [r for r in ctx.session.execute(
+                    select(Request).where(Request.agency == ctx.agency.id, Request.status == "open")
+                    .order_by(Request.id.desc())).scalars() if sender in requester_addresses(r)][:STATUS_MAX_REQUESTS]
+        # The requester sees only their own; an official or acting official any of this agency's.
+        reqs = [r for r in reqs if official or sender in requester_addresses(r)]
+        if not reqs:
+            raise NotParty(f"{sender} tidak terlibat dalam permohonan {named or parsed.ticket or '(tanpa tiket)'}")
+        calendar = calendar_for(ctx.agency)
+        now = ctx.now()
+        statuses = [request_status(ctx, calendar, r, now) for r in reqs]
+        one = reqs[0] if len(reqs) == 1 else None
+        if one is not None:
+            inbound.request_id = one.id
+        audit(ctx, one, "status.answered", actor=sender, message_id=inbound.message_id,
+              tickets=[r.ticket for r in reqs])
+        ctx.mailer.queue(ctx.session, to=[sender], template="status",
+                         context={"statuses": statuses, "official": official},
+                         purpose="status", request_id=one.id if one else None, ticket=one.ticket if one else None,
+                         in_reply_to=inbound.message_id)
+        return "answered"
+
+
+class QueueHandler:
+    """ANTREAN: the steps waiting on an official (or an acting one while the delegation lasts), overdue
+    first. The sender is checked as for a decision: vouched for by our MTA where the agency asks for it,
+    else the mail must answer one of that official's step mails (its token or Message-ID). A forged or
+    unknown ANTREAN gets nothing."""
+
+    name = "queue"
+
+    def can_handle(self, ctx: Ctx, parsed: ParseResult) -> bool:
+        return parsed.kind in ("reply", "request", "unrelated") and _command(parsed, _QUEUE_RE) is not None
+
+    def execute(self, ctx: Ctx, parsed: ParseResult, inbound: Inbound) -> str:
+        assert parsed.message is not None
+        sender = _sender(parsed)
+        roles = roles_of(ctx, sender) if _PLAIN_ADDRESS.match(sender) else {}
+        if not roles:
+            raise NotParty(f"{sender[:100]} tidak memegang peran dalam SOP")
+        auth = ctx.agency.auth
+        ctx_info = {"ticket": None, "step_title": "ANTREAN", "role_title": ctx.role_title(next(iter(roles)))}
+        ok, how = vouched(parsed.message, inbound.raw, AuthPolicy(auth.require, auth.authserv_id),
+                          ctx.services.dkim_txt)
+        if not ok:
+            raise NotVouched(how, **ctx_info)
+        if auth.require == "none":
+            # No server vouches for From: only the step mail itself (its token or Message-ID, which only
+            # its recipients know, and which expire) shows the sender is the official.
+            m = match_step(ctx, parsed)
+            if (m is None or m.via == "subject" or m.run.role not in roles
+                    or (m.run.token_expires_at is not None and m.run.token_expires_at < ctx.now())):
+                raise NotVouched("ANTREAN tanpa token langkah yang berlaku dan pengirim tidak terverifikasi",
+                                 **ctx_info)
+        calendar = calendar_for(ctx.agency)
+        items = waiting_on_roles(ctx, calendar, roles, ctx.now(), one_tap=auth.require != "none")
+        audit(ctx, None, "queue.answered", actor=sender, message_id=inbound.message_id, roles=sorted(roles),
+              tickets=[it["ticket"] for it in items])
+        ctx.mailer.queue(
+            ctx.session, to=[sender], template="antrean",
+            context={"items": items, "who": who_is(ctx, sender), "tag_replies": auth.require != "none",
+                     "overdue": sum(1 for it in items if it["overdue"])},
+            purpose="antrean", in_reply_to=inbound.message_id)
+        return "answered"
+
+
 MERGE_KEYS = (
     "subdomain", "unit", "pic_name", "pic_nip", "pic_position", "pic_email", "pic_phone", "purpose",
     "service", "target_ip", "target_cname", "nameservers", "letter_number", "letter_date", "letter_subject",
@@ -600,6 +719,9 @@ HANDLERS: tuple[Handler, ...] = (
     OwnMailHandler(),
     BounceHandler(),
     AutoReplyHandler(),
+    # Before decisions and the requester's replies: "STATUS" answering a step mail asks, it decides nothing.
+    StatusHandler(),
+    QueueHandler(),
     DecisionReplyHandler(),
     RequesterReplyHandler(),
     DelegationHandler(),

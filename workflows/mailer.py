@@ -32,7 +32,7 @@ from workflows.store import MailCount, Outbox
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 LOOP_HEADER = "X-Subdomaind-Loop"
 # Mail sent in reaction to an inbound message: what a mail loop would multiply.
-CAPPED_PURPOSES = frozenset({"ack", "refusal", "echo", "form", "delegation", "cancelled"})
+CAPPED_PURPOSES = frozenset({"ack", "refusal", "echo", "form", "delegation", "cancelled", "status", "antrean"})
 # The note of mail held by the hourly caps on mail caused by unverified senders (workflows/inbound.py).
 CAP_NOTE = "batas surel per jam untuk pengirim tak terverifikasi"
 
@@ -58,6 +58,8 @@ class MailAttachment:
     filename: str
     content_type: str
     data: bytes
+    # An image the HTML part shows (<img src="cid:...">): sent inline beside it (RFC 2387, RFC 2392).
+    content_id: str | None = None
 
 
 # Content types phone mail apps open, by what a file is (its first bytes) or, failing that, its name: a unit's
@@ -193,7 +195,11 @@ def _attachment_part(att: MailAttachment) -> tuple[list[str], bytes]:
     ctype = "application/octet-stream" if att.content_type == "message/rfc822" else att.content_type
     name = (f'filename="{quote(att.filename)}"' if att.filename.isascii()
             else f"filename*={encode_rfc2231(att.filename, 'utf-8')}")  # RFC 2231
-    head = [f"Content-Type: {ctype}", "Content-Transfer-Encoding: base64", f"Content-Disposition: attachment; {name}"]
+    disposition = "inline" if att.content_id else "attachment"
+    head = [f"Content-Type: {ctype}", "Content-Transfer-Encoding: base64",
+            f"Content-Disposition: {disposition}; {name}"]
+    if att.content_id:
+        head.append(f"Content-ID: <{att.content_id}>")
     return head, _lines(base64.encodebytes(att.data))
 
 
@@ -212,8 +218,13 @@ def compose(headers: Sequence[tuple[str, str]], text: str, html: str | None,
             attachments: Sequence[MailAttachment] = ()) -> bytes:
     """The wire bytes of a mail: text (and HTML as its alternative), then the attachments."""
     part = _text_part(text, "plain")
+    inline = [a for a in attachments if a.content_id] if html else []
+    attachments = [a for a in attachments if a not in inline]
     if html:
-        part = _multipart("alternative", [part, _text_part(html, "html")])
+        html_part = _text_part(html, "html")
+        if inline:  # the HTML and the images it shows travel together (RFC 2387 multipart/related)
+            html_part = _multipart('related; type="text/html"', [html_part, *(_attachment_part(a) for a in inline)])
+        part = _multipart("alternative", [part, html_part])
     if attachments:
         part = _multipart("mixed", [part, *(_attachment_part(a) for a in attachments)])
     head = [f"{name}: {value if value.isascii() else Header(value, 'utf-8', header_name=name).encode()}"
