@@ -363,7 +363,7 @@ def _record(sessions: sessionmaker[Session], clock: Callable[[], datetime],
                 row.status = "sent"
                 row.sent_at = clock()
                 row.last_error = None
-                out.scrubbed = _scrub(s, row)  # the password lived only for this one mail (issue 5)
+                out.scrubbed = _scrub(s, row)  # the password lived only for this one mail
                 continue
             row.last_error = str(error)[:2000]
             if error.permanent:

@@ -1,4 +1,4 @@
-"""The approval attacks of issue 4 under load (issue 7): forty requests, each met by one attack mixed with
+"""The approval attacks under load: forty requests, each met by one attack mixed with
 the genuine decisions in one backlog. Every attack is refused with zero state change; every genuine
 decision counts; nothing is handled twice."""
 

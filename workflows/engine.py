@@ -440,7 +440,7 @@ def step_context(ctx: Ctx, req: Request, step: Step, run: StepRun, *, token: str
         answers=answers,
         expires=format_tanggal(run.token_expires_at.astimezone(_tz(ctx))) if run.token_expires_at else None,
         note=run.note,
-        # Until the records exist, every approver sees the planned change as a diff (issue 5).
+        # Until the records exist, every approver sees the planned change as a diff.
         dns_diff=None if req.provisioned else _fresh_diff(ctx, req),
     )
     return data
@@ -526,7 +526,7 @@ def enter_step(ctx: Ctx, req: Request, key: str, *, note: str | None = None) -> 
                 # answer completes every request of the letter (RequesterReplyHandler).
                 audit(ctx, req, "request.incomplete_asked_once", step=key)
                 return run
-            # Incomplete: the letter naming each gap, with the form to fill in again (issue 5).
+            # Incomplete: the letter naming each gap, with the form to fill in again.
             out = queue_letter(ctx, req, "incomplete", letter_context(ctx, req),
                                purpose=f"step.{key}", to=requester_addresses(req), token=token,
                                extra=form_attachments(ctx))

@@ -142,7 +142,7 @@ def match_step(ctx: Ctx, parsed: ParseResult) -> StepMatch | None:
                 select(StepRun).where(StepRun.request_id == req.id, StepRun.status == "open")
                 .order_by(StepRun.id.desc())
             ).scalars().all()
-            # Last resort (issue 4 rule 1): the tag alone names the request; the step is the open one
+            # Last resort: the tag alone names the request; the step is the open one
             # this sender may decide. Anyone else gets no match here, so the tag grants nothing.
             for run in open_runs:
                 if run.role and sender in _allowed(ctx, run.role):
@@ -300,7 +300,7 @@ class DecisionReplyHandler:
         decision = parsed.reply.decision
         if decision == "cancel":
             # BATAL answers the decided step (usually through our echo mail): it undoes that decision
-            # while what it led to has not happened yet (the undo window of issue 4).
+            # while what it led to has not happened yet (the undo window).
             if run.status != "done" or not cancel_decision(ctx, run, actor=sender, message_id=inbound.message_id):
                 raise TooLateToCancel(f"BATAL untuk langkah {run.key} terlambat atau tidak berlaku", **ctx_info)
             return "handled"

@@ -369,7 +369,7 @@ class Mailer:
         rcpts = [a for a in (*to, *cc) if a.lower() not in self.uncapped]
         capped = self._over_cap(session, rcpts, now) if purpose.split(".")[0] in CAPPED_PURPOSES else []
         if capped:
-            # The last fence against a mail loop (issue 4): the mail is kept, not sent, and staff see it.
+            # The last fence against a mail loop: the mail is kept, not sent, and staff see it.
             status, note = "held", f"batas harian {self.daily_cap} surel per alamat tercapai: {', '.join(capped)}"
         row = Outbox(
             agency=self.agency_id,
