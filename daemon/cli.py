@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select
 
 from daemon.config import Config, ConfigError, config_warnings
+from daemon.reasons import plain_reason
 
 DEFAULT_CONFIG = "/etc/subdomaind/config.toml"
 
@@ -89,15 +90,6 @@ def _reader_sessions(cfg: Config) -> Any:
 
 
 _ADDRESS = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})")
-
-
-_BYTES_REPR = re.compile(r"\bb'(.*?)'")
-
-
-def plain_reason(text: str | None) -> str:
-    """A stored failure reason as words: the first line, without Python's b'...' around a server's reply."""
-    first = (text or "").strip().splitlines()
-    return _BYTES_REPR.sub(r"\1", first[0]) if first else "tanpa keterangan"
 
 
 def redact(text: str) -> str:

@@ -20,8 +20,8 @@ import dns.rcode
 import dns.rdatatype
 import dns.tsig
 
-from daemon.cli import plain_reason
 from daemon.config import AgencyConfig, Config, ConfigError
+from daemon.reasons import plain_reason
 from daemon.validate import read_tsig
 
 

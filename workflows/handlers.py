@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import datetime, time
 from typing import Any, Protocol
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import or_, select
 
-from parsers.model import ParseResult
+from parsers.model import MANDATORY_FIELDS, ParseResult, RequestFields
 from workflows.answers import request_status, roles_of, waiting_on_roles, who_is
 from workflows.engine import (
     Ctx,
@@ -23,6 +25,7 @@ from workflows.engine import (
     cancel_decision,
     delegates_of,
     finish_step,
+    form_attachments,
     letter_siblings_waiting,
     open_letter_requests,
     open_request,
@@ -42,6 +45,7 @@ from workflows.errors import (
     TooLateToCancel,
 )
 from workflows.mailer import LOOP_HEADER, token_hash
+from workflows.notices import first_notice_today
 from workflows.store import Delegation, Inbound, Outbox, Request, StepRun
 from workflows.vouch import AuthPolicy, vouched
 from workflows.worktime import calendar_for
@@ -415,9 +419,6 @@ class DelegationHandler:
                 and any(sender in ctx.agency.actors.get(h, []) for h in heads))
 
     def execute(self, ctx: Ctx, parsed: ParseResult, inbound: Inbound) -> str:
-        from datetime import datetime, time
-        from zoneinfo import ZoneInfo
-
         m = self._command(parsed)
         assert m is not None and parsed.message is not None
         sender = parsed.message.from_addr or ""
@@ -591,8 +592,6 @@ def merge_fields(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     old_problems = [p for p in old.get("problems", []) or [] if isinstance(p, dict) and p.get("field") not in given]
     new_problems = [p for p in new.get("problems", []) or [] if isinstance(p, dict)]
     merged["problems"] = old_problems + new_problems
-    from parsers.model import MANDATORY_FIELDS
-
     merged["missing"] = [f for f in MANDATORY_FIELDS if not merged.get(f)]
     origins = dict(old.get("origins", {}) or {})
     origins.update(new.get("origins", {}) or {})
@@ -625,9 +624,6 @@ class FormRequestHandler:
         return bool(_FORM_ASK.search(f"{msg.subject or ''}\n{(msg.text or '')[:1000]}"))
 
     def execute(self, ctx: Ctx, parsed: ParseResult, inbound: Inbound) -> str:
-        from workflows.engine import form_attachments
-        from workflows.inbound import first_notice_today
-
         sender = _sender(parsed)
         if not _PLAIN_ADDRESS.match(sender):
             inbound.error = f"alamat pengirim tidak sah: {sender[:100]!r}"
@@ -671,8 +667,6 @@ class NewRequestHandler:
         if parsed.request is not None:
             fields = parsed.request.to_json()
         else:
-            from parsers.model import MANDATORY_FIELDS, RequestFields
-
             fields = RequestFields(missing=MANDATORY_FIELDS).to_json()
         # A letter may ask for several names ("sub domain ppid dan jdih"): one request each.
         names = [n for n in fields.get("subdomains") or [] if n] or [fields.get("subdomain")]

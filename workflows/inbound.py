@@ -8,6 +8,10 @@ so every message ends handled, answered, ignored, unmatched or quarantined (DESI
 
 from __future__ import annotations
 
+import email
+import email.parser
+import email.policy
+import email.utils
 import hashlib
 import logging
 import re
@@ -21,16 +25,16 @@ from sqlalchemy.orm import Session
 from parsers import parse
 from parsers.model import ParsedMessage, ParseResult
 from workflows.engine import Ctx, audit
-from workflows.errors import Refusal
+from workflows.errors import Refusal, TooLarge
 from workflows.handlers import Handler, handler_for, known_address
 from workflows.mailer import CAP_NOTE
+from workflows.notices import first_notice_today
 from workflows.provision import PASSWORD_ALPHABET, PASSWORD_LENGTH
 from workflows.rawmail import RawMail, Spooled, head, pieces, sha256, whole
 from workflows.store import (
     Account,
     Decision,
     Inbound,
-    NoticeLog,
     Outbox,
     Request,
     SenderMailCount,
@@ -126,9 +130,6 @@ def redact_issued_passwords(ctx: Ctx, raw: RawMail, parsed: ParseResult | None =
             return raw
         if not _quoted_in_text(ctx, parsed):
             return raw  # the decoded text holds none of our passwords: nothing to rewrite
-    import email
-    import email.policy
-
     try:
         msg = email.message_from_bytes(raw, policy=email.policy.default)
         changed = False
@@ -262,18 +263,6 @@ def forget_cached(s: Session, audited: int) -> None:
     del pending_audit(s)[audited:]
 
 
-def first_notice_today(ctx: Ctx, address: str, reason: str) -> bool:
-    """Whether `address` has not yet been told `reason` today; records that it now is (Discourse's rule:
-    one notice per sender and reason per day, so a loop or a flood gets one answer, not many)."""
-    day = ctx.now().date().isoformat()
-    seen = ctx.session.execute(select(NoticeLog.id).where(
-        NoticeLog.address == address, NoticeLog.reason == reason, NoticeLog.day == day)).first()
-    if seen is not None:
-        return False
-    ctx.session.add(NoticeLog(address=address, reason=reason, day=day))
-    return True
-
-
 def record_refusal(ctx: Ctx, parsed: ParseResult, row: Inbound, refusal: Refusal) -> str:
     """Audit a refusal (and the refused decision), then tell the sender why, at most once a day."""
     sender = row.sender or ""
@@ -386,11 +375,6 @@ def retry_inbound(ctx: Ctx, row: Inbound) -> str:
 
 def _answer_over_limit(ctx: Ctx, raw: RawMail, row: Inbound, reason: str) -> None:
     """Over a size/part limit: tell the sender plainly (from the headers alone), keep the message."""
-    import email.parser
-    import email.utils
-
-    from workflows.errors import TooLarge
-
     try:
         headers = email.parser.BytesHeaderParser().parsebytes(head(raw, 65536))
     except Exception:  # noqa: BLE001 - no readable headers: nobody to answer
