@@ -41,7 +41,16 @@ from workflows.reminders import due_reminders
 from workflows.secretbox import SecretBox, SecretKeyError
 from workflows.signing import load_signer
 from workflows.sop import Sop, load_sop
-from workflows.store import QUARANTINE_STATUSES, Inbound, MailboxState, StepRun, utcnow, writer_sessions
+from workflows.store import (
+    QUARANTINE_STATUSES,
+    Inbound,
+    MailboxState,
+    StepRun,
+    take_purge_secrets,
+    tx_state,
+    utcnow,
+    writer_sessions,
+)
 from workflows.worktime import WorkCalendar, calendar_for
 
 log = logging.getLogger("subdomaind.service")
@@ -593,7 +602,7 @@ class Daemon:
                         j += 1
                         # A scrubbed password is purged from the WAL right after its own commit; a message
                         # still being parsed is waited for after this commit.
-                        if (self.stopping.is_set() or time.monotonic() > until or s.info.get("purge_secrets")
+                        if (self.stopping.is_set() or time.monotonic() > until or tx_state(s).purge_secrets
                                 or (j < len(items) and not items[j][2].ready())):
                             break
                     # The checkpoint once per group (one UPDATE), in the same transaction as the group.
@@ -657,7 +666,7 @@ class Daemon:
 
     def _purge_if_needed(self, s: Session) -> None:
         """After a transaction that scrubbed a password (a rejection), push it out of the WAL too."""
-        if s.info.pop("purge_secrets", False):
+        if take_purge_secrets(s):
             from workflows.store import purge_freed_secrets
 
             purge_freed_secrets(self.sessions.kw["bind"])

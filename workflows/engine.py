@@ -63,6 +63,7 @@ from workflows.store import (
     StepRun,
     pending_audit,
     raw_in_memory,
+    tx_state,
 )
 from workflows.worktime import WorkCalendar, calendar_for
 
@@ -150,7 +151,7 @@ def delegates_of(ctx: Ctx, role: str) -> set[str]:
     from workflows.store import Delegation
 
     # Asked once per transaction and role (every step mail asks); the delegation handler forgets it.
-    cache = ctx.session.info.setdefault("delegates", {})
+    cache = tx_state(ctx.session).delegates
     if role not in cache:
         cache[role] = frozenset(ctx.session.execute(
             select(Delegation.address).where(
@@ -205,7 +206,7 @@ def summary(ctx: Ctx, req: Request) -> dict[str, Any]:
     """What every mail about a request shows: the request as a clerk would read it."""
     f = req.fields or {}
     # A request opened in this transaction has no decisions yet: no query (and no flush) for its mails.
-    opened_now = req.id in ctx.session.info.get("opened", ())
+    opened_now = req.id in tx_state(ctx.session).opened
     history: list[dict[str, Any]] = []
     if not opened_now:
         rows = ctx.session.execute(
@@ -270,19 +271,19 @@ def open_request(
     )
     ctx.session.add(req)
     ctx.session.flush()
-    ctx.session.info.setdefault("opened", set()).add(req.id)
+    tx_state(ctx.session).opened.add(req.id)
     if inbound is not None:
         inbound.request_id = req.id
         # The letter is at hand: the step mails attach it without reading it back (_original_attachment).
         # One stored from its file is not: that query checks its size without reading it.
         held = raw_in_memory(inbound) if source_message_id else None
-        if held is not None:
-            ctx.session.info.setdefault("original_attachment", {})[source_message_id] = (
-                held if len(held) <= ORIGINAL_ATTACH_LIMIT else None)
+        if held is not None and source_message_id:
+            state = tx_state(ctx.session)
+            state.original_attachment[source_message_id] = held if len(held) <= ORIGINAL_ATTACH_LIMIT else None
             files = openable_files(attachments) if attachments is not None and len(held) <= ORIGINAL_ATTACH_LIMIT \
                 else None
             if files is not None:
-                ctx.session.info.setdefault("original_files", {})[source_message_id] = files
+                state.original_files[source_message_id] = files
     audit(ctx, req, "request.received", actor=requester, message_id=source_message_id,
           subdomain=req.subdomain, unit=req.unit, source=fields.get("source"))
     if ack:
@@ -383,7 +384,7 @@ def _original_attachment(ctx: Ctx, req: Request) -> list[MailAttachment]:
     the mail says where it is instead. Read once per transaction (a new request sends it in two mails)."""
     if not req.source_message_id:
         return []
-    files = ctx.session.info.setdefault("original_files", {})
+    files = tx_state(ctx.session).original_files
     if req.source_message_id not in files:
         raw = _original_raw(ctx, req)
         files[req.source_message_id] = letter_files(raw, ctx.parse_options.limits) if raw else []
@@ -397,7 +398,7 @@ def _too_large(ctx: Ctx, req: Request) -> bool:
 
 def _original_raw(ctx: Ctx, req: Request) -> bytes | None:
     assert req.source_message_id is not None
-    cache = ctx.session.info.setdefault("original_attachment", {})
+    cache = tx_state(ctx.session).original_attachment
     if req.source_message_id not in cache:
         # The size is checked in the query: a large letter's bytes are never read.
         cache[req.source_message_id] = ctx.session.execute(
@@ -1051,7 +1052,7 @@ def _send_rejection(ctx: Ctx, req: Request, run: StepRun) -> str:
         secret = ctx.session.get(PendingSecret, req.id)
         if secret is not None:
             ctx.session.delete(secret)
-            ctx.session.info["purge_secrets"] = True  # the caller purges the WAL after commit
+            tx_state(ctx.session).purge_secrets = True  # the caller purges the WAL after commit
     by = ctx.role_title(ctx.sop.steps[_step_key(ctx, last)].actor) if last else None
     queue_letter(ctx, req, "rejection", {**letter_context(ctx, req), "by": by,
                                          "note": last.note if last else None},

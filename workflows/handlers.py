@@ -46,7 +46,7 @@ from workflows.errors import (
 )
 from workflows.mailer import LOOP_HEADER, token_hash
 from workflows.notices import first_notice_today
-from workflows.store import Delegation, Inbound, Outbox, Request, StepRun
+from workflows.store import Delegation, Inbound, Outbox, Request, StepRun, tx_state
 from workflows.vouch import AuthPolicy, vouched
 from workflows.worktime import calendar_for
 
@@ -435,7 +435,7 @@ class DelegationHandler:
         role, addr, cmd = m.group("role").lower(), m.group("addr").lower(), m.group("cmd").upper()
         if role not in ctx.sop.roles or ctx.sop.roles[role].requester:
             raise DecisionNotOffered(f"peran {role!r} tidak ada dalam SOP", decision=cmd, **ctx_info)
-        ctx.session.info.pop("delegates", None)  # engine.delegates_of asks again after this change
+        tx_state(ctx.session).delegates.clear()  # engine.delegates_of asks again after this change
         if cmd == "CABUT":
             rows = ctx.session.execute(select(Delegation).where(
                 Delegation.agency == ctx.agency.id, Delegation.role == role, Delegation.address == addr,

@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from datetime import UTC
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from parsers import parse
 from parsers.model import ParsedMessage, ParseResult
@@ -39,8 +38,8 @@ from workflows.store import (
     Request,
     SenderMailCount,
     StepRun,
-    pending_audit,
     store_inbound_raw,
+    tx_state,
 )
 from workflows.vouch import AuthPolicy, vouched
 
@@ -226,12 +225,15 @@ def run_handler(ctx: Ctx, parsed: ParseResult, row: Inbound, handler: Handler | 
     if handler is None:
         handler = handler_for(ctx, parsed)
         row.handler = handler.name
-    audited = len(pending_audit(s))  # the handler's audit rows go with its savepoint
-    s.info["queued"] = []
+    # A rollback of the savepoint drops its audit rows and what the transaction had read (workflows.store,
+    # TxState.forget).
+    state = tx_state(s)
+    state.queued = []
     savepoint = s.begin_nested()
     try:
         status = handler.execute(ctx, parsed, row)
-        charge_unverified(ctx, parsed, row, s.info.pop("queued", []))
+        queued, state.queued = state.queued or [], None
+        charge_unverified(ctx, parsed, row, queued)
         # Written with the handler's rows, in the savepoint's one flush.
         row.status = status
         row.handled_at = ctx.now()
@@ -240,27 +242,17 @@ def run_handler(ctx: Ctx, parsed: ParseResult, row: Inbound, handler: Handler | 
     except Refusal as refusal:
         request_id = row.request_id  # the handler tied it to a request; the rollback must not lose that
         savepoint.rollback()
-        forget_cached(s, audited)
         row.request_id = request_id
         row.status = record_refusal(ctx, parsed, row, refusal)
         row.error = refusal.reason
     except Exception as exc:  # the per-message boundary: only here is a bare Exception caught
         savepoint.rollback()
-        forget_cached(s, audited)
         row.status = "quarantined"
         row.error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"
         log.exception("message %s quarantined", row.message_id)
         audit(ctx, None, "mail.quarantined", message_id=row.message_id, reason=f"{type(exc).__name__}: {exc}",
               handler=handler.name)
     row.handled_at = ctx.now()
-
-
-def forget_cached(s: Session, audited: int) -> None:
-    """What the engine remembered for this transaction (delegates, new requests, mail counts) may come
-    from what a rollback just undid; so do the audit rows past the first `audited`."""
-    for key in ("delegates", "opened", "original_attachment", "original_files", "mail_counts", "queued"):
-        s.info.pop(key, None)
-    del pending_audit(s)[audited:]
 
 
 def record_refusal(ctx: Ctx, parsed: ParseResult, row: Inbound, refusal: Refusal) -> str:

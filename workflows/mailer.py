@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from parsers.model import Attachment, Limits
 from workflows.secretbox import SecretBox
-from workflows.store import MailCount, Outbox
+from workflows.store import MailCount, Outbox, tx_state
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 LOOP_HEADER = "X-Subdomaind-Loop"
@@ -391,7 +391,7 @@ class Mailer:
         session.add(row)
         # The mail one inbound message makes us queue, while its handler runs (workflows/inbound.py,
         # charge_unverified: the caps on mail caused by unverified senders).
-        queued = session.info.get("queued")
+        queued = tx_state(session).queued
         if queued is not None:
             queued.append(row)
         return row
@@ -404,7 +404,7 @@ class Mailer:
         over: list[str] = []
         # Kept for the transaction (a batch of letters from one unit counts against the same rows), and
         # read without flushing everything pending first: no other pending change bears on these rows.
-        cache = session.info.setdefault("mail_counts", {})
+        cache = tx_state(session).mail_counts
         for addr in {r.lower() for r in rcpts}:
             key = (self.agency_id, addr, day)
             row = cache.get(key)

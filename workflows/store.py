@@ -7,6 +7,7 @@ models and migrations serve both. Schema changes go through Alembic (`workflows/
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -150,13 +151,69 @@ class Audit(Base):
     message_id: Mapped[str | None] = mapped_column(String(998))
 
 
-_AUDIT_PENDING = "audit_rows"
+_TX_KEY = "subdomaind.tx"
+
+
+@dataclass
+class TxState:
+    """What one transaction remembers beside its rows: audit rows to write at commit, what it read once and
+    reuses (acting officials, the unit's letter, mail counts), and what the caller does after it.
+
+    Every field is cleared in one place (`_end_of_transaction`, `_end_of_savepoint`): a cache must not
+    outlive the rows it was read from, nor survive a rollback that undid them. `purge_secrets` alone
+    outlives a commit: it tells the caller to purge the database's side files (`take_purge_secrets`)."""
+
+    # The audit rows not yet written (workflows.engine.audit adds to it; written at commit).
+    audit_rows: list[dict[str, Any]] = field(default_factory=list)
+    # Acting officials per role (workflows.engine.delegates_of); the delegation handler empties it.
+    delegates: dict[str, frozenset[str]] = field(default_factory=dict)
+    # Requests opened in this transaction: they have no decisions to read back yet.
+    opened: set[int] = field(default_factory=set)
+    # The unit's letter per Message-ID: its raw bytes (None: too large to attach) and its files (each a
+    # workflows.mailer.MailAttachment), read once and attached to the step mails.
+    original_attachment: dict[str, bytes | None] = field(default_factory=dict)
+    original_files: dict[str, list[Any]] = field(default_factory=dict)
+    # The per-recipient daily counters (workflows.mailer), by (agency, address, day).
+    mail_counts: dict[tuple[str, str, str], MailCount] = field(default_factory=dict)
+    # While a handler runs: the mail it queues (charged against the unverified-sender caps).
+    queued: list[Outbox] | None = None
+    # A secret was deleted: after commit, the caller purges the WAL (`purge_freed_secrets`).
+    purge_secrets: bool = False
+    committed: bool = False
+    # Each open savepoint and the number of audit rows when it began.
+    savepoints: dict[Any, int] = field(default_factory=dict)
+
+    def forget(self, audited: int) -> None:
+        """A savepoint rolled back: what was read may come from rows it undid; its audit rows are dropped."""
+        self.delegates.clear()
+        self.opened.clear()
+        self.original_attachment.clear()
+        self.original_files.clear()
+        self.mail_counts.clear()
+        self.queued = None
+        del self.audit_rows[audited:]
+
+
+def tx_state(session: Session) -> TxState:
+    """The state of `session`'s current transaction."""
+    state: TxState | None = session.info.get(_TX_KEY)
+    if state is None:
+        state = session.info[_TX_KEY] = TxState()
+    return state
 
 
 def pending_audit(session: Session) -> list[dict[str, Any]]:
     """The audit rows of this transaction not yet written (workflows.engine.audit adds to it)."""
-    rows: list[dict[str, Any]] = session.info.setdefault(_AUDIT_PENDING, [])
-    return rows
+    return tx_state(session).audit_rows
+
+
+def take_purge_secrets(session: Session) -> bool:
+    """Whether the transaction just committed deleted a secret (then the caller purges); asking clears it."""
+    state: TxState | None = session.info.get(_TX_KEY)
+    if state is None or not state.purge_secrets:
+        return False
+    state.purge_secrets = False
+    return True
 
 
 @event.listens_for(Session, "before_commit")
@@ -166,16 +223,43 @@ def _write_audit(session: Session) -> None:
     (bench/backlog.py). Nothing reads them back within the transaction that writes them."""
     if session.in_nested_transaction():
         return  # a savepoint: its rows go with the transaction around it
-    rows = session.info.pop(_AUDIT_PENDING, None)
-    if rows:
+    state: TxState | None = session.info.get(_TX_KEY)
+    if state is not None and state.audit_rows:
+        rows, state.audit_rows = state.audit_rows, []
         table = Base.metadata.tables["audit"]  # the table: Core's executemany, not the ORM's bulk INSERT
         session.execute(insert(table), rows)
 
 
+@event.listens_for(Session, "after_commit")
+def _committed(session: Session) -> None:
+    state: TxState | None = session.info.get(_TX_KEY)
+    if state is not None:
+        state.committed = True
+
+
+@event.listens_for(Session, "after_transaction_create")
+def _begin_savepoint(session: Session, transaction: Any) -> None:
+    if transaction.nested:
+        state = tx_state(session)
+        state.savepoints[transaction] = len(state.audit_rows)
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _end_of_savepoint(session: Session, previous_transaction: Any) -> None:
+    state: TxState | None = session.info.get(_TX_KEY)
+    if state is not None and previous_transaction.nested:
+        state.forget(state.savepoints.pop(previous_transaction, len(state.audit_rows)))
+
+
 @event.listens_for(Session, "after_transaction_end")
-def _drop_audit(session: Session, transaction: Any) -> None:
-    if transaction.parent is None:  # the whole transaction is over: rows not written were rolled back
-        session.info.pop(_AUDIT_PENDING, None)
+def _end_of_transaction(session: Session, transaction: Any) -> None:
+    """The whole transaction is over (committed or rolled back): its state goes, audit rows not written
+    with it included (they were rolled back)."""
+    if transaction.parent is not None:
+        return
+    state: TxState | None = session.info.pop(_TX_KEY, None)
+    if state is not None and state.committed and state.purge_secrets:
+        session.info[_TX_KEY] = TxState(purge_secrets=True)
 
 
 # The statuses of a message that goes to the IMAP quarantine folder and waits for staff.
