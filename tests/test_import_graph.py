@@ -100,3 +100,16 @@ def test_no_import_cycles() -> None:
     found = cycles(import_graph())
     assert not found, "import cycles among our modules: " + "; ".join(" <-> ".join(c) for c in found)
 
+
+
+def test_mail_parser_is_used_through_its_public_api() -> None:
+    # parsers/mime.py states mail-parser's one role (defect names, a fallback Date); no class of ours
+    # extends it, so none can override its private methods.
+    subclasses = []
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef):
+                bases = [ast.unparse(b) for b in node.bases]
+                if any(b.startswith("mailparser") or b == "MailParser" for b in bases):
+                    subclasses.append(f"{name}.{node.name}")
+    assert not subclasses, f"mail-parser subclassed: {subclasses}"

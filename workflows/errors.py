@@ -14,6 +14,9 @@ class Refusal(Exception):
 
     code: ClassVar[str] = "refusal"
     notify: ClassVar[bool] = True  # answer the sender (rate-limited, and never an unknown outsider)
+    # The message's status when its sender is not told (not notified, told already today, or not someone
+    # we answer): it changed nothing and waits for nobody.
+    unanswered: ClassVar[str] = "ignored"
 
     def __init__(self, reason: str, **context: object) -> None:
         super().__init__(reason)
@@ -98,6 +101,7 @@ class TooLarge(Refusal):
     """The message or an attachment is over the configured limits."""
 
     code = "too_large"
+    unanswered = "quarantined"  # the parser refused to read it: staff look at it in quarantine
 
 
 ALL_REFUSALS: tuple[type[Refusal], ...] = (

@@ -7,6 +7,8 @@ treat them as a decision or a request, so they can never change state or be answ
 
 from __future__ import annotations
 
+import email.parser
+import email.utils
 import re
 from dataclasses import dataclass
 from datetime import datetime, time
@@ -42,15 +44,18 @@ from workflows.errors import (
     RequestMismatch,
     StepNotOpen,
     TokenExpired,
+    TooLarge,
     TooLateToCancel,
 )
 from workflows.mailer import LOOP_HEADER, token_hash
 from workflows.notices import first_notice_today
-from workflows.store import Delegation, Inbound, Outbox, Request, StepRun, tx_state
+from workflows.store import Delegation, Inbound, Outbox, Request, StepRun, raw_head, tx_state
 from workflows.vouch import AuthPolicy, vouched
 from workflows.worktime import calendar_for
 
 _PLAIN_ADDRESS = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
+# How much of a refused message is read for its sender: a header block longer than this is not a letter.
+HEADER_BLOCK_MAX = 65536
 _REQUEST_WORDS = re.compile(r"\b(sub[\s-]?domain|subdomain|hosting)\b", re.IGNORECASE)
 
 
@@ -186,6 +191,55 @@ def known_address(ctx: Ctx, address: str | None) -> bool:
     if any(address in addrs for addrs in (*ctx.agency.actors.values(), *ctx.agency.delegates.values())):
         return True
     return any(address in delegates_of(ctx, role) for role in ctx.sop.roles if not ctx.sop.roles[role].requester)
+
+
+def answerable_sender(header_block: bytes) -> str | None:
+    """Whom to tell that a message the parser refused is not taken, from its header block alone: None for
+    no readable From, a machine or ourselves (RFC 3834: never answer an automatic mail)."""
+    try:
+        headers = email.parser.BytesHeaderParser().parsebytes(header_block)
+    except Exception:  # noqa: BLE001 - no readable headers: nobody to answer
+        return None
+    if str(headers.get("Auto-Submitted", "no")).lower() != "no" or headers.get(LOOP_HEADER):
+        return None
+    sender = email.utils.parseaddr(str(headers.get("From", "")))[1].lower()
+    if "@" not in sender or sender.split("@")[0] in ("mailer-daemon", "postmaster"):
+        return None
+    return sender
+
+
+class OverLimitHandler:
+    """A message over a configured limit (size, parts, nesting): the parser refused to read it. It is kept
+    in quarantine with the reason, and its sender is told in Indonesian to send it smaller (`TooLarge`, at
+    most once a day). Only its header block is read, for the sender's address: the parse said the rest
+    costs too much."""
+
+    name = "over_limit"
+
+    def can_handle(self, ctx: Ctx, parsed: ParseResult) -> bool:
+        return parsed.over_limit
+
+    def execute(self, ctx: Ctx, parsed: ParseResult, inbound: Inbound) -> str:
+        sender = answerable_sender(raw_head(ctx.session, inbound, HEADER_BLOCK_MAX))
+        if sender is None:
+            return UnreadableHandler().execute(ctx, parsed, inbound)
+        inbound.sender = sender
+        raise TooLarge(parsed.reason or "")
+
+
+class UnreadableHandler:
+    """A message the parser could not read (or gave up on: a runaway or a crashed parser): kept in
+    quarantine with the reason, for staff; never answered, never acted on."""
+
+    name = "unreadable"
+
+    def can_handle(self, ctx: Ctx, parsed: ParseResult) -> bool:
+        return parsed.kind == "unreadable"
+
+    def execute(self, ctx: Ctx, parsed: ParseResult, inbound: Inbound) -> str:
+        inbound.error = parsed.reason
+        audit(ctx, None, "mail.quarantined", message_id=inbound.message_id, reason=parsed.reason)
+        return "quarantined"
 
 
 class OwnMailHandler:
@@ -710,6 +764,9 @@ class UnmatchedHandler:
 
 
 HANDLERS: tuple[Handler, ...] = (
+    # What the parser could not read is nothing else: no rule below sees a message without its text.
+    OverLimitHandler(),
+    UnreadableHandler(),
     OwnMailHandler(),
     BounceHandler(),
     AutoReplyHandler(),

@@ -1,5 +1,10 @@
 """Take one inbound message into the database: store it, run its handler, record what became of it.
 
+One pass from bytes to store (`ingest`): prepare the bytes (`prepare`: issued passwords blanked), parse
+them once (the parse made ahead in a parser worker is of these very bytes, unless preparing changed
+them), store the message, run the first handler of workflows/handlers.py that takes it (a message over a
+limit and an unreadable one included).
+
 `ingest` runs inside the caller's transaction, which also holds the intake checkpoint (last UID) and
 everything the message causes (state, audit, outbox). The handler runs in a savepoint: a refusal or a
 crash rolls back only what the handler did, and the message itself is kept with its status and reason,
@@ -9,9 +14,7 @@ so every message ends handled, answered, ignored, unmatched or quarantined (DESI
 from __future__ import annotations
 
 import email
-import email.parser
 import email.policy
-import email.utils
 import hashlib
 import logging
 import re
@@ -24,12 +27,12 @@ from sqlalchemy import select
 from parsers import parse
 from parsers.model import ParsedMessage, ParseResult
 from workflows.engine import Ctx, audit
-from workflows.errors import Refusal, TooLarge
+from workflows.errors import Refusal
 from workflows.handlers import Handler, handler_for, known_address
 from workflows.mailer import CAP_NOTE
 from workflows.notices import first_notice_today
 from workflows.provision import PASSWORD_ALPHABET, PASSWORD_LENGTH
-from workflows.rawmail import RawMail, Spooled, head, pieces, sha256, whole
+from workflows.rawmail import RawMail, Spooled, pieces, sha256, whole
 from workflows.store import (
     Account,
     Decision,
@@ -156,6 +159,13 @@ def redact_issued_passwords(ctx: Ctx, raw: RawMail, parsed: ParseResult | None =
         return raw
 
 
+def prepare(ctx: Ctx, raw: RawMail, parsed: ParseResult | None = None) -> RawMail:
+    """The bytes that are stored, parsed and handled: `raw` with every password we issued that comes back
+    quoted blanked (`redact_issued_passwords`; `parsed`, the parse of `raw` made ahead, says where to look).
+    Returns `raw` itself when nothing was blanked: then that parse is the parse of the prepared bytes."""
+    return redact_issued_passwords(ctx, raw, parsed)
+
+
 def _issued(ctx: Ctx, digests: object) -> set[str]:
     wanted = list(digests)  # type: ignore[call-overload]
     if not wanted:
@@ -175,10 +185,12 @@ def ingest(ctx: Ctx, *, mailbox: str, uidvalidity: int, uid: int, raw: RawMail,
     ).scalar_one_or_none()
     if seen is not None:
         return None
-    redacted = redact_issued_passwords(ctx, raw, parsed)
-    if parsed is None or redacted is not raw:
-        parsed = parse(whole(redacted), ctx.parse_options)  # what is stored and handled is the redacted text
-    raw = redacted
+    prepared = prepare(ctx, raw, parsed)
+    if parsed is None or prepared is not raw:
+        # Parsed here only when no parse was made ahead, or preparing blanked a password that the parse
+        # made ahead holds: what is stored and handled is the prepared text.
+        parsed = parse(whole(prepared), ctx.parse_options)
+    raw = prepared
     msg = parsed.message
     digest = sha256(raw)
     message_id = (msg.message_id if msg is not None and msg.message_id else None) or synthetic_message_id(digest)
@@ -205,17 +217,9 @@ def ingest(ctx: Ctx, *, mailbox: str, uidvalidity: int, uid: int, raw: RawMail,
     s.add(row)
     # The handler is chosen before the row is written, so that it is one INSERT, not an INSERT and an
     # UPDATE (each flush costs the ORM about 1 ms: bench/backlog.py).
-    handler = handler_for(ctx, parsed) if parsed.kind != "unreadable" else None
-    row.handler = handler.name if handler is not None else None
+    handler = handler_for(ctx, parsed)
+    row.handler = handler.name
     store_inbound_raw(s, row, raw)  # an IntegrityError: another process took it meanwhile (scale-out)
-    if handler is None:
-        row.status = "quarantined"
-        row.error = parsed.reason
-        row.handled_at = now
-        audit(ctx, None, "mail.quarantined", message_id=message_id, reason=parsed.reason)
-        if parsed.over_limit:
-            _answer_over_limit(ctx, raw, row, parsed.reason or "")
-        return row
     run_handler(ctx, parsed, row, handler)
     return row
 
@@ -240,9 +244,10 @@ def run_handler(ctx: Ctx, parsed: ParseResult, row: Inbound, handler: Handler | 
         savepoint.commit()
         return
     except Refusal as refusal:
-        request_id = row.request_id  # the handler tied it to a request; the rollback must not lose that
+        # The handler tied it to a request or found its sender; the rollback must not lose that.
+        request_id, sender = row.request_id, row.sender
         savepoint.rollback()
-        row.request_id = request_id
+        row.request_id, row.sender = request_id, sender
         row.status = record_refusal(ctx, parsed, row, refusal)
         row.error = refusal.reason
     except Exception as exc:  # the per-message boundary: only here is a bare Exception caught
@@ -274,19 +279,19 @@ def record_refusal(ctx: Ctx, parsed: ParseResult, row: Inbound, refusal: Refusal
     audit(ctx, req, "mail.refused", actor=sender or "?", message_id=row.message_id, code=refusal.code,
           reason=refusal.reason)
     if not refusal.notify or not sender:
-        return "ignored"
+        return refusal.unanswered
     # Never an unknown outsider: only officials, delegates and the request's own requester hear why.
     is_requester = req is not None and sender in (req.requester, (req.fields or {}).get("pic_email"))
     official = known_address(ctx, sender)
     # A unit's own letter (duplicate, too large) is answered: units write to us by right.
     if not (official or is_requester or refusal.code in ("duplicate", "too_large")):
-        return "ignored"
+        return refusal.unanswered
     # An official hears back on every request they answered: one notice per request, reason and day, so
     # an unclear reply on one request never silences their replies on the others. Anyone else: one notice
     # per address, reason and day, whatever the request (a flood gets one answer).
     key = f"{refusal.code}:{req.id}" if official and req is not None else refusal.code
     if not first_notice_today(ctx, sender, key):
-        return "ignored"
+        return refusal.unanswered
     notice = ctx.mailer.queue(
         ctx.session,
         to=[sender],
@@ -298,7 +303,7 @@ def record_refusal(ctx: Ctx, parsed: ParseResult, row: Inbound, refusal: Refusal
         in_reply_to=row.message_id,
     )
     charge_unverified(ctx, parsed, row, [notice])
-    return "answered" if notice.status != "held" else "ignored"
+    return "answered" if notice.status != "held" else refusal.unanswered
 
 
 def _vouched_official(ctx: Ctx, parsed: ParseResult, row: Inbound, sender: str) -> bool:
@@ -363,22 +368,3 @@ def retry_inbound(ctx: Ctx, row: Inbound) -> str:
         run_handler(ctx, parsed, row)
     audit(ctx, None, "mail.retried", message_id=row.message_id, status=row.status, attempt=row.attempts)
     return row.status
-
-
-def _answer_over_limit(ctx: Ctx, raw: RawMail, row: Inbound, reason: str) -> None:
-    """Over a size/part limit: tell the sender plainly (from the headers alone), keep the message."""
-    try:
-        headers = email.parser.BytesHeaderParser().parsebytes(head(raw, 65536))
-    except Exception:  # noqa: BLE001 - no readable headers: nobody to answer
-        return
-    if str(headers.get("Auto-Submitted", "no")).lower() != "no" or headers.get("X-Subdomaind-Loop"):
-        return  # never answer machines or ourselves (RFC 3834)
-    sender = email.utils.parseaddr(str(headers.get("From", "")))[1].lower()
-    if "@" not in sender or sender.split("@")[0].lower() in ("mailer-daemon", "postmaster"):
-        return
-    row.sender = sender
-    refusal = TooLarge(reason)
-    # Told already today: the message stays in quarantine with its reason (never dropped silently).
-    if record_refusal(ctx, ParseResult(kind="unreadable", message=None, reason=reason), row, refusal) == "answered":
-        row.status = "answered"
-        row.error = reason

@@ -29,6 +29,7 @@ from sqlalchemy import (
     func,
     insert,
     inspect,
+    select,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
@@ -343,6 +344,16 @@ def raw_in_memory(row: Inbound) -> bytes | None:
         return None
     value = inspect(blob).attrs.raw.loaded_value
     return value if isinstance(value, bytes) else None
+
+
+def raw_head(session: Session, row: Inbound, n: int) -> bytes:
+    """The first `n` bytes of the row's message (its header block), without reading the rest: a message
+    over the size limit is exactly the one not to read whole."""
+    held = raw_in_memory(row)
+    if held is not None:
+        return held[:n]
+    found = session.execute(select(func.substr(InboundRaw.raw, 1, n)).where(InboundRaw.inbound_id == row.id))
+    return bytes(found.scalar_one_or_none() or b"")
 
 
 class InboundRaw(Base):
