@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from workflows.db import upgrade
 from workflows.store import (
     Audit,
+    Outbox,
     TxState,
     make_engine,
     make_sessionmaker,
@@ -73,14 +74,15 @@ def test_a_savepoint_rollback_forgets_what_it_read_and_audited(sessions: session
         _audit(s, "before")
         with s.begin_nested():
             _audit(s, "kept.savepoint")
+        tx_state(s).queued = [Outbox(subject="before")]
         savepoint = s.begin_nested()
         _remember(tx_state(s))
-        tx_state(s).queued = []
+        tx_state(s).queued.append(Outbox(subject="undone"))  # type: ignore[union-attr]
         _audit(s, "undone")
         savepoint.rollback()
         state = tx_state(s)
-        assert (state.delegates, state.opened, state.original_attachment, state.original_files, state.queued) \
-            == ({}, set(), {}, {}, None)
+        assert (state.delegates, state.opened, state.original_attachment, state.original_files) == ({}, set(), {}, {})
+        assert [o.subject for o in state.queued or ()] == ["before"]
         assert [r["event"] for r in state.audit_rows] == ["before", "kept.savepoint"]
         _audit(s, "after")
     assert _events(sessions) == ["before", "kept.savepoint", "after"]

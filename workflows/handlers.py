@@ -1,8 +1,10 @@
 """One handler per kind of inbound mail, tried in order (GitLab's `Handler.for`); the first that can, does.
 
-Each handler's `execute` returns the message's final status (handled, answered, ignored, unmatched) or
-raises a `Refusal`. Order matters: our own mail, bounces and auto-replies are caught before anything could
-treat them as a decision or a request, so they can never change state or be answered (no mail loops).
+Each handler's `execute` returns the message's final status (handled, answered, ignored, unmatched, quarantined) or
+raises a `Refusal`. Order matters: a message the parser refused (over a limit) or could not read comes
+first, so no rule after it sees a message without its text; our own mail, bounces and auto-replies are
+caught before anything could treat them as a decision or a request, so they can never change state or be
+answered (no mail loops).
 """
 
 from __future__ import annotations

@@ -247,11 +247,13 @@ def run_handler(ctx: Ctx, parsed: ParseResult, row: Inbound, handler: Handler | 
         # The handler tied it to a request or found its sender; the rollback must not lose that.
         request_id, sender = row.request_id, row.sender
         savepoint.rollback()
+        state.queued = None  # the handler's mail went with its savepoint
         row.request_id, row.sender = request_id, sender
         row.status = record_refusal(ctx, parsed, row, refusal)
         row.error = refusal.reason
     except Exception as exc:  # the per-message boundary: only here is a bare Exception caught
         savepoint.rollback()
+        state.queued = None
         row.status = "quarantined"
         row.error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"
         log.exception("message %s quarantined", row.message_id)

@@ -181,18 +181,23 @@ class TxState:
     # A secret was deleted: after commit, the caller purges the WAL (`purge_freed_secrets`).
     purge_secrets: bool = False
     committed: bool = False
-    # Each open savepoint and the number of audit rows when it began.
-    savepoints: dict[Any, int] = field(default_factory=dict)
+    # Each savepoint and the lengths of `audit_rows` and `queued` when it began.
+    savepoints: dict[Any, tuple[int, int]] = field(default_factory=dict)
 
-    def forget(self, audited: int) -> None:
-        """A savepoint rolled back: what was read may come from rows it undid; its audit rows are dropped."""
+    def mark(self) -> tuple[int, int]:
+        return len(self.audit_rows), len(self.queued or ())
+
+    def forget(self, mark: tuple[int, int]) -> None:
+        """A savepoint rolled back: what was read may come from rows it undid, and the audit rows and mail
+        written since its `mark` are gone with it."""
         self.delegates.clear()
         self.opened.clear()
         self.original_attachment.clear()
         self.original_files.clear()
         self.mail_counts.clear()
-        self.queued = None
-        del self.audit_rows[audited:]
+        del self.audit_rows[mark[0]:]
+        if self.queued is not None:
+            del self.queued[mark[1]:]
 
 
 def tx_state(session: Session) -> TxState:
@@ -242,14 +247,14 @@ def _committed(session: Session) -> None:
 def _begin_savepoint(session: Session, transaction: Any) -> None:
     if transaction.nested:
         state = tx_state(session)
-        state.savepoints[transaction] = len(state.audit_rows)
+        state.savepoints[transaction] = state.mark()
 
 
 @event.listens_for(Session, "after_soft_rollback")
 def _end_of_savepoint(session: Session, previous_transaction: Any) -> None:
     state: TxState | None = session.info.get(_TX_KEY)
     if state is not None and previous_transaction.nested:
-        state.forget(state.savepoints.pop(previous_transaction, len(state.audit_rows)))
+        state.forget(state.savepoints.pop(previous_transaction, state.mark()))
 
 
 @event.listens_for(Session, "after_transaction_end")
