@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.orm import lazyload
 
 import parsers.classify
 from daemon.config import parse_config
@@ -24,7 +25,8 @@ from workflows.db import upgrade
 from workflows.engine import Services
 from workflows.handlers import HANDLERS, OverLimitHandler, UnreadableHandler, answerable_sender
 from workflows.provision import PASSWORD_LENGTH, NoHosting
-from workflows.store import Audit, Inbound, Request, make_engine, make_sessionmaker
+from workflows.rawmail import Spooled
+from workflows.store import Audit, Inbound, Outbox, Request, make_engine, make_sessionmaker, raw_head, raw_in_memory
 
 UNIT = "dinkes@example.org"
 
@@ -57,14 +59,14 @@ def world(tmp_path: Path) -> Iterator[tuple[Daemon, ListSource, ListTransport, A
     d.shutdown(flush_seconds=0)
 
 
-def _too_large(sender: str = UNIT, **headers: str) -> bytes:
+def _too_large(sender: str = UNIT, size: int = 200_000, **headers: str) -> bytes:
     big = EmailMessage()
     big["From"], big["To"], big["Subject"] = sender, MAILBOX, "Permohonan sub domain dinkes"
     for name, value in headers.items():
         del big[name.replace("_", "-")]
         big[name.replace("_", "-")] = value
     big.set_content("Terlampir surat permohonan hasil pindai.")
-    big.add_attachment(b"%PDF-1.4 " + b"x" * 200_000, maintype="application", subtype="pdf", filename="surat.pdf")
+    big.add_attachment(b"%PDF-1.4 " + b"x" * size, maintype="application", subtype="pdf", filename="surat.pdf")
     return big.as_bytes()
 
 
@@ -88,6 +90,10 @@ def test_over_limit_is_parsed_once_and_answered_by_its_handler(world, parses: li
         assert (row.handler, row.status, row.sender) == ("over_limit", "answered", UNIT)
         assert "terlalu besar" in (row.error or "") and len(row.raw) > 200_000
         assert s.execute(select(Request)).first() is None
+    with sessions() as s:
+        # A letter stored from its file (over 1 MB) is not in memory: its header block is read alone.
+        row = s.execute(select(Inbound).options(lazyload(Inbound.blob))).scalar_one()
+        assert raw_head(s, row, 64) == _too_large()[:64] and raw_in_memory(row) is None
     answers = tr.to(UNIT)
     assert len(answers) == 1
     body = answers[0].get_body(preferencelist=("plain",)).get_content()
@@ -144,3 +150,20 @@ def test_prepare_blanks_an_issued_password_before_the_stored_parse(world, parses
         assert password not in str(req.fields)
     # The parse made ahead found it; the prepared bytes are what the handler saw.
     assert len(parses) == 2 and password.encode() not in parses[-1]
+
+
+def test_over_limit_letter_in_a_file_is_answered_from_its_stored_header_block(  # type: ignore[no-untyped-def]
+        world, parses: list[bytes], tmp_path: Path) -> None:
+    """A large letter comes as a file and is stored from it, never whole in memory (workflows/rawmail.py);
+    its over-limit answer reads the stored header block only."""
+    d, _src, _tr, sessions = world
+    path = tmp_path / "fetch-1.eml"
+    path.write_bytes(_too_large(size=2_000_000))
+    with sessions.begin() as s:
+        row = inbound.ingest(d.ctx(s, d.config.agencies[0]), mailbox="INBOX", uidvalidity=1, uid=1,
+                             raw=Spooled(path, path.stat().st_size))
+        assert row is not None and (row.handler, row.status, row.sender) == ("over_limit", "answered", UNIT)
+        assert raw_in_memory(row) is None
+        notice = s.execute(select(Outbox).where(Outbox.purpose == "refusal.too_large")).scalar_one()
+        assert notice.rcpts == [UNIT]
+    assert len(parses) == 1

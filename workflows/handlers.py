@@ -50,7 +50,7 @@ from workflows.errors import (
     TooLateToCancel,
 )
 from workflows.mailer import LOOP_HEADER, token_hash
-from workflows.notices import first_notice_today
+from workflows.notices import first_notice_today, record_refusal
 from workflows.store import Delegation, Inbound, Outbox, Request, StepRun, raw_head, tx_state
 from workflows.vouch import AuthPolicy, vouched
 from workflows.worktime import calendar_for
@@ -184,17 +184,6 @@ def _allowed(ctx: Ctx, role: str) -> set[str]:
     return set(ctx.agency.actors.get(role, [])) | delegates_of(ctx, role)
 
 
-def known_address(ctx: Ctx, address: str | None) -> bool:
-    """An official or delegate of this agency, from config or registered by mail and still in force
-    (someone we may tell why a reply was refused)."""
-    if not address:
-        return False
-    address = address.lower()
-    if any(address in addrs for addrs in (*ctx.agency.actors.values(), *ctx.agency.delegates.values())):
-        return True
-    return any(address in delegates_of(ctx, role) for role in ctx.sop.roles if not ctx.sop.roles[role].requester)
-
-
 def answerable_sender(header_block: bytes) -> str | None:
     """Whom to tell that a message the parser refused is not taken, from its header block alone: None for
     no readable From, a machine or ourselves (RFC 3834: never answer an automatic mail)."""
@@ -214,7 +203,10 @@ class OverLimitHandler:
     """A message over a configured limit (size, parts, nesting): the parser refused to read it. It is kept
     in quarantine with the reason, and its sender is told in Indonesian to send it smaller (`TooLarge`, at
     most once a day). Only its header block is read, for the sender's address: the parse said the rest
-    costs too much."""
+    costs too much.
+
+    The refusal is answered here rather than raised: nothing is undone, and a raised refusal rolls the
+    savepoint back, after which the row (with the whole letter, the one too large to read) is read again."""
 
     name = "over_limit"
 
@@ -222,11 +214,13 @@ class OverLimitHandler:
         return parsed.over_limit
 
     def execute(self, ctx: Ctx, parsed: ParseResult, inbound: Inbound) -> str:
+        status = UnreadableHandler().execute(ctx, parsed, inbound)
         sender = answerable_sender(raw_head(ctx.session, inbound, HEADER_BLOCK_MAX))
         if sender is None:
-            return UnreadableHandler().execute(ctx, parsed, inbound)
+            return status
         inbound.sender = sender
-        raise TooLarge(parsed.reason or "")
+        # Told already today: the message stays in quarantine with its reason (never dropped silently).
+        return record_refusal(ctx, parsed, inbound, TooLarge(parsed.reason or ""))
 
 
 class UnreadableHandler:
