@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import ssl
 import threading
 import time
@@ -28,6 +27,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
+from daemon.backoff import Backoff
 from daemon.config import SmtpConfig
 from daemon.mailbox import tls_context
 from daemon.oauth import LazyTokens, OAuthError, TokenSource, b64, sasl_initial
@@ -284,8 +284,7 @@ def send_all(transport: Transport, mails: Sequence[tuple[str, Sequence[str], byt
 
 def backoff(attempts: int, base: float = 30.0, cap: float = MAX_BACKOFF.total_seconds()) -> timedelta:
     """30 s, 1 min, 2 min ... capped at an hour, with jitter so a recovering server is not stampeded."""
-    delay = min(cap, base * 2 ** max(0, attempts - 1))
-    return timedelta(seconds=delay * random.uniform(0.8, 1.2))
+    return Backoff(base, cap, jitter=(0.8, 1.2)).after(attempts)
 
 
 def _scrub(s: Session, row: Outbox) -> bool:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import signal
 import socket
 import threading
@@ -25,6 +24,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from daemon.backoff import Backoff
 from daemon.config import AgencyConfig, Config, LimitsConfig
 from daemon.leases import AllLeases, Leases, PgLeases, agency_key
 from daemon.mailbox import FETCH_BYTES, ImapSource, MailSource, MailSourceError
@@ -119,10 +119,15 @@ def _secret_box(config: Config) -> SecretBox:
 
 # After the server refused the login (or throttled us) a mailbox is left alone for a minute, doubling
 # to half an hour: a wrong password must not lock the account (Zimbra's lockout, fail2ban) and a throttled
-# Microsoft 365 tenant must not be stormed. Other failures (the server down) are retried sooner.
+# Microsoft 365 tenant must not be stormed. Other failures (the server down) are retried sooner, from two
+# seconds up to about four minutes, jittered so that mailboxes on one server do not come back together.
 AUTH_BACKOFF_FIRST = 60.0
 AUTH_BACKOFF_MAX = 1800.0
-NETWORK_BACKOFF_MAX = 300.0
+NETWORK_BACKOFF_MAX = 256.0
+REFUSED_BACKOFF = Backoff(base=AUTH_BACKOFF_FIRST, cap=AUTH_BACKOFF_MAX)
+NETWORK_BACKOFF = Backoff(base=2.0, cap=NETWORK_BACKOFF_MAX, jitter=(0.5, 1.0))
+# A failed automatic step is tried again after 2 minutes, doubling to an hour.
+STEP_BACKOFF = Backoff(base=120.0, cap=3600.0)
 
 
 class LoginGate:
@@ -165,10 +170,9 @@ class LoginGate:
             self.failures += 1
             if kind in ("auth", "throttled"):
                 self.refused += 1
-                delay = min(AUTH_BACKOFF_MAX, AUTH_BACKOFF_FIRST * 2 ** (self.refused - 1))
+                delay = REFUSED_BACKOFF.delay(self.refused)
             else:
-                # Jittered exponential backoff (peers' pain point: intake that never resumes).
-                delay = min(NETWORK_BACKOFF_MAX, 2.0 ** min(self.failures, 8)) * random.uniform(0.5, 1.0)
+                delay = NETWORK_BACKOFF.delay(self.failures)
             self.until = max(self.until, self._clock() + delay)
             return delay
 
@@ -683,14 +687,12 @@ class Daemon:
                 sd_notify("WATCHDOG=1")
             except Exception as exc:  # the per-action boundary: record, back off, keep the loop alive
                 log.exception("action step %s failed", step_id)
-                from datetime import timedelta
-
                 with self.sessions.begin() as s:
                     run = s.get(StepRun, step_id)
                     if run is not None:
                         run.attempts += 1
                         run.last_error = f"{type(exc).__name__}: {exc}"[:2000]
-                        run.due_at = self.clock() + timedelta(minutes=min(60, 2 ** run.attempts))
+                        run.due_at = self.clock() + STEP_BACKOFF.after(run.attempts)
                         if run.attempts == 1:  # staff hear of it once; status and the digest show it after
                             from workflows.engine import alert_staff
                             from workflows.store import Request
