@@ -5,7 +5,8 @@
 send and record re-sends the same bytes, so the recipient sees one Message-ID twice at worst, never two
 different mails. A sensitive row (the PIC's password) is sealed at rest, opened only to be sent, and
 scrubbed once sent. A row that waits for another (`after_id`, status "waiting") is released when that one is
-sent, and fails with it.
+sent, and fails with it. `Sender` is the daemon's outbox job: `drain` within a time budget, on a thread of
+its own while the daemon runs.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple, Protocol
 
@@ -37,6 +38,7 @@ from workflows.store import Outbox, PendingSecret, purge_freed_secrets
 log = logging.getLogger("subdomaind.outbox")
 
 MAX_BACKOFF = timedelta(hours=1)
+DRAIN_BUDGET_SECONDS = 20.0  # one pass of the daemon's sender: a hanging SMTP server holds up nothing longer
 
 
 class SendError(Exception):
@@ -405,8 +407,6 @@ def drain(
     each mail with its own Message-ID again. A server that proved unreachable ends the pass. A sealed row
     is opened with `box` in memory only; one that does not open fails at once (it never would).
     """
-    import time
-
     counts = {"sent": 0, "retry": 0, "failed": 0}
     scrubbed = False
     pg = sessions.kw["bind"].dialect.name == "postgresql"
@@ -467,3 +467,79 @@ def drain(
     if scrubbed:
         purge_freed_secrets(sessions.kw["bind"])
     return counts
+
+
+@dataclass
+class Sender:
+    """The daemon's outbox job: `drain` sends what is due within a time budget; `start` runs it on a thread
+    of its own, woken by `wake` after each batch of intake and every second for retries that come due.
+
+    A configuration reload replaces its transport, key and SMTP settings."""
+
+    sessions: sessionmaker[Session]
+    transport: Transport
+    clock: Callable[[], datetime]
+    smtp: SmtpConfig
+    box: SecretBox
+    stopping: threading.Event
+    thread: threading.Thread | None = None
+    _wake: threading.Event = field(default_factory=threading.Event)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def drain(self) -> int:
+        """Send what is due, within a time budget and the stop flag: a hanging SMTP server must hold up
+        neither intake nor SIGTERM."""
+        return self._drain(time.monotonic() + DRAIN_BUDGET_SECONDS, self.stopping)["sent"]
+
+    def _drain(self, deadline: float, stopping: threading.Event | None) -> dict[str, int]:
+        smtp = self.smtp
+        return drain(self.sessions, self.transport, self.clock, deadline=deadline, stopping=stopping,
+                     retry_base=smtp.retry_base_seconds, retry_max=smtp.retry_max_seconds, box=self.box,
+                     per_minute=smtp.max_per_minute)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def start(self) -> threading.Thread:
+        """The outbox on its own thread: mail goes out while intake goes on (on SQLite too: every
+        transaction takes the write lock at BEGIN, see workflows/store.py, so the two wait for each other
+        for a few milliseconds instead of failing)."""
+        self.thread = threading.Thread(target=self._loop, name="outbox", daemon=True)
+        self.thread.start()
+        return self.thread
+
+    def _loop(self) -> None:
+        """On its own thread, so intake never waits behind SMTP and sending overlaps parsing. After a pass
+        that sent something it looks again at once (a pass stops at its row limit)."""
+        sent = 0
+        while not (self.stopping.is_set() or self._stop.is_set()):
+            if not sent:
+                self._wake.wait(timeout=1.0)
+            self._wake.clear()
+            if self.stopping.is_set() or self._stop.is_set():
+                break
+            try:
+                sent = self.drain()
+            except Exception:  # the sender's boundary: a bad row or a database hiccup must not stop it
+                log.exception("outbox pass failed")
+                sent = 0
+
+    def stop(self, flush_seconds: float) -> None:
+        """End the thread (it holds the transport, which is not shared between threads), then one last
+        flush within `flush_seconds`; what could not be sent stays queued for the next start."""
+        self._stop.set()
+        self._wake.set()
+        if self.thread is not None:
+            self.thread.join(timeout=DRAIN_BUDGET_SECONDS + 5)
+        try:
+            self._drain(time.monotonic() + flush_seconds, None)
+        except Exception:  # noqa: BLE001 - what could not be sent stays queued for the next start
+            log.exception("final outbox flush failed")
+
+    def close(self) -> None:
+        closer = getattr(self.transport, "close", None)
+        if closer is not None:
+            try:
+                closer()
+            except Exception:  # noqa: BLE001 - the SMTP connection is dropped either way
+                log.debug("SMTP close failed", exc_info=True)

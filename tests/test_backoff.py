@@ -8,6 +8,9 @@ from datetime import timedelta
 import pytest
 
 from daemon.backoff import Backoff
+from daemon.due import STEP_BACKOFF
+from daemon.gate import NETWORK_BACKOFF, REFUSED_BACKOFF
+from daemon.outbox import backoff
 
 
 def test_doubles_from_the_base_up_to_the_cap() -> None:
@@ -48,11 +51,7 @@ def test_a_nonsense_backoff_is_refused(base: float, cap: float, jitter: tuple[fl
         Backoff(base=base, cap=cap, jitter=jitter)
 
 
-
 def test_every_retry_of_the_daemon_keeps_its_figures() -> None:
-    from daemon.outbox import backoff
-    from daemon.service import NETWORK_BACKOFF, REFUSED_BACKOFF, STEP_BACKOFF
-
     # An automatic step that failed: 2 minutes, doubling to an hour.
     assert [STEP_BACKOFF.after(n) for n in (1, 2, 5, 6, 50)] == [timedelta(minutes=m) for m in (2, 4, 32, 60, 60)]
     # A refused login: a minute, doubling to half an hour; the server unreachable: 2 s to about 4 minutes.
