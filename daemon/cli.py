@@ -519,7 +519,7 @@ def cmd_digest(args: argparse.Namespace) -> int:
                 raise CommandError(f"peran {args.role!r} tidak ada dalam SOP {ag.sop} "
                                    f"(ada: {', '.join(sorted(sop.roles))})", 2)
             with sessions() as s:
-                data = build_digest(s, cfg, ag, sop, calendar_for(ag), now, since, role=args.role)
+                data = build_digest(s, ag, sop, calendar_for(ag), now, since, role=args.role)
             subject, text, html = render_digest(data, ag)
             print(html if args.html else f"Subjek: {subject}\n\n{text}")
         return 0

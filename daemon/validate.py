@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.config import Config, ConfigError, load_config
+from workflows.settings import credential_path
 
 HOSTING_PLACEHOLDERS = ("username", "fqdn", "ip", "subdomain")
 TSIG_ALGORITHMS = ("hmac-sha256", "hmac-sha512", "hmac-sha384", "hmac-sha224")
@@ -141,16 +142,9 @@ def warnings(cfg: Config, limit: int | None = None) -> list[str]:
 # --- secrets --------------------------------------------------------------------------------------
 
 
-def secret_path(path: Path) -> Path:
-    cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
-    if not path.is_absolute() and cred_dir:
-        return Path(cred_dir) / path
-    return path
-
-
 def read_secret_file(path: Path) -> str:
     """A secret file's text: refused when missing, unreadable, empty, or readable by others."""
-    p = secret_path(path)
+    p = credential_path(path)
     try:
         st = p.stat()
     except OSError as exc:
@@ -212,7 +206,7 @@ def _oauth_secrets(key: str, src: Any) -> list[str]:
     out: list[str] = []
     for label in ("client_secret_file", "service_account_file", "refresh_token_file"):
         path = getattr(oauth, label)
-        if path is None or (label == "refresh_token_file" and not secret_path(path).exists()):
+        if path is None or (label == "refresh_token_file" and not credential_path(path).exists()):
             continue
         try:
             read_secret_file(path)
@@ -262,9 +256,9 @@ def read_tsig(dns: Any) -> TsigKey:
     """The agency's TSIG key from `tsig_secret_file` (`ConfigError` on any problem); the algorithm and
     secret of a pasted stanza win over the config, a different key name is refused."""
     text = read_secret_file(dns.tsig_secret_file)
-    key = parse_tsig(text, str(secret_path(dns.tsig_secret_file)), dns.tsig_algorithm)
+    key = parse_tsig(text, str(credential_path(dns.tsig_secret_file)), dns.tsig_algorithm)
     if key.name is not None and key.name.lower() != str(dns.tsig_key_name).rstrip(".").lower():
-        raise ConfigError([f"{secret_path(dns.tsig_secret_file)}: the pasted key is named {key.name!r} but "
+        raise ConfigError([f"{credential_path(dns.tsig_secret_file)}: the pasted key is named {key.name!r} but "
                            f"tsig_key_name is {dns.tsig_key_name!r}; make them the same"])
     return key
 

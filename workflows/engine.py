@@ -19,7 +19,6 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from daemon.config import AgencyConfig, Config
 from parsers.model import Attachment, ParseOptions
 from workflows.mailer import (
     MailAttachment,
@@ -49,6 +48,7 @@ from workflows.provision import (
     records_to_json,
 )
 from workflows.secretbox import SealedValueError, SecretBox
+from workflows.settings import AgencySettings, Settings
 from workflows.signing import LetterSigner, SigningError
 from workflows.sop import Sop, Step
 from workflows.store import (
@@ -101,8 +101,8 @@ class Services:
 @dataclass
 class Ctx:
     session: Session
-    config: Config
-    agency: AgencyConfig
+    config: Settings
+    agency: AgencySettings
     sop: Sop
     mailer: Mailer
     services: Services

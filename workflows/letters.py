@@ -75,7 +75,7 @@ from reportlab.platypus import (
     TableStyle,
 )
 
-from daemon.config import LetterConfig
+from workflows.settings import LetterConfig
 from workflows.signing import LetterSigner, SignatureBox, Stamp, content_hash, qr_payload
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"

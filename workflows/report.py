@@ -22,12 +22,12 @@ from typing import Any
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from daemon.config import AgencyConfig
 from workflows.answers import person_label
 from workflows.digest import DEFAULT_DIGEST_TIME, ZONE_LABELS
 from workflows.engine import Ctx, audit
 from workflows.mailer import MailAttachment, Mailer, Rendered, format_tanggal
 from workflows.reminders import format_duration
+from workflows.settings import AgencySettings
 from workflows.sop import Sop
 from workflows.store import Audit, Decision, Request, StepRun
 from workflows.worktime import WorkCalendar
@@ -161,7 +161,7 @@ def _weeks(calendar: WorkCalendar, month: date, end_day: date) -> list[tuple[dat
     return out
 
 
-def build_report(session: Session, agency: AgencyConfig, sop: Sop, calendar: WorkCalendar, month: date,
+def build_report(session: Session, agency: AgencySettings, sop: Sop, calendar: WorkCalendar, month: date,
                  now: datetime) -> MonthlyReport:
     """The report of `month` (its first day), as the store holds it at `now`."""
     s = session
@@ -385,7 +385,7 @@ def report_context(report: MonthlyReport, images: dict[str, str]) -> dict[str, A
     return {"r": report, "images": images, "target": COMPLIANCE_TARGET, "agency_name": report.agency_name}
 
 
-def render_mail(report: MonthlyReport, agency: AgencyConfig, *, inline: bool = True) -> tuple[str, str, str]:
+def render_mail(report: MonthlyReport, agency: AgencySettings, *, inline: bool = True) -> tuple[str, str, str]:
     """(subject, text, HTML). With `inline`, the HTML shows the charts by Content-ID (as mailed); else as
     data: URIs, for a browser (the preview, the screenshots)."""
     import base64
@@ -415,7 +415,7 @@ def render_csv(report: MonthlyReport) -> str:
     return out.getvalue()
 
 
-def render_pdf(report: MonthlyReport, agency: AgencyConfig) -> bytes:
+def render_pdf(report: MonthlyReport, agency: AgencySettings) -> bytes:
     """The same report as an A4 PDF: title, figures, both charts, the step and official tables, the list."""
     from reportlab.lib import colors
     from reportlab.lib.styles import ParagraphStyle
@@ -547,7 +547,7 @@ def _table(rows: list[list[Any]], width: float, shares: list[float]) -> Any:
 
 # --- sending and scheduling ------------------------------------------------------------------------
 
-def report_recipients(agency: AgencyConfig, sop: Sop) -> list[str]:
+def report_recipients(agency: AgencySettings, sop: Sop) -> list[str]:
     """The head of the SOP (the role with no superior: the Kepala Dinas) and the digest recipients."""
     heads = [r.key for r in sop.roles.values() if not r.superior and not r.requester]
     out: list[str] = []
@@ -557,7 +557,7 @@ def report_recipients(agency: AgencyConfig, sop: Sop) -> list[str]:
     return out
 
 
-def _render_files(report: MonthlyReport, agency: AgencyConfig) -> tuple[bytes, bytes, bytes]:
+def _render_files(report: MonthlyReport, agency: AgencySettings) -> tuple[bytes, bytes, bytes]:
     return chart_weeks(report), chart_steps(report), render_pdf(report, agency)
 
 
@@ -580,7 +580,7 @@ def render_child() -> None:
     sys.stdout.buffer.write(pickle.dumps(_render_files(report, agency)))
 
 
-def report_attachments(report: MonthlyReport, agency: AgencyConfig, *, isolated: bool = True) -> list[MailAttachment]:
+def report_attachments(report: MonthlyReport, agency: AgencySettings, *, isolated: bool = True) -> list[MailAttachment]:
     """The two charts (inline) and the PDF. `isolated` draws them in a fresh Python process (started as the
     parser workers are, never forked from the threaded daemon): matplotlib and its fonts would otherwise
     stay in the daemon, about 90 MB, half its memory budget (docs/PERFORMANCE.md)."""
@@ -617,7 +617,7 @@ def send_report(ctx: Ctx, calendar: WorkCalendar, month: date, now: datetime, *,
     return report
 
 
-def render_report(report: MonthlyReport, agency: AgencyConfig) -> tuple[Rendered, list[MailAttachment]]:
+def render_report(report: MonthlyReport, agency: AgencySettings) -> tuple[Rendered, list[MailAttachment]]:
     """The mail and its attachments, made without the database (seconds of work: the child process)."""
     from workflows.mailer import Rendered
 

@@ -15,13 +15,12 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import io
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from daemon.config import LetterSigningConfig
+from workflows.settings import LetterSigningConfig, credential_path
 
 SIGNATURE_FIELD = "TandaTanganElektronik"
 # Room kept for the CMS signature (bytes; twice that as hex in the file): a 4096-bit RSA signature with a
@@ -210,15 +209,10 @@ def _secret(cfg: LetterSigningConfig) -> str:
     return secret
 
 
-def _credential(path: Path) -> Path:
-    cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
-    return Path(cred_dir) / path if not path.is_absolute() and cred_dir else path
-
-
 def load_signer(cfg: LetterSigningConfig, *, location: str = "") -> PadesSigner | None:
     """The agency's signer, or None when no certificate is configured (letters then go out unsigned)."""
     if cfg.pkcs12_file is not None:
-        path = _credential(cfg.pkcs12_file)
+        path = credential_path(cfg.pkcs12_file)
         password = _secret(cfg).encode()
         try:
             data = path.read_bytes()
