@@ -17,16 +17,27 @@ import base64
 import binascii
 import os
 import re
+import resource
 import stat
 import string
 import sys
+import tomllib
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
 
-from daemon.config import Config, ConfigError, load_config
+from email_validator import EmailNotValidError, validate_email
+from pydantic import ValidationError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+from daemon.config import Config, ConfigError, _resolve_paths, load_config
+from workflows.provision import DnsError, _split_hostport
+from workflows.secretbox import SecretBox, SecretKeyError
 from workflows.settings import credential_path
+from workflows.textfiles import TextFileError, read_utf8
+from workflows.worktime import CalendarError, calendar_for, load_overrides
 
 HOSTING_PLACEHOLDERS = ("username", "fqdn", "ip", "subdomain")
 TSIG_ALGORITHMS = ("hmac-sha256", "hmac-sha512", "hmac-sha384", "hmac-sha224")
@@ -52,13 +63,6 @@ def load_checked(path: str | Path, *, secrets: bool = True) -> Config:
 
 def _typed_only(path: str | Path) -> Config | None:
     """The configuration when its keys and types are right (whatever else is wrong), else None."""
-    import tomllib
-
-    from pydantic import ValidationError
-
-    from daemon.config import _resolve_paths
-    from workflows.textfiles import TextFileError, read_utf8
-
     try:
         data = tomllib.loads(read_utf8(path))
         _resolve_paths(data, Path(path).parent)
@@ -121,8 +125,6 @@ def descriptors_needed(cfg: Config) -> int:
 
 
 def descriptor_limit() -> int:
-    import resource
-
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     return soft if soft != resource.RLIM_INFINITY else 1 << 20
 
@@ -166,8 +168,6 @@ def read_secret_file(path: Path) -> str:
 
 def _pic_key(cfg: Config) -> list[str]:
     """The key that seals PIC passwords at rest: readable, not readable by others, a valid key."""
-    from workflows.secretbox import SecretBox, SecretKeyError
-
     key_file = getattr(getattr(cfg, "secrets", None), "key_file", None)
     if key_file is None:
         return []  # daemon/config.py names the missing key
@@ -268,8 +268,6 @@ def read_tsig(dns: Any) -> TsigKey:
 
 def address_problem(address: str) -> str | None:
     """Why `address` is not a usable e-mail address (syntax only: no DNS lookup), or None."""
-    from email_validator import EmailNotValidError, validate_email
-
     try:
         validate_email(address, check_deliverability=False, test_environment=False)
     except EmailNotValidError as exc:
@@ -302,8 +300,6 @@ def _clock(where: str, value: str) -> tuple[int | None, str | None]:
 
 
 def _working_time(key: str, ag: Any) -> list[str]:
-    from workflows.worktime import CalendarError, calendar_for, load_overrides
-
     out = []
     start, p1 = _clock(f"{key}.office_start", ag.office_start)
     end, p2 = _clock(f"{key}.office_end", ag.office_end)
@@ -359,8 +355,6 @@ def _signer(key: str, letter: Any) -> list[str]:
 
 
 def _verify_servers(key: str, dns: Any) -> list[str]:
-    from workflows.provision import DnsError, _split_hostport
-
     out = []
     for spec in dns.verify_servers:
         try:
@@ -402,9 +396,6 @@ def _hosting(cfg: Config) -> list[str]:
 
 
 def _database(cfg: Config) -> list[str]:
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
-
     if not cfg.database_url:
         return []
     try:

@@ -9,20 +9,24 @@ writes its mail to the outbox, so a crash anywhere loses nothing and does nothin
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
+import re
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from parsers.model import Attachment, ParseOptions
 from workflows.mailer import (
     MailAttachment,
     Mailer,
+    Rendered,
     format_deadline,
     format_tanggal,
     letter_files,
@@ -55,6 +59,7 @@ from workflows.store import (
     Account,
     Counter,
     Decision,
+    Delegation,
     Inbound,
     InboundRaw,
     LetterRecord,
@@ -145,10 +150,6 @@ class Ctx:
 
 def delegates_of(ctx: Ctx, role: str) -> set[str]:
     """Acting officials for a role: from config, and those the Kepala Dinas registered by mail."""
-    from sqlalchemy import or_
-
-    from workflows.store import Delegation
-
     # Asked once per transaction and role (every step mail asks); the delegation handler forgets it.
     cache = ctx.session.info.setdefault("delegates", {})
     if role not in cache:
@@ -196,8 +197,6 @@ def next_number(ctx: Ctx, name: str) -> tuple[int, int]:
 
 
 def _tz(ctx: Ctx) -> Any:
-    from zoneinfo import ZoneInfo
-
     return ZoneInfo(ctx.agency.timezone)
 
 
@@ -511,7 +510,7 @@ def enter_step(ctx: Ctx, req: Request, key: str, *, note: str | None = None) -> 
             attachments = _original_attachment(ctx, req)
             if req.letter_number and req.provisioned:
                 # The draft reply letter goes up for approval; the password is never in a draft.
-                from workflows.letters import build_letter
+                from workflows.letters import build_letter  # reportlab (heavy) with the first letter
 
                 draft = build_letter("final", {**letter_context(ctx, req), "draft": True}, agency_id=ctx.agency.id)
                 record = _open_reply_record(ctx, req)
@@ -956,8 +955,8 @@ def queue_letter(ctx: Ctx, req: Request, kind: str, letter_ctx: dict[str, Any], 
     Its number comes from the register in this transaction: a reply letter (final or rejection) takes the
     number its draft reserved, if any; any other letter takes the next one. Lampiran counts `extra`.
     """
+    # reportlab (heavy) loads with the first letter, not with the engine
     from workflows.letters import build_letter, lampiran_text
-    from workflows.mailer import Rendered
 
     # A savepoint: a letter that cannot be signed leaves neither a number nor a register row behind.
     with ctx.session.begin_nested():
@@ -987,6 +986,7 @@ def queue_letter(ctx: Ctx, req: Request, kind: str, letter_ctx: dict[str, Any], 
 
 def form_attachments(ctx: Ctx) -> list[MailAttachment]:
     """The agency's fillable request form, PDF and DOCX, for a unit that must (re)fill it."""
+    # python-docx and reportlab (heavy) only when a form is sent
     from workflows.forms import form_docx, form_pdf
 
     ag = ctx.agency
@@ -1069,9 +1069,6 @@ def _step_key(ctx: Ctx, decision: Decision | None) -> str:
 
 def _recheck_dns(ctx: Ctx, req: Request, run: StepRun) -> str:
     """After a KENDALA: ask every authoritative server again, and compare with what the admin says."""
-    import ipaddress
-    import re
-
     p = req.provisioned or {}
     if not p:
         run.note = "Sub domain belum pernah dibuat oleh sistem; tidak ada rekaman untuk diperiksa."

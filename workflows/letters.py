@@ -52,11 +52,13 @@ from zoneinfo import ZoneInfo
 
 import jinja2
 import jinja2.sandbox
+import reportlab
 from reportlab.lib import colors
 from reportlab.lib.enums import TA_CENTER, TA_JUSTIFY, TA_LEFT, TA_RIGHT
 from reportlab.lib.pagesizes import A4
 from reportlab.lib.styles import ParagraphStyle
 from reportlab.lib.units import cm
+from reportlab.lib.utils import ImageReader
 from reportlab.pdfbase import pdfmetrics
 from reportlab.pdfbase.pdfmetrics import stringWidth
 from reportlab.pdfbase.ttfonts import TTFont
@@ -75,6 +77,7 @@ from reportlab.platypus import (
     TableStyle,
 )
 
+from workflows.mailer import format_tanggal
 from workflows.settings import LetterConfig
 from workflows.signing import LetterSigner, SignatureBox, Stamp, content_hash, qr_payload
 
@@ -560,8 +563,6 @@ _FONT_DIRS = (
 @lru_cache(maxsize=1)
 def pdf_fonts() -> tuple[str, str, str]:
     """(regular, bold, fixed-width) font names registered with reportlab; DejaVu when installed, else Vera."""
-    import reportlab
-
     candidates = [
         # Condensed first: its widths are close to Arial's, the usual face of naskah dinas.
         ("DejaVuSansCondensed.ttf", "DejaVuSansCondensed-Bold.ttf", "DejaVuSansMono.ttf", [*_FONT_DIRS]),
@@ -680,8 +681,6 @@ def _acting_stripped(jabatan: str) -> str:
 
 
 def _today() -> str:
-    from workflows.mailer import format_tanggal  # lazy: the mailer may come to import this module
-
     return format_tanggal(datetime.now(ZoneInfo("Asia/Jakarta")))
 
 
@@ -724,8 +723,6 @@ def _logo_image(path: Path) -> Image | None:
 
 @lru_cache(maxsize=8)
 def _image_size(path: Path) -> tuple[int, int] | None:
-    from reportlab.lib.utils import ImageReader
-
     try:
         width, height = ImageReader(str(path)).getSize()
     except Exception:  # noqa: BLE001 - reportlab raises many kinds for a bad image

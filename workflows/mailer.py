@@ -25,6 +25,7 @@ from typing import Any
 import jinja2
 from sqlalchemy.orm import Session
 
+from parsers.mime import UnreadableMessage, parse_mime
 from parsers.model import Attachment, Limits
 from workflows.secretbox import SecretBox
 from workflows.store import MailCount, Outbox
@@ -82,8 +83,6 @@ _MAY_HOLD_FILES = re.compile(
 def letter_files(raw: bytes, limits: Limits | None = None) -> list[MailAttachment]:
     """The files a unit's letter came with (those of a forwarded letter too), each with a content type by
     what it is; the body text is summarised in the mail itself."""
-    from parsers.mime import UnreadableMessage, parse_mime
-
     if not _MAY_HOLD_FILES.search(raw):
         return []
     try:

@@ -10,9 +10,15 @@ CSV for the office's records. `send_report` queues it to the head of the SOP and
 
 from __future__ import annotations
 
+import base64
 import csv
+import html
 import io
+import json
+import pickle
 import statistics
+import subprocess
+import sys
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -308,6 +314,7 @@ _NAVY, _GREEN, _RED, _GREY = "#1e3a5f", "#15803d", "#b91c1c", "#6b7280"
 def _png(fig: Any) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=150, metadata={"Software": None})
+    # matplotlib (heavy) only when the monthly report draws its charts
     import matplotlib.pyplot as plt
 
     plt.close(fig)
@@ -316,6 +323,7 @@ def _png(fig: Any) -> bytes:
 
 def chart_weeks(report: MonthlyReport) -> bytes:
     """Grouped bars: requests received, finished and rejected in each week of the month."""
+    # matplotlib (heavy) only when the monthly report draws its charts
     import matplotlib
 
     matplotlib.use("Agg")  # no display: the daemon and the tests draw into memory
@@ -343,6 +351,7 @@ def chart_weeks(report: MonthlyReport) -> bytes:
 def chart_steps(report: MonthlyReport) -> bytes:
     """Horizontal bars: the share of each step's visits finished within its Mutu Baku, each step's name
     written above its bar (so that the bars keep the whole width on a phone)."""
+    # matplotlib (heavy) only when the monthly report draws its charts
     import matplotlib
 
     matplotlib.use("Agg")
@@ -388,8 +397,6 @@ def report_context(report: MonthlyReport, images: dict[str, str]) -> dict[str, A
 def render_mail(report: MonthlyReport, agency: AgencySettings, *, inline: bool = True) -> tuple[str, str, str]:
     """(subject, text, HTML). With `inline`, the HTML shows the charts by Content-ID (as mailed); else as
     data: URIs, for a browser (the preview, the screenshots)."""
-    import base64
-
     if inline:
         images = {"weeks": f"cid:{CHART_WEEKS}", "steps": f"cid:{CHART_STEPS}"}
     else:
@@ -417,6 +424,7 @@ def render_csv(report: MonthlyReport) -> str:
 
 def render_pdf(report: MonthlyReport, agency: AgencySettings) -> bytes:
     """The same report as an A4 PDF: title, figures, both charts, the step and official tables, the list."""
+    # reportlab (heavy) only for the PDF: the mail and CSV forms never load it
     from reportlab.lib import colors
     from reportlab.lib.styles import ParagraphStyle
     from reportlab.lib.units import cm
@@ -437,8 +445,6 @@ def render_pdf(report: MonthlyReport, agency: AgencySettings) -> bytes:
     }
 
     def p(text: object, style: str = "cell") -> Paragraph:
-        import html
-
         return Paragraph(html.escape(str(text), quote=False), st[style])
 
     buf = io.BytesIO()
@@ -532,6 +538,7 @@ def _ratio(png: bytes) -> float:
 
 
 def _table(rows: list[list[Any]], width: float, shares: list[float]) -> Any:
+    # reportlab (heavy) only for the PDF: the mail and CSV forms never load it
     from reportlab.lib import colors
     from reportlab.platypus import Table, TableStyle
 
@@ -572,9 +579,6 @@ _CHILD_BOOT = ("import json, sys; sys.path[:0] = json.loads(sys.argv[1]); "
 def render_child() -> None:
     """The child process's side of `report_attachments(isolated=True)`: (report, agency) in on stdin, the
     two PNGs and the PDF out on stdout."""
-    import pickle
-    import sys
-
     # The parent wrote these bytes itself, a moment ago, into this process's own pipe.
     report, agency = pickle.loads(sys.stdin.buffer.read())  # noqa: S301
     sys.stdout.buffer.write(pickle.dumps(_render_files(report, agency)))
@@ -585,11 +589,6 @@ def report_attachments(report: MonthlyReport, agency: AgencySettings, *, isolate
     parser workers are, never forked from the threaded daemon): matplotlib and its fonts would otherwise
     stay in the daemon, about 90 MB, half its memory budget (docs/PERFORMANCE.md)."""
     if isolated:
-        import json
-        import pickle
-        import subprocess
-        import sys
-
         proc = subprocess.run([sys.executable, "-c", _CHILD_BOOT, json.dumps(sys.path)],
                               input=pickle.dumps((report, agency)), capture_output=True,
                               timeout=RENDER_TIMEOUT_SECONDS, check=False)
@@ -619,8 +618,6 @@ def send_report(ctx: Ctx, calendar: WorkCalendar, month: date, now: datetime, *,
 
 def render_report(report: MonthlyReport, agency: AgencySettings) -> tuple[Rendered, list[MailAttachment]]:
     """The mail and its attachments, made without the database (seconds of work: the child process)."""
-    from workflows.mailer import Rendered
-
     subject, text, html = render_mail(report, agency)
     return Rendered(subject=subject, text=text, html=html), report_attachments(report, agency)
 
