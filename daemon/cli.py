@@ -22,7 +22,6 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import DatabaseError, OperationalError
 
 from daemon.config import Config, ConfigError, config_warnings
-from parsers import ParseOptions, parse
 from workflows.sop import load_sop
 
 DEFAULT_CONFIG = "/etc/subdomaind/config.toml"
@@ -215,6 +214,8 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 
 def cmd_parse(args: argparse.Namespace) -> int:
+    from parsers import ParseOptions, parse
+
     try:
         raw = Path(args.file).read_bytes() if args.file != "-" else sys.stdin.buffer.read()
     except OSError as exc:
