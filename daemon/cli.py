@@ -224,7 +224,7 @@ def cmd_parse(args: argparse.Namespace) -> int:
         return 1
     opts = ParseOptions()
     if args.config:
-        from daemon.service import parse_options_for
+        from daemon.runtime import parse_options_for
 
         cfg = _load(args)
         opts = parse_options_for(cfg.agencies[0])

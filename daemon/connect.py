@@ -26,7 +26,7 @@ from daemon.config import AgencyConfig, Config, ConfigError
 from daemon.mailbox import ImapSource, MailSourceError
 from daemon.oauth import LazyTokens
 from daemon.outbox import LoginRefused, SmtpTransport
-from daemon.service import parse_options_for
+from daemon.runtime import parse_options_for
 from daemon.validate import read_tsig
 from workflows.provision import DnsError, Rfc2136Dns
 
