@@ -202,8 +202,27 @@ class _Subject(UnstructuredHeader, BaseHeader):
         return f"{self.name}: {encoded}{policy.linesep}"
 
 
+class _Registry(HeaderRegistry):
+    """The header classes of the policy, each header made once: header objects are immutable, and most of
+    what we write recurs from mail to mail (From, To, Auto-Submitted, the loop header, the content headers),
+    so parsing each value again was a third of a mail's cost (the backlog bench's main process)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._made: dict[tuple[str, str], BaseHeader] = {}
+
+    def __call__(self, name: str, value: Any) -> BaseHeader:
+        key = (name, str(value))
+        header = self._made.get(key)
+        if header is None:
+            if len(self._made) >= 4096:
+                self._made.clear()  # bounded: unique values (Message-ID, Date) come and go
+            header = self._made[key] = super().__call__(name, value)
+        return header
+
+
 def _smtp_policy() -> EmailPolicy[EmailMessage]:
-    registry = HeaderRegistry()
+    registry = _Registry()
     registry.map_to_type("in-reply-to", _MsgIdList)
     registry.map_to_type("references", _MsgIdList)
     registry.map_to_type("subject", _Subject)
