@@ -203,13 +203,25 @@ class _Subject(UnstructuredHeader, BaseHeader):
 
 
 class _Registry(HeaderRegistry):
-    """The header classes of the policy, each header made once: header objects are immutable, and most of
-    what we write recurs from mail to mail (From, To, Auto-Submitted, the loop header, the content headers),
-    so parsing each value again was a third of a mail's cost (the backlog bench's main process)."""
+    """The header classes of the policy, each class and each header made once: header objects are immutable,
+    and most of what we write recurs from mail to mail (From, To, Auto-Submitted, the loop header, the
+    content headers), so parsing each value again was a third of a mail's cost."""
 
     def __init__(self) -> None:
         super().__init__()
         self._made: dict[tuple[str, str], BaseHeader] = {}
+        self._classes: dict[str, type[BaseHeader]] = {}
+
+    def __getitem__(self, name: str) -> type[BaseHeader]:
+        # The standard registry builds a new class on every lookup (each header set, each max_count asked).
+        cls = self._classes.get(name.lower())
+        if cls is None:
+            cls = self._classes[name.lower()] = super().__getitem__(name)
+        return cls
+
+    def map_to_type(self, name: str, cls: type[BaseHeader]) -> None:
+        self._classes.clear()
+        super().map_to_type(name, cls)
 
     def __call__(self, name: str, value: Any) -> BaseHeader:
         key = (name, str(value))
