@@ -1,8 +1,9 @@
 """Compose outgoing mail from the Indonesian templates and queue it in the outbox (never send directly).
 
-Every mail is written as an outbox row in the caller's transaction (the transactional outbox of DESIGN
-flow 1), with its final Message-ID fixed now so that a retry re-sends the same message. Every mail carries
+Every mail is written as an outbox row in the caller's transaction (a transactional outbox), with its
+final Message-ID fixed now so that a retry re-sends the same message. Every mail carries
 `Auto-Submitted: auto-generated` (RFC 3834) and our loop header, so that we never answer our own mail.
+The wire bytes are the standard library's: `email.message.EmailMessage` serialised under `policy.SMTP`.
 """
 
 from __future__ import annotations
