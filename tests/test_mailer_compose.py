@@ -90,3 +90,14 @@ def test_a_text_only_mail_is_one_ascii_part() -> None:
     msg = read(raw)
     assert msg.get_content_type() == "text/plain" and msg.get_content_charset() == "us-ascii"
     assert msg["MIME-Version"] == "1.0" and msg.get_content().replace("\r\n", "\n") == "Permohonan diterima.\n"
+
+
+def test_the_policy_is_policy_smtp() -> None:
+    """The composing policy differs from the standard library's policy.SMTP only in its header classes."""
+    from email.policy import SMTP
+
+    from workflows.mailer import SMTP_POLICY
+
+    for setting in ("linesep", "max_line_length", "cte_type", "utf8", "refold_source", "raise_on_defect",
+                    "mangle_from_", "message_factory", "content_manager"):
+        assert getattr(SMTP_POLICY, setting) == getattr(SMTP, setting), setting
