@@ -42,6 +42,8 @@ def lines(raw: bytes) -> list[bytes]:
     "[SD/2026/0013] Balasan belum dapat dipahami: mohon jawab SETUJU atau TOLAK sebelum tanggal yang ditentukan",
     "[SD/2026/0002] Surat balasan — permohonan “Dinsos” ditolak oleh Kepala Dinas Komunikasi dan Informatika é",
     "Mohon keputusan",
+    "[SD/2026/0001] " + "a" * 120 + ".trenggalekkab.go.id diterima",
+    "x" * 300,  # one word longer than a line (user text, bounded at 300 by one_line)
 ])
 def test_headers_read_back_as_written(subject: str) -> None:
     raw = compose([*HEADERS, ("Subject", subject)], "Yth. Bapak/Ibu\n", None)
@@ -54,7 +56,8 @@ def test_headers_read_back_as_written(subject: str) -> None:
     assert msg["Auto-Submitted"] == "auto-generated" and msg["X-Subdomaind-Loop"] == "trenggalek"
     assert msg["From"].addresses[0].display_name.startswith("Layanan Sub Domain")
     head = raw.split(b"\r\n\r\n")[0]
-    assert all(len(line) <= 78 or LONG_ID.encode() in line for line in lines(head))
+    assert all(len(line) <= 78 or LONG_ID.encode() in line or b"a" * 78 in line or b"x" * 78 in line
+               for line in lines(head))
 
 
 def test_text_html_inline_image_and_files_nest_as_mime_says() -> None:

@@ -199,6 +199,8 @@ class _Subject(UnstructuredHeader, BaseHeader):
         value = str(self)
         charset = "us-ascii" if value.isascii() else "utf-8"
         encoded = Header(value, charset, header_name=self.name).encode(linesep=policy.linesep)
+        if encoded.startswith(policy.linesep):  # a first word longer than a line: it stays on the name's line
+            encoded = encoded[len(policy.linesep):].lstrip(" \t")
         return f"{self.name}: {encoded}{policy.linesep}"
 
 
