@@ -36,8 +36,12 @@ venv: $(STAMP)
 
 deps: apt venv
 
+# Most server tests wait on a daemon or a mailbox, not the CPU: three workers (pytest-xdist) keep both
+# cores busy. Each worker starts its own servers on free ports. TEST_WORKERS=0 runs them in one process.
+TEST_WORKERS ?= 3
+
 test: deps corpora
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory lint
 
 # The tests that need no server (every test using a server fixture is marked `servers` by conftest.py).
