@@ -46,7 +46,7 @@ test: deps corpora
 
 # The tests that need no server (every test using a server fixture is marked `servers` by conftest.py).
 test-fast: venv
-	$(PY) -m pytest -q -m "not servers and not slow and not system" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n 2 -m "not servers and not slow and not system" $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check daemon parsers workflows tests bench examples

@@ -9,7 +9,8 @@ that moment, and a process below its share takes them. A process that dies loses
 it every lock (TCP keepalives on both ends find a vanished host), and the others take its agencies at
 their next round, a few seconds later.
 
-On SQLite there is one process and it works everything (`AllLeases`).
+On SQLite there is one process and it works everything (`AllLeases`). `leases_for` picks the kind for a
+database; `follow` is what a change of leases does to the mailboxes' runtimes.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import logging
 import math
 import threading
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from secrets import randbelow
 from typing import Protocol
@@ -26,6 +27,8 @@ from typing import Protocol
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.pool import NullPool
+
+from daemon.runtime import AgencyRuntime
 
 log = logging.getLogger("subdomaind.leases")
 
@@ -229,3 +232,32 @@ class PgLeases:
                 log.debug("lease connection close failed", exc_info=True)
         if self._engine is not None:
             self._engine.dispose()
+
+
+def leases_for(engine: Engine, runtimes: Mapping[str, AgencyRuntime],
+               on_change: Callable[[set[str], set[str]], None]) -> Leases:
+    """Which agencies this process works: all on SQLite; on PostgreSQL an even share."""
+    if engine.dialect.name != "postgresql":
+        return AllLeases(runtimes)
+    keys = {aid: agency_key(aid, rt.source.folder) for aid, rt in runtimes.items()}
+    return PgLeases(engine.url, keys, on_change=on_change)
+
+
+def follow(runtimes: Mapping[str, AgencyRuntime], gained: set[str], lost: set[str]) -> None:
+    """From the lease thread: a mailbox gained is looked at now; one lost is let go of (connections too)."""
+    for aid in lost:
+        rt = runtimes.get(aid)
+        if rt is not None:
+            rt.connected = False
+            try:
+                rt.source.close()
+            except Exception:  # noqa: BLE001 - the connection is dropped either way
+                log.debug("close failed", exc_info=True)
+            rt.lease_changed.set()
+            if rt.watcher is not None:
+                rt.watcher.interrupt()
+    for aid in gained:
+        rt = runtimes.get(aid)
+        if rt is not None:
+            rt.wake.set()
+            rt.lease_changed.set()

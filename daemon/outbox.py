@@ -5,7 +5,8 @@
 send and record re-sends the same bytes, so the recipient sees one Message-ID twice at worst, never two
 different mails. A sensitive row (the PIC's password) is sealed at rest, opened only to be sent, and
 scrubbed once sent. A row that waits for another (`after_id`, status "waiting") is released when that one is
-sent, and fails with it.
+sent, and fails with it. `Sender` is the daemon's outbox job: `drain` within a time budget, on a thread of
+its own while the daemon runs.
 """
 
 from __future__ import annotations
@@ -13,12 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple, Protocol
 
@@ -28,6 +28,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
+from daemon.backoff import Backoff
 from daemon.config import SmtpConfig
 from daemon.mailbox import tls_context
 from daemon.oauth import LazyTokens, OAuthError, TokenSource, b64, sasl_initial
@@ -37,6 +38,7 @@ from workflows.store import Outbox, PendingSecret, purge_freed_secrets
 log = logging.getLogger("subdomaind.outbox")
 
 MAX_BACKOFF = timedelta(hours=1)
+DRAIN_BUDGET_SECONDS = 20.0  # one pass of the daemon's sender: a hanging SMTP server holds up nothing longer
 
 
 class SendError(Exception):
@@ -284,8 +286,7 @@ def send_all(transport: Transport, mails: Sequence[tuple[str, Sequence[str], byt
 
 def backoff(attempts: int, base: float = 30.0, cap: float = MAX_BACKOFF.total_seconds()) -> timedelta:
     """30 s, 1 min, 2 min ... capped at an hour, with jitter so a recovering server is not stampeded."""
-    delay = min(cap, base * 2 ** max(0, attempts - 1))
-    return timedelta(seconds=delay * random.uniform(0.8, 1.2))
+    return Backoff(base, cap, jitter=(0.8, 1.2)).after(attempts)
 
 
 def _scrub(s: Session, row: Outbox) -> bool:
@@ -406,8 +407,6 @@ def drain(
     each mail with its own Message-ID again. A server that proved unreachable ends the pass. A sealed row
     is opened with `box` in memory only; one that does not open fails at once (it never would).
     """
-    import time
-
     counts = {"sent": 0, "retry": 0, "failed": 0}
     scrubbed = False
     pg = sessions.kw["bind"].dialect.name == "postgresql"
@@ -468,3 +467,79 @@ def drain(
     if scrubbed:
         purge_freed_secrets(sessions.kw["bind"])
     return counts
+
+
+@dataclass
+class Sender:
+    """The daemon's outbox job: `drain` sends what is due within a time budget; `start` runs it on a thread
+    of its own, woken by `wake` after each batch of intake and every second for retries that come due.
+
+    A configuration reload replaces its transport, key and SMTP settings."""
+
+    sessions: sessionmaker[Session]
+    transport: Transport
+    clock: Callable[[], datetime]
+    smtp: SmtpConfig
+    box: SecretBox
+    stopping: threading.Event
+    thread: threading.Thread | None = None
+    _wake: threading.Event = field(default_factory=threading.Event)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def drain(self) -> int:
+        """Send what is due, within a time budget and the stop flag: a hanging SMTP server must hold up
+        neither intake nor SIGTERM."""
+        return self._drain(time.monotonic() + DRAIN_BUDGET_SECONDS, self.stopping)["sent"]
+
+    def _drain(self, deadline: float, stopping: threading.Event | None) -> dict[str, int]:
+        smtp = self.smtp
+        return drain(self.sessions, self.transport, self.clock, deadline=deadline, stopping=stopping,
+                     retry_base=smtp.retry_base_seconds, retry_max=smtp.retry_max_seconds, box=self.box,
+                     per_minute=smtp.max_per_minute)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def start(self) -> threading.Thread:
+        """The outbox on its own thread: mail goes out while intake goes on (on SQLite too: every
+        transaction takes the write lock at BEGIN, see workflows/store.py, so the two wait for each other
+        for a few milliseconds instead of failing)."""
+        self.thread = threading.Thread(target=self._loop, name="outbox", daemon=True)
+        self.thread.start()
+        return self.thread
+
+    def _loop(self) -> None:
+        """On its own thread, so intake never waits behind SMTP and sending overlaps parsing. After a pass
+        that sent something it looks again at once (a pass stops at its row limit)."""
+        sent = 0
+        while not (self.stopping.is_set() or self._stop.is_set()):
+            if not sent:
+                self._wake.wait(timeout=1.0)
+            self._wake.clear()
+            if self.stopping.is_set() or self._stop.is_set():
+                break
+            try:
+                sent = self.drain()
+            except Exception:  # the sender's boundary: a bad row or a database hiccup must not stop it
+                log.exception("outbox pass failed")
+                sent = 0
+
+    def stop(self, flush_seconds: float) -> None:
+        """End the thread (it holds the transport, which is not shared between threads), then one last
+        flush within `flush_seconds`; what could not be sent stays queued for the next start."""
+        self._stop.set()
+        self._wake.set()
+        if self.thread is not None:
+            self.thread.join(timeout=DRAIN_BUDGET_SECONDS + 5)
+        try:
+            self._drain(time.monotonic() + flush_seconds, None)
+        except Exception:  # noqa: BLE001 - what could not be sent stays queued for the next start
+            log.exception("final outbox flush failed")
+
+    def close(self) -> None:
+        closer = getattr(self.transport, "close", None)
+        if closer is not None:
+            try:
+                closer()
+            except Exception:  # noqa: BLE001 - the SMTP connection is dropped either way
+                log.debug("SMTP close failed", exc_info=True)
