@@ -409,6 +409,15 @@ def _original_raw(ctx: Ctx, req: Request) -> bytes | None:
     return bytes(raw) if raw else None
 
 
+def step_deadline(ctx: Ctx, step: Step, run: StepRun) -> str | None:
+    """The step's Mutu Baku counted in working time from when it opened ("Selasa, 8 Desember 2026 pukul
+    16.00 WIB"), or None for a step without a time."""
+    if step.time is None or run.opened_at is None:
+        return None
+    cal = ctx.work_calendar()
+    return format_deadline(cal.local(cal.deadline(run.opened_at, step.time)))
+
+
 def step_context(ctx: Ctx, req: Request, step: Step, run: StepRun, *, token: str | None = None,
                  attachments: list[MailAttachment] | None = None) -> dict[str, Any]:
     """What a step mail shows. With the step's token, the one-tap answer links (RFC 6068 mailto:) to the
@@ -419,13 +428,9 @@ def step_context(ctx: Ctx, req: Request, step: Step, run: StepRun, *, token: str
         for o, target in step.on.items()
         if o in DECISION_WORDS
     ]
-    deadline = None
-    if step.time is not None and run.opened_at is not None:
-        cal = ctx.work_calendar()
-        deadline = format_deadline(cal.local(cal.deadline(run.opened_at, step.time)))
     files = attachments or []
     data.update(
-        deadline=deadline,
+        deadline=step_deadline(ctx, step, run),
         buttons=answer_links(ctx.mailer.reply_address(token), req.ticket, step.title, answers) if token else [],
         reply_address=ctx.mailer.reply_address(token),
         attached=[a.filename for a in files],
@@ -525,8 +530,10 @@ def enter_step(ctx: Ctx, req: Request, key: str, *, note: str | None = None) -> 
                 # answer completes every request of the letter (RequesterReplyHandler).
                 audit(ctx, req, "request.incomplete_asked_once", step=key)
                 return run
-            # Incomplete: the letter naming each gap, with the form to fill in again.
-            out = queue_letter(ctx, req, "incomplete", letter_context(ctx, req),
+            # Incomplete: the letter naming each gap, with the form to fill in again, by the step's Mutu
+            # Baku (the SOP's time for the unit's letter); the reply token's expiry is no deadline.
+            out = queue_letter(ctx, req, "incomplete", {**letter_context(ctx, req),
+                                                        "deadline": step_deadline(ctx, step, run)},
                                purpose=f"step.{key}", to=requester_addresses(req), token=token,
                                extra=form_attachments(ctx))
             run.mail_message_id = out.message_id

@@ -481,7 +481,7 @@ def template_context(ctx: Mapping[str, Any]) -> dict[str, Any]:
         "letter_number": clean(ctx.get("letter_number")),
         "letter_date": clean(ctx.get("letter_date")),
         "received": clean(ctx.get("received")),
-        "expires": clean(ctx.get("expires")),
+        "deadline": clean(ctx.get("deadline")),  # the step's Mutu Baku in working time, as officials read it
         "lampiran_surat": clean(ctx.get("lampiran")),  # "1 (satu) berkas" when the mail attaches something
         "ip": clean(ctx.get("ip")),
         "rdtype": clean(ctx.get("rdtype")),
