@@ -2,7 +2,7 @@
 
 These are pydantic models so the one TOML file is checked in one pass; daemon/config.py composes them with
 what only the daemon reads (mailbox logins, SMTP, metrics) into `Config` and reports every problem with its
-key. Workflows import their settings from here, never from the daemon.
+key. Workflows read their settings from this module, never from the daemon's.
 """
 
 from __future__ import annotations
