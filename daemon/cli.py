@@ -1,4 +1,8 @@
-"""The `subdomaind` command line: run the daemon, one pass, parse a message, status, show, config, db."""
+"""The `subdomaind` command line: run the daemon, one pass, parse a message, status, show, config, db.
+
+Each command imports what it runs inside its function: `--help`, `status` and `check-config` start without
+the daemon, the database layer they do not use, reportlab, pyHanko or matplotlib (tests/test_layers.py).
+"""
 
 from __future__ import annotations
 
@@ -8,14 +12,18 @@ import logging
 import os
 import re
 import sys
+from datetime import UTC, datetime, timedelta
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import DatabaseError, OperationalError
 
 from daemon.config import Config, ConfigError, config_warnings
 from daemon.reasons import plain_reason
+from workflows.sop import load_sop
 
 DEFAULT_CONFIG = "/etc/subdomaind/config.toml"
 
@@ -165,8 +173,6 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def _check_signing(cfg: Config) -> bool:
     """Each agency's letter certificate loaded once: who signs, or a warning that letters go out unsigned.
     True when a certificate cannot be used."""
-    from datetime import UTC, datetime
-
     from workflows.signing import SigningError, load_signer
 
     failed = False
@@ -210,7 +216,7 @@ def cmd_parse(args: argparse.Namespace) -> int:
         return 1
     opts = ParseOptions()
     if args.config:
-        from daemon.service import parse_options_for
+        from daemon.runtime import parse_options_for
 
         cfg = _load(args)
         opts = parse_options_for(cfg.agencies[0])
@@ -259,7 +265,6 @@ def cmd_once(args: argparse.Namespace) -> int:
 
 
 def status_data(cfg: Config, sessions: Any) -> dict[str, Any]:
-    from workflows.sop import load_sop
     from workflows.store import QUARANTINE_STATUSES, Inbound, MailboxState, Outbox, Request, StepRun
 
     out: dict[str, Any] = {"intake": [], "outbox": {}, "quarantine": 0, "unmatched": 0, "requests": [],
@@ -294,7 +299,6 @@ def status_data(cfg: Config, sessions: Any) -> dict[str, Any]:
             .group_by(Inbound.status)
         ).all():
             out["quarantine" if status == "quarantined" else "unmatched"] = n
-        from datetime import timedelta
 
         from workflows.store import Audit, utcnow
 
@@ -325,8 +329,6 @@ def status_data(cfg: Config, sessions: Any) -> dict[str, Any]:
 
 def _when(iso: str | None, tz: ZoneInfo) -> str:
     """An ISO timestamp in the office's words: '2026-03-02 08:15 (12 menit lalu)'."""
-    from datetime import datetime
-
     from workflows.store import utcnow
 
     if not iso:
@@ -364,8 +366,6 @@ def intake_lines(cfg: Config, data: dict[str, Any]) -> list[str]:
 
 def health(cfg: Config, data: dict[str, Any]) -> tuple[int, str]:
     """Nagios plugin convention: (0 OK | 1 WARNING | 2 CRITICAL, one line)."""
-    from datetime import datetime
-
     from workflows.store import utcnow
 
     crit: list[str] = []
@@ -486,10 +486,7 @@ def cmd_letters(args: argparse.Namespace) -> int:
 
 
 def cmd_digest(args: argparse.Namespace) -> int:
-    from datetime import timedelta
-
     from workflows.digest import build_digest, render_digest, send_digest
-    from workflows.sop import load_sop
     from workflows.store import utcnow
     from workflows.worktime import calendar_for
 
@@ -511,7 +508,7 @@ def cmd_digest(args: argparse.Namespace) -> int:
                 raise CommandError(f"peran {args.role!r} tidak ada dalam SOP {ag.sop} "
                                    f"(ada: {', '.join(sorted(sop.roles))})", 2)
             with sessions() as s:
-                data = build_digest(s, cfg, ag, sop, calendar_for(ag), now, since, role=args.role)
+                data = build_digest(s, ag, sop, calendar_for(ag), now, since, role=args.role)
             subject, text, html = render_digest(data, ag)
             print(html if args.html else f"Subjek: {subject}\n\n{text}")
         return 0
@@ -529,7 +526,6 @@ def cmd_digest(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     """The monthly report of one month: --preview (text; --html / --pdf write those), --send, --csv."""
     from workflows.report import build_report, parse_month, previous_month, render_csv, render_mail, render_pdf
-    from workflows.sop import load_sop
     from workflows.store import utcnow
     from workflows.worktime import calendar_for
 
@@ -864,8 +860,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("subdomaind")
     except PackageNotFoundError:
@@ -874,8 +868,6 @@ def _version() -> str:
 
 def problem_text(exc: BaseException) -> str:
     """One line for an error no command expected: what failed, in words, never a traceback."""
-    from sqlalchemy.exc import DatabaseError, OperationalError
-
     if isinstance(exc, OperationalError | DatabaseError):
         orig = getattr(exc, "orig", None)
         first = (str(orig) if orig is not None else str(exc)).strip().splitlines()
@@ -911,7 +903,6 @@ def main(argv: list[str] | None = None) -> int:
         print("konfigurasi tidak valid: " + "; ".join(exc.problems), file=sys.stderr)
         return EX_CONFIG
     except Exception as exc:  # noqa: BLE001 - the boundary of every command
-        from sqlalchemy.exc import DatabaseError, OperationalError
 
         logging.getLogger("subdomaind").debug("command failed", exc_info=True)
         print(problem_text(exc), file=sys.stderr)
@@ -921,7 +912,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None = None) -> int:
     if os.environ.get("SUBDOMAIND_LOOPBACK_ONLY") == "1":
-        from daemon import netguard
+        from daemon import netguard  # the demo's and tests' loopback guard: never loaded in production
 
         netguard.install()
     args = build_parser().parse_args(argv)

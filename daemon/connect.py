@@ -12,6 +12,7 @@ import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import aiosmtplib
 import dns.exception
 import dns.flags
 import dns.message
@@ -21,8 +22,13 @@ import dns.rdatatype
 import dns.tsig
 
 from daemon.config import AgencyConfig, Config, ConfigError
+from daemon.mailbox import ImapSource, MailSourceError
+from daemon.oauth import LazyTokens
+from daemon.outbox import LoginRefused, SmtpTransport
 from daemon.reasons import plain_reason
+from daemon.runtime import parse_options_for
 from daemon.validate import read_tsig
+from workflows.provision import DnsError, Rfc2136Dns
 
 
 @dataclass(frozen=True)
@@ -49,9 +55,6 @@ def _why(exc: BaseException) -> str:
 
 def imap_login(ag: AgencyConfig) -> Check:
     """Log in to the agency's mailbox as intake does (TLS, password or OAuth 2.0, folders), then log out."""
-    from daemon.mailbox import ImapSource, MailSourceError
-    from daemon.oauth import LazyTokens
-
     what = f"IMAP {ag.id} {ag.imap.user}@{ag.imap.host}:{ag.imap.port}"
     tokens = LazyTokens(ag.imap.oauth, ag.imap.user) if ag.imap.auth == "oauth2" and ag.imap.oauth else None
     src = ImapSource(ag.imap, "" if tokens else ag.imap.read_secret() or "", tokens=tokens)
@@ -68,10 +71,6 @@ def imap_login(ag: AgencyConfig) -> Check:
 def smtp_login(cfg: Config) -> Check:
     """Connect to the SMTP server (STARTTLS or TLS as configured) and log in when a user is set, by password
     or OAuth 2.0, through the outbox's own client."""
-    import aiosmtplib
-
-    from daemon.outbox import LoginRefused, SmtpTransport
-
     s = cfg.smtp
     what = f"SMTP {s.host}:{s.port}"
     password = s.read_secret() if s.user and s.auth == "password" else None
@@ -92,9 +91,6 @@ def smtp_login(cfg: Config) -> Check:
 
 
 def _backend(ag: AgencyConfig, timeout: float = 5.0) -> object:
-    from daemon.service import parse_options_for
-    from workflows.provision import Rfc2136Dns
-
     key = read_tsig(ag.dns)
     d = ag.dns
     return Rfc2136Dns(zone=ag.zone, primary=d.primary, port=d.port, key_name=d.tsig_key_name, secret=key.secret,
@@ -104,8 +100,6 @@ def _backend(ag: AgencyConfig, timeout: float = 5.0) -> object:
 
 def tsig_soa(ag: AgencyConfig) -> Check:
     """Ask the primary for the zone's SOA, signed with the TSIG key; the server verifies the signature."""
-    from workflows.provision import DnsError, Rfc2136Dns
-
     what = f"DNS {ag.id} SOA {ag.zone} dengan kunci TSIG {ag.dns.tsig_key_name}"
     try:
         backend = _backend(ag)
@@ -150,8 +144,6 @@ def verify_server(ag: AgencyConfig, label: str, address: str, port: int, timeout
 
 
 def verify_servers(ag: AgencyConfig) -> list[Check]:
-    from workflows.provision import DnsError, Rfc2136Dns
-
     try:
         backend = _backend(ag)
         assert isinstance(backend, Rfc2136Dns)

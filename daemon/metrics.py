@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC
 from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
@@ -19,6 +20,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.config import Config
+from workflows.sop import load_sop
+from workflows.store import Decision, Inbound, MailboxState, Outbox, Request, StepRun, utcnow
+from workflows.worktime import calendar_for
 
 log = logging.getLogger("subdomaind.metrics")
 
@@ -32,10 +36,6 @@ class StoreCollector(Collector):
         return []  # families are known only at scrape time; skip the registration-time collect
 
     def collect(self) -> Iterator[Metric]:
-        from workflows.sop import load_sop
-        from workflows.store import Decision, Inbound, MailboxState, Outbox, Request, StepRun, utcnow
-        from workflows.worktime import calendar_for
-
         messages = CounterMetricFamily("subdomaind_messages", "Inbound messages taken in, by kind and status",
                                        labels=["agency", "kind", "status"])
         decisions = CounterMetricFamily("subdomaind_decisions", "Decisions received, by word and acceptance",
@@ -102,8 +102,6 @@ class StoreCollector(Collector):
 
 
 def _aware(at: Any) -> Any:
-    from datetime import UTC
-
     return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 

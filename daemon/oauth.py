@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import threading
 import time
 import urllib.error
@@ -20,6 +21,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -185,6 +187,7 @@ class Microsoft365:
 
     def __init__(self, tenant: str, client_id: str, client_secret: str | None, refresh_token: str | None,
                  authority: str = MICROSOFT_AUTHORITY) -> None:
+        # msal (heavy) only for a Microsoft 365 login
         import msal
 
         self.refresh_token = refresh_token
@@ -231,6 +234,7 @@ class Google:
                  client_secret: str | None, refresh_token: str | None, token_url: str = GOOGLE_TOKEN_URL) -> None:
         self._creds: Any
         if service_account_file is not None:
+            # google-auth (heavy) only for a Google login
             from google.oauth2 import service_account
 
             try:
@@ -239,6 +243,7 @@ class Google:
             except (OSError, ValueError) as exc:
                 raise OAuthError(f"berkas service account {service_account_file} tidak dapat dibaca: {exc}") from exc
         else:
+            # google-auth (heavy) only for a Google login
             from google.oauth2 import credentials
 
             if not (refresh_token and client_id):
@@ -248,6 +253,7 @@ class Google:
                                                   scopes=[GOOGLE_SCOPE])
 
     def __call__(self) -> Fetched:
+        # google-auth (heavy) only for a Google login
         import google.auth.exceptions
         from google.auth.transport.requests import Request
 
@@ -259,8 +265,6 @@ class Google:
         except google.auth.exceptions.TransportError as exc:
             raise OAuthError(f"Google tidak dapat dihubungi: {exc}") from exc
         expiry = self._creds.expiry
-        from datetime import UTC, datetime
-
         life = (expiry.replace(tzinfo=UTC) - datetime.now(UTC)).total_seconds() if expiry else 3600.0
         return Fetched(str(self._creds.token), life)
 
@@ -392,8 +396,6 @@ def device_login(cfg: OAuthConfig, show: Callable[[str], None], *,
 
 def store_refresh_token(path: Path, token: str) -> None:
     """Write the refresh token readable by its owner only (0600), replacing the old one atomically."""
-    import os
-
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # a new directory: the owner's only
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

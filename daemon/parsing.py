@@ -23,6 +23,8 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
+import ctypes
+import fcntl
 import functools
 import gc
 import importlib
@@ -86,8 +88,6 @@ def release_large_blocks() -> None:
     size and did not come down (bench/backlog.py --memory: 330 MB, 256 MB with this). A fixed threshold
     (mallopt(3) M_MMAP_THRESHOLD) turns the adjustment off. Not glibc: nothing to do.
     """
-    import ctypes
-
     try:
         ctypes.CDLL(None).mallopt(-3, 256 * 1024)  # M_MMAP_THRESHOLD; CDLL(None): the process's own libc
     except (OSError, AttributeError):
@@ -219,8 +219,6 @@ class _Worker:
             self.proc.kill()
             raise OSError(f"parser worker did not start (exit status {self.proc.wait()})")
         with contextlib.suppress(OSError):
-            import fcntl
-
             fcntl.fcntl(self.proc.stdin.fileno(), _F_SETPIPE_SZ, 1 << 20)
         self.sent: collections.deque[_ProcJob] = collections.deque()
         self.lock = threading.Lock()

@@ -17,15 +17,27 @@ import base64
 import binascii
 import os
 import re
+import resource
 import stat
 import string
 import sys
+import tomllib
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
 
-from daemon.config import Config, ConfigError, load_config
+from email_validator import EmailNotValidError, validate_email
+from pydantic import ValidationError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+from daemon.config import Config, ConfigError, _resolve_paths, load_config
+from workflows.provision import DnsError, _split_hostport
+from workflows.secretbox import SecretBox, SecretKeyError
+from workflows.settings import credential_path
+from workflows.textfiles import TextFileError, read_utf8
+from workflows.worktime import CalendarError, calendar_for, load_overrides
 
 HOSTING_PLACEHOLDERS = ("username", "fqdn", "ip", "subdomain")
 TSIG_ALGORITHMS = ("hmac-sha256", "hmac-sha512", "hmac-sha384", "hmac-sha224")
@@ -51,13 +63,6 @@ def load_checked(path: str | Path, *, secrets: bool = True) -> Config:
 
 def _typed_only(path: str | Path) -> Config | None:
     """The configuration when its keys and types are right (whatever else is wrong), else None."""
-    import tomllib
-
-    from pydantic import ValidationError
-
-    from daemon.config import _resolve_paths
-    from workflows.textfiles import TextFileError, read_utf8
-
     try:
         data = tomllib.loads(read_utf8(path))
         _resolve_paths(data, Path(path).parent)
@@ -120,8 +125,6 @@ def descriptors_needed(cfg: Config) -> int:
 
 
 def descriptor_limit() -> int:
-    import resource
-
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     return soft if soft != resource.RLIM_INFINITY else 1 << 20
 
@@ -141,16 +144,9 @@ def warnings(cfg: Config, limit: int | None = None) -> list[str]:
 # --- secrets --------------------------------------------------------------------------------------
 
 
-def secret_path(path: Path) -> Path:
-    cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
-    if not path.is_absolute() and cred_dir:
-        return Path(cred_dir) / path
-    return path
-
-
 def read_secret_file(path: Path) -> str:
     """A secret file's text: refused when missing, unreadable, empty, or readable by others."""
-    p = secret_path(path)
+    p = credential_path(path)
     try:
         st = p.stat()
     except OSError as exc:
@@ -172,8 +168,6 @@ def read_secret_file(path: Path) -> str:
 
 def _pic_key(cfg: Config) -> list[str]:
     """The key that seals PIC passwords at rest: readable, not readable by others, a valid key."""
-    from workflows.secretbox import SecretBox, SecretKeyError
-
     key_file = getattr(getattr(cfg, "secrets", None), "key_file", None)
     if key_file is None:
         return []  # daemon/config.py names the missing key
@@ -212,7 +206,7 @@ def _oauth_secrets(key: str, src: Any) -> list[str]:
     out: list[str] = []
     for label in ("client_secret_file", "service_account_file", "refresh_token_file"):
         path = getattr(oauth, label)
-        if path is None or (label == "refresh_token_file" and not secret_path(path).exists()):
+        if path is None or (label == "refresh_token_file" and not credential_path(path).exists()):
             continue
         try:
             read_secret_file(path)
@@ -262,9 +256,9 @@ def read_tsig(dns: Any) -> TsigKey:
     """The agency's TSIG key from `tsig_secret_file` (`ConfigError` on any problem); the algorithm and
     secret of a pasted stanza win over the config, a different key name is refused."""
     text = read_secret_file(dns.tsig_secret_file)
-    key = parse_tsig(text, str(secret_path(dns.tsig_secret_file)), dns.tsig_algorithm)
+    key = parse_tsig(text, str(credential_path(dns.tsig_secret_file)), dns.tsig_algorithm)
     if key.name is not None and key.name.lower() != str(dns.tsig_key_name).rstrip(".").lower():
-        raise ConfigError([f"{secret_path(dns.tsig_secret_file)}: the pasted key is named {key.name!r} but "
+        raise ConfigError([f"{credential_path(dns.tsig_secret_file)}: the pasted key is named {key.name!r} but "
                            f"tsig_key_name is {dns.tsig_key_name!r}; make them the same"])
     return key
 
@@ -274,8 +268,6 @@ def read_tsig(dns: Any) -> TsigKey:
 
 def address_problem(address: str) -> str | None:
     """Why `address` is not a usable e-mail address (syntax only: no DNS lookup), or None."""
-    from email_validator import EmailNotValidError, validate_email
-
     try:
         validate_email(address, check_deliverability=False, test_environment=False)
     except EmailNotValidError as exc:
@@ -308,8 +300,6 @@ def _clock(where: str, value: str) -> tuple[int | None, str | None]:
 
 
 def _working_time(key: str, ag: Any) -> list[str]:
-    from workflows.worktime import CalendarError, calendar_for, load_overrides
-
     out = []
     start, p1 = _clock(f"{key}.office_start", ag.office_start)
     end, p2 = _clock(f"{key}.office_end", ag.office_end)
@@ -365,8 +355,6 @@ def _signer(key: str, letter: Any) -> list[str]:
 
 
 def _verify_servers(key: str, dns: Any) -> list[str]:
-    from workflows.provision import DnsError, _split_hostport
-
     out = []
     for spec in dns.verify_servers:
         try:
@@ -408,9 +396,6 @@ def _hosting(cfg: Config) -> list[str]:
 
 
 def _database(cfg: Config) -> list[str]:
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
-
     if not cfg.database_url:
         return []
     try:

@@ -19,6 +19,6 @@ def parse(raw: bytes, options: ParseOptions | None = None) -> ParseResult:
 
     Never raises for bad input: an unreadable message is a result with kind "unreadable" and the reason.
     """
-    from parsers.classify import parse as classify
+    from parsers.classify import parse as classify  # the readers (heavy) load with the first parse
 
     return classify(raw, options)

@@ -8,6 +8,7 @@ from dataclasses import replace
 from parsers.autoreply import detect_auto_reply, detect_bounce
 from parsers.mime import OverLimit, UnreadableMessage, parse_mime
 from parsers.model import Limits, ParsedMessage, ParseOptions, ParseResult
+from parsers.pdf import text_layer
 from parsers.reply import extract_reply
 from parsers.request import extract_request
 from parsers.tags import find_ticket, find_token
@@ -44,8 +45,6 @@ def _is_pdf(content_type: str, filename: str | None) -> bool:
 def attachment_texts(msg: ParsedMessage, limits: Limits) -> tuple[tuple[str, str], ...]:
     """What a reader sees in each PDF attachment (its text layer) and each .eml file that is not a
     message/rfc822 part (its text, HTML and PDFs), keyed by the attachment's SHA-256."""
-    from parsers.pdf import text_layer
-
     out: dict[str, str] = {}
     for m in (msg, *msg.attached_messages):
         for att in m.attachments:

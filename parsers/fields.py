@@ -1,4 +1,9 @@
-"""Find labelled values in text: the label dictionary, tolerant label matching, and text/table/HTML → hits.
+"""Find labelled values in text: the label table, tolerant label matching, and text/table/HTML → hits.
+
+The label table itself (label variants -> field) is data, parsers/labels.toml, read once at import as this
+package's data. It is a data file like the SOP files, but it lives here rather than beside them in
+workflows/sops/: what a label means is the parser's knowledge, and parsers/ never reads from the layers
+above it (parsers <- workflows <- daemon).
 
 A *record* is one line or one table row as a list of cells. `extract_records` walks records and returns raw
 `Hit`s (canonical field, the label as written, the value as written); it neither normalises nor validates
@@ -12,14 +17,18 @@ domain is not.
 from __future__ import annotations
 
 import re
+import tomllib
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from html.parser import HTMLParser
+from importlib import resources
 
 from rapidfuzz import fuzz, process
 from rapidfuzz.distance import OSA
+
+from parsers.model import REQUEST_FIELDS
 
 
 @dataclass(frozen=True)
@@ -45,470 +54,6 @@ class Entry:
     heading: str | None = None  # the block it opens when it stands alone; "-" closes any block
 
 
-# (labels, field, priority, group, generic). Labels are written as people write them; `_norm` folds case,
-# punctuation and "sub-domain"/"subdomain".
-_LABELS: tuple[tuple[tuple[str, ...], str, int, str | None, bool], ...] = (
-    (
-        (
-            "Nama Sub Domain",
-            "Sub Domain",
-            "Nama Sub Domain yang diajukan",
-            "Alamat Sub Domain yang diajukan",
-            "Alamat Sub Domain",
-            "Usulan nama sub-domain",
-            "Usulan Sub Domain",
-            "Nama Sub Domain yang diusulkan",
-            "Sub Domain yang diajukan",
-            "Sub Domain yang dimohon",
-            "Sub Domain yang diminta",
-            "Nama Sub Domain Website",
-            "Nama Sub Domain yang dimohon",
-            "Nama Sub Domain yang diminta",
-            "Alamat Website",
-            "Alamat Situs",
-            "Alamat Web",
-            "Alamat Website yang diajukan",
-            "URL",
-            "Alamat URL",
-            "Nama Domain",
-            "Domain",
-            "Desired subdomain name",
-            "Subdomain name",
-            "Nama Sub Domain / URL",
-            "Sub Domain / Alamat Website",
-        ),
-        "subdomain",
-        1,
-        None,
-        False,
-    ),
-    (
-        (
-            "Nama Dinas",
-            "Nama Perangkat Daerah",
-            "Perangkat Daerah",
-            "OPD",
-            "Nama OPD",
-            "SKPD",
-            "Nama SKPD",
-            "Unit Kerja",
-            "Nama Unit Kerja",
-            "Unit Kerja Pemohon",
-            "Instansi",
-            "Nama Instansi",
-            "Instansi Pemohon",
-            "OPD Pemohon",
-            "OPD / Unit Kerja",
-            "Perangkat Daerah / Unit Kerja",
-            "OPD / SKPD",
-            "Instansi / OPD",
-            "Asal Instansi",
-            "Asal OPD",
-            "Satuan Kerja",
-            "Satker",
-            "Nama Badan",
-            "Work unit",
-            "Nama Unit",
-            "Perangkat Daerah Pemohon",
-            "Dinas / Badan",
-            "Nama Dinas / Badan",
-            "Dinas",
-        ),
-        "unit",
-        1,
-        None,
-        False,
-    ),
-    (
-        (
-            "Nama Penanggung Jawab",
-            "Penanggung Jawab",
-            "Nama PIC",
-            "PIC",
-            "Nama Pengelola",
-            "Pengelola",
-            "Nama Pengelola Website",
-            "Pengelola Website",
-            "Nama Admin",
-            "Admin",
-            "Nama Narahubung",
-            "Narahubung",
-            "Contact Person",
-            "Person in Charge",
-            "Nama Petugas",
-            "Petugas",
-            "Nama Operator",
-            "Operator",
-            "Nama Penanggung Jawab Teknis",
-            "Nama Admin IT",
-            "Admin IT",
-            "Nama Pengelola Sub Domain",
-        ),
-        "pic_name",
-        1,
-        None,
-        False,
-    ),
-    (
-        ("Penanggung Jawab Teknis", "PJ Teknis", "Pengelola Teknis", "Nama PJ Teknis"),
-        "pic_name",
-        1,
-        "tech",
-        False,
-    ),
-    (
-        (
-            "Penanggung Jawab Administratif",
-            "Penanggung Jawab Administrasi",
-            "Nama Penanggung Jawab Administratif",
-            "Nama Pejabat",
-            "Pejabat Penanggung Jawab",
-        ),
-        "pic_name",
-        1,
-        "admin",
-        False,
-    ),
-    (
-        ("Nama", "Nama Lengkap", "Nama Lengkap dan Gelar", "Nama / Gelar", "Nama / NIP", "Nama / NIP / Jabatan"),
-        "pic_name",
-        2,
-        None,
-        True,
-    ),
-    (
-        (
-            "NIP",
-            "NIP / NIK",
-            "NIK / NIP",
-            "NIP PIC",
-            "NIP Penanggung Jawab",
-            "NIP Pengelola",
-            "Nomor Induk Pegawai",
-            "NIP Admin",
-        ),
-        "pic_nip",
-        1,
-        None,
-        True,
-    ),
-    (
-        (
-            "Jabatan",
-            "Jabatan PIC",
-            "Jabatan Penanggung Jawab",
-            "Jabatan Pengelola",
-            "Position",
-            "Jabatan Admin",
-        ),
-        "pic_position",
-        1,
-        None,
-        True,
-    ),
-    (
-        (
-            "Email",
-            "E-mail",
-            "Alamat Email",
-            "Alamat E-mail",
-            "Surel",
-            "Alamat Surel",
-            "Posel",
-            "Alamat Posel",
-            "Email PIC",
-            "Email Penanggung Jawab",
-            "Email Pengelola",
-            "Email Aktif",
-            "Email Admin",
-            "Alamat Email Aktif",
-            "Email Narahubung",
-        ),
-        "pic_email",
-        1,
-        None,
-        True,
-    ),
-    (
-        (
-            "No. HP",
-            "Nomor HP",
-            "No. HP (Whatsapp)",
-            "No. HP / WA",
-            "No HP/Whatsapp",
-            "No. HP (Whatsapp/Telegram)",
-            "Nomor HP / Whatsapp",
-            "No. Telepon",
-            "Nomor Telepon",
-            "No. Telp",
-            "Telp",
-            "Telepon",
-            "HP",
-            "Whatsapp",
-            "WA",
-            "No. WA",
-            "Nomor Whatsapp",
-            "No. Whatsapp",
-            "Handphone",
-            "No. Handphone",
-            "Nomor Handphone",
-            "Ponsel",
-            "Nomor Ponsel",
-            "No. Telp / HP",
-            "Telepon / HP",
-            "No. Kontak",
-            "Nomor Kontak",
-            "Kontak",
-            "No. HP PIC",
-            "No. HP Penanggung Jawab",
-            "Telepon Seluler",
-            "No. Telepon Seluler",
-        ),
-        "pic_phone",
-        1,
-        None,
-        True,
-    ),
-    (
-        (
-            "Fungsi Aplikasi",
-            "Keperluan",
-            "Peruntukan",
-            "Kegunaan",
-            "Fungsi",
-            "Fungsi Website",
-            "Fungsi Sub Domain",
-            "Keperluan Sub Domain",
-            "Peruntukan Sub Domain",
-            "Tujuan Penggunaan",
-            "Digunakan untuk",
-            "Penggunaan",
-            "Purpose",
-            "Kegunaan Sub Domain",
-            "Fungsi / Kegunaan",
-        ),
-        "purpose",
-        1,
-        None,
-        False,
-    ),
-    (
-        ("Tujuan", "Deskripsi", "Deskripsi Aplikasi", "Manfaat", "Deskripsi Singkat"),
-        "purpose",
-        2,
-        None,
-        False,
-    ),
-    (("Nama Aplikasi", "Nama Aplikasi / Website"), "purpose", 3, None, False),
-    (
-        (
-            "Jenis Layanan",
-            "Layanan",
-            "Layanan yang diajukan",
-            "Layanan yang dimohon",
-            "Jenis Layanan yang diajukan",
-        ),
-        "service",
-        1,
-        None,
-        False,
-    ),
-    (
-        (
-            "Alamat IP",
-            "IP",
-            "IP Address",
-            "IP Server",
-            "Alamat IP Server",
-            "IP Publik",
-            "Alamat IP Publik",
-            "Server IP",
-            "IP Tujuan",
-            "Pointing IP",
-            "Pointing ke IP",
-            "Diarahkan ke IP",
-            "IP Address Server",
-            "Alamat IP Tujuan",
-        ),
-        "target_ip",
-        1,
-        None,
-        False,
-    ),
-    (
-        ("CNAME", "Alias", "Alias ke", "Diarahkan ke Nama", "Nama Kanonik", "Target CNAME", "CNAME ke"),
-        "target_cname",
-        1,
-        None,
-        False,
-    ),
-    (
-        ("Name Server", "Nameserver", "Name Server Sendiri", "Server Nama", "NS Sendiri", "Delegasi Name Server"),
-        "nameservers",
-        1,
-        None,
-        False,
-    ),
-    (("Nomor", "Nomor Surat", "No. Surat", "Nomor Surat Permohonan"), "letter_number", 1, None, False),
-    (("No",), "letter_number", 2, None, False),
-    (("Tanggal", "Tanggal Surat", "Tgl", "Tgl. Surat"), "letter_date", 1, None, False),
-    (("Hal", "Perihal", "Hal / Perihal"), "letter_subject", 1, None, False),
-    (
-        ("Penandatangan (Jabatan)", "Jabatan Penandatangan", "Jabatan Kepala OPD", "Jabatan Pimpinan"),
-        "unit_head",
-        1,
-        None,
-        False,
-    ),
-    # Known labels that carry nothing we extract; listing them keeps them from matching a field by typo.
-    (
-        (
-            "Alamat",
-            "Alamat Kantor",
-            "Alamat Instansi",
-            "Alamat OPD",
-            "Kode Pos",
-            "Fax",
-            "Faksimile",
-            "Website",
-            "Laman",
-            "Situs",
-            "Sifat",
-            "Lampiran",
-            "Kepada",
-            "Yth",
-            "Di",
-            "Pangkat",
-            "Golongan",
-            "Pangkat / Golongan",
-            "Pangkat / Gol",
-            "Gol. Ruang",
-            "Pangkat / Gol. Ruang",
-            "Pangkat Golongan Ruang",
-            "Username",
-            "Password",
-            "Kata Sandi",
-            "Name Server",
-            "Nama Server",
-            "DNS",
-            "Kapasitas",
-            "Kapasitas Penyimpanan",
-            "RAM",
-            "CPU",
-            "Storage",
-            "Disk",
-            "Database",
-            "Bahasa Pemrograman",
-            "Framework",
-            "CMS",
-            "Platform",
-            "Sistem Operasi",
-            "Tembusan",
-            "Catatan",
-            "Keterangan",
-            "Nama Penandatangan",
-            "Penandatangan",
-            "TTD",
-            "Cap",
-            "From",
-            "To",
-            "Cc",
-            "Date",
-            "Sent",
-            "Subject",
-            "Dari",
-            "Subjek",
-            "Dikirim",
-            "Terkirim",
-            "Tempat / Tanggal Lahir",
-            "Tanggal Lahir",
-            "Tempat Lahir",
-            "TTL",
-            "NIK",
-            "NPWP",
-            "Masa Berlaku",
-            "Lama Penggunaan",
-            "Periode",
-            "Vendor",
-            "Pengembang",
-            "Nama Kepala OPD",
-            "Nama Kepala Dinas",
-            "Kepala OPD",
-            "Tanda Tangan",
-            "Tanggal Pengajuan",
-            "Uraian",
-            "Isian",
-            "Nomor Agenda",
-            "No. Agenda",
-            "Diterima Tanggal",
-            "Agenda",
-            # "Permohonan baru / perubahan" is the kind of request, not the service asked for.
-            "Jenis Permohonan",
-            "Jenis Pengajuan",
-            "Email Instansi",
-            "Email Dinas",
-            "Email OPD",
-            "Email Kantor",
-            "Telepon Kantor",
-            "No. Telp Kantor",
-            "Telepon Instansi",
-        ),
-        "",
-        1,
-        None,
-        False,
-    ),
-)
-
-# Headings that open a block ("B. PENANGGUNG JAWAB TEKNIS") and the block they open.
-_HEADINGS: dict[str, str] = {
-    "Penanggung Jawab Teknis": "tech",
-    "Data Penanggung Jawab Teknis": "tech",
-    "PJ Teknis": "tech",
-    "Admin IT": "tech",
-    "Admin IT OPD": "tech",
-    "Pengelola Teknis": "tech",
-    "Tim Teknis": "tech",
-    "Penanggung Jawab Administratif": "admin",
-    "Penanggung Jawab Administrasi": "admin",
-    "Data Penanggung Jawab Administratif": "admin",
-    "Pejabat Penanggung Jawab": "admin",
-    "Atasan Langsung": "admin",
-    "Penanggung Jawab": "pic",
-    "Data Penanggung Jawab": "pic",
-    "PIC": "pic",
-    "Data PIC": "pic",
-    "Data Pengelola": "pic",
-    "Pengelola": "pic",
-    "Pengelola Website": "pic",
-    "Data Pemohon": "pic",
-    "Identitas Pemohon": "pic",
-    "Narahubung": "pic",
-    "Contact Person": "pic",
-    "Data Narahubung": "pic",
-    "Identitas Penanggung Jawab": "pic",
-    "Data Pengelola Website": "pic",
-    "Data Instansi": "unit",
-    "Identitas Instansi": "unit",
-    "Data OPD": "unit",
-    "Data Perangkat Daerah": "unit",
-    "Instansi": "unit",
-    "Perangkat Daerah": "unit",
-    "Unit Kerja": "unit",
-    "OPD": "unit",
-    "Instansi Pemohon": "unit",
-    "Data Unit Kerja": "unit",
-    "Identitas Perangkat Daerah": "unit",
-    "Data Instansi Pemohon": "unit",
-    "Data Sub Domain": "-",
-    "Data Layanan": "-",
-    "Data Permohonan": "-",
-    "Informasi Layanan": "-",
-    "Data Aplikasi": "-",
-    "Spesifikasi": "-",
-    "Detail Permohonan": "-",
-    "Data Teknis": "-",
-}
 # Under a unit heading a generic "Nama" is the unit's name; its phone and e-mail are the office's, not the
 # PIC's, so they are dropped.
 _UNIT_CONTEXT = {"pic_name": "unit"}
@@ -529,13 +74,71 @@ def _sorted_key(key: str) -> str:
     return " ".join(sorted(key.split()))
 
 
+LABEL_FILE = "labels.toml"
+# What a label may mean besides a request field; "" is a known label whose value we ignore.
+EXTRA_FIELDS = ("letter_date", "letter_subject", "unit_head", "target_cname", "nameservers", "")
+_GROUPS = frozenset({"tech", "admin", "pic"})
+_BLOCKS = frozenset({*_GROUPS, "unit", "-"})
+
+
+class LabelTableError(ValueError):
+    """The label table does not say one clear thing; the message lists every `where: problem`."""
+
+
+def load_label_table(text: str) -> tuple[list[tuple[str, Entry]], dict[str, str]]:
+    """The labels in file order with what each means, and the headings with the block each opens. A label
+    that means two things, or appears twice once folded, is refused: the first would win without a word."""
+    data = tomllib.loads(text)
+    problems: list[str] = []
+    labels: list[tuple[str, Entry]] = []
+    seen: dict[str, str] = {}
+    for n, block in enumerate(data.get("label", []), 1):
+        where = f"label #{n}"
+        field = block.get("field")
+        if field not in REQUEST_FIELDS and field not in EXTRA_FIELDS:
+            problems.append(f"{where}: field {field!r} is not a field the parser knows")
+        priority, group, generic = block.get("priority", 1), block.get("group"), block.get("generic", False)
+        if type(priority) is not int or priority < 1:
+            problems.append(f"{where}: priority must be a whole number from 1")
+        if group is not None and group not in _GROUPS:
+            problems.append(f"{where}: group {group!r} is not one of {sorted(_GROUPS)}")
+        if not isinstance(generic, bool):
+            problems.append(f"{where}: generic must be true or false")
+        unknown = set(block) - {"field", "priority", "group", "generic", "labels"}
+        if unknown:
+            problems.append(f"{where}: unknown keys {sorted(unknown)}")
+        if not block.get("labels"):
+            problems.append(f"{where}: no labels")
+        for label in block.get("labels", []):
+            key = _norm(label) if isinstance(label, str) else ""
+            if not key:
+                problems.append(f"{where}: label {label!r} is empty once folded")
+            elif key in seen:
+                problems.append(f"{where}: label {label!r} is already listed as {seen[key]!r}")
+            else:
+                seen[key] = label
+                labels.append((label, Entry(str(field), priority, group, bool(generic))))
+    headings = data.get("headings", {})
+    for heading, opens in headings.items():
+        if opens not in _BLOCKS:
+            problems.append(f"heading {heading!r}: block {opens!r} is not one of {sorted(_BLOCKS)}")
+    folded = [_norm(h) for h in headings]
+    problems += [f"heading {h!r}: listed twice once folded" for h in headings if folded.count(_norm(h)) > 1]
+    unknown = set(data) - {"label", "headings"}
+    if unknown:
+        problems.append(f"unknown tables {sorted(unknown)}")
+    if problems:
+        raise LabelTableError("; ".join(problems))
+    return labels, dict(headings)
+
+
 def _build() -> tuple[dict[str, Entry], dict[str, Entry]]:
+    text = resources.files(__package__ or "parsers").joinpath(LABEL_FILE).read_text("utf-8")
+    labels, headings = load_label_table(text)
     exact: dict[str, Entry] = {}
-    for labels, field, priority, group, generic in _LABELS:
-        for label in labels:
-            key = _norm(label)
-            exact.setdefault(key, Entry(field, priority, group, generic, _HEADINGS.get(label)))
-    for label, block in _HEADINGS.items():
+    for label, entry in labels:
+        exact[_norm(label)] = replace(entry, heading=headings.get(label))
+    for label, block in headings.items():
         key = _norm(label)
         if key in exact:
             exact[key] = replace(exact[key], heading=block)

@@ -107,6 +107,7 @@ def ocr_image(data: bytes, limits: Limits, filename: str | None = None) -> OcrTe
     """Text of one PNG/JPEG/TIFF image; its size is checked from the header before it is decoded."""
     if not available(limits):
         return OcrText()
+    # Pillow (heavy) only for an image to OCR: text-only parsing never loads it
     from PIL import Image, UnidentifiedImageError
 
     try:

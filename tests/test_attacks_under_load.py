@@ -127,7 +127,7 @@ def test_forged_requests_send_mail_only_within_the_hourly_caps(
         from workflows.worktime import calendar_for
 
         now = datetime.now(UTC)
-        digest = build_digest(s, cfg, agency, load_sop(agency.sop), calendar_for(agency), now + timedelta(minutes=1),
+        digest = build_digest(s, agency, load_sop(agency.sop), calendar_for(agency), now + timedelta(minutes=1),
                               now - timedelta(hours=2))
     print(f"\n{senders}: {FORGED} forged requests stored, {len(rows)} mails made, {len(sent)} sent, "
           f"{len(held)} held; most counted per sender {by_scope['sender']} (cap {CAPS['per_sender_per_hour']}), "

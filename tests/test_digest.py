@@ -110,7 +110,7 @@ def seed_queue(sessions: sessionmaker[Session]) -> None:
 def digest(sessions: sessionmaker[Session], cfg: Config, role: str | None = None) -> dict[str, Any]:
     agency = cfg.agencies[0]
     with sessions() as s:
-        return build_digest(s, cfg, agency, load_sop(agency.sop), CAL, NOW, SINCE, role=role)
+        return build_digest(s, agency, load_sop(agency.sop), CAL, NOW, SINCE, role=role)
 
 
 def test_queue_order_and_overdue(office: Office) -> None:

@@ -13,12 +13,12 @@ from typing import Any
 
 from sqlalchemy import select
 
-from daemon.config import AgencyConfig
 from workflows.digest import KIND_LABELS, ZONE_LABELS, queue_items
 from workflows.engine import DECISION_WORDS, Ctx, delegates_of
 from workflows.mailer import format_tanggal
 from workflows.mailto import answer_links
 from workflows.reminders import format_duration
+from workflows.settings import AgencySettings
 from workflows.sop import Sop
 from workflows.store import Decision, Outbox, Request, StepRun
 from workflows.worktime import WorkCalendar
@@ -52,7 +52,7 @@ def roles_of(ctx: Ctx, address: str) -> dict[str, bool]:
     return out
 
 
-def person_label(agency: AgencyConfig, sop: Sop, address: str, role: str | None, *, acting: bool = False,
+def person_label(agency: AgencySettings, sop: Sop, address: str, role: str | None, *, acting: bool = False,
                  address_if_unnamed: bool = False) -> str:
     """"Drs. Budi Santoso, Kepala Dinas Komunikasi dan Informatika": the name and the jabatan of `role`,
     "Plt./Plh." before an acting official's. Without a name in the config, the jabatan alone (as the step

@@ -19,6 +19,7 @@ HEAD = "0011_mailbox_backoff"
 
 
 def alembic_config(engine: Engine) -> AlembicConfig:
+    # Alembic (heavy) only to migrate: the read-only commands and parser workers never load it
     from alembic.config import Config as AlembicConfig
 
     cfg = AlembicConfig()
@@ -39,6 +40,7 @@ def upgrade(engine: Engine) -> None:
     """Apply every migration not yet applied; safe to run again."""
     if current_revision(engine) == HEAD:
         return
+    # Alembic (heavy) only when a migration is due
     from alembic import command
 
     cfg = alembic_config(engine)

@@ -18,10 +18,10 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from daemon.config import AgencyConfig, Config
 from workflows.engine import DECISION_WORDS, Ctx, audit, requester_addresses
 from workflows.mailer import CAP_NOTE, Mailer, format_tanggal, one_line
 from workflows.reminders import format_duration
+from workflows.settings import AgencySettings
 from workflows.sop import Sop, Step
 from workflows.store import Audit, Decision, Inbound, MailboxState, Outbox, Request, StepRun
 from workflows.worktime import WorkCalendar
@@ -78,7 +78,7 @@ def _first_line(text: str | None, limit: int = _REASON_LIMIT) -> str:
 class _Fmt:
     """Dates and working time as the digest writes them, in the agency's time zone."""
 
-    def __init__(self, agency: AgencyConfig, calendar: WorkCalendar) -> None:
+    def __init__(self, agency: AgencySettings, calendar: WorkCalendar) -> None:
         self.calendar = calendar
         self.zone = ZONE_LABELS.get(agency.timezone, agency.timezone)
 
@@ -116,7 +116,7 @@ def _next_step(sop: Sop, step: Step) -> dict[str, str] | None:
 
 
 def _queue_item(
-    sop: Sop, agency: AgencyConfig, fmt: _Fmt, req: Request, run: StepRun | None, now: datetime,
+    sop: Sop, agency: AgencySettings, fmt: _Fmt, req: Request, run: StepRun | None, now: datetime,
 ) -> dict[str, Any]:
     cal = fmt.calendar
     key = run.key if run is not None else (req.step or "")
@@ -183,7 +183,7 @@ def _sort_key(item: dict[str, Any]) -> tuple[int, float, datetime | None, str]:
     return (2, 0.0, None, item["ticket"])
 
 
-def _request_row(fmt: _Fmt, agency: AgencyConfig, req: Request, *, at: datetime | None) -> dict[str, Any]:
+def _request_row(fmt: _Fmt, agency: AgencySettings, req: Request, *, at: datetime | None) -> dict[str, Any]:
     status = {"open": "Diproses", "done": "Selesai", "rejected": "Ditolak"}.get(req.status, req.status)
     return {
         "ticket": req.ticket,
@@ -197,7 +197,7 @@ def _request_row(fmt: _Fmt, agency: AgencyConfig, req: Request, *, at: datetime 
 
 def queue_items(
     session: Session,
-    agency: AgencyConfig,
+    agency: AgencySettings,
     sop: Sop,
     calendar: WorkCalendar,
     now: datetime,
@@ -221,8 +221,7 @@ def queue_items(
 
 def build_digest(
     session: Session,
-    config: Config,
-    agency: AgencyConfig,
+    agency: AgencySettings,
     sop: Sop,
     calendar: WorkCalendar,
     now: datetime,
@@ -459,12 +458,12 @@ def _event_detail(a: Audit) -> str:
     return _first_line(text)
 
 
-def _mailer(agency: AgencyConfig, now: datetime) -> Mailer:
+def _mailer(agency: AgencySettings, now: datetime) -> Mailer:
     return Mailer(agency_id=agency.id, agency_name=agency.name, address=agency.address, zone=agency.zone,
                   clock=lambda: now)
 
 
-def render_digest(data: dict[str, Any], agency: AgencyConfig) -> tuple[str, str, str]:
+def render_digest(data: dict[str, Any], agency: AgencySettings) -> tuple[str, str, str]:
     """(subject, plain text, HTML) of a digest, exactly as `send_digest` queues it."""
     rendered = _mailer(agency, datetime.now(UTC)).render("digest", data)
     assert rendered.html is not None
@@ -475,7 +474,7 @@ def send_digest(ctx: Ctx, calendar: WorkCalendar, now: datetime, since: datetime
     """Queue the staff digest and one "Menunggu Anda" digest per role with steps waiting; returns mails queued."""
     queued = 0
     if ctx.agency.digest_recipients:
-        data = build_digest(ctx.session, ctx.config, ctx.agency, ctx.sop, calendar, now, since)
+        data = build_digest(ctx.session, ctx.agency, ctx.sop, calendar, now, since)
         to = list(ctx.agency.digest_recipients)
         ctx.mailer.queue(ctx.session, to=to, template="digest", context=data, purpose="digest")
         audit(ctx, None, "digest.sent", to=to, since=since.isoformat(), counts=data["counts"])
@@ -484,7 +483,7 @@ def send_digest(ctx: Ctx, calendar: WorkCalendar, now: datetime, since: datetime
         to = _role_recipients(ctx.agency, role)
         if not to:
             continue
-        data = build_digest(ctx.session, ctx.config, ctx.agency, ctx.sop, calendar, now, since, role=role)
+        data = build_digest(ctx.session, ctx.agency, ctx.sop, calendar, now, since, role=role)
         if not data["waiting_you"]:
             continue
         ctx.mailer.queue(ctx.session, to=to, template="digest", context=data, purpose=f"digest.{role}")
@@ -493,7 +492,7 @@ def send_digest(ctx: Ctx, calendar: WorkCalendar, now: datetime, since: datetime
     return queued
 
 
-def _role_recipients(agency: AgencyConfig, role: str) -> list[str]:
+def _role_recipients(agency: AgencySettings, role: str) -> list[str]:
     out: list[str] = []
     for addr in (*agency.actors.get(role, []), *agency.delegates.get(role, [])):
         if addr not in out:

@@ -9,21 +9,24 @@ writes its mail to the outbox, so a crash anywhere loses nothing and does nothin
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
+import re
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from daemon.config import AgencyConfig, Config
 from parsers.model import Attachment, ParseOptions
 from workflows.mailer import (
     MailAttachment,
     Mailer,
+    Rendered,
     format_deadline,
     format_tanggal,
     letter_files,
@@ -49,12 +52,14 @@ from workflows.provision import (
     records_to_json,
 )
 from workflows.secretbox import SealedValueError, SecretBox
+from workflows.settings import AgencySettings, Settings
 from workflows.signing import LetterSigner, SigningError
 from workflows.sop import Sop, Step
 from workflows.store import (
     Account,
     Counter,
     Decision,
+    Delegation,
     Inbound,
     InboundRaw,
     LetterRecord,
@@ -102,8 +107,8 @@ class Services:
 @dataclass
 class Ctx:
     session: Session
-    config: Config
-    agency: AgencyConfig
+    config: Settings
+    agency: AgencySettings
     sop: Sop
     mailer: Mailer
     services: Services
@@ -146,10 +151,6 @@ class Ctx:
 
 def delegates_of(ctx: Ctx, role: str) -> set[str]:
     """Acting officials for a role: from config, and those the Kepala Dinas registered by mail."""
-    from sqlalchemy import or_
-
-    from workflows.store import Delegation
-
     # Asked once per transaction and role (every step mail asks); the delegation handler forgets it.
     cache = tx_state(ctx.session).delegates
     if role not in cache:
@@ -197,8 +198,6 @@ def next_number(ctx: Ctx, name: str) -> tuple[int, int]:
 
 
 def _tz(ctx: Ctx) -> Any:
-    from zoneinfo import ZoneInfo
-
     return ZoneInfo(ctx.agency.timezone)
 
 
@@ -411,6 +410,15 @@ def _original_raw(ctx: Ctx, req: Request) -> bytes | None:
     return bytes(raw) if raw else None
 
 
+def step_deadline(ctx: Ctx, step: Step, run: StepRun) -> str | None:
+    """The step's Mutu Baku counted in working time from when it opened ("Selasa, 8 Desember 2026 pukul
+    16.00 WIB"), or None for a step without a time."""
+    if step.time is None or run.opened_at is None:
+        return None
+    cal = ctx.work_calendar()
+    return format_deadline(cal.local(cal.deadline(run.opened_at, step.time)))
+
+
 def step_context(ctx: Ctx, req: Request, step: Step, run: StepRun, *, token: str | None = None,
                  attachments: list[MailAttachment] | None = None) -> dict[str, Any]:
     """What a step mail shows. With the step's token, the one-tap answer links (RFC 6068 mailto:) to the
@@ -421,13 +429,9 @@ def step_context(ctx: Ctx, req: Request, step: Step, run: StepRun, *, token: str
         for o, target in step.on.items()
         if o in DECISION_WORDS
     ]
-    deadline = None
-    if step.time is not None and run.opened_at is not None:
-        cal = ctx.work_calendar()
-        deadline = format_deadline(cal.local(cal.deadline(run.opened_at, step.time)))
     files = attachments or []
     data.update(
-        deadline=deadline,
+        deadline=step_deadline(ctx, step, run),
         buttons=answer_links(ctx.mailer.reply_address(token), req.ticket, step.title, answers) if token else [],
         reply_address=ctx.mailer.reply_address(token),
         attached=[a.filename for a in files],
@@ -512,7 +516,7 @@ def enter_step(ctx: Ctx, req: Request, key: str, *, note: str | None = None) -> 
             attachments = _original_attachment(ctx, req)
             if req.letter_number and req.provisioned:
                 # The draft reply letter goes up for approval; the password is never in a draft.
-                from workflows.letters import build_letter
+                from workflows.letters import build_letter  # reportlab (heavy) with the first letter
 
                 draft = build_letter("final", {**letter_context(ctx, req), "draft": True}, agency_id=ctx.agency.id)
                 record = _open_reply_record(ctx, req)
@@ -527,8 +531,10 @@ def enter_step(ctx: Ctx, req: Request, key: str, *, note: str | None = None) -> 
                 # answer completes every request of the letter (RequesterReplyHandler).
                 audit(ctx, req, "request.incomplete_asked_once", step=key)
                 return run
-            # Incomplete: the letter naming each gap, with the form to fill in again.
-            out = queue_letter(ctx, req, "incomplete", letter_context(ctx, req),
+            # Incomplete: the letter naming each gap, with the form to fill in again, by the step's Mutu
+            # Baku (the SOP's time for the unit's letter); the reply token's expiry is no deadline.
+            out = queue_letter(ctx, req, "incomplete", {**letter_context(ctx, req),
+                                                        "deadline": step_deadline(ctx, step, run)},
                                purpose=f"step.{key}", to=requester_addresses(req), token=token,
                                extra=form_attachments(ctx))
             run.mail_message_id = out.message_id
@@ -957,8 +963,8 @@ def queue_letter(ctx: Ctx, req: Request, kind: str, letter_ctx: dict[str, Any], 
     Its number comes from the register in this transaction: a reply letter (final or rejection) takes the
     number its draft reserved, if any; any other letter takes the next one. Lampiran counts `extra`.
     """
+    # reportlab (heavy) loads with the first letter, not with the engine
     from workflows.letters import build_letter, lampiran_text
-    from workflows.mailer import Rendered
 
     # A savepoint: a letter that cannot be signed leaves neither a number nor a register row behind.
     with ctx.session.begin_nested():
@@ -988,6 +994,7 @@ def queue_letter(ctx: Ctx, req: Request, kind: str, letter_ctx: dict[str, Any], 
 
 def form_attachments(ctx: Ctx) -> list[MailAttachment]:
     """The agency's fillable request form, PDF and DOCX, for a unit that must (re)fill it."""
+    # python-docx and reportlab (heavy) only when a form is sent
     from workflows.forms import form_docx, form_pdf
 
     ag = ctx.agency
@@ -1070,9 +1077,6 @@ def _step_key(ctx: Ctx, decision: Decision | None) -> str:
 
 def _recheck_dns(ctx: Ctx, req: Request, run: StepRun) -> str:
     """After a KENDALA: ask every authoritative server again, and compare with what the admin says."""
-    import ipaddress
-    import re
-
     p = req.provisioned or {}
     if not p:
         run.note = "Sub domain belum pernah dibuat oleh sistem; tidak ada rekaman untuk diperiksa."

@@ -52,11 +52,13 @@ from zoneinfo import ZoneInfo
 
 import jinja2
 import jinja2.sandbox
+import reportlab
 from reportlab.lib import colors
 from reportlab.lib.enums import TA_CENTER, TA_JUSTIFY, TA_LEFT, TA_RIGHT
 from reportlab.lib.pagesizes import A4
 from reportlab.lib.styles import ParagraphStyle
 from reportlab.lib.units import cm
+from reportlab.lib.utils import ImageReader
 from reportlab.pdfbase import pdfmetrics
 from reportlab.pdfbase.pdfmetrics import stringWidth
 from reportlab.pdfbase.ttfonts import TTFont
@@ -75,7 +77,8 @@ from reportlab.platypus import (
     TableStyle,
 )
 
-from daemon.config import LetterConfig
+from workflows.mailer import format_tanggal
+from workflows.settings import LetterConfig
 from workflows.signing import LetterSigner, SignatureBox, Stamp, content_hash, qr_payload
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -478,7 +481,7 @@ def template_context(ctx: Mapping[str, Any]) -> dict[str, Any]:
         "letter_number": clean(ctx.get("letter_number")),
         "letter_date": clean(ctx.get("letter_date")),
         "received": clean(ctx.get("received")),
-        "expires": clean(ctx.get("expires")),
+        "deadline": clean(ctx.get("deadline")),  # the step's Mutu Baku in working time, as officials read it
         "lampiran_surat": clean(ctx.get("lampiran")),  # "1 (satu) berkas" when the mail attaches something
         "ip": clean(ctx.get("ip")),
         "rdtype": clean(ctx.get("rdtype")),
@@ -560,8 +563,6 @@ _FONT_DIRS = (
 @lru_cache(maxsize=1)
 def pdf_fonts() -> tuple[str, str, str]:
     """(regular, bold, fixed-width) font names registered with reportlab; DejaVu when installed, else Vera."""
-    import reportlab
-
     candidates = [
         # Condensed first: its widths are close to Arial's, the usual face of naskah dinas.
         ("DejaVuSansCondensed.ttf", "DejaVuSansCondensed-Bold.ttf", "DejaVuSansMono.ttf", [*_FONT_DIRS]),
@@ -680,8 +681,6 @@ def _acting_stripped(jabatan: str) -> str:
 
 
 def _today() -> str:
-    from workflows.mailer import format_tanggal  # lazy: the mailer may come to import this module
-
     return format_tanggal(datetime.now(ZoneInfo("Asia/Jakarta")))
 
 
@@ -724,8 +723,6 @@ def _logo_image(path: Path) -> Image | None:
 
 @lru_cache(maxsize=8)
 def _image_size(path: Path) -> tuple[int, int] | None:
-    from reportlab.lib.utils import ImageReader
-
     try:
         width, height = ImageReader(str(path)).getSize()
     except Exception:  # noqa: BLE001 - reportlab raises many kinds for a bad image

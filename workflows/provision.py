@@ -1,6 +1,6 @@
 """Provision an approved sub-domain: the contracts the engine holds, and every provisioning name in one place.
 
-Why this module: the engine, the daemon and the tests import provisioning from here, while the work is split by
+Why this module: the engine, the service and the tests take provisioning from here, while the work is split by
 job so each part stays short to read:
 
 * workflows/dnsplan.py: the records of one request (`plan_records`, `PlannedRecord`) and the guard

@@ -10,9 +10,15 @@ CSV for the office's records. `send_report` queues it to the head of the SOP and
 
 from __future__ import annotations
 
+import base64
 import csv
+import html
 import io
+import json
+import pickle
 import statistics
+import subprocess
+import sys
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,12 +28,12 @@ from typing import Any
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from daemon.config import AgencyConfig
 from workflows.answers import person_label
 from workflows.digest import DEFAULT_DIGEST_TIME, ZONE_LABELS
 from workflows.engine import Ctx, audit
 from workflows.mailer import MailAttachment, Mailer, Rendered, format_tanggal
 from workflows.reminders import format_duration
+from workflows.settings import AgencySettings
 from workflows.sop import Sop
 from workflows.store import Audit, Decision, Request, StepRun
 from workflows.worktime import WorkCalendar
@@ -161,7 +167,7 @@ def _weeks(calendar: WorkCalendar, month: date, end_day: date) -> list[tuple[dat
     return out
 
 
-def build_report(session: Session, agency: AgencyConfig, sop: Sop, calendar: WorkCalendar, month: date,
+def build_report(session: Session, agency: AgencySettings, sop: Sop, calendar: WorkCalendar, month: date,
                  now: datetime) -> MonthlyReport:
     """The report of `month` (its first day), as the store holds it at `now`."""
     s = session
@@ -308,6 +314,7 @@ _NAVY, _GREEN, _RED, _GREY = "#1e3a5f", "#15803d", "#b91c1c", "#6b7280"
 def _png(fig: Any) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=150, metadata={"Software": None})
+    # matplotlib (heavy) only when the monthly report draws its charts
     import matplotlib.pyplot as plt
 
     plt.close(fig)
@@ -316,6 +323,7 @@ def _png(fig: Any) -> bytes:
 
 def chart_weeks(report: MonthlyReport) -> bytes:
     """Grouped bars: requests received, finished and rejected in each week of the month."""
+    # matplotlib (heavy) only when the monthly report draws its charts
     import matplotlib
 
     matplotlib.use("Agg")  # no display: the daemon and the tests draw into memory
@@ -343,6 +351,7 @@ def chart_weeks(report: MonthlyReport) -> bytes:
 def chart_steps(report: MonthlyReport) -> bytes:
     """Horizontal bars: the share of each step's visits finished within its Mutu Baku, each step's name
     written above its bar (so that the bars keep the whole width on a phone)."""
+    # matplotlib (heavy) only when the monthly report draws its charts
     import matplotlib
 
     matplotlib.use("Agg")
@@ -385,11 +394,9 @@ def report_context(report: MonthlyReport, images: dict[str, str]) -> dict[str, A
     return {"r": report, "images": images, "target": COMPLIANCE_TARGET, "agency_name": report.agency_name}
 
 
-def render_mail(report: MonthlyReport, agency: AgencyConfig, *, inline: bool = True) -> tuple[str, str, str]:
+def render_mail(report: MonthlyReport, agency: AgencySettings, *, inline: bool = True) -> tuple[str, str, str]:
     """(subject, text, HTML). With `inline`, the HTML shows the charts by Content-ID (as mailed); else as
     data: URIs, for a browser (the preview, the screenshots)."""
-    import base64
-
     if inline:
         images = {"weeks": f"cid:{CHART_WEEKS}", "steps": f"cid:{CHART_STEPS}"}
     else:
@@ -415,8 +422,9 @@ def render_csv(report: MonthlyReport) -> str:
     return out.getvalue()
 
 
-def render_pdf(report: MonthlyReport, agency: AgencyConfig) -> bytes:
+def render_pdf(report: MonthlyReport, agency: AgencySettings) -> bytes:
     """The same report as an A4 PDF: title, figures, both charts, the step and official tables, the list."""
+    # reportlab (heavy) only for the PDF: the mail and CSV forms never load it
     from reportlab.lib import colors
     from reportlab.lib.styles import ParagraphStyle
     from reportlab.lib.units import cm
@@ -437,8 +445,6 @@ def render_pdf(report: MonthlyReport, agency: AgencyConfig) -> bytes:
     }
 
     def p(text: object, style: str = "cell") -> Paragraph:
-        import html
-
         return Paragraph(html.escape(str(text), quote=False), st[style])
 
     buf = io.BytesIO()
@@ -532,6 +538,7 @@ def _ratio(png: bytes) -> float:
 
 
 def _table(rows: list[list[Any]], width: float, shares: list[float]) -> Any:
+    # reportlab (heavy) only for the PDF: the mail and CSV forms never load it
     from reportlab.lib import colors
     from reportlab.platypus import Table, TableStyle
 
@@ -547,7 +554,7 @@ def _table(rows: list[list[Any]], width: float, shares: list[float]) -> Any:
 
 # --- sending and scheduling ------------------------------------------------------------------------
 
-def report_recipients(agency: AgencyConfig, sop: Sop) -> list[str]:
+def report_recipients(agency: AgencySettings, sop: Sop) -> list[str]:
     """The head of the SOP (the role with no superior: the Kepala Dinas) and the digest recipients."""
     heads = [r.key for r in sop.roles.values() if not r.superior and not r.requester]
     out: list[str] = []
@@ -557,7 +564,7 @@ def report_recipients(agency: AgencyConfig, sop: Sop) -> list[str]:
     return out
 
 
-def _render_files(report: MonthlyReport, agency: AgencyConfig) -> tuple[bytes, bytes, bytes]:
+def _render_files(report: MonthlyReport, agency: AgencySettings) -> tuple[bytes, bytes, bytes]:
     return chart_weeks(report), chart_steps(report), render_pdf(report, agency)
 
 
@@ -572,24 +579,16 @@ _CHILD_BOOT = ("import json, sys; sys.path[:0] = json.loads(sys.argv[1]); "
 def render_child() -> None:
     """The child process's side of `report_attachments(isolated=True)`: (report, agency) in on stdin, the
     two PNGs and the PDF out on stdout."""
-    import pickle
-    import sys
-
     # The parent wrote these bytes itself, a moment ago, into this process's own pipe.
     report, agency = pickle.loads(sys.stdin.buffer.read())  # noqa: S301
     sys.stdout.buffer.write(pickle.dumps(_render_files(report, agency)))
 
 
-def report_attachments(report: MonthlyReport, agency: AgencyConfig, *, isolated: bool = True) -> list[MailAttachment]:
+def report_attachments(report: MonthlyReport, agency: AgencySettings, *, isolated: bool = True) -> list[MailAttachment]:
     """The two charts (inline) and the PDF. `isolated` draws them in a fresh Python process (started as the
     parser workers are, never forked from the threaded daemon): matplotlib and its fonts would otherwise
     stay in the daemon, about 90 MB, half its memory budget (docs/PERFORMANCE.md)."""
     if isolated:
-        import json
-        import pickle
-        import subprocess
-        import sys
-
         proc = subprocess.run([sys.executable, "-c", _CHILD_BOOT, json.dumps(sys.path)],
                               input=pickle.dumps((report, agency)), capture_output=True,
                               timeout=RENDER_TIMEOUT_SECONDS, check=False)
@@ -617,10 +616,8 @@ def send_report(ctx: Ctx, calendar: WorkCalendar, month: date, now: datetime, *,
     return report
 
 
-def render_report(report: MonthlyReport, agency: AgencyConfig) -> tuple[Rendered, list[MailAttachment]]:
+def render_report(report: MonthlyReport, agency: AgencySettings) -> tuple[Rendered, list[MailAttachment]]:
     """The mail and its attachments, made without the database (seconds of work: the child process)."""
-    from workflows.mailer import Rendered
-
     subject, text, html = render_mail(report, agency)
     return Rendered(subject=subject, text=text, html=html), report_attachments(report, agency)
 

@@ -22,6 +22,8 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from workflows.settings import credential_path
+
 KEY_BYTES = 32
 NONCE_BYTES = 12  # 96-bit random nonces: far below the 2^32 messages per key SP 800-38D section 8.3 allows
 PREFIX = b"sdbox1:"  # marks sealed bytes; anything else was written before sealing existed
@@ -46,14 +48,6 @@ def write_key_file(path: Path) -> None:
         fh.write(new_key_text() + "\n")
 
 
-def resolve_key_path(path: Path) -> Path:
-    """A bare name is a systemd credential ($CREDENTIALS_DIRECTORY), like the other secret files."""
-    cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
-    if not path.is_absolute() and cred_dir:
-        return Path(cred_dir) / path
-    return path
-
-
 class SecretBox:
     def __init__(self, key: bytes) -> None:
         if len(key) != KEY_BYTES:
@@ -62,7 +56,7 @@ class SecretBox:
 
     @classmethod
     def from_file(cls, path: Path) -> SecretBox:
-        real = resolve_key_path(path)
+        real = credential_path(path)  # a bare name is a systemd credential, like the other secrets
         try:
             text = real.read_text(encoding="ascii").strip()
         except (OSError, UnicodeDecodeError) as exc:

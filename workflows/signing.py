@@ -15,13 +15,21 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import io
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import quote
 
-from daemon.config import LetterSigningConfig
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric.padding import PKCS1v15
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+from cryptography.hazmat.primitives.serialization import pkcs12
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from workflows.settings import LetterSigningConfig, credential_path
 
 SIGNATURE_FIELD = "TandaTanganElektronik"
 # Room kept for the CMS signature (bytes; twice that as hex in the file): a 4096-bit RSA signature with a
@@ -75,8 +83,6 @@ def qr_payload(template: str, *, doc_id: str, sha256: str, number: str) -> str:
     The hash is that of the letter before signing: a document cannot contain the hash of itself.
     """
     if template:
-        from urllib.parse import quote
-
         return (template.replace("{id}", quote(doc_id, safe=""))
                 .replace("{sha256}", sha256)
                 .replace("{number}", quote(number, safe="")))
@@ -143,6 +149,7 @@ class PadesSigner:
     def _sign(self, pdf: bytes, box: SignatureBox | None, stamp: Stamp) -> bytes:
         if self._signer is None:
             self._signer = self._make_signer()
+        # pyHanko (heavy) only to sign: without a certificate it is never loaded
         from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
         from pyhanko.pdf_utils.text import TextBoxStyle
         from pyhanko.sign import fields, signers
@@ -173,8 +180,6 @@ class PadesSigner:
 
 
 def _name_part(name: Any, short: str) -> str:
-    from cryptography.x509.oid import NameOID
-
     oid = {"CN": NameOID.COMMON_NAME, "O": NameOID.ORGANIZATION_NAME}[short]
     values = name.get_attributes_for_oid(oid)
     return str(values[0].value) if values else ""
@@ -183,8 +188,7 @@ def _name_part(name: Any, short: str) -> str:
 def _kept_key_signer(simple: Any, key: Any) -> Any:
     """pyHanko's SimpleSigner, with its private key parsed once instead of for every signature: loading an
     RSA key runs cryptography's key checks, 100 ms each time (two thirds of signing a letter)."""
-    from cryptography.hazmat.primitives.asymmetric.padding import PKCS1v15
-    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+    # pyHanko (heavy) only to sign: without a certificate it is never loaded
     from pyhanko.sign.general import get_pyca_cryptography_hash
     from pyhanko.sign.signers import SimpleSigner
 
@@ -210,21 +214,15 @@ def _secret(cfg: LetterSigningConfig) -> str:
     return secret
 
 
-def _credential(path: Path) -> Path:
-    cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
-    return Path(cred_dir) / path if not path.is_absolute() and cred_dir else path
-
-
 def load_signer(cfg: LetterSigningConfig, *, location: str = "") -> PadesSigner | None:
     """The agency's signer, or None when no certificate is configured (letters then go out unsigned)."""
     if cfg.pkcs12_file is not None:
-        path = _credential(cfg.pkcs12_file)
+        path = credential_path(cfg.pkcs12_file)
         password = _secret(cfg).encode()
         try:
             data = path.read_bytes()
         except OSError as exc:
             raise SigningError(f"{path}: cannot read: {exc.strerror}") from None
-        from cryptography.hazmat.primitives.serialization import pkcs12
 
         try:
             key, cert, chain = pkcs12.load_key_and_certificates(data, password)
@@ -234,6 +232,7 @@ def load_signer(cfg: LetterSigningConfig, *, location: str = "") -> PadesSigner 
             raise SigningError(f"{path}: no key and certificate in the PKCS#12 file")
 
         def make() -> Any:
+            # pyHanko (heavy) only to sign: without a certificate it is never loaded
             from pyhanko.sign import signers
 
             simple = signers.SimpleSigner.load_pkcs12_data(data, other_certs=(), passphrase=password)
@@ -241,6 +240,7 @@ def load_signer(cfg: LetterSigningConfig, *, location: str = "") -> PadesSigner 
 
         return PadesSigner(make, cert, reason=cfg.reason, location=location, verify_url=cfg.verify_url)
     if cfg.pkcs11_module is not None:
+        # python-pkcs11 and pyHanko (heavy, optional) only for a hardware token
         from pkcs11.exceptions import PKCS11Error
         from pyhanko.config.pkcs11 import TokenCriteria
         from pyhanko.sign.pkcs11 import PKCS11Signer, open_pkcs11_session
@@ -259,7 +259,6 @@ def load_signer(cfg: LetterSigningConfig, *, location: str = "") -> PadesSigner 
         except Exception as exc:  # noqa: BLE001
             session.close()
             raise SigningError(f"PKCS#11 key/certificate {cfg.pkcs11_key!r} not usable on the token: {exc}") from None
-        from cryptography import x509
 
         certificate = x509.load_der_x509_certificate(token_signer.signing_cert.dump())
         return PadesSigner(lambda: token_signer, certificate, reason=cfg.reason, location=location,
@@ -284,12 +283,6 @@ def make_demo_pki(directory: Path, *, signer_name: str, organization: str,
     """A local CA and a signing certificate issued by it (RSA 2048, key usage as for a BSrE TTE certificate:
     digitalSignature + nonRepudiation), valid for `days` more days (negative: already expired), written as
     PEM files and a PKCS#12 bundle with the CA in it."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.hazmat.primitives.serialization import pkcs12
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
     directory.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC)
     ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
