@@ -108,10 +108,6 @@ class AgencyRuntime:
     def backoff_until(self, value: float) -> None:
         self.gate.until = value
 
-    @property
-    def failures(self) -> int:
-        return self.gate.failures
-
 
 def build(config: Config, spool_dir: Path, *, transport: Transport | None = None,
           sources: Mapping[str, MailSource], services: Mapping[str, Services],
