@@ -50,7 +50,10 @@ test-fast: venv
 
 lint: venv
 	$(VENV)/bin/ruff check daemon parsers workflows tests bench examples
-	$(VENV)/bin/mypy daemon parsers workflows
+	@# mypy reads the package by its installed name: a tree of links maps subdomaind.X to the folder X.
+	@mkdir -p .cache/typecheck/subdomaind && for d in daemon parsers workflows templates; do \
+	  ln -sfn ../../../$$d .cache/typecheck/subdomaind/$$d; done
+	MYPYPATH=.cache/typecheck $(VENV)/bin/mypy --namespace-packages -p subdomaind
 
 demo: deps
 	$(PY) examples/demo.py

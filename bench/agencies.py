@@ -97,7 +97,7 @@ def sample(srv: common.Servers, agency: dict[str, Any], requester: str, kadis: s
     """Request letter APPENDed to the agency's mailbox -> the Kepala Dinas's step mail accepted (ms)."""
     from imapclient import IMAPClient
 
-    from daemon.localoffice import request_mail
+    from tests.devkit.localoffice import request_mail
 
     out: list[float] = []
     relay = srv.relay
@@ -126,8 +126,8 @@ def sample(srv: common.Servers, agency: dict[str, Any], requester: str, kadis: s
 
 
 def run(n: int, backend: str, processes: int, samples: int, idle_seconds: float) -> bool:
-    from daemon.leases import agency_key
-    from daemon.localoffice import SUBDOMAIND, write_config
+    from subdomaind.daemon.leases import agency_key
+    from tests.devkit.localoffice import SUBDOMAIND, write_config
 
     pg = backend == "postgres"
     with common.servers(postgres=pg) as srv:

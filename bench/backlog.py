@@ -73,14 +73,14 @@ def child(config_path: str, profile: str | None, preload: str | None) -> int:
 
     from sqlalchemy import func, select
 
-    from daemon.config import load_config
-    from daemon.service import Daemon
-    from workflows.db import upgrade
-    from workflows.store import Outbox, make_engine, make_sessionmaker
+    from subdomaind.daemon.config import load_config
+    from subdomaind.daemon.service import Daemon
+    from subdomaind.workflows.db import upgrade
+    from subdomaind.workflows.store import Outbox, make_engine, make_sessionmaker
 
     cfg = load_config(config_path)
     if not cfg.limits.parse_workers:
-        import parsers.pdf  # noqa: F401  (warm, as in a daemon that has been running)
+        import subdomaind.parsers.pdf  # noqa: F401  (warm, as in a daemon that has been running)
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(cfg.db_url)
     upgrade(engine)
@@ -219,7 +219,7 @@ def run_real_daemon(office: common.Office, relay: common.TimedRelay, expect_sent
 
 
 def parse_rate(raws: list[bytes], options: Any) -> float:
-    from parsers import parse
+    from subdomaind.parsers import parse
 
     for raw in raws[:20]:  # warm imports and caches, as a running daemon has them
         parse(raw, options)
@@ -232,8 +232,8 @@ def parse_rate(raws: list[bytes], options: Any) -> float:
 def db_counts(office: common.Office) -> dict[str, int]:
     from sqlalchemy import func, select
 
-    from daemon.config import load_config
-    from workflows.store import Inbound, Outbox, make_engine
+    from subdomaind.daemon.config import load_config
+    from subdomaind.workflows.store import Inbound, Outbox, make_engine
 
     cfg = load_config(office.config_path)
     engine = make_engine(cfg.db_url)
@@ -264,8 +264,8 @@ def main() -> int:
     if args.child:
         return child(args.child, args.profile, args.preload)
 
-    from daemon.localoffice import reply_to
-    from daemon.service import parse_options_for
+    from subdomaind.daemon.service import parse_options_for
+    from tests.devkit.localoffice import reply_to
 
     total = args.messages or (200 if args.memory else 1000)
     n_reply = total // 10

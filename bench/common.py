@@ -1,7 +1,7 @@
 """Shared helpers for the daemon benchmarks (backlog, latency, idle): the loopback guard, the real local
 servers, an office configured for benchmarking, generated request mail, and small statistics.
 
-Every server is the real one from `daemon.devservers` (Dovecot, BIND 9, an aiosmtpd relay into Dovecot
+Every server is the real one from `tests.devkit.devservers` (Dovecot, BIND 9, an aiosmtpd relay into Dovecot
 LMTP, optionally PostgreSQL), on 127.0.0.1, under one temporary directory removed at the end (kept with
 SUBDOMAIND_KEEP_SERVERS=1).
 """
@@ -30,19 +30,18 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from daemon import netguard  # noqa: E402
+from tests.devkit import netguard  # noqa: E402
 
 
 def guard() -> None:
     """Loopback only, in this process and (through the environment) in every daemon it starts."""
-    os.environ[netguard.ENV] = "1"
-    netguard.install()
+    netguard.guard_this_process_and_children()  # 127.0.0.1 only, here and in the daemons started
 
 
 guard()  # importing this module is enough: each bench script imports it first
 
-from daemon.devservers import Bind, Dovecot, MailUser, Postgres, SmtpRelay  # noqa: E402
-from daemon.localoffice import DOMAIN, SUBDOMAIND, UNVOUCHED, Office, scanned_pdf, write_config  # noqa: E402, F401
+from tests.devkit.devservers import Bind, Dovecot, MailUser, Postgres, SmtpRelay  # noqa: E402
+from tests.devkit.localoffice import DOMAIN, SUBDOMAIND, UNVOUCHED, Office, scanned_pdf, write_config  # noqa: E402, F401
 
 ZONE_RECORDS = """\
 ns1   IN A 192.0.2.1
@@ -127,10 +126,10 @@ def postgres_url(srv: Servers, name: str) -> str:
 
 def in_process_daemon(office: Office) -> Any:
     """The daemon built as `subdomaind run` builds it (config file, migrated database), not started."""
-    from daemon.config import load_config
-    from daemon.service import Daemon
-    from workflows.db import upgrade
-    from workflows.store import make_engine, make_sessionmaker
+    from subdomaind.daemon.config import load_config
+    from subdomaind.daemon.service import Daemon
+    from subdomaind.workflows.db import upgrade
+    from subdomaind.workflows.store import make_engine, make_sessionmaker
 
     cfg = load_config(office.config_path)
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
@@ -144,7 +143,7 @@ def start_daemon(office: Office, preload: str | None) -> subprocess.Popen[bytes]
     (a what-if change as a monkeypatch, to measure before editing the daemon)."""
     cli = ["--config", str(office.config_path), "run"]
     if preload:
-        code = ("import runpy, sys; runpy.run_path(sys.argv[1]); from daemon.cli import main; "
+        code = ("import runpy, sys; runpy.run_path(sys.argv[1]); from subdomaind.daemon.cli import main; "
                 "raise SystemExit(main(sys.argv[2:]))")
         argv = [sys.executable, "-c", code, preload, *cli]
     else:
@@ -429,7 +428,7 @@ def verdict(ok: bool) -> str:
 
 def load_agency(office: Office) -> Any:
     """The office's (only) agency as the daemon reads it from the config file."""
-    from daemon.config import load_config
+    from subdomaind.daemon.config import load_config
 
     return load_config(office.config_path).agencies[0]
 

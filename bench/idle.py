@@ -72,7 +72,7 @@ def fill_maildir(srv: common.Servers, user: common.MailUser, count: int) -> tupl
 
 def checkpoint_past_everything(daemon: Any, user: common.MailUser) -> int:
     """Set the daemon's checkpoint to the mailbox's highest UID, as after taking every message in."""
-    from workflows.store import MailboxState
+    from subdomaind.workflows.store import MailboxState
 
     with user.imap() as client:
         info = client.select_folder("INBOX", readonly=True)

@@ -70,9 +70,9 @@ def main() -> int:
 
     from sqlalchemy import create_engine, select
 
-    from daemon.config import load_config
-    from daemon.localoffice import reply_to
-    from workflows.store import Inbound
+    from subdomaind.daemon.config import load_config
+    from subdomaind.workflows.store import Inbound
+    from tests.devkit.localoffice import reply_to
 
     with common.servers() as srv:
         office = common.make_office(srv, "latency", poll_seconds=POLL_SECONDS)

@@ -34,7 +34,7 @@ def rss_mb() -> float:
 
 
 def letter_ctx() -> dict[str, object]:
-    from daemon.config import LetterConfig
+    from subdomaind.daemon.config import LetterConfig
 
     return {
         "letter": LetterConfig(kop=["PEMERINTAH KABUPATEN TRENGGALEK", "DINAS KOMUNIKASI DAN INFORMATIKA"],
@@ -53,10 +53,10 @@ def letter_ctx() -> dict[str, object]:
 def child(pki_dir: str) -> int:
     """Resident memory in a fresh process: before the signer, after loading it, after letters."""
     warnings.filterwarnings("ignore")
-    import daemon.service  # noqa: F401 - what the daemon has imported before any letter
-    from daemon.config import LetterSigningConfig
-    from workflows.letters import build_letter
-    from workflows.signing import load_signer
+    import subdomaind.daemon.service  # noqa: F401 - what the daemon has imported before any letter
+    from subdomaind.daemon.config import LetterSigningConfig
+    from subdomaind.workflows.letters import build_letter
+    from subdomaind.workflows.signing import load_signer
 
     build_letter("final", letter_ctx()).to_pdf()
     before = rss_mb()
@@ -77,9 +77,9 @@ def main() -> int:
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
         return child(sys.argv[2])
     warnings.filterwarnings("ignore")
-    from daemon.config import LetterSigningConfig
-    from workflows.letters import KINDS, build_letter
-    from workflows.signing import load_signer, make_demo_pki
+    from subdomaind.daemon.config import LetterSigningConfig
+    from subdomaind.workflows.letters import KINDS, build_letter
+    from subdomaind.workflows.signing import load_signer, make_demo_pki
 
     with tempfile.TemporaryDirectory() as tmp:
         pki = make_demo_pki(Path(tmp), signer_name="Drs. Contoh Pejabat, M.Si", organization="Dinas Kominfo")

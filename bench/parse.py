@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from parsers import ParseOptions, parse  # noqa: E402
+from subdomaind.parsers import ParseOptions, parse  # noqa: E402
 
 OPTIONS = ParseOptions(zone="trenggalekkab.go.id", mailbox_address="layanan@trenggalekkab.go.id")
 BODY_TARGET = 300.0  # messages per second
@@ -158,7 +158,7 @@ def big_pdf(size: int) -> bytes:
     """A one-page PDF whose scanned image (random, so incompressible) makes it `size` bytes, with a text
     layer holding the form. Written by hand so generating 20 MB takes a moment, not a minute."""
     # Imported here, not at the top: the RSS children run this file and must carry only the parsers.
-    from daemon.localoffice import scanned_pdf
+    from tests.devkit.localoffice import scanned_pdf
 
     rng = random.Random(20)
     side = int((size / 3) ** 0.5)
@@ -199,7 +199,7 @@ def bench_pdf(rounds: int) -> float:
 def rss_child(path: str, mime_only: bool) -> None:
     raw = Path(path).read_bytes()
     if mime_only:
-        from parsers.mime import parse_mime
+        from subdomaind.parsers.mime import parse_mime
 
         parse_mime(raw, OPTIONS.limits)
     else:

@@ -23,7 +23,7 @@ sys.path.insert(0, str(HERE))
 
 import parse as bench  # noqa: E402  (this tree's bench/parse.py: the message generators)
 
-from parsers import parse  # noqa: E402  (the parsers of ROOT)
+from subdomaind.parsers import parse  # noqa: E402  (the parsers of ROOT)
 
 SKIP = ("zip_bomb", "ocr", "scanned")  # OCR and the bomb measure other limits, and dominate the sum
 

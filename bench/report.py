@@ -23,13 +23,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from daemon.localoffice import make_config  # noqa: E402
+from subdomaind.workflows.db import upgrade  # noqa: E402
+from subdomaind.workflows.report import build_report, render_report  # noqa: E402
+from subdomaind.workflows.sop import load_sop  # noqa: E402
+from subdomaind.workflows.store import Decision, StepRun, make_engine, make_sessionmaker  # noqa: E402
+from subdomaind.workflows.worktime import WorkCalendar  # noqa: E402
+from tests.devkit.localoffice import make_config  # noqa: E402
 from tests.test_reminders import seed_request, wib  # noqa: E402
-from workflows.db import upgrade  # noqa: E402
-from workflows.report import build_report, render_report  # noqa: E402
-from workflows.sop import load_sop  # noqa: E402
-from workflows.store import Decision, StepRun, make_engine, make_sessionmaker  # noqa: E402
-from workflows.worktime import WorkCalendar  # noqa: E402
 
 STEPS = (("disposisi", "kadis"), ("disposisi_kabid", "kabid"), ("periksa", "kasi"))
 

@@ -27,9 +27,9 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.exc import ProgrammingError  # noqa: E402
 
-from daemon import netguard  # noqa: E402
-from daemon.devservers import Bind, Dovecot, Postgres, SmtpRelay  # noqa: E402
-from daemon.localoffice import SUBDOMAIND, UNVOUCHED, Office, request_mail, write_config  # noqa: E402
+from tests.devkit import netguard  # noqa: E402
+from tests.devkit.devservers import Bind, Dovecot, Postgres, SmtpRelay  # noqa: E402
+from tests.devkit.localoffice import SUBDOMAIND, UNVOUCHED, Office, request_mail, write_config  # noqa: E402
 
 ZONE_RECORDS = "ns1 IN A 192.0.2.1\nns2 IN A 192.0.2.2\n"
 
@@ -82,8 +82,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--per-agency", type=int, default=150)
     args = ap.parse_args()
-    os.environ[netguard.ENV] = "1"
-    netguard.install()
+    netguard.guard_this_process_and_children()  # 127.0.0.1 only, here and in the daemons started
     base = Path(tempfile.mkdtemp(prefix="bench-scaleout-"))
     base.chmod(0o755)
     with Dovecot(base, "trenggalekkab.go.id") as dovecot, Bind(base, "trenggalekkab.go.id", ZONE_RECORDS) as bind, \

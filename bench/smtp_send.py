@@ -22,7 +22,7 @@ SERVER = """
 import sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
-from daemon.devservers import SmtpRelay
+from tests.devkit.devservers import SmtpRelay
 relay = SmtpRelay("127.0.0.1", 9, base=Path(sys.argv[2]))
 relay.deliver = False
 relay.start()
@@ -39,11 +39,11 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=3)
     args = ap.parse_args()
     sys.path.insert(0, args.root)
-    from daemon import netguard
+    from tests.devkit import netguard
 
     netguard.install()
-    from daemon.config import SmtpConfig
-    from daemon.outbox import SmtpTransport
+    from subdomaind.daemon.config import SmtpConfig
+    from subdomaind.daemon.outbox import SmtpTransport
 
     base = tempfile.mkdtemp(prefix="smtp-bench-")
     server = subprocess.Popen([sys.executable, "-c", SERVER, args.root, base], stdin=subprocess.PIPE,

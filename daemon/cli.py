@@ -21,9 +21,9 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select
 from sqlalchemy.exc import DatabaseError, OperationalError
 
-from daemon.config import Config, ConfigError, config_warnings
-from daemon.reasons import plain_reason
-from workflows.sop import load_sop
+from subdomaind.daemon.config import Config, ConfigError, config_warnings
+from subdomaind.daemon.reasons import plain_reason
+from subdomaind.workflows.sop import load_sop
 
 DEFAULT_CONFIG = "/etc/subdomaind/config.toml"
 
@@ -45,7 +45,7 @@ class CommandError(Exception):
 
 def _load(args: argparse.Namespace, *, secrets: bool = True) -> Config:
     """The checked configuration (daemon/validate.py); read-only commands pass secrets=False."""
-    from daemon.validate import load_checked
+    from subdomaind.daemon.validate import load_checked
 
     try:
         return load_checked(_config_path(args), secrets=secrets)
@@ -57,8 +57,8 @@ def _load(args: argparse.Namespace, *, secrets: bool = True) -> Config:
 
 
 def _sessions(cfg: Config, upgrade: bool = True) -> Any:
-    from workflows.db import upgrade as db_upgrade
-    from workflows.store import make_engine, make_sessionmaker
+    from subdomaind.workflows.db import upgrade as db_upgrade
+    from subdomaind.workflows.store import make_engine, make_sessionmaker
 
     if cfg.db_url.startswith("sqlite"):
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
@@ -75,8 +75,8 @@ def _reader_sessions(cfg: Config) -> Any:
     it; with the daemon stopped there is no -wal file and the directory is not theirs to create one in, so the
     file is then opened as immutable (nothing else is writing it).
     """
-    from workflows.db import HEAD, current_revision
-    from workflows.store import make_engine, make_sessionmaker
+    from subdomaind.workflows.db import HEAD, current_revision
+    from subdomaind.workflows.store import make_engine, make_sessionmaker
 
     url = cfg.db_url
     if url.startswith("sqlite"):
@@ -144,7 +144,7 @@ def setup_logging(level: str, fmt: str) -> None:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from daemon.validate import load_checked, warnings
+    from subdomaind.daemon.validate import load_checked, warnings
 
     try:
         cfg = load_checked(args.file)
@@ -161,7 +161,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(f"WARNING: {w}")
     if not args.connect:
         return 0
-    from daemon.connect import run_checks
+    from subdomaind.daemon.connect import run_checks
 
     failed = 0
     for check in run_checks(cfg):
@@ -173,7 +173,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def _check_signing(cfg: Config) -> bool:
     """Each agency's letter certificate loaded once: who signs, or a warning that letters go out unsigned.
     True when a certificate cannot be used."""
-    from workflows.signing import SigningError, load_signer
+    from subdomaind.workflows.signing import SigningError, load_signer
 
     failed = False
     for ag in cfg.agencies:
@@ -206,7 +206,7 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 
 def cmd_parse(args: argparse.Namespace) -> int:
-    from parsers import ParseOptions, parse
+    from subdomaind.parsers import ParseOptions, parse
 
     try:
         raw = Path(args.file).read_bytes() if args.file != "-" else sys.stdin.buffer.read()
@@ -216,7 +216,7 @@ def cmd_parse(args: argparse.Namespace) -> int:
         return 1
     opts = ParseOptions()
     if args.config:
-        from daemon.runtime import parse_options_for
+        from subdomaind.daemon.runtime import parse_options_for
 
         cfg = _load(args)
         opts = parse_options_for(cfg.agencies[0])
@@ -228,8 +228,8 @@ def cmd_parse(args: argparse.Namespace) -> int:
 
 
 def _daemon(args: argparse.Namespace) -> Any:
-    from daemon.service import Daemon
-    from workflows.signing import SigningError
+    from subdomaind.daemon.service import Daemon
+    from subdomaind.workflows.signing import SigningError
 
     cfg = _load(args)
     sessions = _sessions(cfg)
@@ -249,7 +249,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_once(args: argparse.Namespace) -> int:
-    from workflows.store import MailboxState
+    from subdomaind.workflows.store import MailboxState
 
     d = _daemon(args)
     totals = d.run_once()
@@ -265,7 +265,7 @@ def cmd_once(args: argparse.Namespace) -> int:
 
 
 def status_data(cfg: Config, sessions: Any) -> dict[str, Any]:
-    from workflows.store import QUARANTINE_STATUSES, Inbound, MailboxState, Outbox, Request, StepRun
+    from subdomaind.workflows.store import QUARANTINE_STATUSES, Inbound, MailboxState, Outbox, Request, StepRun
 
     out: dict[str, Any] = {"intake": [], "outbox": {}, "quarantine": 0, "unmatched": 0, "requests": [],
                            "bounced_7d": 0}
@@ -300,7 +300,7 @@ def status_data(cfg: Config, sessions: Any) -> dict[str, Any]:
         ).all():
             out["quarantine" if status == "quarantined" else "unmatched"] = n
 
-        from workflows.store import Audit, utcnow
+        from subdomaind.workflows.store import Audit, utcnow
 
         # Step mails that bounced (a wrong official's address): staff must fix the config.
         out["bounced_7d"] = s.execute(select(func.count()).select_from(Audit).where(
@@ -329,7 +329,7 @@ def status_data(cfg: Config, sessions: Any) -> dict[str, Any]:
 
 def _when(iso: str | None, tz: ZoneInfo) -> str:
     """An ISO timestamp in the office's words: '2026-03-02 08:15 (12 menit lalu)'."""
-    from workflows.store import utcnow
+    from subdomaind.workflows.store import utcnow
 
     if not iso:
         return "belum pernah"
@@ -366,7 +366,7 @@ def intake_lines(cfg: Config, data: dict[str, Any]) -> list[str]:
 
 def health(cfg: Config, data: dict[str, Any]) -> tuple[int, str]:
     """Nagios plugin convention: (0 OK | 1 WARNING | 2 CRITICAL, one line)."""
-    from workflows.store import utcnow
+    from subdomaind.workflows.store import utcnow
 
     crit: list[str] = []
     warn: list[str] = []
@@ -433,7 +433,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def show_lines(cfg: Config, sessions: Any, ticket: str) -> list[str] | None:
-    from workflows.store import Audit, Request
+    from subdomaind.workflows.store import Audit, Request
 
     with sessions() as s:
         req = s.execute(select(Request).where(Request.ticket == ticket.upper())).scalars().first()
@@ -464,7 +464,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_letters(args: argparse.Namespace) -> int:
     """The register of outgoing letters (agenda surat keluar) of one year, in number order."""
-    from workflows.store import LetterRecord, Request, utcnow
+    from subdomaind.workflows.store import LetterRecord, Request, utcnow
 
     cfg = _load(args)
     sessions = _sessions(cfg)
@@ -486,9 +486,9 @@ def cmd_letters(args: argparse.Namespace) -> int:
 
 
 def cmd_digest(args: argparse.Namespace) -> int:
-    from workflows.digest import build_digest, render_digest, send_digest
-    from workflows.store import utcnow
-    from workflows.worktime import calendar_for
+    from subdomaind.workflows.digest import build_digest, render_digest, send_digest
+    from subdomaind.workflows.store import utcnow
+    from subdomaind.workflows.worktime import calendar_for
 
     if not (0 < args.hours <= 24 * 366):  # also refuses nan and inf
         raise CommandError(f"--hours {args.hours}: sebutkan jumlah jam antara 0 dan {24 * 366}", 2)
@@ -525,9 +525,16 @@ def cmd_digest(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """The monthly report of one month: --preview (text; --html / --pdf write those), --send, --csv."""
-    from workflows.report import build_report, parse_month, previous_month, render_csv, render_mail, render_pdf
-    from workflows.store import utcnow
-    from workflows.worktime import calendar_for
+    from subdomaind.workflows.report import (
+        build_report,
+        parse_month,
+        previous_month,
+        render_csv,
+        render_mail,
+        render_pdf,
+    )
+    from subdomaind.workflows.store import utcnow
+    from subdomaind.workflows.worktime import calendar_for
 
     # --preview and --csv only read: no secrets, no database created (as `digest --preview`).
     cfg = _load(args, secrets=bool(args.send))
@@ -541,7 +548,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CommandError(str(exc), 2) from None
     if args.send:
-        from workflows.report import send_report
+        from subdomaind.workflows.report import send_report
 
         d = _daemon(args)
         for rt in d.runtimes.values():
@@ -577,8 +584,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_quarantine(args: argparse.Namespace) -> int:
     """Staff's view of mail the daemon kept aside: list, show, retry (at most N times), drop (kept, marked)."""
-    from workflows.inbound import retry_inbound
-    from workflows.store import QUARANTINE_STATUSES, Inbound
+    from subdomaind.workflows.inbound import retry_inbound
+    from subdomaind.workflows.store import QUARANTINE_STATUSES, Inbound
 
     if args.action in ("list", "show"):
         cfg = _load(args, secrets=False)
@@ -631,8 +638,8 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
 
 def cmd_resend(args: argparse.Namespace) -> int:
     """Send the open step's mail again with a fresh reply token (the old one stops working)."""
-    from workflows.engine import reissue_step
-    from workflows.store import Request
+    from subdomaind.workflows.engine import reissue_step
+    from subdomaind.workflows.store import Request
 
     d = _daemon(args)
     with d.sessions.begin() as s:
@@ -652,7 +659,7 @@ def cmd_resend(args: argparse.Namespace) -> int:
 def cmd_oauth_login(args: argparse.Namespace) -> int:
     """The device-code flow (RFC 8628): print the URL and code, wait for the administrator to sign in,
     store the refresh token (0600) where the configuration's refresh_token_file says."""
-    from daemon.oauth import OAuthError, device_login, store_refresh_token
+    from subdomaind.daemon.oauth import OAuthError, device_login, store_refresh_token
 
     cfg = _load(args)
     try:
@@ -694,7 +701,7 @@ def cmd_oauth_login(args: argparse.Namespace) -> int:
 def cmd_outbox(args: argparse.Namespace) -> int:
     """Mail the outbox holds back: `held` (over the daily cap per address) until staff release or drop it;
     `waiting` (the PIC's credentials until their letter is sent) is listed, and goes out by itself."""
-    from workflows.store import Outbox, utcnow
+    from subdomaind.workflows.store import Outbox, utcnow
 
     cfg = _load(args)
     sessions = _sessions(cfg)
@@ -738,7 +745,7 @@ def cmd_outbox(args: argparse.Namespace) -> int:
 
 def cmd_keygen(args: argparse.Namespace) -> int:
     """A new key for `[secrets] key_file`, mode 0600; an existing file is never overwritten."""
-    from workflows.secretbox import write_key_file
+    from subdomaind.workflows.secretbox import write_key_file
 
     try:
         write_key_file(Path(args.file))
@@ -755,7 +762,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 def cmd_form(args: argparse.Namespace) -> int:
     """The agency's fillable request form ("Formulir Pengajuan Layanan Sub-Domain"), PDF or DOCX."""
-    from workflows.forms import form_docx, form_pdf
+    from subdomaind.workflows.forms import form_docx, form_pdf
 
     cfg = _load(args, secrets=False)
     try:
@@ -911,10 +918,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None = None) -> int:
-    if os.environ.get("SUBDOMAIND_LOOPBACK_ONLY") == "1":
-        from daemon import netguard  # the demo's and tests' loopback guard: never loaded in production
-
-        netguard.install()
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level, args.log_format)
     return int(args.func(args) or 0)

@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, ValidationError, model_validator
 
-from workflows.settings import (
+from subdomaind.workflows.settings import (
     AgencySettings,
     AuthConfig,
     DnsConfig,
@@ -28,12 +28,12 @@ from workflows.settings import (
     WorkflowConfig,
     credential_path,
 )
-from workflows.settings import StrictModel as _Strict
-from workflows.sop import SopError, load_sop
-from workflows.textfiles import TextFileError, read_utf8
+from subdomaind.workflows.settings import StrictModel as _Strict
+from subdomaind.workflows.sop import SopError, load_sop
+from subdomaind.workflows.textfiles import TextFileError, read_utf8
 
 # The agency's settings for the workflows live in workflows/settings.py; they are composed here and named
-# from here too, so `from daemon.config import LetterConfig` keeps working.
+# from here too, so `from subdomaind.daemon.config import LetterConfig` keeps working.
 __all__ = [
     "AgencyConfig", "AgencySettings", "AuthConfig", "Config", "ConfigError", "DnsConfig", "HostingConfig",
     "ImapConfig", "LetterConfig", "LetterSignerConfig", "LetterSigningConfig", "LimitsConfig", "MetricsConfig",

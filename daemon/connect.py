@@ -21,14 +21,14 @@ import dns.rcode
 import dns.rdatatype
 import dns.tsig
 
-from daemon.config import AgencyConfig, Config, ConfigError
-from daemon.mailbox import ImapSource, MailSourceError
-from daemon.oauth import LazyTokens
-from daemon.outbox import LoginRefused, SmtpTransport
-from daemon.reasons import plain_reason
-from daemon.runtime import parse_options_for
-from daemon.validate import read_tsig
-from workflows.provision import DnsError, Rfc2136Dns
+from subdomaind.daemon.config import AgencyConfig, Config, ConfigError
+from subdomaind.daemon.mailbox import ImapSource, MailSourceError
+from subdomaind.daemon.oauth import LazyTokens
+from subdomaind.daemon.outbox import LoginRefused, SmtpTransport
+from subdomaind.daemon.reasons import plain_reason
+from subdomaind.daemon.runtime import parse_options_for
+from subdomaind.daemon.validate import read_tsig
+from subdomaind.workflows.provision import DnsError, Rfc2136Dns
 
 
 @dataclass(frozen=True)

@@ -16,14 +16,14 @@ from datetime import time as dtime
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from daemon.backoff import Backoff
-from daemon.config import AgencyConfig
-from daemon.runtime import AgencyRuntime, purge_if_needed
-from workflows.digest import digest_due, send_digest
-from workflows.engine import Ctx, alert_staff, due_actions, run_action
-from workflows.reminders import due_reminders
-from workflows.report import run_scheduled
-from workflows.store import Request, StepRun
+from subdomaind.daemon.backoff import Backoff
+from subdomaind.daemon.config import AgencyConfig
+from subdomaind.daemon.runtime import AgencyRuntime, purge_if_needed
+from subdomaind.workflows.digest import digest_due, send_digest
+from subdomaind.workflows.engine import Ctx, alert_staff, due_actions, run_action
+from subdomaind.workflows.reminders import due_reminders
+from subdomaind.workflows.report import run_scheduled
+from subdomaind.workflows.store import Request, StepRun
 
 log = logging.getLogger("subdomaind.service")
 

@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from daemon.backoff import Backoff
+from subdomaind.daemon.backoff import Backoff
 
 # After the server refused the login (or throttled us) a mailbox is left alone for a minute, doubling
 # to half an hour: a wrong password must not lock the account (Zimbra's lockout, fail2ban) and a throttled

@@ -16,17 +16,17 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from daemon.config import AgencyConfig, LimitsConfig
-from daemon.logins import Logins
-from daemon.mailbox import FETCH_BYTES, MailSourceError
-from daemon.outbox import Sender
-from daemon.parsing import Job, Parser
-from daemon.runtime import AgencyRuntime, mailbox_state, parse_options_for, purge_if_needed
-from parsers.model import ParseOptions, ParseResult
-from workflows import inbound
-from workflows.engine import Ctx
-from workflows.rawmail import RawMail, discard
-from workflows.store import QUARANTINE_STATUSES, Inbound, tx_state
+from subdomaind.daemon.config import AgencyConfig, LimitsConfig
+from subdomaind.daemon.logins import Logins
+from subdomaind.daemon.mailbox import FETCH_BYTES, MailSourceError
+from subdomaind.daemon.outbox import Sender
+from subdomaind.daemon.parsing import Job, Parser
+from subdomaind.daemon.runtime import AgencyRuntime, mailbox_state, parse_options_for, purge_if_needed
+from subdomaind.parsers.model import ParseOptions, ParseResult
+from subdomaind.workflows import inbound
+from subdomaind.workflows.engine import Ctx
+from subdomaind.workflows.rawmail import RawMail, discard
+from subdomaind.workflows.store import QUARANTINE_STATUSES, Inbound, tx_state
 
 log = logging.getLogger("subdomaind.service")
 

@@ -28,7 +28,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.pool import NullPool
 
-from daemon.runtime import AgencyRuntime
+from subdomaind.daemon.runtime import AgencyRuntime
 
 log = logging.getLogger("subdomaind.leases")
 

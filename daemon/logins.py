@@ -14,11 +14,11 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from daemon.config import AgencyConfig
-from daemon.mailbox import MailSourceError
-from daemon.runtime import AgencyRuntime, mailbox_state
-from workflows.engine import Ctx, alert_staff
-from workflows.store import MailboxState
+from subdomaind.daemon.config import AgencyConfig
+from subdomaind.daemon.mailbox import MailSourceError
+from subdomaind.daemon.runtime import AgencyRuntime, mailbox_state
+from subdomaind.workflows.engine import Ctx, alert_staff
+from subdomaind.workflows.store import MailboxState
 
 log = logging.getLogger("subdomaind.service")
 

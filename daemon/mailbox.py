@@ -20,9 +20,9 @@ from typing import Protocol
 import imapclient
 from imapclient.exceptions import IMAPClientError, LoginError
 
-from daemon.config import ImapConfig
-from daemon.oauth import OAuthError, TokenSource, sasl_initial
-from workflows.rawmail import RawMail, Spooled, discard, open_spool
+from subdomaind.daemon.config import ImapConfig
+from subdomaind.daemon.oauth import OAuthError, TokenSource, sasl_initial
+from subdomaind.workflows.rawmail import RawMail, Spooled, discard, open_spool
 
 log = logging.getLogger("subdomaind.imap")
 

@@ -19,10 +19,10 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from daemon.config import Config
-from workflows.sop import load_sop
-from workflows.store import Decision, Inbound, MailboxState, Outbox, Request, StepRun, utcnow
-from workflows.worktime import calendar_for
+from subdomaind.daemon.config import Config
+from subdomaind.workflows.sop import load_sop
+from subdomaind.workflows.store import Decision, Inbound, MailboxState, Outbox, Request, StepRun, utcnow
+from subdomaind.workflows.worktime import calendar_for
 
 log = logging.getLogger("subdomaind.metrics")
 

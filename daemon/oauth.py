@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from daemon.config import OAuthConfig
+    from subdomaind.daemon.config import OAuthConfig
 
 log = logging.getLogger("subdomaind.oauth")
 

@@ -28,12 +28,12 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from daemon.backoff import Backoff
-from daemon.config import SmtpConfig
-from daemon.mailbox import tls_context
-from daemon.oauth import LazyTokens, OAuthError, TokenSource, b64, sasl_initial
-from workflows.secretbox import SealedValueError, SecretBox
-from workflows.store import Outbox, PendingSecret, purge_freed_secrets
+from subdomaind.daemon.backoff import Backoff
+from subdomaind.daemon.config import SmtpConfig
+from subdomaind.daemon.mailbox import tls_context
+from subdomaind.daemon.oauth import LazyTokens, OAuthError, TokenSource, b64, sasl_initial
+from subdomaind.workflows.secretbox import SealedValueError, SecretBox
+from subdomaind.workflows.store import Outbox, PendingSecret, purge_freed_secrets
 
 log = logging.getLogger("subdomaind.outbox")
 

@@ -44,9 +44,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Protocol
 
-from parsers import parse
-from parsers.model import Attachment, ParsedMessage, ParseOptions, ParseResult
-from workflows.rawmail import RawMail, Spooled, open_spool, whole
+from subdomaind.parsers import parse
+from subdomaind.parsers.model import Attachment, ParsedMessage, ParseOptions, ParseResult
+from subdomaind.workflows.rawmail import RawMail, Spooled, open_spool, whole
 
 log = logging.getLogger("subdomaind.parsing")
 
@@ -139,7 +139,8 @@ Task = Callable[[bytes, ParseOptions], ParseResult]
 # --- the worker process ----------------------------------------------------------------------------------
 
 # What a worker runs: the daemon's sys.path (a checkout run without installing), then `serve`.
-_BOOT = "import sys, json; sys.path[:] = json.loads(sys.argv[1]); from daemon.parsing import serve; serve(sys.argv[2])"
+_BOOT = ("import sys, json; sys.path[:] = json.loads(sys.argv[1]); "
+         "from subdomaind.daemon.parsing import serve; serve(sys.argv[2])")
 
 
 def _read_frame(stream: IO[bytes]) -> bytes | None:

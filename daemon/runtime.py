@@ -14,21 +14,21 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from daemon.config import AgencyConfig, Config, LimitsConfig
-from daemon.gate import LoginGate
-from daemon.mailbox import ImapSource, MailSource
-from daemon.oauth import LazyTokens, TokenSource
-from daemon.outbox import SmtpTransport, Transport
-from daemon.validate import read_tsig
-from parsers.model import Limits, ParseOptions
-from workflows.engine import Ctx, Services
-from workflows.mailer import Mailer
-from workflows.provision import CommandHosting, HostingBackend, NoHosting, Rfc2136Dns
-from workflows.secretbox import SecretBox, SecretKeyError
-from workflows.signing import load_signer
-from workflows.sop import Sop, load_sop
-from workflows.store import MailboxState, purge_freed_secrets, take_purge_secrets, utcnow
-from workflows.worktime import WorkCalendar, calendar_for
+from subdomaind.daemon.config import AgencyConfig, Config, LimitsConfig
+from subdomaind.daemon.gate import LoginGate
+from subdomaind.daemon.mailbox import ImapSource, MailSource
+from subdomaind.daemon.oauth import LazyTokens, TokenSource
+from subdomaind.daemon.outbox import SmtpTransport, Transport
+from subdomaind.daemon.validate import read_tsig
+from subdomaind.parsers.model import Limits, ParseOptions
+from subdomaind.workflows.engine import Ctx, Services
+from subdomaind.workflows.mailer import Mailer
+from subdomaind.workflows.provision import CommandHosting, HostingBackend, NoHosting, Rfc2136Dns
+from subdomaind.workflows.secretbox import SecretBox, SecretKeyError
+from subdomaind.workflows.signing import load_signer
+from subdomaind.workflows.sop import Sop, load_sop
+from subdomaind.workflows.store import MailboxState, purge_freed_secrets, take_purge_secrets, utcnow
+from subdomaind.workflows.worktime import WorkCalendar, calendar_for
 
 log = logging.getLogger("subdomaind.service")
 

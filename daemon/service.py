@@ -27,17 +27,17 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from daemon.config import AgencyConfig, Config, ConfigError
-from daemon.due import Due
-from daemon.gate import AUTH_BACKOFF_MAX, LoginGate
-from daemon.intake import FETCH_BATCH, GROUP_SECONDS, Intake
-from daemon.leases import Leases, follow, leases_for
-from daemon.logins import Logins
-from daemon.mailbox import ImapSource, MailSource
-from daemon.metrics import serve
-from daemon.outbox import DRAIN_BUDGET_SECONDS, Sender, Transport
-from daemon.parsing import Parser, make_parser, release_large_blocks
-from daemon.runtime import (
+from subdomaind.daemon.config import AgencyConfig, Config, ConfigError
+from subdomaind.daemon.due import Due
+from subdomaind.daemon.gate import AUTH_BACKOFF_MAX, LoginGate
+from subdomaind.daemon.intake import FETCH_BATCH, GROUP_SECONDS, Intake
+from subdomaind.daemon.leases import Leases, follow, leases_for
+from subdomaind.daemon.logins import Logins
+from subdomaind.daemon.mailbox import ImapSource, MailSource
+from subdomaind.daemon.metrics import serve
+from subdomaind.daemon.outbox import DRAIN_BUDGET_SECONDS, Sender, Transport
+from subdomaind.daemon.parsing import Parser, make_parser, release_large_blocks
+from subdomaind.daemon.runtime import (
     AgencyRuntime,
     build,
     build_services,
@@ -46,13 +46,13 @@ from daemon.runtime import (
     parse_options_for,
     secret_box,
 )
-from daemon.validate import load_checked, warnings
-from daemon.watch import Watcher
-from workflows.engine import Ctx, Services
-from workflows.rawmail import remove_stale
-from workflows.secretbox import SecretBox
-from workflows.sop import load_sop
-from workflows.store import utcnow, writer_sessions
+from subdomaind.daemon.validate import load_checked, warnings
+from subdomaind.daemon.watch import Watcher
+from subdomaind.workflows.engine import Ctx, Services
+from subdomaind.workflows.rawmail import remove_stale
+from subdomaind.workflows.secretbox import SecretBox
+from subdomaind.workflows.sop import load_sop
+from subdomaind.workflows.store import utcnow, writer_sessions
 
 __all__ = ["AUTH_BACKOFF_MAX", "CHORES_SECONDS", "DRAIN_BUDGET_SECONDS", "FETCH_BATCH", "GROUP_SECONDS",
            "AgencyRuntime", "Daemon", "LoginGate", "build_services", "official_addresses", "parse_options_for",

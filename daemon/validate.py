@@ -32,12 +32,12 @@ from pydantic import ValidationError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
-from daemon.config import Config, ConfigError, _resolve_paths, load_config
-from workflows.provision import DnsError, _split_hostport
-from workflows.secretbox import SecretBox, SecretKeyError
-from workflows.settings import credential_path
-from workflows.textfiles import TextFileError, read_utf8
-from workflows.worktime import CalendarError, calendar_for, load_overrides
+from subdomaind.daemon.config import Config, ConfigError, _resolve_paths, load_config
+from subdomaind.workflows.provision import DnsError, _split_hostport
+from subdomaind.workflows.secretbox import SecretBox, SecretKeyError
+from subdomaind.workflows.settings import credential_path
+from subdomaind.workflows.textfiles import TextFileError, read_utf8
+from subdomaind.workflows.worktime import CalendarError, calendar_for, load_overrides
 
 HOSTING_PLACEHOLDERS = ("username", "fqdn", "ip", "subdomain")
 TSIG_ALGORITHMS = ("hmac-sha256", "hmac-sha512", "hmac-sha384", "hmac-sha224")

@@ -11,9 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from daemon.logins import Logins
-from daemon.mailbox import ImapSource, MailSourceError
-from daemon.runtime import AgencyRuntime
+from subdomaind.daemon.logins import Logins
+from subdomaind.daemon.mailbox import ImapSource, MailSourceError
+from subdomaind.daemon.runtime import AgencyRuntime
 
 log = logging.getLogger("subdomaind.service")
 

@@ -22,9 +22,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from daemon import netguard  # noqa: E402
-from daemon.devservers import Bind, DkimKey, Dovecot, OpenDkim, Postfix, SmtpRelay, missing_binaries  # noqa: E402
-from daemon.localoffice import (  # noqa: E402
+from tests.devkit import netguard  # noqa: E402
+from tests.devkit.devservers import Bind, DkimKey, Dovecot, OpenDkim, Postfix, SmtpRelay, missing_binaries  # noqa: E402
+from tests.devkit.localoffice import (  # noqa: E402
     DOMAIN,
     Office,
     body_text,
@@ -65,8 +65,7 @@ def forge(office: Office, role: str) -> str:
 
 
 def main() -> int:
-    os.environ[netguard.ENV] = "1"  # this process and the daemon it starts talk to 127.0.0.1 only
-    netguard.install()
+    netguard.guard_this_process_and_children()  # 127.0.0.1 only, here and in the daemons started
     missing = missing_binaries("dovecot", "bind", "postfix")
     if missing:
         say(f"missing: {', '.join(missing)} - run `make demo` (it installs them)")

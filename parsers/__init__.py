@@ -9,7 +9,7 @@ daemon's main process uses the records of `parsers.model` and leaves the reading
 
 from __future__ import annotations
 
-from parsers.model import ParseOptions, ParseResult
+from subdomaind.parsers.model import ParseOptions, ParseResult
 
 __all__ = ["parse", "ParseOptions", "ParseResult"]
 
@@ -19,6 +19,6 @@ def parse(raw: bytes, options: ParseOptions | None = None) -> ParseResult:
 
     Never raises for bad input: an unreadable message is a result with kind "unreadable" and the reason.
     """
-    from parsers.classify import parse as classify  # the readers (heavy) load with the first parse
+    from subdomaind.parsers.classify import parse as classify  # the readers (heavy) load with the first parse
 
     return classify(raw, options)

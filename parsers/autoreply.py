@@ -22,8 +22,8 @@ import email.policy
 import re
 from email.message import Message
 
-from parsers.model import AutoReplyInfo, BounceInfo, ParsedMessage, Vocabulary
-from parsers.reply import OPENING_LINES, strip_quoted
+from subdomaind.parsers.model import AutoReplyInfo, BounceInfo, ParsedMessage, Vocabulary
+from subdomaind.parsers.reply import OPENING_LINES, strip_quoted
 
 __all__ = ["detect_bounce", "detect_auto_reply", "LOOP_HEADER"]
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import hashlib
 from dataclasses import replace
 
-from parsers.autoreply import detect_auto_reply, detect_bounce
-from parsers.mime import OverLimit, UnreadableMessage, parse_mime
-from parsers.model import Limits, ParsedMessage, ParseOptions, ParseResult
-from parsers.pdf import text_layer
-from parsers.reply import extract_reply
-from parsers.request import extract_request
-from parsers.tags import find_ticket, find_token
+from subdomaind.parsers.autoreply import detect_auto_reply, detect_bounce
+from subdomaind.parsers.mime import OverLimit, UnreadableMessage, parse_mime
+from subdomaind.parsers.model import Limits, ParsedMessage, ParseOptions, ParseResult
+from subdomaind.parsers.pdf import text_layer
+from subdomaind.parsers.reply import extract_reply
+from subdomaind.parsers.request import extract_request
+from subdomaind.parsers.tags import find_ticket, find_token
 
 _REPLY_SUBJECT_PREFIXES = ("re:", "balas:", "bls:", "aw:", "sv:", "vs:", "r:")
 

@@ -16,7 +16,7 @@ from typing import Any
 import docx
 from docx.oxml.ns import qn
 
-from parsers.model import Limits, Problem
+from subdomaind.parsers.model import Limits, Problem
 
 _MAX_MEMBERS = 2000
 _READ_STEP = 1024 * 1024

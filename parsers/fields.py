@@ -28,7 +28,7 @@ from importlib import resources
 from rapidfuzz import fuzz, process
 from rapidfuzz.distance import OSA
 
-from parsers.model import REQUEST_FIELDS
+from subdomaind.parsers.model import REQUEST_FIELDS
 
 
 @dataclass(frozen=True)

@@ -37,8 +37,8 @@ from email.message import Message
 
 import mailparser
 
-from parsers.htmltext import html_to_text
-from parsers.model import Attachment, Limits, ParsedMessage
+from subdomaind.parsers.htmltext import html_to_text
+from subdomaind.parsers.model import Attachment, Limits, ParsedMessage
 
 __all__ = ["UnreadableMessage", "parse_mime", "html_to_text", "decode_header_value", "decode_bytes"]
 

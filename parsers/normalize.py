@@ -15,7 +15,7 @@ import idna
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 
-from parsers.model import ParseOptions, Problem
+from subdomaind.parsers.model import ParseOptions, Problem
 
 Normalized = tuple[str | None, Problem | None]
 

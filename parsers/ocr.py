@@ -14,7 +14,7 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from parsers.model import Limits, Problem
+from subdomaind.parsers.model import Limits, Problem
 
 _DPI = 200
 _PAGE_TIMEOUT_SECONDS = 60

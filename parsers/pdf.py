@@ -27,7 +27,7 @@ from pdfminer.pdftypes import PDFStream, resolve1
 from pdfminer.psparser import PSLiteral
 from pdfminer.utils import decode_text
 
-from parsers.model import Limits, Problem
+from subdomaind.parsers.model import Limits, Problem
 
 # pdfminer logs a warning for every oddity of a damaged file; a NullHandler keeps that off stderr unless the
 # daemon configures logging (the same practice as mime.py for mail-parser).

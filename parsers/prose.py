@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from parsers.fields import Hit, title_case
+from subdomaind.parsers.fields import Hit, title_case
 
 __all__ = ["find_prose", "find_kop_unit", "UNIT_NAME_RE"]
 

@@ -41,7 +41,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from parsers.model import Decision, ParsedMessage, ReplyDecision, Vocabulary
+from subdomaind.parsers.model import Decision, ParsedMessage, ReplyDecision, Vocabulary
 
 __all__ = ["extract_reply", "decide_text", "strip_quoted", "OPENING_LINES"]
 

@@ -15,8 +15,8 @@ from collections.abc import Callable, Sequence
 from email.utils import parseaddr
 from typing import Literal
 
-from parsers import normalize
-from parsers.fields import (
+from subdomaind.parsers import normalize
+from subdomaind.parsers.fields import (
     Hit,
     extract_records,
     find_place_date,
@@ -24,8 +24,8 @@ from parsers.fields import (
     html_records,
     text_records,
 )
-from parsers.mime import UnreadableMessage, html_to_text, parse_mime
-from parsers.model import (
+from subdomaind.parsers.mime import UnreadableMessage, html_to_text, parse_mime
+from subdomaind.parsers.model import (
     MANDATORY_FIELDS,
     REQUEST_FIELDS,
     Attachment,
@@ -36,10 +36,10 @@ from parsers.model import (
     RequestFields,
     Source,
 )
-from parsers.ocr import available as ocr_available
-from parsers.ocr import ocr_image, ocr_pdf
-from parsers.pdf import FormField, read_pdf
-from parsers.prose import PROSE_PRIORITY, UNIT_NAME_RE, find_kop_unit, find_prose
+from subdomaind.parsers.ocr import available as ocr_available
+from subdomaind.parsers.ocr import ocr_image, ocr_pdf
+from subdomaind.parsers.pdf import FormField, read_pdf
+from subdomaind.parsers.prose import PROSE_PRIORITY, UNIT_NAME_RE, find_kop_unit, find_prose
 
 _TRUST: tuple[Source, ...] = ("form", "body", "html", "pdf", "docx", "ocr")
 _EXTRA_FIELDS = ("letter_date", "letter_subject", "unit_head", "target_cname", "nameservers")
@@ -157,7 +157,7 @@ def extract_request(msg: ParsedMessage, opts: ParseOptions) -> RequestFields | N
         elif kind == "docx":
             # Imported on the first DOCX: python-docx and lxml are 13 MB of a parser worker's memory, which
             # an office whose letters come as PDF and in the mail body never needs (bench/backlog.py --memory).
-            from parsers.docx import read_docx
+            from subdomaind.parsers.docx import read_docx
 
             doc = read_docx(att.data, opts.limits, att.filename)
             problems.extend(doc.problems)

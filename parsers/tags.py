@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from parsers.model import ParsedMessage
+from subdomaind.parsers.model import ParsedMessage
 
 TOKEN_RE = re.compile(r"\+(t[a-z2-7]{26})@", re.IGNORECASE)
 

@@ -24,11 +24,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from daemon.devservers import Bind, Dovecot, MailUser, SmtpRelay
-from daemon.localoffice import Office, body_text, parse_mail, reply_to, request_mail, vouch, write_config
+from subdomaind.workflows.worktime import WorkCalendar
 from tests.chromium import ARTIFACTS, CHROMIUM, measure, screenshot
+from tests.devkit.devservers import Bind, Dovecot, MailUser, SmtpRelay
+from tests.devkit.localoffice import Office, body_text, parse_mail, reply_to, request_mail, vouch, write_config
 from tests.test_security import db, wait_handled
-from workflows.worktime import WorkCalendar
 
 pytestmark = pytest.mark.servers
 
@@ -137,7 +137,7 @@ def see_on_a_phone(office: Office, user: MailUser, subject: str, name: str, tmp:
 
 
 def test_answer_templates_escape_what_units_wrote() -> None:
-    from workflows.mailer import Mailer
+    from subdomaind.workflows.mailer import Mailer
 
     hostile = "<script>alert(1)</script>"
     m = Mailer(agency_id="trenggalek", agency_name="Diskominfo", address="layanan@trenggalekkab.go.id",

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from daemon.config import load_config
-from daemon.devservers import Bind, Dovecot, SmtpRelay
-from daemon.localoffice import UNVOUCHED, Office, parse_mail, reply_to
-from daemon.service import Daemon
-from workflows.db import upgrade
-from workflows.store import Audit, Decision, Inbound, Request, make_engine, make_sessionmaker
+from subdomaind.daemon.config import load_config
+from subdomaind.daemon.service import Daemon
+from subdomaind.workflows.db import upgrade
+from subdomaind.workflows.store import Audit, Decision, Inbound, Request, make_engine, make_sessionmaker
+from tests.devkit.devservers import Bind, Dovecot, SmtpRelay
+from tests.devkit.localoffice import UNVOUCHED, Office, parse_mail, reply_to
 
 pytestmark = pytest.mark.servers
 REQUESTS = 40
@@ -30,7 +30,7 @@ def test_attacks_mixed_into_a_backlog_are_all_refused(dovecot: Dovecot, smtp_rel
     engine = make_engine(cfg.db_url)
     upgrade(engine)
     d = Daemon(cfg, make_sessionmaker(engine))
-    from daemon.localoffice import request_mail
+    from tests.devkit.localoffice import request_mail
 
     for n in range(REQUESTS):
         dovecot.append(o.mailbox.name, request_mail(o.requester.address, f"ld{n}{secrets.token_hex(2)}",
@@ -83,10 +83,10 @@ def test_forged_requests_send_mail_only_within_the_hourly_caps(
     official (not vouched for, under the default `[agency.auth]`) is capped like any stranger."""
     from datetime import UTC, datetime, timedelta
 
-    from daemon.localoffice import request_mail
-    from workflows.digest import build_digest
-    from workflows.mailer import CAP_NOTE
-    from workflows.store import Outbox, SenderMailCount
+    from subdomaind.workflows.digest import build_digest
+    from subdomaind.workflows.mailer import CAP_NOTE
+    from subdomaind.workflows.store import Outbox, SenderMailCount
+    from tests.devkit.localoffice import request_mail
 
     forged_official = senders == "the Kadis's address, forged"
     o = Office.create(Path(tempfile.mkdtemp(prefix="caps-")), dovecot, smtp_relay, bind,
@@ -123,8 +123,8 @@ def test_forged_requests_send_mail_only_within_the_hourly_caps(
         by_scope = {sc: max((c.count for c in counts if c.scope == sc), default=0)
                     for sc in ("sender", "domain", "agency")}
         agency = cfg.agencies[0]
-        from workflows.sop import load_sop
-        from workflows.worktime import calendar_for
+        from subdomaind.workflows.sop import load_sop
+        from subdomaind.workflows.worktime import calendar_for
 
         now = datetime.now(UTC)
         digest = build_digest(s, agency, load_sop(agency.sop), calendar_for(agency), now + timedelta(minutes=1),

@@ -7,10 +7,10 @@ from datetime import timedelta
 
 import pytest
 
-from daemon.backoff import Backoff
-from daemon.due import STEP_BACKOFF
-from daemon.gate import NETWORK_BACKOFF, REFUSED_BACKOFF
-from daemon.outbox import backoff
+from subdomaind.daemon.backoff import Backoff
+from subdomaind.daemon.due import STEP_BACKOFF
+from subdomaind.daemon.gate import NETWORK_BACKOFF, REFUSED_BACKOFF
+from subdomaind.daemon.outbox import backoff
 
 
 def test_doubles_from_the_base_up_to_the_cap() -> None:

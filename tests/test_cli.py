@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.localoffice import config_data, parse_mail, request_mail, write_config
+from tests.devkit.localoffice import config_data, parse_mail, request_mail, write_config
 
 SUBDOMAIND = Path(sys.executable).with_name("subdomaind")
 CONTRACT_KEYS = {"kind", "message_id", "from", "subject", "request", "reply", "reason"}
@@ -79,9 +79,9 @@ def test_db_upgrade_status_and_show_on_a_fresh_database(tmp_path: Path) -> None:
 def test_quarantine_list_show_retry_drop(tmp_path: Path) -> None:
     from sqlalchemy import select
 
-    from daemon.config import load_config
-    from workflows.db import upgrade
-    from workflows.store import Inbound, make_engine, make_sessionmaker, utcnow
+    from subdomaind.daemon.config import load_config
+    from subdomaind.workflows.db import upgrade
+    from subdomaind.workflows.store import Inbound, make_engine, make_sessionmaker, utcnow
 
     cfg_path = write_config(tmp_path / "c.toml", config_data(tmp_path))
     cfg = load_config(cfg_path)
@@ -136,7 +136,7 @@ def test_logs_redact_addresses_in_errors_and_json_carries_ticket() -> None:
     import io
     import logging
 
-    from daemon.cli import JsonLines, RedactErrors
+    from subdomaind.daemon.cli import JsonLines, RedactErrors
 
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
@@ -175,7 +175,7 @@ def test_loopback_guard_blocks_name_lookups_and_remote_addresses() -> None:
 
 
 def test_decisions_are_vouched_for_unless_none_is_written_and_none_is_warned(tmp_path: Path) -> None:
-    from daemon.config import load_config
+    from subdomaind.daemon.config import load_config
 
     data = config_data(tmp_path)
     assert "auth" not in data["agency"][0]
@@ -191,7 +191,7 @@ def test_decisions_are_vouched_for_unless_none_is_written_and_none_is_warned(tmp
     data["agency"][0]["auth"] = {"require": "authres_or_dkim", "authserv_id": "mx.trenggalekkab.go.id"}
     proc = run("check-config", str(write_config(tmp_path / "pinned.toml", data)))
     assert proc.returncode == 0 and b"auth" not in proc.stdout + proc.stderr
-    from daemon.config import config_warnings
+    from subdomaind.daemon.config import config_warnings
 
     assert [w.split(":")[0] for w in config_warnings(load_config(default))] == ["agency[0].auth.authserv_id"]
     data["agency"][0]["auth"] = {"require": "authres"}
@@ -206,10 +206,10 @@ def test_outbox_list_release_drop_held_mail(tmp_path: Path, dovecot, smtp_relay)
 
     from sqlalchemy import select
 
-    from daemon.config import load_config
-    from workflows.db import upgrade
-    from workflows.mailer import Mailer
-    from workflows.store import Outbox, make_engine, make_sessionmaker
+    from subdomaind.daemon.config import load_config
+    from subdomaind.workflows.db import upgrade
+    from subdomaind.workflows.mailer import Mailer
+    from subdomaind.workflows.store import Outbox, make_engine, make_sessionmaker
 
     office, unit = dovecot.new_user("layanan"), dovecot.new_user("unit")
     cfg_path = write_config(tmp_path / "c.toml", config_data(

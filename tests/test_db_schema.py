@@ -9,8 +9,8 @@ from pathlib import Path
 
 from sqlalchemy import text
 
-from workflows.db import HEAD, MIGRATIONS, alembic_config, current_revision, upgrade
-from workflows.store import make_engine
+from subdomaind.workflows.db import HEAD, MIGRATIONS, alembic_config, current_revision, upgrade
+from subdomaind.workflows.store import make_engine
 
 
 def test_head_is_alembics_newest_revision(tmp_path: Path) -> None:
@@ -42,7 +42,7 @@ def test_new_database_is_migrated_then_left_alone(tmp_path: Path) -> None:
 def test_up_to_date_database_does_not_load_alembic(tmp_path: Path) -> None:
     db = tmp_path / "x.db"
     upgrade(make_engine(f"sqlite:///{db}"))
-    code = ("import sys; from workflows.db import upgrade; from workflows.store import make_engine; "
+    code = ("import sys; from subdomaind.workflows.db import upgrade; from subdomaind.workflows.store import make_engine; "
             f"upgrade(make_engine('sqlite:///{db}')); print('alembic' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).parent.parent, timeout=60)

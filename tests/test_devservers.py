@@ -1,4 +1,4 @@
-"""The real-server harness (`daemon/devservers.py`) works: every check goes through the real protocol."""
+"""The real-server harness (`tests/devkit/devservers.py`) works: every check goes through the real protocol."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import secrets
 import smtplib
 import socket
 import ssl
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from email.message import EmailMessage
@@ -24,7 +26,7 @@ import imapclient
 import pytest
 import sqlalchemy as sa
 
-from daemon.devservers import (
+from tests.devkit.devservers import (
     UPDATE_POLICY_TEMPLATE,
     Bind,
     DkimKey,
@@ -444,7 +446,7 @@ def test_free_port_is_free_on_tcp_and_udp() -> None:
 
 
 def test_missing_binaries_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
-    import daemon.devservers as devservers
+    import tests.devkit.devservers as devservers
 
     assert devservers.missing_binaries() == []
     monkeypatch.setattr(devservers, "_which", lambda name: None)
@@ -459,3 +461,14 @@ def test_unreachable_base_dir_fails_clearly(tmp_path_factory: pytest.TempPathFac
     private.chmod(0o700)
     with pytest.raises(PermissionError, match="not traversable by the system user 'dovecot'"):
         Dovecot(private, ZONE)
+
+
+def test_the_loopback_guard_holds_in_every_python_process_the_tests_start() -> None:
+    """A daemon started by a test is guarded too: a connection off loopback fails before any packet leaves."""
+    code = ("import socket\n"
+            "try:\n"
+            "    socket.create_connection(('192.0.2.1', 53), timeout=1)\n"
+            "except OSError as e:\n"
+            "    print(type(e).__name__, e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30).stdout
+    assert "OffLoopback" in out and "loopback-only guard" in out, out

@@ -14,15 +14,15 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from daemon.config import Config
-from daemon.localoffice import ACTORS, STAFF
+from subdomaind.daemon.config import Config
+from subdomaind.workflows.digest import build_digest, digest_due, render_digest, send_digest
+from subdomaind.workflows.reminders import format_duration
+from subdomaind.workflows.sop import load_sop
+from subdomaind.workflows.store import Audit, Decision, Inbound, Outbox
+from subdomaind.workflows.worktime import WorkCalendar
 from tests.chromium import measure, needs_chromium, screenshot
+from tests.devkit.localoffice import ACTORS, STAFF
 from tests.test_reminders import REQUESTER, FrozenClock, make_ctx, office, seed_request, wib
-from workflows.digest import build_digest, digest_due, render_digest, send_digest
-from workflows.reminders import format_duration
-from workflows.sop import load_sop
-from workflows.store import Audit, Decision, Inbound, Outbox
-from workflows.worktime import WorkCalendar
 
 __all__ = ["office"]  # the fixture, shared with test_reminders
 
@@ -304,11 +304,11 @@ def test_html_digest_screenshot(office: Office, tmp_path: Path) -> None:
 def test_unvouched_decisions_and_capped_mail_are_said_every_day(tmp_path: Path) -> None:
     """With `require = "none"` the digest says so, every day; mail held by the caps on mail caused by
     unverified senders is listed with its ticket and sender (the requests themselves are stored)."""
-    from daemon.localoffice import UNVOUCHED, make_config
+    from subdomaind.workflows.db import upgrade
+    from subdomaind.workflows.mailer import CAP_NOTE
+    from subdomaind.workflows.store import make_engine, make_sessionmaker
+    from tests.devkit.localoffice import UNVOUCHED, make_config
     from tests.test_reminders import seed_request
-    from workflows.db import upgrade
-    from workflows.mailer import CAP_NOTE
-    from workflows.store import make_engine, make_sessionmaker
 
     engine = make_engine(f"sqlite:///{tmp_path / 'test.db'}")
     upgrade(engine)

@@ -1,5 +1,5 @@
 """Safe DNS provisioning (`workflows/provision.py`) against real BIND: the session `bind` primary with the
-documented update-policy (`daemon/devservers.py` UPDATE_POLICY_TEMPLATE) and its `bind_secondary`.
+documented update-policy (`tests/devkit/devservers.py` UPDATE_POLICY_TEMPLATE) and its `bind_secondary`.
 
 Every check goes through real DNS queries. The zone's NS names point at 192.0.2.x, so every backend here is
 given `primary` and `verify_servers` on 127.0.0.1, except the discovery test, which runs its own zone whose
@@ -24,8 +24,7 @@ import dns.rcode
 import dns.update
 import pytest
 
-from daemon.devservers import Bind, free_port
-from workflows.provision import (
+from subdomaind.workflows.provision import (
     DnsError,
     DnsStateUnknown,
     GuardRefused,
@@ -41,6 +40,7 @@ from workflows.provision import (
     records_from_json,
     records_to_json,
 )
+from tests.devkit.devservers import Bind, free_port
 
 pytestmark = pytest.mark.servers
 

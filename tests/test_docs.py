@@ -7,6 +7,7 @@ have fails here."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import re
 import tomllib
 import types
@@ -18,8 +19,8 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from daemon.cli import build_parser
-from daemon.config import Config
+from subdomaind.daemon.cli import build_parser
+from subdomaind.daemon.config import Config
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "docs" / "PANDUAN.md", ROOT / "README.md"]
@@ -270,3 +271,26 @@ NAMED_FILES = sorted({(p.name, m) for p in DOCS for m in _REPO_PATH.findall(doc_
 @pytest.mark.parametrize(("doc", "name"), NAMED_FILES, ids=[f"{d}:{n}" for d, n in NAMED_FILES])
 def test_each_repository_file_named_exists(doc: str, name: str) -> None:
     assert (ROOT / name.split("::")[0]).exists(), f"{doc} names {name}"
+
+
+# --- the dev kit ----------------------------------------------------------------------------------------
+
+DEVKIT = ROOT / "docs" / "DEVKIT.md"
+# `name(` or `name` at the start of a table cell or a list item, and `from tests.devkit.X import a, b`.
+_KIT_IMPORT = re.compile(r"from (tests\.devkit(?:\.\w+)?) import ([\w, ]+)")
+_KIT_CALL = re.compile(r"`(?:office\.|netguard\.)?(\w+)\(")
+
+
+def test_each_dev_kit_name_the_guide_gives_exists() -> None:
+    """docs/DEVKIT.md is what outside test tools read: every import it shows works, every call it names exists."""
+    text = DEVKIT.read_text(encoding="utf-8")
+    modules = {}
+    for module, names in _KIT_IMPORT.findall(text):
+        modules[module] = importlib.import_module(module)
+        for name in (n.strip() for n in names.split(",")):
+            assert hasattr(modules[module], name), f"DEVKIT.md: {module} has no {name}"
+    kit = [*modules.values(), *(v for m in modules.values() for v in vars(m).values() if isinstance(v, types.ModuleType))]
+    members = {n for m in kit for n in dir(m)} | {n for m in kit for v in vars(m).values() if isinstance(v, type)
+                                                    for n in dir(v)}
+    called = set(_KIT_CALL.findall(text))
+    assert len(called) > 15 and called - members == set()

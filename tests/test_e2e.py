@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.devservers import Bind, DkimKey, Dovecot, Postfix, Postgres, SmtpRelay
-from daemon.localoffice import Office, body_text, parse_mail, reply_to
+from tests.devkit.devservers import Bind, DkimKey, Dovecot, Postfix, Postgres, SmtpRelay
+from tests.devkit.localoffice import Office, body_text, parse_mail, reply_to
 
 pytestmark = pytest.mark.servers
 

@@ -13,12 +13,21 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
-from daemon.localoffice import ACTORS, MAILBOX, UNVOUCHED, hand_pdf, make_config, reply_to, request_mail
-from daemon.service import Daemon
-from workflows.db import upgrade
-from workflows.engine import Services
-from workflows.provision import NameInUse, NoHosting, PlannedRecord, format_diff
-from workflows.store import Audit, Inbound, Outbox, PendingSecret, Request, make_engine, make_sessionmaker, utcnow
+from subdomaind.daemon.service import Daemon
+from subdomaind.workflows.db import upgrade
+from subdomaind.workflows.engine import Services
+from subdomaind.workflows.provision import NameInUse, NoHosting, PlannedRecord, format_diff
+from subdomaind.workflows.store import (
+    Audit,
+    Inbound,
+    Outbox,
+    PendingSecret,
+    Request,
+    make_engine,
+    make_sessionmaker,
+    utcnow,
+)
+from tests.devkit.localoffice import ACTORS, MAILBOX, UNVOUCHED, hand_pdf, make_config, reply_to, request_mail
 
 
 class ListSource:
@@ -277,8 +286,8 @@ def test_lagging_then_caught_up_completes(world) -> None:  # type: ignore[no-unt
 
 
 def test_agency_vocabulary_replaces_the_keywords(tmp_path: Path) -> None:
-    from daemon.service import parse_options_for
-    from parsers import parse
+    from subdomaind.daemon.service import parse_options_for
+    from subdomaind.parsers import parse
 
     cfg = make_config(tmp_path, auth=UNVOUCHED, agency_extra={"vocabulary": {"approve": ["laksanakan", "siap laksanakan"]}})
     opts = parse_options_for(cfg.agencies[0])
@@ -294,7 +303,7 @@ def test_group_transaction_redone_one_by_one_after_a_race(world, monkeypatch: py
     a time: nothing lost, nothing twice."""
     from sqlalchemy.exc import IntegrityError
 
-    import workflows.inbound as inbound
+    import subdomaind.workflows.inbound as inbound
 
     d, src, _tr, _dns, sessions = world
     for label in ("satu", "dua", "tiga"):
@@ -319,8 +328,8 @@ def test_group_transaction_redone_one_by_one_after_a_race(world, monkeypatch: py
 def test_large_letter_is_stored_whole_through_blob_pieces(world) -> None:  # type: ignore[no-untyped-def]
     """A letter over BLOB_STREAM_MIN goes into SQLite in pieces (workflows/store.py): byte for byte the
     message that came, and handled as any other."""
-    from workflows.rawmail import PIECE
-    from workflows.store import BLOB_STREAM_MIN
+    from subdomaind.workflows.rawmail import PIECE
+    from subdomaind.workflows.store import BLOB_STREAM_MIN
 
     d, src, _tr, _dns, sessions = world
     msg = email.message_from_bytes(request_mail("dinsos@trenggalekkab.go.id", "dinsosbesar"),
@@ -340,8 +349,8 @@ def test_large_letter_is_stored_whole_through_blob_pieces(world) -> None:  # typ
 def test_audit_of_a_handler_that_failed_is_dropped_with_its_savepoint(world, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     """Audit rows are written at commit in one go (workflows/store.py): those of a handler whose savepoint
     was rolled back go with it; the quarantine's own row stays."""
-    from workflows import inbound
-    from workflows.engine import audit
+    from subdomaind.workflows import inbound
+    from subdomaind.workflows.engine import audit
 
     class Exploding:
         name = "exploding"
@@ -364,7 +373,7 @@ def test_audit_of_a_handler_that_failed_is_dropped_with_its_savepoint(world, mon
 
 
 def test_audit_of_a_rolled_back_transaction_never_reaches_the_next(world) -> None:  # type: ignore[no-untyped-def]
-    from workflows.engine import audit
+    from subdomaind.workflows.engine import audit
 
     d, _src, _tr, _dns, sessions = world
     s = sessions()
@@ -385,7 +394,7 @@ def test_later_step_mails_attach_the_letter_unless_it_is_large(world, monkeypatc
     """The step mail after an approval reads the original letter back from the database (engine
     `_original_attachment`) and attaches its files as themselves; one over ORIGINAL_ATTACH_LIMIT is not
     copied into it, and the mail says so."""
-    monkeypatch.setattr("workflows.engine.ORIGINAL_ATTACH_LIMIT", limit)
+    monkeypatch.setattr("subdomaind.workflows.engine.ORIGINAL_ATTACH_LIMIT", limit)
     d, src, tr, _dns, _sessions = world
     letter = email.message_from_bytes(request_mail("dinsos@trenggalekkab.go.id", "dinsoslampiran"),
                                       policy=email.policy.default)
@@ -405,9 +414,9 @@ def test_later_step_mails_attach_the_letter_unless_it_is_large(world, monkeypatc
 def test_spooled_letter_is_read_whole_only_to_blank_a_password(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A letter fetched into a file stays a file unless it quotes a password we issued (workflows/
     rawmail.py); one that does is read, and the password blanked, even across two read pieces."""
-    from workflows import inbound
-    from workflows.provision import PASSWORD_LENGTH
-    from workflows.rawmail import PIECE, Spooled
+    from subdomaind.workflows import inbound
+    from subdomaind.workflows.provision import PASSWORD_LENGTH
+    from subdomaind.workflows.rawmail import PIECE, Spooled
 
     password = b"Kq7Xm2Tz9Wp4Rb6Nc8Vd"[:PASSWORD_LENGTH]
     issued = {hashlib.sha256(password).hexdigest()}
@@ -431,7 +440,7 @@ def test_stale_spool_is_removed_at_start_without_parser_workers(world) -> None: 
     when it parses in its own process (`parse_workers = 0`): the file holds the letter unredacted."""
     import time
 
-    from daemon.parsing import InlineParser
+    from subdomaind.daemon.parsing import InlineParser
 
     d, _src, _tr, _dns, _sessions = world
     d.parser = InlineParser()
@@ -494,8 +503,8 @@ def test_credentials_wait_sealed_for_the_letter_and_fail_with_it(world, case: st
     """The password is sealed in the database until it leaves, and never leaves before its letter: while
     the letter is refused for now the credential mail waits; refused for good, it fails with it, scrubbed;
     sealed under a key the daemon no longer has, it fails, scrubbed, and the letter still goes."""
-    from daemon.outbox import SendError
-    from workflows.secretbox import SecretBox
+    from subdomaind.daemon.outbox import SendError
+    from subdomaind.workflows.secretbox import SecretBox
 
     d, src, tr, dns_, sessions = world
     refuse = SendError("550 tidak diterima" if case == "letter_never" else "451 coba lagi",

@@ -36,9 +36,7 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from daemon.devservers import Bind, Dovecot, MailUser, Postgres, SmtpRelay
-from daemon.localoffice import SUBDOMAIND, UNVOUCHED, Office, parse_mail, request_mail, write_config
-from workflows.store import (
+from subdomaind.workflows.store import (
     Account,
     Inbound,
     MailboxState,
@@ -50,6 +48,8 @@ from workflows.store import (
     make_sessionmaker,
     utcnow,
 )
+from tests.devkit.devservers import Bind, Dovecot, MailUser, Postgres, SmtpRelay
+from tests.devkit.localoffice import SUBDOMAIND, UNVOUCHED, Office, parse_mail, request_mail, write_config
 
 pytestmark = pytest.mark.servers
 
@@ -147,7 +147,7 @@ class Harness:
     @property
     def sessions(self) -> sessionmaker[Session]:
         if self._sessions is None:
-            from daemon.config import load_config
+            from subdomaind.daemon.config import load_config
 
             self._engine = make_engine(load_config(self.office.config_path).db_url)
             self._sessions = make_sessionmaker(self._engine)
@@ -210,7 +210,7 @@ class Harness:
 
     def decide(self, role: str, lb: str, word: str, timeout: float = 30.0) -> bytes:
         """As `role`'s official: answer the next unanswered step mail about sub-domain `lb`."""
-        from daemon.localoffice import reply_to
+        from tests.devkit.localoffice import reply_to
 
         user = self.office.officials[role]
 
@@ -504,7 +504,7 @@ class GreylistingRelay:
     def __init__(self) -> None:
         from aiosmtpd.controller import Controller
 
-        from daemon.devservers import free_port
+        from tests.devkit.devservers import free_port
 
         self.seen: set[str] = set()
         self.received: list[bytes] = []
@@ -652,7 +652,7 @@ def test_bind_down_at_provisioning_fails_cleanly_and_setuju_retries(harness: Cal
 
 
 def body(raw: bytes) -> str:
-    from daemon.localoffice import body_text
+    from tests.devkit.localoffice import body_text
 
     return " ".join(body_text(raw).split())
 
@@ -665,9 +665,9 @@ def test_bind_dies_mid_provisioning_then_the_kasi_decides(
     `cek_teknis`, staff are told the record was made and left in place; once BIND is back, SETUJU verifies
     it again and goes on (no second record), TOLAK removes it (nothing orphaned). In process: the fault has
     to land between two DNS calls of one action."""
-    from daemon.config import load_config
-    from daemon.service import Daemon, build_services
-    from workflows.db import upgrade
+    from subdomaind.daemon.config import load_config
+    from subdomaind.daemon.service import Daemon, build_services
+    from subdomaind.workflows.db import upgrade
 
     o = Office.create(tmp_path / "office", dovecot, smtp_relay, bind, auth=UNVOUCHED)
     cfg = load_config(o.config_path)
@@ -760,7 +760,7 @@ import sys
 import time
 from pathlib import Path
 
-import workflows.inbound as inbound
+import subdomaind.workflows.inbound as inbound
 
 _real = inbound.ingest
 
@@ -773,7 +773,7 @@ def ingest(ctx, **kw):
 
 
 inbound.ingest = ingest
-from daemon.cli import main  # noqa: E402
+from subdomaind.daemon.cli import main  # noqa: E402
 
 if __name__ == "__main__":  # the parser workers' forkserver imports this file again
     sys.exit(main(sys.argv[1:]))
@@ -848,7 +848,7 @@ def test_sighup_good_config_is_reloaded_and_followed(harness: Callable[..., Harn
     lb = label("hup")
     o.send_request(lb)
     kadis_mail = o.wait_mail(o.officials["kadis"], step_mail(""))
-    from daemon.localoffice import reply_to
+    from tests.devkit.localoffice import reply_to
 
     o.send(reply_to(kadis_mail, plt.address, "SETUJU"), plt.address)
     h.wait(lambda: any(i.sender == plt.address for i in h.rows(Inbound)), 20, "the Plt's first answer")
@@ -859,7 +859,7 @@ def test_sighup_good_config_is_reloaded_and_followed(harness: Callable[..., Harn
     h.wait_log(r"configuration reloaded from", since=mark)
     o.send(reply_to(kadis_mail, plt.address, "SETUJU, atas nama Kepala Dinas."), plt.address)
     h.wait(lambda: h.request(lb).step == "disposisi_kabid", 20, "the Plt's answer after the reload")
-    from workflows.store import Decision
+    from subdomaind.workflows.store import Decision
 
     accepted = h.rows(Decision, Decision.accepted.is_(True))
     assert [(d.actor, d.on_behalf_of) for d in accepted] == [(plt.address, "kadis")]

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from parsers import ParseOptions, parse
+from subdomaind.parsers import ParseOptions, parse
 
 FIXTURES = Path(__file__).parent / "fixtures" / "emails"
 DEFAULT_OPTIONS = {"zone": "trenggalekkab.go.id", "mailbox_address": "layanan@trenggalekkab.go.id"}

@@ -12,9 +12,9 @@ import pdfplumber
 import pytest
 from pypdf import PdfReader, PdfWriter
 
-from daemon.config import LetterConfig
-from parsers import ParseOptions, parse
-from workflows.forms import FORM_FIELD_NAMES, FORM_TITLE, form_docx, form_fields, form_pdf, is_form_docx
+from subdomaind.daemon.config import LetterConfig
+from subdomaind.parsers import ParseOptions, parse
+from subdomaind.workflows.forms import FORM_FIELD_NAMES, FORM_TITLE, form_docx, form_fields, form_pdf, is_form_docx
 
 AGENCY = "Dinas Komunikasi dan Informatika Kabupaten Trenggalek"
 ZONE = "trenggalekkab.go.id"

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from daemon.devservers import Bind, Dovecot, SmtpRelay
-from daemon.localoffice import UNVOUCHED, hand_pdf, make_config, request_mail
-from daemon.service import Daemon
-from workflows.db import upgrade
-from workflows.store import Inbound, Request, make_engine, make_sessionmaker
+from subdomaind.daemon.service import Daemon
+from subdomaind.workflows.db import upgrade
+from subdomaind.workflows.store import Inbound, Request, make_engine, make_sessionmaker
+from tests.devkit.devservers import Bind, Dovecot, SmtpRelay
+from tests.devkit.localoffice import UNVOUCHED, hand_pdf, make_config, request_mail
 
 pytestmark = pytest.mark.servers
 UNIT = "dinkes@trenggalekkab.go.id"

@@ -16,7 +16,7 @@ def _modules() -> dict[str, Path]:
     for package in PACKAGES:
         for path in (ROOT / package).rglob("*.py"):
             parts = path.relative_to(ROOT).with_suffix("").parts
-            found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+            found[".".join(("subdomaind", *(parts[:-1] if parts[-1] == "__init__" else parts)))] = path
     return found
 
 
@@ -92,8 +92,8 @@ def test_graph_reads_imports_inside_functions() -> None:
     graph = import_graph()
     # workflows/handlers.py imports the engine at the top; parsers/__init__.py imports its classifier
     # inside `parse` (the readers load on first use).
-    assert "workflows.engine" in graph["workflows.handlers"]
-    assert "parsers.classify" in graph["parsers"]
+    assert "subdomaind.workflows.engine" in graph["subdomaind.workflows.handlers"]
+    assert "subdomaind.parsers.classify" in graph["subdomaind.parsers"]
 
 
 def test_no_import_cycles() -> None:

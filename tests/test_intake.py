@@ -12,15 +12,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from daemon.config import ImapConfig, SmtpConfig
-from daemon.devservers import Bind, Dovecot, MailUser, SmtpRelay
-from daemon.localoffice import UNVOUCHED, make_config, request_mail
-from daemon.mailbox import ImapSource, MailSourceError
-from daemon.outbox import SendError, SmtpTransport
-from daemon.service import Daemon
-from workflows.db import upgrade
-from workflows.rawmail import Spooled
-from workflows.store import Audit, Inbound, MailboxState, Request, make_engine, make_sessionmaker
+from subdomaind.daemon.config import ImapConfig, SmtpConfig
+from subdomaind.daemon.mailbox import ImapSource, MailSourceError
+from subdomaind.daemon.outbox import SendError, SmtpTransport
+from subdomaind.daemon.service import Daemon
+from subdomaind.workflows.db import upgrade
+from subdomaind.workflows.rawmail import Spooled
+from subdomaind.workflows.store import Audit, Inbound, MailboxState, Request, make_engine, make_sessionmaker
+from tests.devkit.devservers import Bind, Dovecot, MailUser, SmtpRelay
+from tests.devkit.localoffice import UNVOUCHED, make_config, request_mail
 
 pytestmark = pytest.mark.servers
 
@@ -57,7 +57,7 @@ def test_large_message_is_fetched_in_pieces_into_a_spool_file(dovecot: Dovecot, 
     server holds, readable by nobody else, and gone when discarded."""
     import os
 
-    from daemon.mailbox import PIECE_BYTES
+    from subdomaind.daemon.mailbox import PIECE_BYTES
 
     user = dovecot.new_user("besar")
     m = EmailMessage()
@@ -137,7 +137,7 @@ def test_large_letter_goes_from_its_spool_file_into_the_database(daemon_on, dove
     import hashlib
     import os
 
-    from daemon.mailbox import PIECE_BYTES
+    from subdomaind.daemon.mailbox import PIECE_BYTES
 
     d, mailbox, sessions = daemon_on
     msg = email.message_from_bytes(request_mail("dinsos@trenggalekkab.go.id", "dinsosbesar", to=mailbox.address),
@@ -196,8 +196,8 @@ def test_over_limit_mail_is_answered_in_indonesian_and_kept(dovecot: Dovecot, sm
     mailbox = dovecot.new_user("layanan")
     unit = dovecot.new_user("dinkes")
     base = Path(tempfile.mkdtemp(prefix="limit-"))
-    from daemon.config import parse_config
-    from daemon.localoffice import config_data
+    from subdomaind.daemon.config import parse_config
+    from tests.devkit.localoffice import config_data
 
     data = config_data(base, imap_port=dovecot.imap_port, imap_user=mailbox.name, imap_password=mailbox.password,
                        mailbox=mailbox.address, smtp_port=smtp_relay.port, dns_port=bind.port,
@@ -228,13 +228,13 @@ def test_intake_failing_alerts_staff_once_and_status_shows_it(dovecot: Dovecot, 
                                                               bind: Bind) -> None:
     from datetime import timedelta
 
-    from daemon.cli import status_data
-    from daemon.devservers import free_port
+    from subdomaind.daemon.cli import status_data
+    from tests.devkit.devservers import free_port
 
     staff = dovecot.new_user("staf")
     base = Path(tempfile.mkdtemp(prefix="down-"))
-    from daemon.config import parse_config
-    from daemon.localoffice import config_data
+    from subdomaind.daemon.config import parse_config
+    from tests.devkit.localoffice import config_data
 
     data = config_data(base, imap_port=free_port(), smtp_port=smtp_relay.port, dns_port=bind.port,
                        tsig_secret=bind.secret, staff=[staff.address], workflow={"intake_alert_minutes": 1})

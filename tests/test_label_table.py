@@ -8,8 +8,8 @@ from importlib import resources
 
 import pytest
 
-from parsers.fields import EXTRA_FIELDS, LABEL_FILE, LabelTableError, load_label_table, match_label
-from parsers.model import REQUEST_FIELDS
+from subdomaind.parsers.fields import EXTRA_FIELDS, LABEL_FILE, LabelTableError, load_label_table, match_label
+from subdomaind.parsers.model import REQUEST_FIELDS
 
 
 def shipped() -> str:

@@ -23,8 +23,6 @@ ROOT = Path(__file__).resolve().parent.parent
 # What each layer may import of ours; a package not named here is above it.
 LAYERS = {"parsers": {"parsers"}, "workflows": {"parsers", "workflows"}, "daemon": {"parsers", "workflows", "daemon"}}
 OURS = set(LAYERS) | {"templates"}
-# The test servers and the demo office: a dev kit, not the product, and they load test-only libraries late.
-DEV_KIT = {"daemon/devservers.py", "daemon/localoffice.py", "daemon/netguard.py"}
 PER_COMMAND = {"daemon/cli.py"}
 # Modules whose function-level imports are still to be reworked; strict, so the mark fails (and must go)
 # once a module is clean.
@@ -46,6 +44,12 @@ def _modules(package: str, root: Path = ROOT) -> list[Path]:
     return sorted((root / package).rglob("*.py"))
 
 
+def _package(name: str) -> str:
+    """The package of ours a dotted name is in (`subdomaind.daemon.cli` -> daemon), else its top name."""
+    top, _, rest = name.partition(".")
+    return rest.split(".")[0] if top == "subdomaind" and rest else top
+
+
 def _imports(path: Path, package: str) -> Iterator[Import]:
     tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
 
@@ -53,11 +57,11 @@ def _imports(path: Path, package: str) -> Iterator[Import]:
         for child in ast.iter_child_nodes(node):
             if isinstance(child, ast.Import):
                 for alias in child.names:
-                    yield Import(child.lineno, alias.name, alias.name.split(".")[0], function)
+                    yield Import(child.lineno, alias.name, _package(alias.name), function)
             elif isinstance(child, ast.ImportFrom):
                 # A relative import stays inside the module's own package.
                 module = "" if child.level else child.module or ""
-                yield Import(child.lineno, module, package if child.level else module.split(".")[0], function)
+                yield Import(child.lineno, module, package if child.level else _package(module), function)
             inner = child if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef) else function
             yield from walk(child, inner)
 
@@ -82,10 +86,10 @@ def test_the_check_sees_an_upward_import(tmp_path: Path) -> None:
     # The walker must find an upward import at any depth and in any form, or the test above could never fail.
     (tmp_path / "workflows").mkdir()
     (tmp_path / "workflows" / "probe.py").write_text(
-        "import daemon.cli\nfrom . import store\n\n\ndef f():\n    if True:\n        from daemon.config import Config\n",
+        "import subdomaind.daemon.cli\nfrom . import store\n\n\ndef f():\n    if True:\n        from subdomaind.daemon.config import Config\n",
         encoding="utf-8")
     (tmp_path / "parsers").mkdir()
-    (tmp_path / "parsers" / "probe.py").write_text("from workflows import store\n", encoding="utf-8")
+    (tmp_path / "parsers" / "probe.py").write_text("from subdomaind.workflows import store\n", encoding="utf-8")
     assert _upward("workflows", tmp_path) == ["workflows/probe.py:1: imports daemon", "workflows/probe.py:7: imports daemon"]
     assert _upward("parsers", tmp_path) == ["parsers/probe.py:1: imports workflows"]
 
@@ -123,8 +127,6 @@ def _product() -> list[object]:
     for package in LAYERS:
         for path in _modules(package):
             rel = path.relative_to(ROOT).as_posix()
-            if rel in DEV_KIT:
-                continue
             marks = [pytest.mark.xfail(strict=True, reason="reworked separately")] if rel in REWORKED else []
             params.append(pytest.param(path, package, id=rel, marks=marks))
     return params
@@ -136,8 +138,8 @@ def test_late_imports_are_heavy_libraries_with_a_reason(path: Path, package: str
 
 
 def test_the_command_line_starts_without_heavy_libraries() -> None:
-    heavy = ("reportlab", "pyhanko", "matplotlib", "docx", "pdfplumber", "PIL", "msal", "alembic", "daemon.service")
-    code = ("import sys\nfrom daemon.cli import build_parser\nbuild_parser()\n"
+    heavy = ("reportlab", "pyhanko", "matplotlib", "docx", "pdfplumber", "PIL", "msal", "alembic", "subdomaind.daemon.service")
+    code = ("import sys\nfrom subdomaind.daemon.cli import build_parser\nbuild_parser()\n"
             f"print(' '.join(m for m in {heavy!r} if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert loaded.stdout.split() == []

@@ -10,16 +10,16 @@ from pathlib import Path
 import pdfplumber
 from sqlalchemy import select
 
-from daemon.localoffice import REQUEST_BODY, UNVOUCHED, make_config, request_mail
-from daemon.service import Daemon
+from subdomaind.daemon.service import Daemon
+from subdomaind.workflows.db import upgrade
+from subdomaind.workflows.engine import Services
+from subdomaind.workflows.mailer import format_deadline, format_tanggal
+from subdomaind.workflows.provision import NoHosting
+from subdomaind.workflows.sop import MutuBaku
+from subdomaind.workflows.store import StepRun, make_engine, make_sessionmaker
+from subdomaind.workflows.worktime import calendar_for
+from tests.devkit.localoffice import REQUEST_BODY, UNVOUCHED, make_config, request_mail
 from tests.test_engine_unit import DictDns, ListSource, ListTransport
-from workflows.db import upgrade
-from workflows.engine import Services
-from workflows.mailer import format_deadline, format_tanggal
-from workflows.provision import NoHosting
-from workflows.sop import MutuBaku
-from workflows.store import StepRun, make_engine, make_sessionmaker
-from workflows.worktime import calendar_for
 
 UNIT = "dinsos@example.org"
 

@@ -12,9 +12,9 @@ from typing import Any
 import pdfplumber
 import pytest
 
-from daemon.config import LetterConfig
-from workflows.letters import KINDS, Letter, build_letter, clean, format_nip
-from workflows.provision import generate_password
+from subdomaind.daemon.config import LetterConfig
+from subdomaind.workflows.letters import KINDS, Letter, build_letter, clean, format_nip
+from subdomaind.workflows.provision import generate_password
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 PASSWORD = "Xk7pQ2mR9tLw"
@@ -314,7 +314,7 @@ def test_each_kind_has_its_configured_signer_with_an_and_ub() -> None:
 
 
 def test_the_note_becomes_a_sentence_and_lampiran_counts_the_files() -> None:
-    from workflows.letters import as_sentence, lampiran_text
+    from subdomaind.workflows.letters import as_sentence, lampiran_text
 
     assert as_sentence("nama sub domain belum sesuai nomenklatur") == "Nama sub domain belum sesuai nomenklatur."
     assert as_sentence("Sudah dipakai OPD lain!") == "Sudah dipakai OPD lain!"
@@ -337,7 +337,7 @@ def test_text_and_html_say_where_the_electronic_signature_is() -> None:
 
 
 def test_the_coat_of_arms_sits_left_of_the_kop(tmp_path: Path) -> None:
-    from daemon.localoffice import DEMO_LOGO
+    from tests.devkit.localoffice import DEMO_LOGO
 
     with_logo = build_letter("final", make_ctx(letter=LetterConfig(**{**LETTER.model_dump(), "logo": DEMO_LOGO})))
     with pdfplumber.open(io.BytesIO(with_logo.to_pdf())) as doc:

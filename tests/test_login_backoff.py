@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from daemon.devservers import Bind, Dovecot, SmtpRelay
-from daemon.localoffice import Office
-from daemon.service import AUTH_BACKOFF_MAX, LoginGate
-from workflows.store import MailboxState, make_engine, make_sessionmaker
+from subdomaind.daemon.service import AUTH_BACKOFF_MAX, LoginGate
+from subdomaind.workflows.store import MailboxState, make_engine, make_sessionmaker
+from tests.devkit.devservers import Bind, Dovecot, SmtpRelay
+from tests.devkit.localoffice import Office
 
 
 def test_gate_doubles_from_a_minute_to_half_an_hour_and_resets_on_success() -> None:
@@ -98,7 +98,7 @@ def state_of(office: Office) -> MailboxState | None:
 
 
 def office_db_url(office: Office) -> str:
-    from daemon.config import load_config
+    from subdomaind.daemon.config import load_config
 
     return load_config(office.config_path).db_url
 
@@ -134,7 +134,7 @@ def test_server_words_are_sorted_and_shown_without_a_bytes_repr(text: str, kind:
     from its log above and in tests/test_oauth.py)."""
     import imaplib
 
-    from daemon.mailbox import classify, plain_words
+    from subdomaind.daemon.mailbox import classify, plain_words
 
     exc = imaplib.IMAP4.abort(text) if kind != "auth" else imaplib.IMAP4.error(text)
     assert classify(exc) == kind

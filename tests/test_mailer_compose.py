@@ -9,7 +9,7 @@ from email.message import EmailMessage
 
 import pytest
 
-from workflows.mailer import MailAttachment, compose
+from subdomaind.workflows.mailer import MailAttachment, compose
 
 LONG_ID = "<" + "a" * 90 + "@mail.dinsos.trenggalekkab.go.id>"
 HEADERS = [
@@ -99,7 +99,7 @@ def test_the_policy_is_policy_smtp() -> None:
     """The composing policy differs from the standard library's policy.SMTP only in its header classes."""
     from email.policy import SMTP
 
-    from workflows.mailer import SMTP_POLICY
+    from subdomaind.workflows.mailer import SMTP_POLICY
 
     for setting in ("linesep", "max_line_length", "cte_type", "utf8", "refold_source", "raise_on_defect",
                     "mangle_from_", "message_factory", "content_manager"):

@@ -13,7 +13,7 @@ import tracemalloc
 
 import pytest
 
-from parsers.mime import parse_mime
+from subdomaind.parsers.mime import parse_mime
 
 MB = 1024 * 1024
 

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from parsers import parse
-from parsers.mime import UnreadableMessage, decode_header_value, html_to_text, parse_mime
-from parsers.model import Limits
+from subdomaind.parsers import parse
+from subdomaind.parsers.mime import UnreadableMessage, decode_header_value, html_to_text, parse_mime
+from subdomaind.parsers.model import Limits
 
 FIXTURES = Path(__file__).parent / "fixtures" / "emails"
 KINDS = {"request", "reply", "auto_reply", "bounce", "unrelated", "unreadable"}

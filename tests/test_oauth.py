@@ -13,15 +13,15 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from daemon.config import ImapConfig, OAuthConfig, SmtpConfig, parse_config
-from daemon.devservers import Bind, Dovecot, OAuthDovecot, OAuthServer, SmtpRelay
-from daemon.localoffice import config_data
-from daemon.mailbox import ImapSource, MailSourceError, check_login, open_imap
-from daemon.oauth import CachedTokens, GenericRefresh, LazyTokens, OAuthError, device_login, token_source
-from daemon.outbox import SendError, SmtpTransport
-from daemon.service import Daemon
-from workflows.db import upgrade
-from workflows.store import MailboxState, make_engine, make_sessionmaker
+from subdomaind.daemon.config import ImapConfig, OAuthConfig, SmtpConfig, parse_config
+from subdomaind.daemon.mailbox import ImapSource, MailSourceError, check_login, open_imap
+from subdomaind.daemon.oauth import CachedTokens, GenericRefresh, LazyTokens, OAuthError, device_login, token_source
+from subdomaind.daemon.outbox import SendError, SmtpTransport
+from subdomaind.daemon.service import Daemon
+from subdomaind.workflows.db import upgrade
+from subdomaind.workflows.store import MailboxState, make_engine, make_sessionmaker
+from tests.devkit.devservers import Bind, Dovecot, OAuthDovecot, OAuthServer, SmtpRelay
+from tests.devkit.localoffice import config_data
 
 pytestmark = pytest.mark.servers
 
@@ -164,7 +164,7 @@ def test_smtp_with_a_revoked_token_is_a_plain_error(dovecot_oauth: OAuthDovecot,
 
 
 def test_device_login_stores_the_refresh_token_0600(oauth_server: OAuthServer, tmp_path: Path) -> None:
-    from daemon.oauth import store_refresh_token
+    from subdomaind.daemon.oauth import store_refresh_token
 
     cfg = OAuthConfig.model_validate(oauth_table(oauth_server, tmp_path / "cred" / "rt"))
     shown: list[str] = []
@@ -279,7 +279,7 @@ def test_oauth_login_command_prints_the_code_and_stores_the_token(tmp_path: Path
                                                                   smtp_relay: SmtpRelay, bind: Bind) -> None:
     import subprocess
 
-    from daemon.localoffice import SUBDOMAIND, write_config
+    from tests.devkit.localoffice import SUBDOMAIND, write_config
 
     refresh = tmp_path / "cred" / "imap-refresh-token"
     data = config_data(tmp_path / "office", smtp_port=smtp_relay.port, dns_port=bind.port, tsig_secret=bind.secret)
@@ -376,7 +376,7 @@ def test_microsoft365_refresh_token_through_msal_and_device_login(dovecot_oauth:
     refresh = tmp_path / "imap-refresh-token"
     cfg = m365_cfg(dovecot_oauth, oauth, user, refresh_token_file=str(refresh))
     shown: list[str] = []
-    from daemon.oauth import store_refresh_token
+    from subdomaind.daemon.oauth import store_refresh_token
 
     store_refresh_token(refresh, device_login(cfg.oauth, shown.append, sleep=lambda _s: None))  # type: ignore[arg-type]
     assert "WDJB-MJHT" in shown[0]
@@ -415,7 +415,7 @@ def test_check_config_connect_logs_in_by_oauth(tmp_path: Path, dovecot_oauth: OA
     """`check-config --connect` logs in to the mailbox and to SMTP submission the way the daemon does."""
     import subprocess
 
-    from daemon.localoffice import SUBDOMAIND, write_config
+    from tests.devkit.localoffice import SUBDOMAIND, write_config
 
     user, refresh = new_user(dovecot_oauth, oauth_server, tmp_path)
     data = config_data(tmp_path / "office", imap_port=dovecot_oauth.imap_port, imap_user=user, mailbox=user,

@@ -14,19 +14,28 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import lazyload
 
-import parsers.classify
-from daemon.config import parse_config
-from daemon.localoffice import MAILBOX, REQUEST_BODY, UNVOUCHED, config_data, request_mail
-from daemon.parsing import InlineParser
-from daemon.service import Daemon
+from subdomaind.daemon.config import parse_config
+from subdomaind.daemon.parsing import InlineParser
+from subdomaind.daemon.service import Daemon
+from subdomaind.parsers import classify
+from subdomaind.workflows import inbound
+from subdomaind.workflows.db import upgrade
+from subdomaind.workflows.engine import Services
+from subdomaind.workflows.handlers import HANDLERS, OverLimitHandler, UnreadableHandler, answerable_sender
+from subdomaind.workflows.provision import PASSWORD_LENGTH, NoHosting
+from subdomaind.workflows.rawmail import Spooled
+from subdomaind.workflows.store import (
+    Audit,
+    Inbound,
+    Outbox,
+    Request,
+    make_engine,
+    make_sessionmaker,
+    raw_head,
+    raw_in_memory,
+)
+from tests.devkit.localoffice import MAILBOX, REQUEST_BODY, UNVOUCHED, config_data, request_mail
 from tests.test_engine_unit import DictDns, ListSource, ListTransport
-from workflows import inbound
-from workflows.db import upgrade
-from workflows.engine import Services
-from workflows.handlers import HANDLERS, OverLimitHandler, UnreadableHandler, answerable_sender
-from workflows.provision import PASSWORD_LENGTH, NoHosting
-from workflows.rawmail import Spooled
-from workflows.store import Audit, Inbound, Outbox, Request, make_engine, make_sessionmaker, raw_head, raw_in_memory
 
 UNIT = "dinkes@example.org"
 
@@ -35,13 +44,13 @@ UNIT = "dinkes@example.org"
 def parses(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     """Every message `parsers.parse` reads, in order."""
     seen: list[bytes] = []
-    real = parsers.classify.parse
+    real = classify.parse
 
     def counting(raw: bytes, options: Any = None) -> Any:
         seen.append(bytes(raw))
         return real(raw, options)
 
-    monkeypatch.setattr(parsers.classify, "parse", counting)
+    monkeypatch.setattr(classify, "parse", counting)
     return seen
 
 

@@ -7,13 +7,13 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from daemon.config import load_config
-from daemon.devservers import Dovecot, SmtpRelay
-from daemon.localoffice import config_data, write_config
-from daemon.outbox import SmtpTransport, drain
-from workflows.db import upgrade
-from workflows.mailer import Mailer
-from workflows.store import Outbox, make_engine, make_sessionmaker
+from subdomaind.daemon.config import load_config
+from subdomaind.daemon.outbox import SmtpTransport, drain
+from subdomaind.workflows.db import upgrade
+from subdomaind.workflows.mailer import Mailer
+from subdomaind.workflows.store import Outbox, make_engine, make_sessionmaker
+from tests.devkit.devservers import Dovecot, SmtpRelay
+from tests.devkit.localoffice import config_data, write_config
 
 
 def test_outbox_sends_no_more_than_max_per_minute(tmp_path: Path, dovecot: Dovecot, smtp_relay: SmtpRelay) -> None:

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from daemon.localoffice import request_mail
-from daemon.parsing import (
+from subdomaind.daemon.parsing import (
     CRASH_REASON,
     RETURN_ATTACHMENT_MAX,
     SPOOL_MIN,
@@ -22,11 +21,12 @@ from daemon.parsing import (
     ProcessParser,
     parse_for_transport,
 )
-from parsers import parse
-from parsers.model import ParseOptions, ParseResult
+from subdomaind.parsers import parse
+from subdomaind.parsers.model import ParseOptions, ParseResult
+from subdomaind.workflows.rawmail import remove_stale
+from subdomaind.workflows.store import Inbound, Request
+from tests.devkit.localoffice import request_mail
 from tests.test_engine_unit import world  # noqa: F401  (fixture)
-from workflows.rawmail import remove_stale
-from workflows.store import Inbound, Request
 
 FIXTURES = Path(__file__).parent / "fixtures" / "emails"
 
@@ -98,7 +98,7 @@ def test_crashing_parser_quarantines_only_its_message(pool: ProcessParser) -> No
 def test_crash_with_no_worker_to_retry_on_quarantines_never_parses_in_the_daemon(
         pool: ProcessParser, monkeypatch: pytest.MonkeyPatch) -> None:
     pool.warm()
-    monkeypatch.setattr("daemon.parsing._BOOT", "import sys; sys.exit(1)")  # no fresh worker can start
+    monkeypatch.setattr("subdomaind.daemon.parsing._BOOT", "import sys; sys.exit(1)")  # no fresh worker can start
     crash = pool.submit(with_header(request_mail("a@example.org", "enam"), b"X-Test-Crash: yes"), ParseOptions())
     assert (crash.result().kind, crash.result().reason) == ("unreadable", CRASH_REASON)
     raw = request_mail("b@example.org", "tujuh")  # the next one is parsed in the daemon instead
@@ -140,7 +140,7 @@ def test_no_workers_possible_means_parsing_in_the_daemon(monkeypatch: pytest.Mon
 
 
 def test_worker_that_dies_while_starting_is_not_a_crash_of_the_message(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("daemon.parsing._BOOT", "import sys; sys.exit(1)")
+    monkeypatch.setattr("subdomaind.daemon.parsing._BOOT", "import sys; sys.exit(1)")
     p = ProcessParser(1, timeout=3.0)
     raw = request_mail("dinsos@trenggalekkab.go.id", "dinsos")
     assert p.submit(raw, ParseOptions()).result() == parse(raw, ParseOptions())
@@ -206,7 +206,7 @@ def test_worker_of_a_daemon_killed_with_sigkill_ends_too() -> None:
     import subprocess
     import sys
 
-    code = ("import os, sys; from daemon.parsing import ProcessParser; p = ProcessParser(1, 3.0); p.warm(); "
+    code = ("import os, sys; from subdomaind.daemon.parsing import ProcessParser; p = ProcessParser(1, 3.0); p.warm(); "
             "print(p.pids()[0], flush=True); os._exit(0)")  # as kill -9: no cleanup at all
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          cwd=Path(__file__).parent.parent, check=True)

@@ -15,9 +15,9 @@ import tracemalloc
 import zlib
 from pathlib import Path
 
-from daemon.localoffice import scanned_pdf, text_pdf
-from parsers.model import Limits
-from parsers.pdf import PdfContent, inflated_size_exceeds, read_pdf
+from subdomaind.parsers.model import Limits
+from subdomaind.parsers.pdf import PdfContent, inflated_size_exceeds, read_pdf
+from tests.devkit.localoffice import scanned_pdf, text_pdf
 
 MB = 1024 * 1024
 FIXTURES = Path(__file__).parent / "fixtures" / "emails"
@@ -100,7 +100,7 @@ def test_docx_reader_is_loaded_only_for_a_docx() -> None:
     # python-docx and lxml are 13 MB of a parser worker: an office sending PDFs and body forms never needs
     # them. Run in a fresh interpreter, as a worker is.
     script = (
-        "import sys; from pathlib import Path; from parsers import parse\n"
+        "import sys; from pathlib import Path; from subdomaind.parsers import parse\n"
         "d = Path(sys.argv[1])\n"
         "assert parse((d / 'request_pdf_acroform.eml').read_bytes()).kind == 'request'\n"
         "print('docx' in sys.modules, 'lxml' in sys.modules)\n"

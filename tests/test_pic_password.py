@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.devservers import Bind, Dovecot, SmtpRelay
-from daemon.localoffice import UNVOUCHED, Office, body_text, parse_mail, reply_to
+from tests.devkit.devservers import Bind, Dovecot, SmtpRelay
+from tests.devkit.localoffice import UNVOUCHED, Office, body_text, parse_mail, reply_to
 
 pytestmark = pytest.mark.servers
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from daemon.config import ImapConfig, OAuthConfig, SmtpConfig
+from subdomaind.daemon.config import ImapConfig, OAuthConfig, SmtpConfig
 
 
 @pytest.mark.parametrize(("provider", "imap", "smtp"), [
@@ -51,9 +51,9 @@ def test_idle_is_reissued_within_29_minutes() -> None:
 
 
 def test_check_config_names_an_unreadable_or_open_oauth_secret(tmp_path: Path) -> None:
-    from daemon.config import parse_config
-    from daemon.localoffice import config_data
-    from daemon.validate import problems
+    from subdomaind.daemon.config import parse_config
+    from subdomaind.daemon.validate import problems
+    from tests.devkit.localoffice import config_data
 
     data = config_data(tmp_path)
     imap = data["agency"][0]["imap"]

@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from daemon.config import load_config
-from daemon.devservers import Bind, Dovecot, SmtpRelay
-from daemon.localoffice import REQUEST_BODY, UNVOUCHED, Office, body_text, parse_mail, reply_to
-from daemon.service import Daemon
-from workflows.db import upgrade
-from workflows.store import Request, make_engine, make_sessionmaker
+from subdomaind.daemon.config import load_config
+from subdomaind.daemon.service import Daemon
+from subdomaind.workflows.db import upgrade
+from subdomaind.workflows.store import Request, make_engine, make_sessionmaker
+from tests.devkit.devservers import Bind, Dovecot, SmtpRelay
+from tests.devkit.localoffice import REQUEST_BODY, UNVOUCHED, Office, body_text, parse_mail, reply_to
 
 pytestmark = pytest.mark.servers
 
@@ -89,7 +89,7 @@ def test_command_backend_gets_the_password_the_pic_is_sent(dovecot: Dovecot, smt
     assert not made[0]["env_has_credentials"]
     assert not Path("/tmp/pwned-subdomaind").exists()
     # Decoded, not only as bytes: the stored reply quotes the letter with the password blanked out.
-    from workflows.store import Inbound
+    from subdomaind.workflows.store import Inbound
 
     with d.sessions() as s:
         for row in s.execute(select(Inbound)).scalars():
@@ -124,7 +124,7 @@ def test_cr_lf_in_user_text_never_becomes_a_header() -> None:
     from datetime import UTC, datetime
     from unittest.mock import MagicMock
 
-    from workflows.mailer import Mailer
+    from subdomaind.workflows.mailer import Mailer
 
     m = Mailer(agency_id="t", agency_name="Diskominfo\r\nBcc: jahat@example.net", address="layanan@trenggalekkab.go.id",
                zone="trenggalekkab.go.id", clock=lambda: datetime.now(UTC))

@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from parsers import parse
-from parsers.reply import strip_quoted
+from subdomaind.parsers import parse
+from subdomaind.parsers.reply import strip_quoted
 
 CACHE = Path(os.environ.get("SUBDOMAIND_CORPORA", Path(__file__).resolve().parent.parent / ".cache" / "corpora"))
 if not CACHE.is_dir():

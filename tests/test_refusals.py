@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from workflows.errors import ALL_REFUSALS, Refusal
-from workflows.mailer import template_env
+from subdomaind.workflows.errors import ALL_REFUSALS, Refusal
+from subdomaind.workflows.mailer import template_env
 
 CONTEXT = {"reason": "alasan uji", "sender": "kadis@trenggalekkab.go.id", "ticket": "SD/2026/0042",
            "step_title": "Mendisposisi surat permohonan", "role_title": "Kepala Dinas", "subdomain": "dinsos",

@@ -15,17 +15,17 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from daemon.config import Config
-from daemon.localoffice import ACTORS, make_config
-from parsers.model import RequestFields
-from workflows.db import upgrade
-from workflows.engine import Ctx, Services
-from workflows.mailer import Mailer
-from workflows.provision import NoHosting, PlannedRecord
-from workflows.reminders import due_reminders, format_duration
-from workflows.sop import load_sop
-from workflows.store import Audit, Outbox, Request, StepRun, make_engine, make_sessionmaker
-from workflows.worktime import WorkCalendar
+from subdomaind.daemon.config import Config
+from subdomaind.parsers.model import RequestFields
+from subdomaind.workflows.db import upgrade
+from subdomaind.workflows.engine import Ctx, Services
+from subdomaind.workflows.mailer import Mailer
+from subdomaind.workflows.provision import NoHosting, PlannedRecord
+from subdomaind.workflows.reminders import due_reminders, format_duration
+from subdomaind.workflows.sop import load_sop
+from subdomaind.workflows.store import Audit, Outbox, Request, StepRun, make_engine, make_sessionmaker
+from subdomaind.workflows.worktime import WorkCalendar
+from tests.devkit.localoffice import ACTORS, make_config
 
 WIB = ZoneInfo("Asia/Jakarta")
 CAL = WorkCalendar("Asia/Jakarta")

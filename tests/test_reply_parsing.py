@@ -8,8 +8,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from parsers.model import ParsedMessage, Vocabulary
-from parsers.reply import decide_text, extract_reply, strip_quoted
+from subdomaind.parsers.model import ParsedMessage, Vocabulary
+from subdomaind.parsers.reply import decide_text, extract_reply, strip_quoted
 
 MAILBOX = "Layanan Sub Domain Diskominfo <layanan@trenggalekkab.go.id>"
 TEMPLATE = """Yth. Kepala Dinas Komunikasi dan Informatika,

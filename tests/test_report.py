@@ -22,14 +22,10 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from daemon.config import Config
-from daemon.devservers import Postgres
-from daemon.localoffice import ACTORS, DEMO_LOGO, STAFF, make_config
-from tests.chromium import ARTIFACTS, CHROMIUM, measure, screenshot
-from tests.test_reminders import FrozenClock, make_ctx, seed_request, wib
-from workflows.db import upgrade
-from workflows.reminders import format_duration
-from workflows.report import (
+from subdomaind.daemon.config import Config
+from subdomaind.workflows.db import upgrade
+from subdomaind.workflows.reminders import format_duration
+from subdomaind.workflows.report import (
     MonthlyReport,
     build_report,
     chart_steps,
@@ -41,9 +37,13 @@ from workflows.report import (
     run_scheduled,
     send_report,
 )
-from workflows.sop import load_sop
-from workflows.store import Audit, Decision, Outbox, Request, StepRun, make_engine, make_sessionmaker
-from workflows.worktime import WorkCalendar
+from subdomaind.workflows.sop import load_sop
+from subdomaind.workflows.store import Audit, Decision, Outbox, Request, StepRun, make_engine, make_sessionmaker
+from subdomaind.workflows.worktime import WorkCalendar
+from tests.chromium import ARTIFACTS, CHROMIUM, measure, screenshot
+from tests.devkit.devservers import Postgres
+from tests.devkit.localoffice import ACTORS, DEMO_LOGO, STAFF, make_config
+from tests.test_reminders import FrozenClock, make_ctx, seed_request, wib
 
 CAL = WorkCalendar("Asia/Jakarta")
 NOVEMBER = datetime(2026, 11, 1).date()
@@ -386,8 +386,8 @@ def test_report_as_people_see_it(office: Office, tmp_path: Path) -> None:
 
 
 def test_cli_preview_writes_html_and_pdf_and_csv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from daemon.cli import main
-    from daemon.localoffice import config_data, write_config
+    from subdomaind.daemon.cli import main
+    from tests.devkit.localoffice import config_data, write_config
 
     data = config_data(tmp_path / "cfg", agency_extra={"names": NAMES, "delegates": {"kadis": [PLT]}})
     path = write_config(tmp_path / "config.toml", data)

@@ -20,12 +20,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from parsers import normalize
-from parsers.docx import read_docx
-from parsers.fields import extract_records, html_records, match_label, split_person, text_records
-from parsers.model import Attachment, Limits, ParsedMessage, ParseOptions
-from parsers.pdf import read_pdf
-from parsers.request import extract_request, unit_from_head
+from subdomaind.parsers import normalize
+from subdomaind.parsers.docx import read_docx
+from subdomaind.parsers.fields import extract_records, html_records, match_label, split_person, text_records
+from subdomaind.parsers.model import Attachment, Limits, ParsedMessage, ParseOptions
+from subdomaind.parsers.pdf import read_pdf
+from subdomaind.parsers.request import extract_request, unit_from_head
 
 ZONE = "trenggalekkab.go.id"
 OPTS = ParseOptions(zone=ZONE, mailbox_address=f"layanan@{ZONE}")
@@ -594,7 +594,7 @@ def test_html_layout_table_is_unwrapped_into_lines() -> None:
 
 
 def test_html_derived_text_is_not_a_second_source() -> None:
-    from parsers.mime import html_to_text
+    from subdomaind.parsers.mime import html_to_text
 
     html = "<div><b>Nama Sub Domain</b>: dlh</div><div><b>Unit Kerja</b>: Dinas Lingkungan Hidup</div>"
     fields = extract_request(msg(html_to_text(html), html), OPTS)
@@ -774,7 +774,7 @@ def test_ocr_switched_off_reads_nothing_and_does_not_fail() -> None:
 
 
 def test_ocr_not_run_when_the_form_is_already_complete(monkeypatch: pytest.MonkeyPatch) -> None:
-    import parsers.request as request
+    import subdomaind.parsers.request as request
 
     def boom(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("OCR ran")
@@ -879,7 +879,7 @@ def test_docx_zip_that_lies_about_sizes_is_refused_by_the_stream_check() -> None
 
 
 def test_fixture_zip_bomb_message_is_answered_with_the_reason() -> None:
-    from parsers import parse
+    from subdomaind.parsers import parse
 
     result = parse((FIXTURES / "request_docx_zip_bomb.eml").read_bytes(), OPTS)
     assert result.kind == "request" and result.request is not None
@@ -908,7 +908,7 @@ REASONS = [
 
 @pytest.mark.parametrize(("name", "field", "substring"), REASONS)
 def test_fixture_reasons(name: str, field: str, substring: str) -> None:
-    from parsers import parse
+    from subdomaind.parsers import parse
 
     result = parse((FIXTURES / f"{name}.eml").read_bytes(), OPTS).to_json()
     reasons = [p["reason"] for p in result["request"]["problems"] if p["field"] == field]
@@ -927,7 +927,7 @@ def test_inflate_check_ends_on_a_stream_with_trailing_bytes() -> None:
     import threading
     import zlib
 
-    from parsers.pdf import inflated_size_exceeds
+    from subdomaind.parsers.pdf import inflated_size_exceeds
 
     body = zlib.compress(b"\0" * (8 << 20)) + b"\r\n\r\ntrailing bytes after the deflate end"
     pdf = b"%%PDF-1.4\n1 0 obj\n<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(body) + body + \
@@ -943,7 +943,7 @@ def test_inflate_check_ends_on_a_stream_with_trailing_bytes() -> None:
 # --- letters in sentences (parsers/prose.py) ---------------------------------------------------------------
 
 def _not_a_word(label: str) -> bool:
-    from parsers.prose import _FUNCTION_WORDS, _STOP_LABELS
+    from subdomaind.parsers.prose import _FUNCTION_WORDS, _STOP_LABELS
 
     return label not in _STOP_LABELS | _FUNCTION_WORDS | {"domain", "mail", "ftp"}
 
@@ -958,7 +958,7 @@ def test_prose_letter_gives_every_name_and_the_person(names: list[str], fqdn: bo
                                                      spaced_nip: bool) -> None:
     """Whatever the names and however they are joined, a letter in sentences gives each of them, in order, and
     the penanggung jawab's NIP, spaced or not, as the same 18 digits."""
-    from parsers import parse
+    from subdomaind.parsers import parse
 
     zone = "trenggalekkab.go.id"
     written = [f"{n}.{zone}" if fqdn else n for n in names]
@@ -997,7 +997,7 @@ def test_prose_letter_gives_every_name_and_the_person(names: list[str], fqdn: bo
      ["ppid.trenggalekkab.go.id"]),
 ])
 def test_prose_names_only_what_a_sentence_names(sentence: str, names: list[str]) -> None:
-    from parsers.prose import find_prose
+    from subdomaind.parsers.prose import find_prose
 
     hits = [h for h in find_prose([[sentence]], "trenggalekkab.go.id") if h.field == "subdomains"]
     assert (hits[0].value.split("\n") if hits else []) == names

@@ -23,8 +23,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import ProgrammingError
 
-from daemon.devservers import Bind, Dovecot, Postgres, SmtpRelay
-from daemon.localoffice import SUBDOMAIND, UNVOUCHED, Office, parse_mail, reply_to, write_config
+from tests.devkit.devservers import Bind, Dovecot, Postgres, SmtpRelay
+from tests.devkit.localoffice import SUBDOMAIND, UNVOUCHED, Office, parse_mail, reply_to, write_config
 
 pytestmark = pytest.mark.servers
 AGENCIES = 40

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.devservers import Bind, DkimKey, Dovecot, Postfix, SmtpRelay
-from daemon.localoffice import AUTHSERV_ID, Office, parse_mail, reply_to, vouch
+from tests.devkit.devservers import Bind, DkimKey, Dovecot, Postfix, SmtpRelay
+from tests.devkit.localoffice import AUTHSERV_ID, Office, parse_mail, reply_to, vouch
 
 pytestmark = pytest.mark.servers
 

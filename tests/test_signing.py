@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import LetterConfig, LetterSigningConfig
-from daemon.localoffice import DEMO_LOGO, config_data, nss_trusting, pdfsig, pdfsig_valid, write_config
+from subdomaind.daemon.config import LetterConfig, LetterSigningConfig
+from subdomaind.workflows.letters import KINDS, build_letter
+from subdomaind.workflows.signing import PadesSigner, SigningError, load_signer, make_demo_pki
+from tests.devkit.localoffice import DEMO_LOGO, config_data, nss_trusting, pdfsig, pdfsig_valid, write_config
 from tests.test_letters import LETTER, make_ctx, pdf_text
-from workflows.letters import KINDS, build_letter
-from workflows.signing import PadesSigner, SigningError, load_signer, make_demo_pki
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*DSA.*")  # pyHanko imports DSA names cryptography deprecates
 
@@ -247,7 +247,7 @@ def test_a_pkcs11_token_signs_like_the_pkcs12_file(pki, token: LetterSigningConf
 
 
 def test_check_config_says_who_signs_or_that_letters_go_out_unsigned(pki, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from daemon.localoffice import SUBDOMAIND
+    from tests.devkit.localoffice import SUBDOMAIND
 
     def check(data: dict) -> subprocess.CompletedProcess[str]:  # type: ignore[type-arg]
         path = write_config(tmp_path / "config.toml", data)
@@ -294,7 +294,7 @@ def test_every_letter_through_the_real_daemon_is_signed_and_numbered_without_gap
     import sqlite3
     import tempfile
 
-    from daemon.localoffice import REQUEST_BODY, UNVOUCHED, Office, parse_mail, pdf_attachments
+    from tests.devkit.localoffice import REQUEST_BODY, UNVOUCHED, Office, parse_mail, pdf_attachments
 
     base = Path(tempfile.mkdtemp(prefix="office-tte-"))
     base.chmod(0o755)
@@ -360,13 +360,13 @@ def test_a_letter_that_cannot_be_signed_waits_takes_no_number_and_staff_are_told
 
     from sqlalchemy import select
 
-    from daemon.localoffice import STAFF, UNVOUCHED, make_config, request_mail
-    from daemon.service import Daemon
+    from subdomaind.daemon.service import Daemon
+    from subdomaind.workflows.db import upgrade
+    from subdomaind.workflows.engine import Services
+    from subdomaind.workflows.provision import NoHosting
+    from subdomaind.workflows.store import Counter, LetterRecord, Request, make_engine, make_sessionmaker
+    from tests.devkit.localoffice import STAFF, UNVOUCHED, make_config, request_mail
     from tests.test_engine_unit import DictDns, ListSource, ListTransport, approve
-    from workflows.db import upgrade
-    from workflows.engine import Services
-    from workflows.provision import NoHosting
-    from workflows.store import Counter, LetterRecord, Request, make_engine, make_sessionmaker
 
     cfg = make_config(tmp_path, auth=UNVOUCHED)  # the officials' replies here carry no authentication
     engine = make_engine(cfg.db_url)

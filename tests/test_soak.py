@@ -28,9 +28,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from daemon.devservers import Bind, Dovecot, MailUser, Postgres, SmtpRelay
-from daemon.localoffice import SUBDOMAIND, UNVOUCHED, Office, parse_mail, reply_to
-from workflows.store import (
+from subdomaind.workflows.store import (
     Decision,
     Inbound,
     MailboxState,
@@ -40,6 +38,8 @@ from workflows.store import (
     make_sessionmaker,
     utcnow,
 )
+from tests.devkit.devservers import Bind, Dovecot, MailUser, Postgres, SmtpRelay
+from tests.devkit.localoffice import SUBDOMAIND, UNVOUCHED, Office, parse_mail, reply_to
 
 pytestmark = [pytest.mark.slow, pytest.mark.servers]
 
@@ -155,7 +155,7 @@ def test_kill_9_at_random_moments_loses_and_repeats_nothing(office: Office, smtp
     seed = int(os.environ.get("SOAK_SEED", str(time.time_ns() % 1_000_000)))
     rnd = random.Random(seed)
     print(f"SOAK_SEED={seed}")
-    from daemon.config import load_config
+    from subdomaind.daemon.config import load_config
 
     engine = make_engine(load_config(office.config_path).db_url)
     sessions = make_sessionmaker(engine)

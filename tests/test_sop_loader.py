@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from workflows.sop import SOP_DIR, SopError, load_sop, parse_sop
+from subdomaind.workflows.sop import SOP_DIR, SopError, load_sop, parse_sop
 
 GOOD = (SOP_DIR / "trenggalek.toml").read_text(encoding="utf-8")
 
@@ -56,8 +56,8 @@ def test_a_broken_sop_names_file_line_and_problem(tmp_path: Path, edit, expected
 
 
 def test_daemon_refuses_to_start_on_a_broken_sop(tmp_path: Path) -> None:
-    from daemon.config import ConfigError, parse_config
-    from daemon.localoffice import config_data
+    from subdomaind.daemon.config import ConfigError, parse_config
+    from tests.devkit.localoffice import config_data
 
     broken = tmp_path / "rusak.toml"
     broken.write_text(GOOD.replace('start = "cek_kelengkapan"', 'start = "awal"'), encoding="utf-8")

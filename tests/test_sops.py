@@ -16,12 +16,21 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from daemon.config import load_config
-from daemon.devservers import Bind, DkimKey, Dovecot, Postfix, SmtpRelay
-from daemon.localoffice import AUTHSERV_ID, UNVOUCHED, Office, body_text, parse_mail, reply_to, vouched_by, write_config
-from daemon.service import Daemon
-from workflows.db import upgrade
-from workflows.store import Audit, Decision, Request, make_engine, make_sessionmaker
+from subdomaind.daemon.config import load_config
+from subdomaind.daemon.service import Daemon
+from subdomaind.workflows.db import upgrade
+from subdomaind.workflows.store import Audit, Decision, Request, make_engine, make_sessionmaker
+from tests.devkit.devservers import Bind, DkimKey, Dovecot, Postfix, SmtpRelay
+from tests.devkit.localoffice import (
+    AUTHSERV_ID,
+    UNVOUCHED,
+    Office,
+    body_text,
+    parse_mail,
+    reply_to,
+    vouched_by,
+    write_config,
+)
 
 pytestmark = pytest.mark.servers
 
@@ -267,7 +276,7 @@ def test_expired_token_is_refused(dovecot: Dovecot, smtp_relay: SmtpRelay, bind:
         refused = s.execute(select(Decision).where(Decision.accepted.is_(False))).scalar_one()
         assert refused.reason and refused.reason.startswith("token_expired")
     # Staff send the step mail again (subdomaind resend); the fresh one is answered in time.
-    from workflows.engine import reissue_step
+    from subdomaind.workflows.engine import reissue_step
 
     with d.sessions.begin() as s:  # what `subdomaind resend TICKET` does, at the test's clock
         req = s.get(Request, requests_of(d)[0].id)
@@ -281,7 +290,7 @@ def test_expired_token_is_refused(dovecot: Dovecot, smtp_relay: SmtpRelay, bind:
 
 def test_unit_with_its_own_name_servers_gets_a_delegation(dovecot: Dovecot, smtp_relay: SmtpRelay,
                                                           bind: Bind) -> None:
-    from daemon.localoffice import REQUEST_BODY
+    from tests.devkit.localoffice import REQUEST_BODY
 
     o = make_office("trenggalek", dovecot, smtp_relay, bind)
     d = pumped(o)

@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from workflows.db import upgrade
-from workflows.store import (
+from subdomaind.workflows.db import upgrade
+from subdomaind.workflows.store import (
     Audit,
     Outbox,
     TxState,

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from workflows.sop import MutuBaku
-from workflows.worktime import (
+from subdomaind.workflows.sop import MutuBaku
+from subdomaind.workflows.worktime import (
     CalendarError,
     SpecialHours,
     WorkCalendar,

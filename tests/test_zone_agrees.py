@@ -17,13 +17,13 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from daemon.config import load_config
-from daemon.devservers import Bind, Dovecot, SmtpRelay
-from daemon.localoffice import UNVOUCHED, Office, parse_mail
-from daemon.service import Daemon
-from workflows.db import upgrade
-from workflows.engine import dns_records_of
-from workflows.store import Audit, Request, make_engine, make_sessionmaker
+from subdomaind.daemon.config import load_config
+from subdomaind.daemon.service import Daemon
+from subdomaind.workflows.db import upgrade
+from subdomaind.workflows.engine import dns_records_of
+from subdomaind.workflows.store import Audit, Request, make_engine, make_sessionmaker
+from tests.devkit.devservers import Bind, Dovecot, SmtpRelay
+from tests.devkit.localoffice import UNVOUCHED, Office, parse_mail
 
 pytestmark = pytest.mark.servers
 
@@ -147,7 +147,7 @@ def test_a_bug_in_our_code_after_the_update(dovecot: Dovecot, smtp_relay: SmtpRe
     def broken(*args: object, **kwargs: object) -> str:
         raise RuntimeError("a bug in the username code")
 
-    monkeypatch.setattr("workflows.engine.make_username", broken)
+    monkeypatch.setattr("subdomaind.workflows.engine.make_username", broken)
     label = _to_provisioning(o)
     _failed_then_checked(o, bind, label)
     d.shutdown(flush_seconds=2)

@@ -13,15 +13,15 @@ from typing import Any
 
 from sqlalchemy import select
 
-from workflows.digest import KIND_LABELS, ZONE_LABELS, queue_items
-from workflows.engine import DECISION_WORDS, Ctx, delegates_of
-from workflows.mailer import format_tanggal
-from workflows.mailto import answer_links
-from workflows.reminders import format_duration
-from workflows.settings import AgencySettings
-from workflows.sop import Sop
-from workflows.store import Decision, Outbox, Request, StepRun
-from workflows.worktime import WorkCalendar
+from subdomaind.workflows.digest import KIND_LABELS, ZONE_LABELS, queue_items
+from subdomaind.workflows.engine import DECISION_WORDS, Ctx, delegates_of
+from subdomaind.workflows.mailer import format_tanggal
+from subdomaind.workflows.mailto import answer_links
+from subdomaind.workflows.reminders import format_duration
+from subdomaind.workflows.settings import AgencySettings
+from subdomaind.workflows.sop import Sop
+from subdomaind.workflows.store import Decision, Outbox, Request, StepRun
+from subdomaind.workflows.worktime import WorkCalendar
 
 # What became of a step, as the timeline says it (StepRun.outcome).
 OUTCOME_WORDS = {

@@ -18,13 +18,13 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from workflows.engine import DECISION_WORDS, Ctx, audit, requester_addresses
-from workflows.mailer import CAP_NOTE, Mailer, format_tanggal, one_line
-from workflows.reminders import format_duration
-from workflows.settings import AgencySettings
-from workflows.sop import Sop, Step
-from workflows.store import Audit, Decision, Inbound, MailboxState, Outbox, Request, StepRun
-from workflows.worktime import WorkCalendar
+from subdomaind.workflows.engine import DECISION_WORDS, Ctx, audit, requester_addresses
+from subdomaind.workflows.mailer import CAP_NOTE, Mailer, format_tanggal, one_line
+from subdomaind.workflows.reminders import format_duration
+from subdomaind.workflows.settings import AgencySettings
+from subdomaind.workflows.sop import Sop, Step
+from subdomaind.workflows.store import Audit, Decision, Inbound, MailboxState, Outbox, Request, StepRun
+from subdomaind.workflows.worktime import WorkCalendar
 
 _BULAN = (
     "Januari", "Februari", "Maret", "April", "Mei", "Juni",

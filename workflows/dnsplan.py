@@ -33,11 +33,11 @@ import dns.tsig
 import dns.tsigkeyring
 import dns.update
 
-from parsers.model import ParseOptions
-from parsers.normalize import normalize_ip
+from subdomaind.parsers.model import ParseOptions
+from subdomaind.parsers.normalize import normalize_ip
 
 #: The record types the daemon ever creates. The BIND update-policy grants the key A AAAA CNAME NS TXT
-#: (daemon/devservers.py UPDATE_POLICY_TEMPLATE); the guard is narrower still.
+#: (tests/devkit/devservers.py UPDATE_POLICY_TEMPLATE); the guard is narrower still.
 ALLOWED_TYPES = frozenset({"A", "AAAA", "CNAME", "NS"})
 #: Labels directly below the zone that are never given out (the parser's list: www, mail, ns1, ...).
 RESERVED_NAMES: frozenset[str] = ParseOptions().reserved_names

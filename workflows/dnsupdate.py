@@ -40,7 +40,7 @@ import dns.tsig
 import dns.tsigkeyring
 import dns.update
 
-from workflows.dnsplan import (
+from subdomaind.workflows.dnsplan import (
     CLASS_IN,
     MAX_RECORDS,
     RESERVED_NAMES,

@@ -22,8 +22,8 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from parsers.model import Attachment, ParseOptions
-from workflows.mailer import (
+from subdomaind.parsers.model import Attachment, ParseOptions
+from subdomaind.workflows.mailer import (
     MailAttachment,
     Mailer,
     Rendered,
@@ -34,8 +34,8 @@ from workflows.mailer import (
     openable_files,
     token_hash,
 )
-from workflows.mailto import answer_links
-from workflows.provision import (
+from subdomaind.workflows.mailto import answer_links
+from subdomaind.workflows.provision import (
     DnsError,
     DnsStateUnknown,
     GuardedDnsBackend,
@@ -51,11 +51,11 @@ from workflows.provision import (
     records_from_json,
     records_to_json,
 )
-from workflows.secretbox import SealedValueError, SecretBox
-from workflows.settings import AgencySettings, Settings
-from workflows.signing import LetterSigner, SigningError
-from workflows.sop import Sop, Step
-from workflows.store import (
+from subdomaind.workflows.secretbox import SealedValueError, SecretBox
+from subdomaind.workflows.settings import AgencySettings, Settings
+from subdomaind.workflows.signing import LetterSigner, SigningError
+from subdomaind.workflows.sop import Sop, Step
+from subdomaind.workflows.store import (
     Account,
     Counter,
     Decision,
@@ -70,7 +70,7 @@ from workflows.store import (
     raw_in_memory,
     tx_state,
 )
-from workflows.worktime import WorkCalendar, calendar_for
+from subdomaind.workflows.worktime import WorkCalendar, calendar_for
 
 log = logging.getLogger("subdomaind.engine")
 
@@ -516,7 +516,7 @@ def enter_step(ctx: Ctx, req: Request, key: str, *, note: str | None = None) -> 
             attachments = _original_attachment(ctx, req)
             if req.letter_number and req.provisioned:
                 # The draft reply letter goes up for approval; the password is never in a draft.
-                from workflows.letters import build_letter  # reportlab (heavy) with the first letter
+                from subdomaind.workflows.letters import build_letter  # reportlab (heavy) with the first letter
 
                 draft = build_letter("final", {**letter_context(ctx, req), "draft": True}, agency_id=ctx.agency.id)
                 record = _open_reply_record(ctx, req)
@@ -964,7 +964,7 @@ def queue_letter(ctx: Ctx, req: Request, kind: str, letter_ctx: dict[str, Any], 
     number its draft reserved, if any; any other letter takes the next one. Lampiran counts `extra`.
     """
     # reportlab (heavy) loads with the first letter, not with the engine
-    from workflows.letters import build_letter, lampiran_text
+    from subdomaind.workflows.letters import build_letter, lampiran_text
 
     # A savepoint: a letter that cannot be signed leaves neither a number nor a register row behind.
     with ctx.session.begin_nested():
@@ -995,7 +995,7 @@ def queue_letter(ctx: Ctx, req: Request, kind: str, letter_ctx: dict[str, Any], 
 def form_attachments(ctx: Ctx) -> list[MailAttachment]:
     """The agency's fillable request form, PDF and DOCX, for a unit that must (re)fill it."""
     # python-docx and reportlab (heavy) only when a form is sent
-    from workflows.forms import form_docx, form_pdf
+    from subdomaind.workflows.forms import form_docx, form_pdf
 
     ag = ctx.agency
     return [

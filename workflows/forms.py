@@ -30,8 +30,8 @@ from reportlab.lib.styles import ParagraphStyle
 from reportlab.lib.units import cm
 from reportlab.platypus import Flowable, Paragraph, Spacer, Table, TableStyle
 
-from workflows.letters import a4_document, clean, kop_flowables, pdf_fonts
-from workflows.settings import LetterConfig
+from subdomaind.workflows.letters import a4_document, clean, kop_flowables, pdf_fonts
+from subdomaind.workflows.settings import LetterConfig
 
 FORM_TITLE = "FORMULIR PENGAJUAN LAYANAN SUB DOMAIN / HOSTING"
 FORM_PROPERTY = "subdomaind-form"  # custom DOCX property (value "1") and PDF keyword marking our own form

@@ -19,9 +19,9 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import or_, select
 
-from parsers.model import MANDATORY_FIELDS, ParseResult, RequestFields
-from workflows.answers import request_status, roles_of, waiting_on_roles, who_is
-from workflows.engine import (
+from subdomaind.parsers.model import MANDATORY_FIELDS, ParseResult, RequestFields
+from subdomaind.workflows.answers import request_status, roles_of, waiting_on_roles, who_is
+from subdomaind.workflows.engine import (
     Ctx,
     alert_staff,
     apply_decision,
@@ -35,7 +35,7 @@ from workflows.engine import (
     open_request,
     requester_addresses,
 )
-from workflows.errors import (
+from subdomaind.workflows.errors import (
     AlreadyRequested,
     DecisionNotOffered,
     DecisionUnclear,
@@ -49,11 +49,11 @@ from workflows.errors import (
     TooLarge,
     TooLateToCancel,
 )
-from workflows.mailer import LOOP_HEADER, token_hash
-from workflows.notices import first_notice_today, record_refusal
-from workflows.store import Delegation, Inbound, Outbox, Request, StepRun, raw_head, tx_state
-from workflows.vouch import AuthPolicy, vouched
-from workflows.worktime import calendar_for
+from subdomaind.workflows.mailer import LOOP_HEADER, token_hash
+from subdomaind.workflows.notices import first_notice_today, record_refusal
+from subdomaind.workflows.store import Delegation, Inbound, Outbox, Request, StepRun, raw_head, tx_state
+from subdomaind.workflows.vouch import AuthPolicy, vouched
+from subdomaind.workflows.worktime import calendar_for
 
 _PLAIN_ADDRESS = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
 # How much of a refused message is read for its sender: a header block longer than this is not a letter.

@@ -23,15 +23,15 @@ from collections.abc import Iterator
 
 from sqlalchemy import select
 
-from parsers import parse
-from parsers.model import ParsedMessage, ParseResult
-from workflows.engine import Ctx, audit
-from workflows.errors import Refusal
-from workflows.handlers import Handler, handler_for
-from workflows.notices import charge_unverified, record_refusal
-from workflows.provision import PASSWORD_ALPHABET, PASSWORD_LENGTH
-from workflows.rawmail import RawMail, Spooled, pieces, sha256, whole
-from workflows.store import (
+from subdomaind.parsers import parse
+from subdomaind.parsers.model import ParsedMessage, ParseResult
+from subdomaind.workflows.engine import Ctx, audit
+from subdomaind.workflows.errors import Refusal
+from subdomaind.workflows.handlers import Handler, handler_for
+from subdomaind.workflows.notices import charge_unverified, record_refusal
+from subdomaind.workflows.provision import PASSWORD_ALPHABET, PASSWORD_LENGTH
+from subdomaind.workflows.rawmail import RawMail, Spooled, pieces, sha256, whole
+from subdomaind.workflows.store import (
     Account,
     Inbound,
     store_inbound_raw,

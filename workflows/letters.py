@@ -77,9 +77,9 @@ from reportlab.platypus import (
     TableStyle,
 )
 
-from workflows.mailer import format_tanggal
-from workflows.settings import LetterConfig
-from workflows.signing import LetterSigner, SignatureBox, Stamp, content_hash, qr_payload
+from subdomaind.workflows.mailer import format_tanggal
+from subdomaind.workflows.settings import LetterConfig
+from subdomaind.workflows.signing import LetterSigner, SignatureBox, Stamp, content_hash, qr_payload
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 KINDS: tuple[str, ...] = ("final", "rejection", "incomplete")

@@ -28,10 +28,10 @@ from typing import Any
 import jinja2
 from sqlalchemy.orm import Session
 
-from parsers.mime import UnreadableMessage, parse_mime
-from parsers.model import Attachment, Limits
-from workflows.secretbox import SecretBox
-from workflows.store import MailCount, Outbox, tx_state
+from subdomaind.parsers.mime import UnreadableMessage, parse_mime
+from subdomaind.parsers.model import Attachment, Limits
+from subdomaind.workflows.secretbox import SecretBox
+from subdomaind.workflows.store import MailCount, Outbox, tx_state
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 LOOP_HEADER = "X-Subdomaind-Loop"

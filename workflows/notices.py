@@ -7,12 +7,12 @@ from datetime import UTC
 
 from sqlalchemy import select
 
-from parsers.model import ParseResult
-from workflows.engine import Ctx, audit, delegates_of
-from workflows.errors import Refusal
-from workflows.mailer import CAP_NOTE
-from workflows.store import Decision, Inbound, NoticeLog, Outbox, Request, SenderMailCount, StepRun, tx_state
-from workflows.vouch import AuthPolicy, vouched
+from subdomaind.parsers.model import ParseResult
+from subdomaind.workflows.engine import Ctx, audit, delegates_of
+from subdomaind.workflows.errors import Refusal
+from subdomaind.workflows.mailer import CAP_NOTE
+from subdomaind.workflows.store import Decision, Inbound, NoticeLog, Outbox, Request, SenderMailCount, StepRun, tx_state
+from subdomaind.workflows.vouch import AuthPolicy, vouched
 
 
 def first_notice_today(ctx: Ctx, address: str, reason: str) -> bool:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from workflows.dnsplan import (
+from subdomaind.workflows.dnsplan import (
     ALLOWED_TYPES,
     CLASS_IN,
     MAX_NAMESERVERS,
@@ -50,8 +50,8 @@ from workflows.dnsplan import (
 )
 
 # `_split_hostport` too: daemon/validate.py checks the configured server specs with the client's own parser.
-from workflows.dnsupdate import Endpoint, Rfc2136Dns, _split_hostport
-from workflows.hosting import (
+from subdomaind.workflows.dnsupdate import Endpoint, Rfc2136Dns, _split_hostport
+from subdomaind.workflows.hosting import (
     PASSWORD_ALPHABET,
     PASSWORD_LENGTH,
     CommandHosting,

@@ -15,10 +15,10 @@ from typing import Any
 
 from sqlalchemy import select
 
-from workflows.engine import Ctx, audit, requester_addresses, step_context
-from workflows.mailer import format_deadline, format_tanggal, new_token, token_hash
-from workflows.store import Outbox, Request, StepRun
-from workflows.worktime import WorkCalendar
+from subdomaind.workflows.engine import Ctx, audit, requester_addresses, step_context
+from subdomaind.workflows.mailer import format_deadline, format_tanggal, new_token, token_hash
+from subdomaind.workflows.store import Outbox, Request, StepRun
+from subdomaind.workflows.worktime import WorkCalendar
 
 REMINDED_KINDS = ("approval", "wait_requester")
 # How a missing field is named to the requester (the labels of the form in the incomplete mail).

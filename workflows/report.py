@@ -28,15 +28,15 @@ from typing import Any
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from workflows.answers import person_label
-from workflows.digest import DEFAULT_DIGEST_TIME, ZONE_LABELS
-from workflows.engine import Ctx, audit
-from workflows.mailer import MailAttachment, Mailer, Rendered, format_tanggal
-from workflows.reminders import format_duration
-from workflows.settings import AgencySettings
-from workflows.sop import Sop
-from workflows.store import Audit, Decision, Request, StepRun
-from workflows.worktime import WorkCalendar
+from subdomaind.workflows.answers import person_label
+from subdomaind.workflows.digest import DEFAULT_DIGEST_TIME, ZONE_LABELS
+from subdomaind.workflows.engine import Ctx, audit
+from subdomaind.workflows.mailer import MailAttachment, Mailer, Rendered, format_tanggal
+from subdomaind.workflows.reminders import format_duration
+from subdomaind.workflows.settings import AgencySettings
+from subdomaind.workflows.sop import Sop
+from subdomaind.workflows.store import Audit, Decision, Request, StepRun
+from subdomaind.workflows.worktime import WorkCalendar
 
 BULAN = (
     "Januari", "Februari", "Maret", "April", "Mei", "Juni",
@@ -430,7 +430,7 @@ def render_pdf(report: MonthlyReport, agency: AgencySettings) -> bytes:
     from reportlab.lib.units import cm
     from reportlab.platypus import Image, KeepTogether, Paragraph, Spacer, Table, TableStyle
 
-    from workflows.letters import a4_document, kop_flowables, pdf_fonts
+    from subdomaind.workflows.letters import a4_document, kop_flowables, pdf_fonts
 
     regular, bold, _ = pdf_fonts()
     navy, grey, red, green = (colors.HexColor(c) for c in (_NAVY, _GREY, _RED, _GREEN))
@@ -573,7 +573,7 @@ RENDER_TIMEOUT_SECONDS = 300.0
 
 
 _CHILD_BOOT = ("import json, sys; sys.path[:0] = json.loads(sys.argv[1]); "
-               "from workflows.report import render_child; render_child()")
+               "from subdomaind.workflows.report import render_child; render_child()")
 
 
 def render_child() -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from workflows.settings import credential_path
+from subdomaind.workflows.settings import credential_path
 
 KEY_BYTES = 32
 NONCE_BYTES = 12  # 96-bit random nonces: far below the 2^32 messages per key SP 800-38D section 8.3 allows

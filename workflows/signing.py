@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from workflows.settings import LetterSigningConfig, credential_path
+from subdomaind.workflows.settings import LetterSigningConfig, credential_path
 
 SIGNATURE_FIELD = "TandaTanganElektronik"
 # Room kept for the CMS signature (bytes; twice that as hex in the file): a 4096-bit RSA signature with a

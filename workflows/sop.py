@@ -20,7 +20,7 @@ from typing import Literal, get_args
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
-from workflows.textfiles import TextFileError, read_utf8
+from subdomaind.workflows.textfiles import TextFileError, read_utf8
 
 SOP_DIR = Path(__file__).parent / "sops"
 

@@ -34,7 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 
-from workflows.rawmail import RawMail, pieces, whole
+from subdomaind.workflows.rawmail import RawMail, pieces, whole
 
 log = logging.getLogger("subdomaind.store")
 

@@ -18,7 +18,7 @@ import authres
 import dkim
 from publicsuffixlist import PublicSuffixList
 
-from parsers.model import ParsedMessage
+from subdomaind.parsers.model import ParsedMessage
 
 log = logging.getLogger("subdomaind.vouch")
 

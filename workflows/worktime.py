@@ -31,8 +31,8 @@ from zoneinfo import ZoneInfo
 
 import holidays
 
-from workflows.sop import MutuBaku
-from workflows.textfiles import TextFileError, read_utf8
+from subdomaind.workflows.sop import MutuBaku
+from subdomaind.workflows.textfiles import TextFileError, read_utf8
 
 WEEKDAYS = (0, 1, 2, 3, 4)  # Monday-Friday
 # A year of working days comes well within this many calendar days; bounds every search loop.

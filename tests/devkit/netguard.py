@@ -3,17 +3,21 @@
 The test suite and `make demo` must never send traffic anywhere but this machine. Server addresses in
 the test zone (ns1 = 192.0.2.1 ...) are documentation data, and a discovery bug once tried to query
 them; with the guard installed such a slip raises at once instead of leaving the machine. The guard is
-installed by tests/conftest.py in the pytest process and, through SUBDOMAIND_LOOPBACK_ONLY=1, by the CLI
-in every daemon the tests start. Production never installs it.
+installed by `guard_this_process_and_children()`: in this process at once, and in every Python process
+started from it through `sitecustomize` (tests/devkit/guard/ on PYTHONPATH; Python imports that module at
+start-up). The product knows nothing of it, and production never installs it.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
+from pathlib import Path
 from typing import Any
 
 ENV = "SUBDOMAIND_LOOPBACK_ONLY"
+GUARD_DIR = Path(__file__).resolve().parent / "guard"
 _installed = False
 
 
@@ -66,3 +70,12 @@ def install() -> None:
     socket.socket.connect = connect  # type: ignore[method-assign,assignment]
     socket.socket.connect_ex = connect_ex  # type: ignore[method-assign,assignment]
     socket.socket.sendto = sendto  # type: ignore[method-assign,assignment]
+
+
+def guard_this_process_and_children() -> None:
+    """The guard here, and in every Python program this process starts (the daemons under test)."""
+    os.environ[ENV] = "1"
+    path = os.environ.get("PYTHONPATH", "")
+    if str(GUARD_DIR) not in path.split(os.pathsep):
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(GUARD_DIR), path) if p)
+    install()

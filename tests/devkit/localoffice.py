@@ -27,9 +27,9 @@ from typing import Any
 
 import tomli_w
 
-from daemon.config import Config, parse_config
-from daemon.devservers import Bind, DkimKey, Dovecot, MailUser, Postfix, SmtpRelay
-from workflows.secretbox import write_key_file
+from subdomaind.daemon.config import Config, parse_config
+from subdomaind.workflows.secretbox import write_key_file
+from tests.devkit.devservers import Bind, DkimKey, Dovecot, MailUser, Postfix, SmtpRelay
 
 DOMAIN = "trenggalekkab.go.id"
 ROLES = ("sekretaris", "kadis", "kabid", "kasi")
@@ -37,7 +37,7 @@ ACTORS = {role: [f"{role}@{DOMAIN}"] for role in ROLES}
 STAFF = f"staf@{DOMAIN}"
 MAILBOX = f"layanan@{DOMAIN}"
 SUBDOMAIND = Path(sys.executable).with_name("subdomaind")
-DEMO_LOGO = Path(__file__).resolve().parent.parent / "examples" / "lambang-contoh.png"
+DEMO_LOGO = Path(__file__).resolve().parents[2] / "examples" / "lambang-contoh.png"
 
 # --- configuration --------------------------------------------------------------------------------
 
@@ -104,7 +104,7 @@ def config_data(
         **(agency_extra or {}),
     }
     if signing:
-        from workflows.signing import make_demo_pki
+        from subdomaind.workflows.signing import make_demo_pki
 
         pki = make_demo_pki(base / "tte", signer_name="Drs. Contoh Pejabat, M.Si",
                             organization=agency["name"])
