@@ -1,4 +1,4 @@
-"""Session-scoped real servers on 127.0.0.1 for the integration tests (see `daemon/devservers.py`).
+"""Session-scoped real servers on 127.0.0.1 for the integration tests (see `tests/devkit/devservers.py`).
 
 Each server starts once per session, on first use, in one temporary directory (kept when
 ``SUBDOMAIND_KEEP_SERVERS=1``). Per-test state is cheap: a fresh mailbox user (`unique_user`, `make_user`),
@@ -9,6 +9,7 @@ report carries the log tail of each server fixture it used.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -17,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon import netguard
-from daemon.devservers import (
+from tests.devkit import netguard
+from tests.devkit.devservers import (
     APT_PACKAGES,
     Bind,
     DkimKey,
@@ -59,8 +60,7 @@ def _require(server: str) -> None:
 
 
 # Nothing in the suite may reach past loopback: guard this process and every daemon the tests start.
-os.environ["SUBDOMAIND_LOOPBACK_ONLY"] = "1"
-netguard.install()
+netguard.guard_this_process_and_children()
 
 
 def _started(server: Server) -> Server:
@@ -191,6 +191,19 @@ def make_user(dovecot: Dovecot) -> Callable[..., MailUser]:
 def unique_user(dovecot: Dovecot) -> MailUser:
     """A fresh mailbox user on `dovecot` (empty INBOX, Archive, Karantina, Sent)."""
     return dovecot.new_user()
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """A test that runs the CLI in this process gets its logging set up on the stream pytest captured; the
+    next test, and the servers' threads, must not log into that closed stream."""
+    root = logging.getLogger()
+    level = root.level
+    yield
+    for handler in root.handlers[:]:
+        if type(handler) is logging.StreamHandler:  # the CLI's; pytest's own are subclasses it removes itself
+            root.removeHandler(handler)
+    root.setLevel(level)
 
 
 @pytest.fixture(autouse=True)

@@ -29,8 +29,9 @@ from typing import Any
 
 import pytest
 
-from daemon.devservers import Bind, Dovecot, SmtpRelay, free_port
-from daemon.localoffice import Office, config_data, write_config
+from subdomaind.daemon.cli import main
+from tests.devkit.devservers import Bind, Dovecot, SmtpRelay, free_port
+from tests.devkit.localoffice import Office, config_data, write_config
 
 ROOT = Path(__file__).parent.parent
 # In /usr/sbin, which is not on a non-root user's PATH on Debian.
@@ -116,22 +117,44 @@ BAD: dict[str, tuple[Any, str]] = {
 }
 
 
+def _in_process(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """The command line run in this process: `main` is what the console script calls, and starting Python
+    and its imports 50 times over would be most of this file's time."""
+    try:
+        code = main(list(args))
+    except SystemExit as exit_:  # the start's refusal exits as the process would
+        code = int(exit_.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
 @pytest.mark.parametrize("case", sorted(BAD))
-def test_check_config_refuses_what_the_daemon_would_crash_on(tmp_path: Path, case: str) -> None:
+def test_check_config_refuses_what_the_daemon_would_crash_on(tmp_path: Path, case: str,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
     data = _base(tmp_path)
     edit, expected = BAD[case]
     edit(data, tmp_path)
     path = write_config(tmp_path / "c.toml", data)
-    proc = run("check-config", str(path))
-    assert proc.returncode == 78 and expected in proc.stdout, proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stdout + proc.stderr
+    code, out, err = _in_process(capsys, "check-config", str(path))
+    assert code == 78 and expected in out, out + err
+    assert "Traceback" not in out + err
     # The start refuses the same configuration with the same line, and 78 so systemd does not retry.
-    start = run("--config", str(path), "once")
-    assert start.returncode == 78 and expected in start.stderr and "Traceback" not in start.stderr
+    code, out, err = _in_process(capsys, "--config", str(path), "once")
+    assert code == 78 and expected in err and "Traceback" not in err
+
+
+def test_the_installed_command_refuses_a_bad_configuration_as_main_does(tmp_path: Path) -> None:
+    data = _base(tmp_path)
+    edit, expected = BAD["digest_time"]
+    edit(data, tmp_path)
+    path = write_config(tmp_path / "c.toml", data)
+    for proc, stream in ((run("check-config", str(path)), "stdout"), (run("--config", str(path), "once"), "stderr")):
+        assert proc.returncode == 78 and expected in getattr(proc, stream), proc.stdout + proc.stderr
+        assert "Traceback" not in proc.stdout + proc.stderr
 
 
 def test_a_pasted_tsig_keygen_stanza_is_taken_whole(tmp_path: Path, bind: Bind) -> None:
-    from daemon.validate import load_checked, read_tsig
+    from subdomaind.daemon.validate import load_checked, read_tsig
 
     data = _base(tmp_path)
     _tsig_stanza(data, tmp_path)
@@ -183,10 +206,10 @@ def _uncommented(example: Path, tmp: Path) -> Path:
     for name in ("imap-password", "smtp-password"):
         _secret(creds, name, "rahasia")
     _secret(creds, "tsig-secret", "aGVsbG8gd29ybGQgaGVsbG8gd29ybGQ=")
-    from workflows.secretbox import write_key_file
+    from subdomaind.workflows.secretbox import write_key_file
 
     write_key_file(creds / "pic-secret-key")
-    from workflows.signing import make_demo_pki
+    from subdomaind.workflows.signing import make_demo_pki
 
     make_demo_pki(creds, signer_name="Drs. Contoh Pejabat, M.Si", organization="Diskominfo")  # tte.p12, tte.pass
     shutil.copy(ROOT / "examples" / "lambang-contoh.png", tmp / "lambang-contoh.png")
@@ -269,10 +292,11 @@ def office_db(tmp_path: Path) -> Path:
     ("show", "SD/2026/9999"),
     ("quarantine", "show", "999"),
 ])
-def test_bad_input_answers_in_one_line(office_db: Path, args: tuple[str, ...]) -> None:
-    proc = run("--config", str(office_db), *args)
-    no_traceback(proc)
-    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+def test_bad_input_answers_in_one_line(office_db: Path, args: tuple[str, ...],
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _in_process(capsys, "--config", str(office_db), *args)
+    assert code != 0 and "Traceback" not in out + err
+    assert len(err.strip().splitlines()) == 1, err
 
 
 def test_output_into_head_and_ctrl_c(office_db: Path, tmp_path: Path) -> None:
@@ -355,7 +379,8 @@ def test_a_member_of_the_group_reads_without_secrets() -> None:
             p.chmod(0o640)
         for f in ("imap.pass", "tsig.secret", "pic-secret.key"):
             assert (base / f).stat().st_mode & 0o077 == 0  # the secrets stay root's
-        code = (f"import sys; sys.path[:0] = [{str(ROOT)!r}, {str(site)!r}]; from daemon.cli import main; "
+        # addsitedir reads the venv's .pth files, where the editable install maps `subdomaind` to the checkout.
+        code = (f"import site, sys; site.addsitedir({str(site)!r}); from subdomaind.daemon.cli import main; "
                 f"sys.exit(main(sys.argv[1:]))")
         for args in (("status",), ("status", "--check"), ("show", "SD/2026/0001"), ("digest", "--preview"),
                      ("quarantine", "list")):

@@ -23,18 +23,18 @@ from urllib.parse import unquote
 import pytest
 from sqlalchemy import select
 
-from daemon.config import LetterConfig
-from daemon.devservers import Bind, Dovecot, SmtpRelay
-from daemon.localoffice import ACTORS, UNVOUCHED, Office, request_mail, text_pdf
-from tests.chromium import measure, needs_chromium, screenshot
+from subdomaind.daemon.config import LetterConfig
+from subdomaind.workflows.forms import form_docx
+from subdomaind.workflows.mailer import format_deadline
+from subdomaind.workflows.mailto import MAX_LINK, answer_links, mailto
+from subdomaind.workflows.reminders import due_reminders
+from subdomaind.workflows.store import Decision
+from subdomaind.workflows.worktime import WorkCalendar
+from tests.chromium import measure_all, needs_chromium, screenshot_all
+from tests.devkit.devservers import Bind, Dovecot, SmtpRelay
+from tests.devkit.localoffice import ACTORS, UNVOUCHED, Office, request_mail, text_pdf
 from tests.test_engine_unit import approve, last_to, world
 from tests.test_reminders import office
-from workflows.forms import form_docx
-from workflows.mailer import format_deadline
-from workflows.mailto import MAX_LINK, answer_links, mailto
-from workflows.reminders import due_reminders
-from workflows.store import Decision
-from workflows.worktime import WorkCalendar
 
 __all__ = ["office", "world"]
 
@@ -121,7 +121,7 @@ def test_mailto_is_percent_encoded_per_rfc_6068() -> None:
 def test_deadline_is_written_as_officials_read_it() -> None:
     cal = WorkCalendar("Asia/Jakarta")
     opened = datetime(2026, 12, 4, 15, 0, tzinfo=UTC) - timedelta(hours=7)  # Friday 15.00 WIB
-    from workflows.sop import MutuBaku
+    from subdomaind.workflows.sop import MutuBaku
 
     due = cal.deadline(opened, MutuBaku.parse("1 hari"))
     assert format_deadline(cal.local(due)) == "Senin, 7 Desember 2026 pukul 15.00 WIB"
@@ -129,8 +129,8 @@ def test_deadline_is_written_as_officials_read_it() -> None:
 
 
 def test_names_are_checked_and_normalised(tmp_path: Path) -> None:
-    from daemon.config import ConfigError
-    from daemon.localoffice import make_config
+    from subdomaind.daemon.config import ConfigError
+    from tests.devkit.localoffice import make_config
 
     cfg = make_config(tmp_path, agency_extra={"names": {"Kadis@Trenggalekkab.go.id": "  Drs.  Bambang  "}})
     assert cfg.agencies[0].names == {"kadis@trenggalekkab.go.id": "Drs. Bambang"}
@@ -226,7 +226,7 @@ def test_unit_files_are_attached_as_themselves(mails: dict[str, Any]) -> None:
 def test_a_large_file_is_attached_whole(world: Any) -> None:  # type: ignore[no-untyped-def]
     """A file the parser worker does not send back (over RETURN_ATTACHMENT_MAX) is read from the stored
     letter for the first step mails too."""
-    from daemon.parsing import RETURN_ATTACHMENT_MAX
+    from subdomaind.daemon.parsing import RETURN_ATTACHMENT_MAX
 
     d, src, tr, _dns, _sessions = world
     msg = parse(request_mail(REQUESTER, "dinsos"))
@@ -370,20 +370,23 @@ def test_buttons_decide_through_the_real_servers(dovecot: Dovecot, smtp_relay: S
 @needs_chromium
 def test_every_step_mail_fits_a_phone_and_a_desktop(mails: dict[str, Any], tmp_path: Path) -> None:
     pil = pytest.importorskip("PIL.Image")
-    for kind in ("approval", "approval_history", "approval_draft", "reminder", "escalation", "notify", "revise",
-                 "echo", "cancelled", "delegation", "ack"):
-        page = html_of(mails[kind])
-        for width in (390, 800):
-            scroll, inner, height = measure(page, width, tmp_path, f"step-{kind}")
-            assert inner == width and scroll <= inner, (kind, width, scroll, inner)
-            png = screenshot(page, width, height, tmp_path, f"step-{kind}")
+    pages = {f"step-{kind}": html_of(mails[kind]) for kind in (
+        "approval", "approval_history", "approval_draft", "reminder", "escalation", "notify", "revise", "echo",
+        "cancelled", "delegation", "ack")}
+    for width in (390, 800):
+        laid_out = measure_all(pages, width, tmp_path, "step")
+        for name, (scroll, inner, _) in laid_out.items():
+            assert inner == width and scroll <= inner, (name, width, scroll, inner)
+        shots = screenshot_all(pages, width, {name: h for name, (_, _, h) in laid_out.items()}, tmp_path)
+        for name, png in shots.items():
             with pil.open(png) as img:
                 colors = img.convert("RGB").getcolors(maxcolors=1 << 20) or []
-                assert len(colors) > 100, (kind, width)  # text and colour, not a blank page
-                if kind.startswith("approval"):
+                assert len(colors) > 100, (name, width)  # text and colour, not a blank page
+                if name.startswith("step-approval"):
                     greens = sum(n for n, (r, g, b) in colors if g > 100 and r < 60 and b < 100)
-                    assert greens > 1500, (kind, width, greens)  # the SETUJU button is painted
-        if kind.startswith("approval") or kind == "reminder":
+                    assert greens > 1500, (name, width, greens)  # the SETUJU button is painted
+    for name, page in pages.items():
+        if name.startswith("step-approval") or name == "step-reminder":
             assert "paling lambat" in page or "Batas waktunya" in page
 
 
@@ -393,9 +396,8 @@ def test_digest_fits_a_phone(office: Any, tmp_path: Path) -> None:
 
     cfg, sessions = office
     seed_queue(sessions)
-    for role in (None, "kasi"):
-        _, _, page = render_digest(digest(sessions, cfg, role=role), cfg.agencies[0])
-        for width in (320, 360, 390):
-            scroll, inner, _ = measure(page, width, tmp_path, f"digest-{role}")
-            assert inner == width and scroll <= inner, (role, width, scroll)
-
+    pages = {f"digest-{role}": render_digest(digest(sessions, cfg, role=role), cfg.agencies[0])[2]
+             for role in (None, "kasi")}
+    for width in (320, 360, 390):
+        for name, (scroll, inner, _) in measure_all(pages, width, tmp_path, "digest").items():
+            assert inner == width and scroll <= inner, (name, width, scroll)
