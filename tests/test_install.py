@@ -74,5 +74,11 @@ def test_install_for_real_runs_as_written() -> None:
         version = subprocess.run([str(root / "opt/subdomaind/.venv/bin/subdomaind"), "--version"],
                                  capture_output=True, text=True)
         assert version.returncode == 0 and version.stdout.startswith("subdomaind ")
+        # The product installs under one name; the dev kit (test servers, demo office) stays in the checkout.
+        site = next((root / "opt/subdomaind/.venv/lib").glob("python3*/site-packages"))
+        assert (site / "subdomaind/daemon/cli.py").exists() and (site / "subdomaind/parsers/labels.toml").exists()
+        assert not {"daemon", "parsers", "workflows", "templates", "tests"} & {p.name for p in site.iterdir()}
+        shipped = [p.name for p in (site / "subdomaind").rglob("*.py")]
+        assert not {"devservers.py", "localoffice.py", "netguard.py", "sitecustomize.py"} & set(shipped)
     finally:
         shutil.rmtree(root, ignore_errors=True)
