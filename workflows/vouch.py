@@ -1,6 +1,6 @@
 """Did the receiving server vouch for a reply's sender? Authentication-Results (RFC 8601) or our own DKIM check.
 
-Issue 4, rule 4: where an agency's config asks for it, a decision counts only if
+Where an agency's config asks for it (the default), a decision counts only if
 - the topmost `Authentication-Results` header carrying our pinned authserv-id (the one our own MTA
   prepends; RFC 8601 section 5 has MTAs remove forged copies of their own id) says `dkim=pass` with a
   `header.d` aligned to the From domain, `spf=pass` with an aligned `smtp.mailfrom`, or `dmarc=pass`; or
