@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.devkit.localoffice import config_data, parse_mail, request_mail, write_config
+from tests.inprocess import run_main
 
 SUBDOMAIND = Path(sys.executable).with_name("subdomaind")
 CONTRACT_KEYS = {"kind", "message_id", "from", "subject", "request", "reply", "reason"}
@@ -17,8 +19,12 @@ REQUEST_KEYS = {"subdomain", "unit", "pic_name", "pic_nip", "pic_position", "pic
                 "service", "target_ip", "letter_number", "source", "missing", "problems"}
 
 
-def run(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([str(SUBDOMAIND), *args], input=stdin, capture_output=True, timeout=60, check=False)
+run = run_main
+
+
+def run_process(*args: str) -> subprocess.CompletedProcess[bytes]:
+    """The installed command as a process of its own: for a daemon pass, which owns signals and threads."""
+    return subprocess.run([str(SUBDOMAIND), *args], capture_output=True, timeout=60, check=False)
 
 
 def test_parse_json_contract_for_a_request(tmp_path: Path) -> None:
@@ -133,7 +139,6 @@ def test_form_pdf_and_docx(tmp_path: Path) -> None:
 
 
 def test_logs_redact_addresses_in_errors_and_json_carries_ticket() -> None:
-    import io
     import logging
 
     from subdomaind.daemon.cli import JsonLines, RedactErrors
@@ -254,7 +259,7 @@ def test_outbox_list_release_drop_held_mail(tmp_path: Path, dovecot, smtp_relay)
     assert dropped.returncode == 0 and dropped.stdout.count(b"\n") == 1
     assert cli("outbox", "release", str(drop_id)).returncode == 1  # dropped stays dropped
     # The next pass sends the released mail and the first one, never the dropped one.
-    assert cli("once").returncode == 0
+    assert run_process("--config", str(cfg_path), "once").returncode == 0
     subjects = sorted(str(parse_mail(m)["Subject"]) for m in unit.messages())
     assert len(subjects) == 2 and "SD/2026/0000" in subjects[0] and "SD/2026/0001" in subjects[1]
     with make_sessionmaker(engine)() as s:

@@ -29,9 +29,9 @@ from typing import Any
 
 import pytest
 
-from subdomaind.daemon.cli import main
 from tests.devkit.devservers import Bind, Dovecot, SmtpRelay, free_port
 from tests.devkit.localoffice import Office, config_data, write_config
+from tests.inprocess import run_main
 
 ROOT = Path(__file__).parent.parent
 # In /usr/sbin, which is not on a non-root user's PATH on Debian.
@@ -117,30 +117,18 @@ BAD: dict[str, tuple[Any, str]] = {
 }
 
 
-def _in_process(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """The command line run in this process: `main` is what the console script calls, and starting Python
-    and its imports 50 times over would be most of this file's time."""
-    try:
-        code = main(list(args))
-    except SystemExit as exit_:  # the start's refusal exits as the process would
-        code = int(exit_.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 @pytest.mark.parametrize("case", sorted(BAD))
-def test_check_config_refuses_what_the_daemon_would_crash_on(tmp_path: Path, case: str,
-                                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_config_refuses_what_the_daemon_would_crash_on(tmp_path: Path, case: str) -> None:
     data = _base(tmp_path)
     edit, expected = BAD[case]
     edit(data, tmp_path)
     path = write_config(tmp_path / "c.toml", data)
-    code, out, err = _in_process(capsys, "check-config", str(path))
-    assert code == 78 and expected in out, out + err
-    assert "Traceback" not in out + err
+    proc = run_main("check-config", str(path))
+    assert proc.returncode == 78 and expected.encode() in proc.stdout, proc.stdout + proc.stderr
+    assert b"Traceback" not in proc.stdout + proc.stderr
     # The start refuses the same configuration with the same line, and 78 so systemd does not retry.
-    code, out, err = _in_process(capsys, "--config", str(path), "once")
-    assert code == 78 and expected in err and "Traceback" not in err
+    start = run_main("--config", str(path), "once")
+    assert start.returncode == 78 and expected.encode() in start.stderr and b"Traceback" not in start.stderr
 
 
 def test_the_installed_command_refuses_a_bad_configuration_as_main_does(tmp_path: Path) -> None:
@@ -292,11 +280,10 @@ def office_db(tmp_path: Path) -> Path:
     ("show", "SD/2026/9999"),
     ("quarantine", "show", "999"),
 ])
-def test_bad_input_answers_in_one_line(office_db: Path, args: tuple[str, ...],
-                                       capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = _in_process(capsys, "--config", str(office_db), *args)
-    assert code != 0 and "Traceback" not in out + err
-    assert len(err.strip().splitlines()) == 1, err
+def test_bad_input_answers_in_one_line(office_db: Path, args: tuple[str, ...]) -> None:
+    proc = run_main("--config", str(office_db), *args)
+    assert proc.returncode != 0 and b"Traceback" not in proc.stdout + proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
 def test_output_into_head_and_ctrl_c(office_db: Path, tmp_path: Path) -> None:
