@@ -45,8 +45,9 @@ test: deps corpora
 	$(MAKE) --no-print-directory lint
 
 # The tests that need no server (every test using a server fixture is marked `servers` by conftest.py).
+# Several wait on a child process (Chromium, a parser worker): three workers, idle ones stealing work.
 test-fast: venv
-	$(PY) -m pytest -q -n 2 -m "not servers and not slow and not system" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not servers and not slow and not system" $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check daemon parsers workflows tests bench examples
