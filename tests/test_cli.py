@@ -11,15 +11,12 @@ from pathlib import Path
 import pytest
 
 from tests.devkit.localoffice import config_data, parse_mail, request_mail, write_config
-from tests.inprocess import run_main
+from tests.inprocess import run_main as run  # the command line, run by main in this process
 
 SUBDOMAIND = Path(sys.executable).with_name("subdomaind")
 CONTRACT_KEYS = {"kind", "message_id", "from", "subject", "request", "reply", "reason"}
 REQUEST_KEYS = {"subdomain", "unit", "pic_name", "pic_nip", "pic_position", "pic_email", "pic_phone", "purpose",
                 "service", "target_ip", "letter_number", "source", "missing", "problems"}
-
-
-run = run_main
 
 
 def run_process(*args: str) -> subprocess.CompletedProcess[bytes]:
